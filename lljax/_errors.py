@@ -1,0 +1,77 @@
+"""Error construction and vectorized input checks for the host edge.
+
+Every error raised at the host edge names the *entity*, the *field* and the
+offending *value* (and, for files, the file and line), so that a user can find
+the bad record in their logs. Checks are vectorized: they scan whole NumPy
+columns and only build a message for the first offending element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["input_error", "check_finite", "check_nonnegative", "check_length"]
+
+
+def input_error(
+    field: str,
+    value: Any,
+    reason: str,
+    *,
+    entity: Any = None,
+    where: str | None = None,
+    error: type = ValueError,
+) -> Exception:
+    """Build (not raise) an error naming the entity, the field and the value.
+
+    Args:
+      field: name of the offending field, e.g. ``"weight"``.
+      value: the offending value.
+      reason: what is wrong, e.g. ``"must be finite"``.
+      entity: the entity the value belongs to, if known.
+      where: extra location, e.g. ``"data.jsonl line 12"``.
+      error: exception class (``ValueError`` or ``TypeError``).
+    """
+    parts = []
+    if where is not None:
+        parts.append(where)
+    if entity is not None:
+        parts.append(f"entity {entity!r}")
+    parts.append(f"field {field!r}")
+    return error(f"{', '.join(parts)}: value {value!r} {reason}")
+
+
+def _entity_of(entity_keys: Sequence[Any] | None, i: int) -> Any:
+    return None if entity_keys is None else entity_keys[i]
+
+
+def check_finite(field: str, values: np.ndarray, entity_keys: Sequence[Any] | None = None) -> None:
+    """Raise ``ValueError`` at the first NaN/inf in ``values``.
+
+    Args:
+      field: field name for the message.
+      values: ``(n,)`` float array.
+      entity_keys: ``(n,)`` entity key of each element, or ``None``.
+    """
+    bad = ~np.isfinite(values)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise input_error(field, float(values[i]), "must be finite", entity=_entity_of(entity_keys, i))
+
+
+def check_nonnegative(field: str, values: np.ndarray, entity_keys: Sequence[Any] | None = None) -> None:
+    """Raise ``ValueError`` at the first negative element of ``values``."""
+    bad = values < 0
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise input_error(field, float(values[i]), "must be non-negative", entity=_entity_of(entity_keys, i))
+
+
+def check_length(field: str, values: Any, expected: int, what: str = "examples") -> None:
+    """Raise ``ValueError`` when ``len(values) != expected``."""
+    n = len(values)
+    if n != expected:
+        raise input_error(field, f"<array of length {n}>", f"has the wrong length: expected {expected} ({what})")

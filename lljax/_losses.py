@@ -1,0 +1,101 @@
+"""Per-row losses as functions of the margin, and the label conventions.
+
+Every loss in lljax is a sum over rows of ``w_i * l(m_i, y_i)`` where
+``m_i = x_i . theta + offset_i`` is the margin. The solver only needs three
+scalar functions of ``(m, y)``: the value ``l``, its first derivative ``l'``
+and its second derivative ``l''`` with respect to ``m``. Then, for one entity,
+
+    gradient = X^T (w * l'(m))          Hessian = X^T diag(w * l''(m)) X
+
+so adding a loss means adding one :class:`RowLoss` row to :data:`LOSSES`;
+the solver, packing and model state are shared by all losses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["RowLoss", "LOSSES", "get_loss", "encode_labels"]
+
+
+class RowLoss(NamedTuple):
+    """The scalar pieces of a loss. Each maps ``(margin, label)`` arrays to an array of the same shape."""
+
+    value: Callable[[jax.Array, jax.Array], jax.Array]
+    d1: Callable[[jax.Array, jax.Array], jax.Array]
+    d2: Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _linear_value(m, y):
+    return 0.5 * jnp.square(m - y)
+
+
+def _linear_d1(m, y):
+    return m - y
+
+
+def _linear_d2(m, y):
+    return jnp.ones_like(m)
+
+
+def _logistic_value(m, y):
+    # log(1 + exp(-y m)), stable for large |m|; y in {-1, +1}.
+    return jnp.logaddexp(0.0, -y * m)
+
+
+def _logistic_d1(m, y):
+    return -y * jax.nn.sigmoid(-y * m)
+
+
+def _logistic_d2(m, y):
+    return jax.nn.sigmoid(m) * jax.nn.sigmoid(-m)
+
+
+def _poisson_value(m, y):
+    return jnp.exp(m) - y * m
+
+
+def _poisson_d1(m, y):
+    return jnp.exp(m) - y
+
+
+def _poisson_d2(m, y):
+    return jnp.exp(m)
+
+
+LOSSES: dict[str, RowLoss] = {
+    "linear": RowLoss(_linear_value, _linear_d1, _linear_d2),
+    "logistic": RowLoss(_logistic_value, _logistic_d1, _logistic_d2),
+    "poisson": RowLoss(_poisson_value, _poisson_d1, _poisson_d2),
+}
+
+
+def get_loss(name: str) -> RowLoss:
+    """Look up a loss by name (``"linear"``, ``"logistic"`` or ``"poisson"``)."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"field 'loss': value {name!r} is not one of {sorted(LOSSES)}") from None
+
+
+def encode_labels(loss: str, labels: np.ndarray) -> np.ndarray:
+    """Map raw labels to the form the loss uses.
+
+    Logistic labels follow Lambda Learner's rule: label 1 -> +1, anything else -> -1
+    (the domain check, which rejects labels outside {0, 1, -1}, is done by the dataset
+    validation). Linear and Poisson labels are used as given.
+
+    Args:
+      loss: loss name.
+      labels: ``(n,)`` raw labels.
+    Returns:
+      ``(n,)`` labels of the same dtype.
+    """
+    if loss == "logistic":
+        return np.where(labels == 1, 1, -1).astype(labels.dtype)
+    return labels

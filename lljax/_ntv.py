@@ -1,0 +1,498 @@
+"""Host-edge types: NTV features and records, the feature IndexMap, NTV JSON lines.
+
+These are plain Python objects with Lambda Learner 0.1.0 semantics
+(``linkedin.learner.ds``). They are convenient for small data and for
+interoperability; large data goes through the columnar dataset instead.
+
+NTV ("name, term, value") JSON lines hold one example per line::
+
+    {"uid": "42", "label": 1.0, "weight": 1.0, "offset": -0.3,
+     "features": [{"name": "n", "term": "t", "value": 1.0}]}
+
+``weight`` defaults to 1.0 and ``offset`` to 0.0; the entity field (``"uid"``
+by default), ``label`` and ``features`` are required; an optional ``context``
+object is kept as is; other keys are ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import numbers
+import os
+from collections.abc import Iterable, Iterator
+from itertools import chain
+from typing import IO, Any
+
+import numpy as np
+
+from lljax._errors import input_error
+
+__all__ = [
+    "Feature",
+    "IndexMap",
+    "TrainingRecord",
+    "iter_ntv_jsonl",
+    "read_ntv_jsonl",
+    "write_ntv_jsonl",
+]
+
+Name = str
+Term = str
+NameTerm = tuple[Name, Term]
+EntityKey = str | int
+PathOrFile = str | os.PathLike | IO[str]
+
+
+# ---------------------------------------------------------------------------
+# Feature and TrainingRecord
+# ---------------------------------------------------------------------------
+
+
+def _dedupe_preserve_order(items: Iterable[Any]) -> list[Any]:
+    """Return the distinct elements of ``items`` in order of first appearance."""
+    return list(dict.fromkeys(items))
+
+
+class Feature:
+    """One sparse feature in name-term-value form.
+
+    Args:
+      name: feature section name, e.g. ``"ads.creative.id"``.
+      term: feature term, e.g. ``"13126317"``.
+      value: feature value, e.g. ``1.0`` for a categorical feature.
+
+    Two features are equal when their names and terms are equal and their
+    values are close (``math.isclose``), as in Lambda Learner. Features are
+    mutable and unhashable.
+    """
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, name: Name, term: Term, value: float):
+        self.name: Name = name
+        self.term: Term = term
+        self.value: float = value
+
+    @property
+    def name_term(self) -> NameTerm:
+        """The ``(name, term)`` key of this feature."""
+        return self.name, self.term
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Feature):
+            return NotImplemented
+        return self.name == other.name and self.term == other.term and math.isclose(self.value, other.value)
+
+    def __repr__(self) -> str:
+        return f"Feature(name={self.name!r}, term={self.term!r}, value={self.value!r})"
+
+
+class TrainingRecord:
+    """One training example: label, weight, offset and sparse features.
+
+    Args:
+      label: the label as given (0/1 or ±1 for logistic, a real number for
+        linear, a count for Poisson).
+      weight: example weight, ``>= 0``.
+      offset: fixed-effect score added to the margin.
+      features: the example's features.
+      context: optional free-form metadata.
+
+    ``label`` follows Lambda Learner's logistic rule (1 stays 1, anything else
+    becomes -1); ``raw_label`` is the label as given.
+    """
+
+    def __init__(
+        self,
+        label: float,
+        weight: float,
+        offset: float,
+        features: list[Feature],
+        context: dict[str, Any] | None = None,
+    ):
+        self._label = label
+        self.weight = weight
+        self.offset = offset
+        self.features = features
+        self.context = context
+
+    @property
+    def label(self) -> float:
+        """The logistic label: ``1`` when the raw label equals 1, else ``-1``."""
+        return self._label if self._label == 1 else -1
+
+    @property
+    def raw_label(self) -> float:
+        """The label exactly as given to the constructor."""
+        return self._label
+
+    @property
+    def name_terms(self) -> list[NameTerm]:
+        """The distinct ``(name, term)`` keys of the features, in order of first appearance."""
+        return _dedupe_preserve_order(feature.name_term for feature in self.features)
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainingRecord(label={self._label!r}, weight={self.weight!r}, offset={self.offset!r}, "
+            f"features={self.features!r}, context={self.context!r})"
+        )
+
+
+# ---------------------------------------------------------------------------
+# IndexMap
+# ---------------------------------------------------------------------------
+
+
+class IndexMap:
+    """Bidirectional map ``(name, term) <-> int`` with the intercept at index 0.
+
+    Indices are assigned densely in order of first insertion. Semantics follow
+    Lambda Learner's ``IndexMap``; ``get_indices``, ``name_terms``,
+    ``to_dict``/``from_dict`` and ``__eq__`` are additions.
+
+    Args:
+      intercept_name: name of the intercept feature.
+      intercept_term: term of the intercept feature.
+    """
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, intercept_name: Name = "intercept", intercept_term: Term = "intercept"):
+        self._intercept_name = intercept_name
+        self._intercept_term = intercept_term
+        self._nt_to_index: dict[NameTerm, int] = {}
+        self._index_to_nt: list[NameTerm] = []
+        self.push(self.intercept_nt)
+
+    @property
+    def intercept_nt(self) -> NameTerm:
+        """The intercept's ``(name, term)``."""
+        return self._intercept_name, self._intercept_term
+
+    @property
+    def intercept_index(self) -> int:
+        """The intercept's index (always 0)."""
+        return self.get_index(self.intercept_nt)
+
+    @property
+    def name_terms(self) -> list[NameTerm]:
+        """All ``(name, term)`` keys in index order (a copy)."""
+        return list(self._index_to_nt)
+
+    def push(self, name_term: NameTerm) -> int:
+        """Index ``name_term`` if it is new; return its index either way. Not thread safe."""
+        index = self._nt_to_index.get(name_term)
+        if index is None:
+            index = len(self._index_to_nt)
+            self._nt_to_index[name_term] = index
+            self._index_to_nt.append(name_term)
+        return index
+
+    def batch_push(self, name_terms: Iterable[NameTerm]) -> tuple[int, int]:
+        """Index every new key of ``name_terms``.
+
+        Returns:
+          ``(num_new_entries, num_distinct_seen)``: how many keys were added,
+          and how many distinct keys were in ``name_terms``.
+        """
+        size_before = len(self)
+        distinct = _dedupe_preserve_order(name_terms)
+        for name_term in distinct:
+            self.push(name_term)
+        return len(self) - size_before, len(distinct)
+
+    def get_index(self, name_term: NameTerm) -> int:
+        """Index of ``name_term``; ``IndexError`` if it is not indexed."""
+        try:
+            return self._nt_to_index[name_term]
+        except KeyError:
+            raise _unknown_key_error(name_term) from None
+
+    def get_indices(self, name_terms: Iterable[NameTerm]) -> np.ndarray:
+        """Indices of many keys as an ``int64`` array; ``IndexError`` naming the first unknown key."""
+        lookup = self._nt_to_index
+        try:
+            return np.fromiter((lookup[nt] for nt in name_terms), dtype=np.int64)
+        except KeyError as exc:
+            raise _unknown_key_error(exc.args[0]) from None
+
+    def get_nt(self, index: int) -> NameTerm:
+        """The ``(name, term)`` at ``index``; ``IndexError`` if out of range."""
+        if isinstance(index, numbers.Integral) and 0 <= index < len(self._index_to_nt):
+            return self._index_to_nt[int(index)]
+        raise IndexError(f"Index {index!r} does not exist in the index map (size {len(self)})")
+
+    def __len__(self) -> int:
+        return len(self._index_to_nt)
+
+    def __contains__(self, name_term: object) -> bool:
+        try:
+            return name_term in self._nt_to_index
+        except TypeError:  # unhashable
+            return False
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, IndexMap):
+            return NotImplemented
+        return self.intercept_nt == other.intercept_nt and self._index_to_nt == other._index_to_nt
+
+    def __repr__(self) -> str:
+        """Lambda Learner's format: ``[(name, term):index; ...]``."""
+        pairs = "; ".join(f"{nt}:{index}" for index, nt in enumerate(self._index_to_nt))
+        return f"[{pairs}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able description: intercept name and term, and the keys in index order."""
+        return {
+            "intercept_name": self._intercept_name,
+            "intercept_term": self._intercept_term,
+            "name_terms": [[name, term] for name, term in self._index_to_nt],
+        }
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> IndexMap:
+        """Rebuild an ``IndexMap`` from :meth:`to_dict` output (e.g. after JSON).
+
+        Raises ``ValueError`` if the first key is not the intercept or a key
+        repeats, ``TypeError`` if a key is not a ``[name, term]`` pair.
+        """
+        imap = IndexMap(data["intercept_name"], data["intercept_term"])
+        for i, pair in enumerate(data["name_terms"]):
+            field = f"name_terms[{i}]"
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise input_error(field, pair, "must be a [name, term] pair", error=TypeError)
+            name_term = (pair[0], pair[1])
+            if i == 0 and name_term != imap.intercept_nt:
+                raise input_error(field, pair, f"must be the intercept {imap.intercept_nt!r}")
+            if i > 0 and name_term in imap:
+                raise input_error(field, pair, "must be unique")
+            imap.push(name_term)
+        return imap
+
+    @staticmethod
+    def from_records_means_and_variances(
+        training_records: Iterable[TrainingRecord],
+        coefficient_mean: Iterable[Feature],
+        coefficient_vars: Iterable[Feature],
+    ) -> tuple[IndexMap, dict[str, int]]:
+        """Index the coefficients' keys first, then the records' keys (as Lambda Learner).
+
+        Returns:
+          The map and metadata ``{"num_nts_in_both", "num_nts_in_coeffs_only",
+          "num_nts_in_records_only"}``, computed exactly as Lambda Learner does
+          (the intercept counts as already indexed).
+        """
+        imap = IndexMap()
+        coeff_nts = [feature.name_term for feature in chain(coefficient_mean, coefficient_vars)]
+        num_coeff_nts_added, _ = imap.batch_push(coeff_nts)
+        record_nts = chain.from_iterable(record.name_terms for record in training_records)
+        num_record_nts_added, num_record_nts_seen = imap.batch_push(record_nts)
+        num_nts_in_both = num_record_nts_seen - num_record_nts_added
+        metadata = {
+            "num_nts_in_both": num_nts_in_both,
+            "num_nts_in_coeffs_only": num_coeff_nts_added - num_nts_in_both,
+            "num_nts_in_records_only": num_record_nts_added,
+        }
+        return imap, metadata
+
+
+def _unknown_key_error(name_term: Any) -> IndexError:
+    return IndexError(f"NameTerm {name_term!r} does not exist in the index map")
+
+
+# ---------------------------------------------------------------------------
+# NTV JSON lines: validation
+# ---------------------------------------------------------------------------
+
+
+class _Missing:
+    """Stands for an absent field in error messages."""
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING = _Missing()
+_MAX_SHOWN_CHARS = 80
+
+
+class _Location:
+    """Where a record came from, for error messages: ``where`` string and entity key."""
+
+    def __init__(self, where: str, entity: Any = None):
+        self.where = where
+        self.entity = entity
+
+    def error(self, field: str, value: Any, reason: str, error: type = ValueError) -> Exception:
+        return input_error(field, value, reason, entity=self.entity, where=self.where, error=error)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _required(obj: dict[str, Any], key: str, field: str, loc: _Location) -> Any:
+    """``obj[key]``; ``ValueError`` if absent or null."""
+    value = obj.get(key)
+    if value is None:
+        raise loc.error(field, _MISSING, "is invalid: the field is required")
+    return value
+
+
+def _finite_float(value: Any, field: str, loc: _Location) -> float:
+    """``value`` as a finite float; ``TypeError`` if not a number, ``ValueError`` if not finite."""
+    if not _is_number(value):
+        raise loc.error(field, value, "must be a number", error=TypeError)
+    try:
+        result = float(value)
+    except OverflowError:  # a huge JSON integer
+        result = math.inf
+    if not math.isfinite(result):
+        raise loc.error(field, value, "must be finite")
+    return result
+
+
+def _string(value: Any, field: str, loc: _Location) -> str:
+    if not isinstance(value, str):
+        raise loc.error(field, value, "must be a string", error=TypeError)
+    return value
+
+
+def _entity_key(value: Any, field: str, loc: _Location) -> EntityKey:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    raise loc.error(field, value, "must be a string or an integer", error=TypeError)
+
+
+def _parse_feature(obj: Any, field: str, loc: _Location) -> Feature:
+    if not isinstance(obj, dict):
+        raise loc.error(field, obj, "must be an object with name, term and value", error=TypeError)
+    name = _string(_required(obj, "name", f"{field}.name", loc), f"{field}.name", loc)
+    term = _string(_required(obj, "term", f"{field}.term", loc), f"{field}.term", loc)
+    value = _finite_float(_required(obj, "value", f"{field}.value", loc), f"{field}.value", loc)
+    return Feature(name, term, value)
+
+
+def _parse_features(value: Any, loc: _Location) -> list[Feature]:
+    if not isinstance(value, list):
+        raise loc.error("features", value, "must be a list", error=TypeError)
+    return [_parse_feature(item, f"features[{i}]", loc) for i, item in enumerate(value)]
+
+
+def _optional_float(obj: dict[str, Any], key: str, default: float, loc: _Location) -> float:
+    value = obj.get(key)
+    return default if value is None else _finite_float(value, key, loc)
+
+
+def _parse_item(obj: Any, entity_field: str, where: str) -> tuple[EntityKey, TrainingRecord]:
+    """Validate one decoded JSON object and build ``(entity, TrainingRecord)``."""
+    loc = _Location(where)
+    if not isinstance(obj, dict):
+        raise loc.error("<record>", obj, "must be a JSON object", error=TypeError)
+    loc.entity = _entity_key(_required(obj, entity_field, entity_field, loc), entity_field, loc)
+    label = _finite_float(_required(obj, "label", "label", loc), "label", loc)
+    weight = _optional_float(obj, "weight", 1.0, loc)
+    if weight < 0:
+        raise loc.error("weight", weight, "must be non-negative")
+    offset = _optional_float(obj, "offset", 0.0, loc)
+    features = _parse_features(_required(obj, "features", "features", loc), loc)
+    context = obj.get("context")
+    if context is not None and not isinstance(context, dict):
+        raise loc.error("context", context, "must be an object", error=TypeError)
+    return loc.entity, TrainingRecord(label, weight, offset, features, context)
+
+
+def _decode_line(line: str | bytes, loc: _Location) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        text = text.strip()
+        shown = text if len(text) <= _MAX_SHOWN_CHARS else text[:_MAX_SHOWN_CHARS] + "..."
+        raise loc.error("<json>", shown, f"is not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def _record_to_obj(entity: Any, record: TrainingRecord, entity_field: str) -> dict[str, Any]:
+    """The JSON object for one record (values as stored, not validated)."""
+    obj: dict[str, Any] = {
+        entity_field: entity,
+        "label": record.raw_label,
+        "weight": record.weight,
+        "offset": record.offset,
+        "features": [{"name": f.name, "term": f.term, "value": f.value} for f in record.features],
+    }
+    if record.context is not None:
+        obj["context"] = record.context
+    return obj
+
+
+# ---------------------------------------------------------------------------
+# NTV JSON lines: reading and writing
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _open_text(path_or_file: PathOrFile, mode: str) -> Iterator[tuple[IO, str]]:
+    """Yield ``(file, display_name)``; open and close paths, leave file objects open."""
+    if isinstance(path_or_file, (str, os.PathLike)):
+        with open(path_or_file, mode, encoding="utf-8") as f:
+            yield f, os.fspath(path_or_file)
+    else:
+        yield path_or_file, str(getattr(path_or_file, "name", "<stream>"))
+
+
+def iter_ntv_jsonl(path_or_file: PathOrFile, entity_field: str = "uid") -> Iterator[tuple[EntityKey, TrainingRecord]]:
+    """Yield ``(entity_key, TrainingRecord)`` for each non-blank line of an NTV JSON lines file.
+
+    Args:
+      path_or_file: a path, or an open file (left open).
+      entity_field: name of the JSON field holding the entity key (a string or
+        an integer).
+
+    Numbers are stored as Python floats; ``weight`` defaults to 1.0 and
+    ``offset`` to 0.0 when absent or null.
+
+    Raises:
+      ValueError: invalid JSON, a missing required field, a non-finite number
+        (including ``NaN``/``Infinity`` tokens) or a negative weight.
+      TypeError: a field of the wrong type (booleans are not numbers).
+      Messages name the file and line, the entity when known, the field
+      (e.g. ``features[2].value``) and the value.
+    """
+    with _open_text(path_or_file, "r") as (f, source):
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{source} line {lineno}"
+            obj = _decode_line(line, _Location(where))
+            yield _parse_item(obj, entity_field, where)
+
+
+def read_ntv_jsonl(path_or_file: PathOrFile, entity_field: str = "uid") -> list[tuple[EntityKey, TrainingRecord]]:
+    """Read a whole NTV JSON lines file into a list; see :func:`iter_ntv_jsonl`."""
+    return list(iter_ntv_jsonl(path_or_file, entity_field))
+
+
+def write_ntv_jsonl(
+    path_or_file: PathOrFile,
+    items: Iterable[tuple[EntityKey, TrainingRecord]],
+    entity_field: str = "uid",
+) -> int:
+    """Write ``(entity_key, TrainingRecord)`` pairs as NTV JSON lines; return the number written.
+
+    Each record is validated with the reader's rules first (errors name the
+    record number instead of a line), so every file written can be read back;
+    the label written is ``raw_label``. Floats are written with ``repr``
+    precision, so reading back gives the same floats.
+    """
+    count = 0
+    with _open_text(path_or_file, "w") as (f, source):
+        for count, (entity, record) in enumerate(items, start=1):
+            raw = _record_to_obj(entity, record, entity_field)
+            entity_key, clean = _parse_item(raw, entity_field, f"{source} record {count}")
+            f.write(json.dumps(_record_to_obj(entity_key, clean, entity_field), allow_nan=False) + "\n")
+    return count
