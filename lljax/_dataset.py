@@ -48,7 +48,8 @@ def _encode_entities(entity: Any) -> tuple[np.ndarray, np.ndarray]:
         if len(kinds) > 1:
             names = sorted(k.__name__ for k in kinds)
             first = next(k for k in arr.tolist() if type(k) is not type(arr[0]))
-            raise input_error("entity", first, f"has a different type from other entity keys ({names})", error=TypeError)
+            reason = f"has a different type from other entity keys ({names})"
+            raise input_error("entity", first, reason, error=TypeError)
     if arr.dtype.kind == "f":
         raise input_error("entity", arr[0] if len(arr) else arr, "entity keys must be integers or strings, not floats",
                           error=TypeError)
