@@ -219,17 +219,24 @@ def _newton_step(entity: _Entity, it: _Iterate, config: SolverConfig) -> _Iterat
         t = jnp.asarray(0.5, it.value.dtype) ** k
         return entity.objective(it.theta + t * p, it.margin + t * Xp), t
 
+    # Armijo with a rounding-level slack on f: near the optimum the predicted decrease
+    # (~ g^T H^-1 g) falls below the rounding error of f, and a strict test would reject
+    # the (then very accurate) full Newton step and crawl with tiny steps instead.
+    slack = 16 * jnp.finfo(it.value.dtype).eps * (1.0 + jnp.abs(it.value))
+
+    def sufficient(value, t):
+        return value <= it.value + _ARMIJO_C1 * t * slope + slack
+
     def keep_backtracking(carry):
         k, value, t = carry
-        sufficient = value <= it.value + _ARMIJO_C1 * t * slope
-        return (k < config.max_backtracks) & ~sufficient & jnp.isfinite(slope)
+        return (k < config.max_backtracks) & ~sufficient(value, t) & jnp.isfinite(slope)
 
     def backtrack(carry):
         k = carry[0] + 1
         return (k, *trial(k))
 
     k, value, t = jax.lax.while_loop(keep_backtracking, backtrack, (0, *trial(0)))
-    accepted = (value <= it.value + _ARMIJO_C1 * t * slope) & (slope < 0)
+    accepted = sufficient(value, t) & (slope < 0)
     # A non-finite direction must surface as NON_FINITE, not as a stall.
     accepted = accepted | ~jnp.isfinite(slope)
     theta = jnp.where(accepted, it.theta + t * p, it.theta)
