@@ -35,6 +35,7 @@ def input_error(
       where: extra location, e.g. ``"data.jsonl line 12"``.
       error: exception class (``ValueError`` or ``TypeError``).
     """
+    entity, value = _plain(entity), _plain(value)
     parts = []
     if where is not None:
         parts.append(where)
@@ -42,6 +43,11 @@ def input_error(
         parts.append(f"entity {entity!r}")
     parts.append(f"field {field!r}")
     return error(f"{', '.join(parts)}: value {value!r} {reason}")
+
+
+def _plain(x: Any) -> Any:
+    """NumPy scalars as Python scalars, so messages read ``'a'`` rather than ``np.str_('a')``."""
+    return x.item() if isinstance(x, np.generic) else x
 
 
 def _entity_of(entity_keys: Sequence[Any] | None, i: int) -> Any:

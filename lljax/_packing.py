@@ -4,9 +4,9 @@ For the entities of a :class:`Dataset` (and their stored priors) this module
 
 1. gives each entity its *local feature subspace*: the sorted union of the features in its
    data (the intercept included) and in its stored prior;
-2. buckets entities by ``(rows, features)`` rounded up to powers of two, so only a few
-   shapes are ever compiled, and cuts each bucket along the entity axis into blocks that
-   fit a memory budget (the entity count of a block is also a power of two);
+2. buckets entities by ``(rows, features)`` rounded up to powers of two (rows at least
+   ``_MIN_ROWS``), so only a few shapes are ever compiled, and cuts each bucket along the entity axis into blocks that
+   fit a memory budget (the entity count of a block is also a power of two, at least ``_MIN_LANES``);
 3. builds a padded :class:`~lljax._solve.Block` per block with vectorized NumPy (padding
    rows have weight 0; padding features have no data, prior mean 0 and are marked by id -1;
    padding entities are all padding).
@@ -25,6 +25,10 @@ from ._solve import Block
 from ._store import EntityStore
 
 __all__ = ["Subspaces", "BlockPlan", "local_subspaces", "plan_blocks", "build_block", "next_pow2"]
+
+# Smallest padded sizes: tiny buckets cost little to pad and each distinct shape costs a compile.
+_MIN_ROWS = 4
+_MIN_LANES = 8
 
 # Solver temporaries (X * curvature, a few D x D matrices, line-search copies) on top of
 # the block's own arrays; used to turn a memory budget into a block size.
@@ -122,7 +126,7 @@ def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, it
     Returns:
       Blocks ordered by bucket, each with at most ``max_lanes`` entities, a power of two.
     """
-    rows_b = next_pow2(rows_per_entity)
+    rows_b = next_pow2(np.maximum(rows_per_entity, _MIN_ROWS))
     feats_b = next_pow2(features_per_entity)
     order = np.lexsort((feats_b, rows_b))
     bucket_key = rows_b[order] * (1 << 32) + feats_b[order]
@@ -136,7 +140,8 @@ def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, it
         max_lanes = int(next_pow2(max(1, memory_budget // per_lane) + 1) // 2)  # largest pow2 <= budget
         for lo in range(0, members.size, max_lanes):
             chunk = members[lo: lo + max_lanes]
-            plans.append(BlockPlan(chunk, int(next_pow2(chunk.size)), rows, features))
+            lanes = min(max_lanes, max(int(next_pow2(chunk.size)), _MIN_LANES))
+            plans.append(BlockPlan(chunk, lanes, rows, features))
     return plans
 
 

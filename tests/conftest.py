@@ -8,7 +8,9 @@ import jax
 from hypothesis import settings
 
 jax.config.update("jax_enable_x64", True)
-jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "lljax-test-jax-cache"))
+_CACHE = os.path.join(tempfile.gettempdir(), "lljax-test-jax-cache")
+os.makedirs(_CACHE, exist_ok=True)
+jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 settings.register_profile("ci", max_examples=200, deadline=None)
