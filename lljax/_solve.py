@@ -93,6 +93,13 @@ class SolverConfig(NamedTuple):
     max_backtracks: int = 30
 
 
+class _Limits(NamedTuple):
+    """The numeric stopping settings, passed to jit as traced values (no recompile per value)."""
+
+    tol: jax.Array
+    max_iter: jax.Array
+
+
 class SolveResult(NamedTuple):
     """Per-entity results of :func:`solve_block`.
 
@@ -188,10 +195,10 @@ class _Iterate(NamedTuple):
     status: jax.Array
 
 
-def _status_after(value, grad, iteration, config: SolverConfig, stalled=False):
+def _status_after(value, grad, iteration, limits: _Limits, stalled=False):
     finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
-    converged = jnp.max(jnp.abs(grad), initial=0.0) <= config.tol
-    status = jnp.where(iteration >= config.max_iter, Status.MAX_ITERATIONS, _RUNNING)
+    converged = jnp.max(jnp.abs(grad), initial=0.0) <= limits.tol
+    status = jnp.where(iteration >= limits.max_iter, Status.MAX_ITERATIONS, _RUNNING)
     status = jnp.where(stalled, Status.STALLED, status)
     status = jnp.where(converged, Status.CONVERGED, status)
     return jnp.where(finite, status, Status.NON_FINITE).astype(jnp.int32)
@@ -210,7 +217,7 @@ def _newton_direction(H, g):
     return -cho_solve((L, True), g)
 
 
-def _newton_step(entity: _Entity, it: _Iterate, config: SolverConfig) -> _Iterate:
+def _newton_step(entity: _Entity, it: _Iterate, limits: _Limits, config: SolverConfig) -> _Iterate:
     p = _newton_direction(entity.hessian(it.margin), it.grad)
     Xp = entity.X @ p
     slope = it.grad @ p
@@ -244,7 +251,7 @@ def _newton_step(entity: _Entity, it: _Iterate, config: SolverConfig) -> _Iterat
     value = jnp.where(accepted, value, it.value)
     grad = jnp.where(accepted, entity.gradient(theta, margin), it.grad)
     iteration = it.iteration + 1
-    status = _status_after(value, grad, iteration, config, stalled=~accepted)
+    status = _status_after(value, grad, iteration, limits, stalled=~accepted)
     return _Iterate(theta, margin, value, grad, iteration, status)
 
 
@@ -270,17 +277,18 @@ def _prior_in_form(prior_precision, hessian: str):
     return jnp.ones(prior_precision.shape[0], prior_precision.dtype)
 
 
-def _solve_one(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, *, config: SolverConfig):
+def _solve_one(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, limits, *,
+               config: SolverConfig):
     """Solve one entity. Shapes: X ``(N, D)``; y, w, offset ``(N,)``; feature_ids, prior_mean ``(D,)``."""
     entity = _entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, config.loss)
     theta0 = jnp.where(feature_ids >= 0, prior_mean, 0.0)
     margin0 = X @ theta0 + offset
     value0 = entity.objective(theta0, margin0)
     grad0 = entity.gradient(theta0, margin0)
-    start = _Iterate(theta0, margin0, value0, grad0, jnp.int32(0), _status_after(value0, grad0, 0, config))
+    start = _Iterate(theta0, margin0, value0, grad0, jnp.int32(0), _status_after(value0, grad0, 0, limits))
 
     final = jax.lax.while_loop(
-        lambda it: it.status == _RUNNING, lambda it: _newton_step(entity, it, config), start
+        lambda it: it.status == _RUNNING, lambda it: _newton_step(entity, it, limits, config), start
     )
     failed = final.status == Status.NON_FINITE
     precision = _posterior_precision(entity, final.margin, config.hessian)
@@ -296,23 +304,33 @@ def _solve_one(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, de
     )
 
 
-@partial(jax.jit, static_argnames=("config",))
 def solve_block(block: Block, l2: jax.Array, delta: jax.Array, config: SolverConfig) -> SolveResult:
     """Solve every entity of a block at once (vmap of :func:`_solve_one`, jitted).
+
+    Only ``config.loss``, ``config.hessian`` and ``config.max_backtracks`` are compile-time
+    constants; ``tol`` and ``max_iter`` are traced, so changing them does not recompile.
 
     Args:
       block: a :class:`Block` of ``E`` entities.
       l2: scalar L2 weight lambda (> 0 keeps cold-start features identified).
       delta: scalar forgetting factor in [0, 1]; 0 is plain L2.
-      config: static :class:`SolverConfig`.
+      config: :class:`SolverConfig`.
     Returns:
       :class:`SolveResult` with leading axis ``E``.
     """
-    solve = partial(_solve_one, config=config)
-    return jax.vmap(solve, in_axes=(0, 0, 0, 0, 0, 0, 0, None, None))(
-        block.X, block.y, block.w, block.offset, block.feature_ids, block.prior_mean, block.prior_precision, l2, delta
-    )
+    dtype = block.X.dtype
+    limits = _Limits(jnp.asarray(config.tol, dtype), jnp.asarray(config.max_iter, jnp.int32))
+    static = config._replace(tol=0.0, max_iter=0)
+    return _solve_block(block, jnp.asarray(l2, dtype), jnp.asarray(delta, dtype), limits, static)
 
+
+@partial(jax.jit, static_argnames=("config",))
+def _solve_block(block: Block, l2, delta, limits: _Limits, config: SolverConfig) -> SolveResult:
+    solve = partial(_solve_one, config=config)
+    return jax.vmap(solve, in_axes=(0, 0, 0, 0, 0, 0, 0, None, None, None))(
+        block.X, block.y, block.w, block.offset, block.feature_ids, block.prior_mean, block.prior_precision, l2, delta,
+        limits,
+    )
 
 def _entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, loss: str) -> _Entity:
     mask = feature_ids >= 0
