@@ -8,7 +8,6 @@ columns and only build a message for the first offending element.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -50,30 +49,30 @@ def _plain(x: Any) -> Any:
     return x.item() if isinstance(x, np.generic) else x
 
 
-def _entity_of(entity_keys: Sequence[Any] | None, i: int) -> Any:
-    return None if entity_keys is None else entity_keys[i]
+def _raise_at_first(bad: np.ndarray, field: str, values: np.ndarray, reason: str, entity_keys: Any,
+                    row_word: str | None) -> None:
+    if bad.any():
+        i = int(np.argmax(bad))
+        entity = entity_keys if entity_keys is None or np.ndim(entity_keys) == 0 else entity_keys[i]
+        where = None if row_word is None else f"{row_word} {i}"
+        raise input_error(field, float(values[i]), reason, entity=entity, where=where)
 
 
-def check_finite(field: str, values: np.ndarray, entity_keys: Sequence[Any] | None = None) -> None:
+def check_finite(field: str, values: np.ndarray, entity_keys: Any = None, row_word: str | None = None) -> None:
     """Raise ``ValueError`` at the first NaN/inf in ``values``.
 
     Args:
       field: field name for the message.
       values: ``(n,)`` float array.
-      entity_keys: ``(n,)`` entity key of each element, or ``None``.
+      entity_keys: ``(n,)`` entity key of each element, one key for all, or ``None``.
+      row_word: if given, the message also says ``"{row_word} {i}"`` (e.g. ``"example 3"``).
     """
-    bad = ~np.isfinite(values)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise input_error(field, float(values[i]), "must be finite", entity=_entity_of(entity_keys, i))
+    _raise_at_first(~np.isfinite(values), field, values, "must be finite", entity_keys, row_word)
 
 
-def check_nonnegative(field: str, values: np.ndarray, entity_keys: Sequence[Any] | None = None) -> None:
-    """Raise ``ValueError`` at the first negative element of ``values``."""
-    bad = values < 0
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise input_error(field, float(values[i]), "must be non-negative", entity=_entity_of(entity_keys, i))
+def check_nonnegative(field: str, values: np.ndarray, entity_keys: Any = None, row_word: str | None = None) -> None:
+    """Raise ``ValueError`` at the first negative element of ``values`` (arguments as :func:`check_finite`)."""
+    _raise_at_first(values < 0, field, values, "must be non-negative", entity_keys, row_word)
 
 
 def check_length(field: str, values: Any, expected: int, what: str = "examples") -> None:

@@ -63,7 +63,7 @@ import numpy as np
 import scipy.linalg
 from scipy import sparse
 
-from lljax._errors import input_error
+from lljax._errors import check_finite, check_nonnegative, input_error
 from lljax._metrics import evaluate
 from lljax._ntv import Feature, IndexMap, TrainingRecord
 from lljax._packing import next_pow2
@@ -161,26 +161,12 @@ def _vector(field: str, values: Any, entity: Any) -> np.ndarray:
     return array
 
 
-def _check_rows_finite(field: str, values: np.ndarray, entity: Any, row_word: str) -> None:
-    bad = ~np.isfinite(values)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise input_error(field, float(values[i]), "must be finite", entity=entity, where=f"{row_word} {i}")
-
-
-def _check_rows_nonnegative(field: str, values: np.ndarray, entity: Any, row_word: str) -> None:
-    bad = values < 0
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise input_error(field, float(values[i]), "must be non-negative", entity=entity, where=f"{row_word} {i}")
-
-
 def _check_examples(labels, weights, offsets, entity: Any, row_word: str) -> None:
     """Finite labels, weights and offsets; non-negative weights (LL's field names)."""
-    _check_rows_finite("labels", labels, entity, row_word)
-    _check_rows_finite("labels_weights", weights, entity, row_word)
-    _check_rows_nonnegative("labels_weights", weights, entity, row_word)
-    _check_rows_finite("offsets", offsets, entity, row_word)
+    check_finite("labels", labels, entity, row_word)
+    check_finite("labels_weights", weights, entity, row_word)
+    check_nonnegative("labels_weights", weights, entity, row_word)
+    check_finite("offsets", offsets, entity, row_word)
 
 
 def _check_matrix_finite(field: str, matrix: Any, entity: Any) -> None:
@@ -453,7 +439,7 @@ class _NewtonTrainer:
             initial_model = IndexedModel(theta0, hessian0)
         elif not isinstance(initial_model, IndexedModel):
             initial_model = IndexedModel(theta0, hessian0)
-        _check_rows_finite("initial_model.theta", initial_model.theta, entity, "coefficient")
+        check_finite("initial_model.theta", initial_model.theta, entity, "coefficient")
         if self._loss_name == "logistic":
             bad = (training_data.y != 1) & (training_data.y != 0) & (training_data.y != -1)
             if bad.any():
