@@ -24,7 +24,8 @@ class UpdateReport:
       rows: ``(U,)`` examples of each entity in the update.
       features: ``(U,)`` size of each entity's local feature subspace.
       blocks: number of blocks solved.
-      seconds: wall time of the update.
+      seconds: wall time of the update, including JAX compilation of block shapes seen for
+        the first time in this process (a first update is slower than later ones).
     """
 
     entity_keys: np.ndarray
