@@ -591,7 +591,16 @@ class _NewtonTrainer:
         return None
 
 
-class TrainerSquareLossWithL2(_NewtonTrainer):
+class _L2Trainer(_NewtonTrainer):
+    """The plain-L2 trainers: the shared objective with ``delta = 0`` (Lambda Learner's signature)."""
+
+    def __init__(self, *, training_data: IndexedDataset, initial_model: IndexedModel,
+                 hessian_type: HessianType = HessianType.NONE, penalty: float = 0.0):
+        super().__init__(training_data=training_data, initial_model=initial_model, hessian_type=hessian_type,
+                         penalty=penalty, delta=0.0)
+
+
+class TrainerSquareLossWithL2(_L2Trainer):
     """Linear regression with L2: ``1/2 sum_i w_i (x_i theta + o_i - y_i)^2 + 1/2 penalty ||theta||^2``.
 
     Same arguments as Lambda Learner (keyword-only): ``training_data``, ``initial_model``
@@ -605,13 +614,8 @@ class TrainerSquareLossWithL2(_NewtonTrainer):
 
     _loss_name = "linear"
 
-    def __init__(self, *, training_data: IndexedDataset, initial_model: IndexedModel,
-                 hessian_type: HessianType = HessianType.NONE, penalty: float = 0.0):
-        super().__init__(training_data=training_data, initial_model=initial_model, hessian_type=hessian_type,
-                         penalty=penalty, delta=0.0)
 
-
-class TrainerLogisticLossWithL2(_NewtonTrainer):
+class TrainerLogisticLossWithL2(_L2Trainer):
     """Logistic regression with L2: ``sum_i w_i log(1 + exp(-y_i m_i)) + 1/2 penalty ||theta||^2``.
 
     Same arguments as Lambda Learner (keyword-only): ``training_data``, ``initial_model``
@@ -623,11 +627,6 @@ class TrainerLogisticLossWithL2(_NewtonTrainer):
     """
 
     _loss_name = "logistic"
-
-    def __init__(self, *, training_data: IndexedDataset, initial_model: IndexedModel,
-                 hessian_type: HessianType = HessianType.NONE, penalty: float = 0.0):
-        super().__init__(training_data=training_data, initial_model=initial_model, hessian_type=hessian_type,
-                         penalty=penalty, delta=0.0)
 
 
 class TrainerSequentialBayesianLogisticLossWithL2(_NewtonTrainer):
