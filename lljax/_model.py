@@ -189,7 +189,7 @@ class RandomEffectModel:
             loss[plan.entities] = result.loss[:e]
             grad_norm[plan.entities] = result.grad_norm[:e]
             ok = np.flatnonzero(result.status[:e] != Status.NON_FINITE)
-            precision = _stored_precision(result.precision, self.hessian)
+            precision = result.precision  # identity is kept as a diagonal of ones; none as None
             writes.append((plan.entities[ok], feature_ids[ok], result.theta[ok],
                            None if precision is None else precision[ok]))
         for ents, feature_ids, theta, precision in writes:
@@ -218,11 +218,6 @@ class RandomEffectModel:
         found = stored_keys[pos] == wanted if len(stored_keys) else np.zeros(len(wanted), bool)
         coef = np.where(found, stored_means[pos] if len(stored_keys) else 0.0, 0.0)
         return margins + np.bincount(row, weights=dataset.values * coef, minlength=dataset.num_examples)
-
-
-def _stored_precision(precision, hessian: str):
-    """The per-entity precision as stored: identity is kept as a diagonal of ones."""
-    return None if hessian == "none" else precision
 
 
 def _cast(dataset: Dataset, dtype: np.dtype) -> Dataset:
