@@ -16,13 +16,15 @@ example, except :meth:`Dataset.from_records`, the NTV edge.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ._errors import check_finite, check_length, check_nonnegative, input_error
+from ._arrays import concat_ranges
+from ._errors import check_finite, check_length, check_nonnegative, input_error, number_column
 
 __all__ = ["Dataset"]
 
@@ -38,23 +40,70 @@ def _as_float(name: str, values: Any, dtype: np.dtype) -> np.ndarray:
     return arr.astype(dtype, copy=False)
 
 
+def _key_class(key: Any) -> str:
+    """``"int"`` or ``"str"`` for a valid entity key, else the type's name (bools are not ints here)."""
+    return _type_class(type(key))
+
+
+def _check_key_types(keys: Sequence[Any]) -> None:
+    """``TypeError`` naming the first key whose class differs from the first key's, or that is not int/str."""
+    first = _key_class(keys[0])
+    classes = {_type_class(t) for t in set(map(type, keys))}
+    if classes != {first}:
+        bad = next(k for k in keys if _key_class(k) != first)
+        names = sorted({first, _key_class(bad)})
+        raise input_error("entity", bad, f"has a different type from other entity keys ({names})", error=TypeError)
+    if first not in ("int", "str"):
+        raise input_error("entity", keys[0], "entity keys must be integers or strings", error=TypeError)
+
+
+def _type_class(t: type) -> str:
+    if issubclass(t, str):
+        return "str"
+    if issubclass(t, numbers.Integral) and not issubclass(t, (bool, np.bool_)):
+        return "int"
+    return t.__name__
+
+
 def _encode_entities(entity: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct keys and the int64 code of each example. Rejects mixed key types."""
+    """Sorted distinct keys and the int64 code of each example. Rejects mixed key types.
+
+    Keys are all integers or all strings. A Python list mixing the two (which NumPy would
+    silently turn into strings), ``None``, floats and booleans raise ``TypeError``.
+    """
     arr = np.asarray(entity)
     if arr.ndim != 1:
         raise input_error("entity", f"<array of shape {arr.shape}>", "must be one-dimensional")
-    if arr.dtype == object and len(arr):
-        kinds = {type(k) for k in arr.tolist()}
-        if len(kinds) > 1:
-            names = sorted(k.__name__ for k in kinds)
-            first = next(k for k in arr.tolist() if type(k) is not type(arr[0]))
-            reason = f"has a different type from other entity keys ({names})"
-            raise input_error("entity", first, reason, error=TypeError)
-    if arr.dtype.kind == "f":
-        raise input_error("entity", arr[0] if len(arr) else arr, "entity keys must be integers or strings, not floats",
+    if len(arr) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if arr.dtype == object or (isinstance(entity, (list, tuple)) and arr.dtype.kind in "iuUb"):
+        _check_key_types(entity if isinstance(entity, (list, tuple)) else arr.tolist())
+    elif arr.dtype.kind == "f":
+        raise input_error("entity", arr[0], "entity keys must be integers or strings, not floats", error=TypeError)
+    elif arr.dtype.kind not in "iuU":
+        raise input_error("entity", f"<array of dtype {arr.dtype}>", "entity keys must be integers or strings",
                           error=TypeError)
     keys, codes = np.unique(arr, return_inverse=True)
     return keys, codes.astype(np.int64).reshape(-1)
+
+
+def _as_index(name: str, values: Any) -> np.ndarray:
+    """``values`` as a 1-D int64 array; ``TypeError`` for floats, strings, booleans (no silent truncation)."""
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise input_error(name, f"<array of shape {arr.shape}>", "must be one-dimensional")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise input_error(name, f"<array of dtype {arr.dtype}>", "must hold integers", error=TypeError)
+    return arr.astype(np.int64)
+
+
+def _as_count(name: str, value: Any, minimum: int) -> int:
+    """A Python int ``>= minimum``; ``TypeError`` for non-integers (floats, bools), ``ValueError`` below it."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
+        raise input_error(name, value, "must be an integer", error=TypeError)
+    if value < minimum:
+        raise input_error(name, value, f"must be >= {minimum}")
+    return int(value)
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,7 +196,10 @@ class Dataset:
         label_arr = np.asarray(label)
         if dtype is None:
             dtype = label_arr.dtype if label_arr.dtype in _FLOAT_DTYPES else np.float64
-        dtype = np.dtype(dtype)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise input_error("dtype", dtype, "is not a NumPy dtype", error=TypeError) from None
         if dtype not in _FLOAT_DTYPES:
             raise input_error("dtype", str(dtype), "must be float32 or float64", error=TypeError)
 
@@ -166,15 +218,21 @@ class Dataset:
             indptr_a, fids_a, vals_a, F = _dense_to_csr(X, n, dtype)
         else:
             if indptr is None:
+                if feature_ids is not None or values is not None:
+                    raise input_error("indptr", None, "is required when feature_ids or values are given")
                 indptr_a = np.zeros(n + 1, np.int64)
                 fids_a = np.zeros(0, np.int64)
                 vals_a = np.zeros(0, dtype)
             else:
-                indptr_a = np.asarray(indptr, dtype=np.int64)
-                fids_a = np.asarray(feature_ids if feature_ids is not None else [], dtype=np.int64)
+                indptr_a = _as_index("indptr", indptr)
+                fids_a = _as_index("feature_ids", feature_ids if feature_ids is not None else [])
                 vals_a = _as_float("values", values if values is not None else [], dtype)
             F = None
-        if num_features is None:
+        if intercept_id is not None:
+            intercept_id = _as_count("intercept_id", intercept_id, 0)
+        if num_features is not None:
+            num_features = _as_count("num_features", num_features, 0)
+        else:
             candidates = [F or 0, int(fids_a.max()) + 1 if fids_a.size else 0]
             if intercept_id is not None:
                 candidates.append(intercept_id + 1)
@@ -210,31 +268,88 @@ class Dataset:
         Labels are the records' raw labels.
         """
         entity, label, weight, offset, counts, fids, vals = [], [], [], [], [], [], []
-        for key, record in records:
+        for i, item in enumerate(records):
+            where = f"record {i}"
+            try:
+                key, record = item
+                features = record.features
+                label.append(record.raw_label)
+                weight.append(record.weight)
+                offset.append(record.offset)
+            except (TypeError, ValueError, AttributeError):
+                raise input_error("records", _shown(item), "must be an (entity_key, TrainingRecord) pair", where=where,
+                                  error=TypeError) from None
+            if not isinstance(features, (list, tuple)):
+                raise input_error("features", _shown(features), "must be a list of Feature", entity=key, where=where,
+                                  error=TypeError)
             entity.append(key)
-            label.append(record.raw_label)
-            weight.append(record.weight)
-            offset.append(record.offset)
-            counts.append(len(record.features))
-            for feature in record.features:
+            counts.append(len(features))
+            for feature in features:
                 try:
-                    fids.append(index_map.get_index(feature.name_term))
-                except IndexError:
-                    raise input_error("features", feature.name_term, "is not in the index map", entity=key) from None
-                vals.append(feature.value)
+                    name_term, value = feature.name_term, feature.value
+                except AttributeError:
+                    raise input_error("features", _shown(feature), "must be a Feature(name, term, value)", entity=key,
+                                      where=where, error=TypeError) from None
+                try:
+                    fids.append(index_map.get_index(name_term))
+                except (IndexError, TypeError):  # TypeError: an unhashable name or term
+                    raise input_error("features", name_term, "is not in the index map", entity=key,
+                                      where=where) from None
+                vals.append(value)
         indptr = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(counts, out=indptr[1:])
+        row_of_value = np.repeat(np.arange(len(counts)), counts)
+        columns = {name: number_column(name, column, dtype, entity.__getitem__, "record")
+                   for name, column in (("label", label), ("weight", weight), ("offset", offset))}
+        values = number_column("values", vals, dtype, lambda k: entity[row_of_value[k]])
         return cls.from_arrays(
-            np.array(entity, dtype=object) if entity and isinstance(entity[0], str) else np.asarray(entity),
-            np.asarray(label, dtype=dtype), indptr=indptr, feature_ids=np.asarray(fids, np.int64),
-            values=np.asarray(vals, dtype=dtype), weight=np.asarray(weight, dtype=dtype),
-            offset=np.asarray(offset, dtype=dtype), num_features=len(index_map),
+            np.array(entity, dtype=object) if entity and isinstance(entity[0], str) else entity,
+            columns["label"], indptr=indptr, feature_ids=np.asarray(fids, np.int64), values=values,
+            weight=columns["weight"], offset=columns["offset"], num_features=len(index_map),
             intercept_id=index_map.intercept_index, dtype=dtype,
         )
+
+    def take(self, examples: Any) -> Dataset:
+        """The examples at ``examples`` (int indices or a boolean mask), in that order, as a new dataset.
+
+        Entity codes are re-encoded over the entities that remain (still sorted); features,
+        ``num_features`` and ``intercept_id`` are kept. No validation is repeated.
+        """
+        idx = np.asarray(examples)
+        if idx.dtype == bool:
+            if idx.shape != (self.num_examples,):
+                raise input_error("examples", f"<mask of shape {idx.shape}>", f"must have shape ({self.num_examples},)")
+            idx = np.flatnonzero(idx)
+        elif idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+            raise input_error("examples", f"<array of shape {idx.shape}, dtype {idx.dtype}>",
+                              "must be a 1-d array of int indices or a boolean mask", error=TypeError)
+        idx = idx.astype(np.int64)
+        if idx.size and (idx.min() < -self.num_examples or idx.max() >= self.num_examples):
+            bad = idx[(idx < -self.num_examples) | (idx >= self.num_examples)][0]
+            raise input_error("examples", int(bad), f"is outside [0, {self.num_examples})")
+        idx = np.where(idx < 0, idx + self.num_examples, idx)
+        present, codes = np.unique(self.entity[idx], return_inverse=True)
+        lengths = np.diff(self.indptr)[idx]
+        indptr = np.zeros(len(idx) + 1, np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        nz = concat_ranges(self.indptr[idx], lengths)
+        return Dataset(self.entity_keys[present], codes.astype(np.int64).reshape(-1), self.label[idx],
+                       self.weight[idx], self.offset[idx], indptr, self.feature_ids[nz], self.values[nz],
+                       self.num_features, self.intercept_id)
+
+
+def _shown(obj: Any) -> Any:
+    """``obj`` itself if it prints short and plain, else its (truncated) repr, for messages."""
+    if isinstance(obj, (str, int, float, type(None))) and len(repr(obj)) <= 80:
+        return obj
+    text = repr(obj)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _dense_to_csr(X: Any, n: int, dtype: np.dtype):
     X = np.asarray(X)
+    if X.dtype.kind not in "fiub":
+        raise input_error("X", f"<array of dtype {X.dtype}>", "must be numeric (real)", error=TypeError)
     if X.ndim != 2:
         raise input_error("X", f"<array of shape {X.shape}>", "must be two-dimensional (examples, features)")
     check_length("X", X, n)
@@ -248,8 +363,16 @@ def _dense_to_csr(X: Any, n: int, dtype: np.dtype):
 
 def _check_csr(indptr, fids, vals, n, num_features, keys, codes) -> None:
     check_length("indptr", indptr, n + 1, "examples + 1")
-    if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != fids.shape[0]:
-        raise input_error("indptr", "<array>", f"must start at 0, be non-decreasing and end at nnz={fids.shape[0]}")
+    if indptr[0] != 0:
+        raise input_error("indptr", int(indptr[0]), "must start at 0", where="position 0")
+    drops = np.flatnonzero(np.diff(indptr) < 0)
+    if drops.size:
+        i = int(drops[0]) + 1
+        raise input_error("indptr", int(indptr[i]), f"must be non-decreasing (previous value {int(indptr[i - 1])})",
+                          where=f"position {i}")
+    if indptr[-1] != fids.shape[0]:
+        raise input_error("indptr", int(indptr[-1]), f"must end at nnz={fids.shape[0]} (the length of feature_ids)",
+                          where=f"position {n}")
     check_length("values", vals, fids.shape[0], "feature_ids")
     bad = (fids < 0) | (fids >= num_features)
     if bad.any():

@@ -10,18 +10,26 @@ the stored model as it was.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._arrays import group_rank
 from ._dataset import Dataset
 from ._errors import input_error
+from ._explore import Posterior
+from ._export import entity_to_ntv, model_to_table, ntv_to_flat, read_parquet, table_to_flat, write_parquet
 from ._losses import LOSSES, encode_labels
+from ._ntv import Feature, IndexMap
 from ._packing import build_block, local_subspaces, plan_blocks
+from ._persist import load_model, save_model
+from ._posterior import dense_posterior
 from ._report import UpdateReport
 from ._solve import HESSIAN_TYPES, SolverConfig, Status, solve_block
 from ._store import EntityCoefficients, EntityStore
@@ -51,6 +59,10 @@ def check_labels(dataset: Dataset, loss: str) -> None:
         raise input_error("label", float(y[i]), reason, entity=dataset.entity_key_of_example(i))
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _jax_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype JAX will compute in: float64 needs ``jax_enable_x64`` (never set by lljax)."""
     if dtype == np.float64 and not jax.config.jax_enable_x64:
@@ -77,6 +89,12 @@ class RandomEffectModel:
       max_iter: Newton iteration cap per entity.
       tol: convergence on the max-abs gradient (default 1e-6 in float64, 1e-3 in float32).
       memory_budget: bytes one block may use on the device (blocks are cut to fit).
+      min_rows: an entity with fewer rows of positive weight in an update is not trained
+        (status ``SKIPPED``; its state is kept). Default 1: entities whose weights are all 0 are skipped.
+      max_rows: at most this many rows of an entity per solve; more are trained in consecutive
+        rounds (see :meth:`update`). ``None``: no bound.
+      index_map: optional :class:`IndexMap` naming the global features; saved with the model
+        and used by the name-term exports.
 
     Example::
 
@@ -86,7 +104,8 @@ class RandomEffectModel:
     """
 
     def __init__(self, loss: str = "logistic", *, l2: float = 1.0, delta: float = 0.0, hessian: str = "full",
-                 max_iter: int = 50, tol: float | None = None, memory_budget: int = 256 << 20):
+                 max_iter: int = 50, tol: float | None = None, memory_budget: int = 256 << 20, min_rows: int = 1,
+                 max_rows: int | None = None, index_map: IndexMap | None = None):
         if loss not in LOSSES:
             raise input_error("loss", loss, f"is not one of {sorted(LOSSES)}")
         if hessian not in HESSIAN_TYPES:
@@ -95,14 +114,22 @@ class RandomEffectModel:
             raise input_error("l2", l2, "must be a finite number >= 0")
         if not (isinstance(delta, (int, float)) and 0.0 <= delta <= 1.0):
             raise input_error("delta", delta, "must be a number in [0, 1]")
-        if not (isinstance(max_iter, int) and max_iter >= 0):
+        if not (_is_int(max_iter) and max_iter >= 0):
             raise input_error("max_iter", max_iter, "must be an int >= 0")
         if tol is not None and not (math.isfinite(tol) and tol > 0):
             raise input_error("tol", tol, "must be a finite number > 0")
-        if not (isinstance(memory_budget, int) and memory_budget > 0):
+        if not (_is_int(memory_budget) and memory_budget > 0):
             raise input_error("memory_budget", memory_budget, "must be a positive int (bytes)")
+        if not (_is_int(min_rows) and min_rows >= 0):
+            raise input_error("min_rows", min_rows, "must be an int >= 0")
+        if max_rows is not None and not (_is_int(max_rows) and max_rows >= 1):
+            raise input_error("max_rows", max_rows, "must be None or an int >= 1")
+        if index_map is not None and not isinstance(index_map, IndexMap):
+            raise input_error("index_map", type(index_map).__name__, "must be an lljax.IndexMap or None",
+                              error=TypeError)
         self.loss, self.l2, self.delta, self.hessian = loss, float(l2), float(delta), hessian
         self.max_iter, self.tol, self.memory_budget = max_iter, tol, memory_budget
+        self.min_rows, self.max_rows, self.index_map = min_rows, max_rows, index_map
         self._store: EntityStore | None = None
 
     def __repr__(self) -> str:
@@ -130,6 +157,87 @@ class RandomEffectModel:
             raise KeyError(f"entity {entity!r} is not in the model")
         return self._store.get(entity)
 
+    def posterior(self, entities: Any, feature_ids: Any) -> Posterior:
+        """Gaussian posteriors of ``entities (E,)`` over global ``feature_ids (D,)``, for exploration.
+
+        Returns a :class:`Posterior` (NumPy arrays): ``mean (E, D)`` and precision ``(E, D, D)``
+        (``hessian="full"``) or ``(E, D)`` (``"diagonal"``, ``"identity"``). Features an entity has
+        never seen, and entities not in the model, get the cold-start prior (mean 0, precision
+        ``l2``); stored features not requested are marginalized out.
+        """
+        if self.hessian == "none":
+            raise input_error("hessian", "none", "keeps no posterior precision; exploration needs 'identity', "
+                              "'diagonal' or 'full'")
+        dtype = self.dtype if self.dtype is not None else np.dtype(np.float64 if jax.config.jax_enable_x64
+                                                                   else np.float32)
+        return dense_posterior(self._store, entities, feature_ids, self.l2, dtype, full=self.hessian == "full")
+
+    # -- persistence and exports --------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the whole model (hyper-parameters, index map, every entity's feature ids, means and
+        precisions) to ``path``, atomically: a crash mid-save leaves the previous file intact."""
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RandomEffectModel:
+        """Read a model written by :meth:`save` (exactly as saved); :class:`ModelFileError` if the file
+        is not an lljax model, has another format version, or is corrupt."""
+        return load_model(path, cls)
+
+    def to_table(self) -> dict[str, np.ndarray]:
+        """All entities as columns ``entity``, ``feature_id``, ``mean``, ``variance`` (``1 / diag(P)``,
+        Lambda Learner's convention), and ``name``/``term`` with an index map; one row per pair."""
+        return model_to_table(self)
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], **hyperparameters: Any) -> RandomEffectModel:
+        """A model holding the entities of a table like :meth:`to_table`'s (precision ``1 / variance``,
+        diagonal even for ``hessian="full"``), with the given constructor arguments."""
+        model = cls(**hyperparameters)
+        model.import_table(table)
+        return model
+
+    def import_table(self, table: dict[str, Any]) -> None:
+        """Add or replace the entities of ``table`` (validated first; see :meth:`from_table`)."""
+        dtype = self._import_dtype(table.get("mean"))
+        store = self._store if self._store is not None else EntityStore(dtype, _STORED_PRECISION[self.hessian])
+        store.write_flat(table_to_flat(table, precision=store.precision, l2=self.l2, dtype=store.dtype))
+        self._store = store
+
+    def to_parquet(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_table` to a Parquet file, atomically (needs ``pyarrow``)."""
+        write_parquet(self.to_table(), os.fspath(path))
+
+    @classmethod
+    def from_parquet(cls, path: str | os.PathLike, **hyperparameters: Any) -> RandomEffectModel:
+        """:meth:`from_table` of a Parquet file written by :meth:`to_parquet`."""
+        return cls.from_table(read_parquet(os.fspath(path)), **hyperparameters)
+
+    def entity_to_ntv(self, entity: Any, index_map: IndexMap | None = None
+                      ) -> tuple[list[Feature], list[Feature] | None]:
+        """One entity's ``(means, variances)`` as :class:`Feature` lists, Lambda Learner's name-term form
+        (variances ``1 / diag(P)``; ``None`` without precision). Uses ``self.index_map`` by default."""
+        return entity_to_ntv(self, entity, index_map)
+
+    def entity_from_ntv(self, entity: Any, means: Iterable[Feature], variances: Iterable[Feature] | None = None,
+                        index_map: IndexMap | None = None) -> None:
+        """Set one entity's model from name-term means and variances (precision ``1 / variance``;
+        ``l2`` for a feature without variance), replacing what was stored for it."""
+        means = list(means)
+        dtype = self._import_dtype(np.asarray([f.value for f in means], np.float64))
+        store = self._store if self._store is not None else EntityStore(dtype, _STORED_PRECISION[self.hessian])
+        variances = None if variances is None else list(variances)
+        store.write_flat(ntv_to_flat(self, entity, means, variances, index_map, store.precision, store.dtype))
+        self._store = store
+
+    def _import_dtype(self, values: Any) -> np.dtype:
+        if self._store is not None:
+            return self._store.dtype
+        kind = np.asarray(values).dtype if values is not None else np.dtype(np.float64)
+        dtype = kind if kind in (np.float32, np.float64) else np.dtype(np.float64)
+        return _jax_dtype(dtype)
+
     def solver_config(self, dtype: np.dtype) -> SolverConfig:
         tol = self.tol if self.tol is not None else _DEFAULT_TOL[np.dtype(dtype)]
         return SolverConfig(loss=self.loss, hessian=self.hessian, max_iter=self.max_iter, tol=tol)
@@ -137,8 +245,18 @@ class RandomEffectModel:
     def update(self, dataset: Dataset) -> UpdateReport:
         """Train every entity of ``dataset``, using stored posteriors as priors; return a report.
 
-        Entities not in ``dataset`` are untouched. An entity whose solve ends NON_FINITE keeps
-        what was stored for it (a new one is not stored).
+        - Entities not in ``dataset`` are untouched (bit for bit).
+        - An entity with fewer than ``min_rows`` rows of positive weight is not trained: status
+          ``SKIPPED``, its stored state (or, if new, nothing) is kept, and it stays scorable.
+        - An entity with more than ``max_rows`` rows is trained in consecutive rounds of at most
+          ``max_rows`` rows each (in the dataset's row order): round 1 uses the model's ``delta``,
+          later rounds ``delta = 1`` (the previous round's posterior is the whole prior). For the
+          linear loss with full precision this equals one fit on all rows; otherwise it is the
+          sequential Laplace approximation. It bounds the padded block size (memory), not the work.
+        - An entity whose solve ends NON_FINITE keeps what was stored for it (a new one is not stored).
+
+        Each round is atomic: everything is validated first, and a round writes only after all its
+        blocks are solved.
         """
         started = time.perf_counter()
         if not isinstance(dataset, Dataset):
@@ -148,15 +266,47 @@ class RandomEffectModel:
         check_labels(dataset, self.loss)
         dtype = _jax_dtype(dataset.dtype)
         if self._store is None:
-            store = EntityStore(dtype, _STORED_PRECISION[self.hessian])
-        else:
-            store = self._store
-            if store.dtype != dtype:
-                raise input_error("dataset.dtype", str(dataset.dtype), f"differs from the model's dtype {store.dtype}",
-                                  error=TypeError)
+            self._store = EntityStore(dtype, _STORED_PRECISION[self.hessian])
+        elif self._store.dtype != dtype:
+            raise input_error("dataset.dtype", str(dataset.dtype),
+                              f"differs from the model's dtype {self._store.dtype}", error=TypeError)
         if dataset.dtype != dtype:
             dataset = _cast(dataset, dtype)
 
+        U = dataset.num_entities
+        rows = np.bincount(dataset.entity, minlength=U)
+        active = np.bincount(dataset.entity, weights=dataset.weight > 0, minlength=U)
+        trained = active >= self.min_rows
+        report = _EntityReport.skipped(U, dtype)
+        report.features[:] = self._stored_sizes(dataset.entity_keys)
+        keep = trained[dataset.entity]
+        if self.max_rows is None:
+            round_of_row = np.zeros(dataset.num_examples, np.int64)
+        else:
+            round_of_row = group_rank(dataset.entity, U) // self.max_rows
+        blocks = 0
+        for r in range(int(round_of_row[keep].max()) + 1 if keep.any() else 0):
+            part = dataset.take(keep & (round_of_row == r))
+            codes = np.searchsorted(dataset.entity_keys, part.entity_keys)
+            delta = self.delta if r == 0 else 1.0
+            round_report, round_blocks = self._update_round(part, delta)
+            report.merge(codes, round_report, first=r == 0)
+            blocks += round_blocks
+        return UpdateReport(dataset.entity_keys, report.status, report.iterations, report.loss, report.grad_norm,
+                            rows, report.features, blocks, time.perf_counter() - started)
+
+    def _stored_sizes(self, keys: np.ndarray) -> np.ndarray:
+        """``(len(keys),)`` stored feature count of each key (0 if not stored)."""
+        slots = self._store.lookup(keys)
+        sizes = np.zeros(len(keys), np.int64)
+        for positions, fids, _, _ in self._store.gather_dense(slots):
+            sizes[positions] = (fids >= 0).sum(axis=1)
+        return sizes
+
+    def _update_round(self, dataset: Dataset, delta: float) -> tuple[_EntityReport, int]:
+        """One atomic sequential update of every entity of ``dataset`` with forgetting ``delta``."""
+        store = self._store
+        dtype = store.dtype
         U = dataset.num_entities
         slots = store.lookup(dataset.entity_keys)
         prior = store.gather_pairs(slots)
@@ -170,33 +320,29 @@ class RandomEffectModel:
                             self.memory_budget)
 
         config = self.solver_config(dtype)
-        l2, delta = jnp.asarray(self.l2, dtype), jnp.asarray(self.delta, dtype)
+        l2, delta = jnp.asarray(self.l2, dtype), jnp.asarray(delta, dtype)
         pending = []
         for plan in plans:
             block = build_block(dataset, labels, plan, subspaces, row_order, row_start, store, slots, self.l2)
             pending.append((plan, block.feature_ids, solve_block(block, l2, delta, config)))
 
-        status = np.empty(U, np.int32)
-        iterations = np.empty(U, np.int32)
-        loss = np.empty(U, dtype)
-        grad_norm = np.empty(U, dtype)
+        report = _EntityReport.skipped(U, dtype)
+        report.features[:] = subspaces.sizes
         writes = []
         for plan, feature_ids, result in pending:
             result = jax.device_get(result)
             e = len(plan.entities)
-            status[plan.entities] = result.status[:e]
-            iterations[plan.entities] = result.iterations[:e]
-            loss[plan.entities] = result.loss[:e]
-            grad_norm[plan.entities] = result.grad_norm[:e]
+            report.status[plan.entities] = result.status[:e]
+            report.iterations[plan.entities] = result.iterations[:e]
+            report.loss[plan.entities] = result.loss[:e]
+            report.grad_norm[plan.entities] = result.grad_norm[:e]
             ok = np.flatnonzero(result.status[:e] != Status.NON_FINITE)
             precision = result.precision  # identity is kept as a diagonal of ones; none as None
             writes.append((plan.entities[ok], feature_ids[ok], result.theta[ok],
                            None if precision is None else precision[ok]))
         for ents, feature_ids, theta, precision in writes:
             store.write(dataset.entity_keys[ents], slots[ents], feature_ids, theta, precision)
-        self._store = store
-        return UpdateReport(dataset.entity_keys, status, iterations, loss, grad_norm, rows_per_entity,
-                            subspaces.sizes, len(plans), time.perf_counter() - started)
+        return report, len(plans)
 
     def score(self, dataset: Dataset) -> np.ndarray:
         """``(n,)`` mean scores (margins) ``offset + x . theta_entity`` for every example.
@@ -218,6 +364,35 @@ class RandomEffectModel:
         found = stored_keys[pos] == wanted if len(stored_keys) else np.zeros(len(wanted), bool)
         coef = np.where(found, stored_means[pos] if len(stored_keys) else 0.0, 0.0)
         return margins + np.bincount(row, weights=dataset.values * coef, minlength=dataset.num_examples)
+
+
+class _EntityReport(NamedTuple):
+    """Per-entity outcome arrays of an update, filled round by round."""
+
+    status: np.ndarray
+    iterations: np.ndarray
+    loss: np.ndarray
+    grad_norm: np.ndarray
+    features: np.ndarray
+
+    @classmethod
+    def skipped(cls, size: int, dtype: np.dtype) -> _EntityReport:
+        """Every entity SKIPPED, 0 iterations, NaN loss and gradient (nothing was computed)."""
+        return cls(np.full(size, Status.SKIPPED, np.int32), np.zeros(size, np.int32), np.full(size, np.nan, dtype),
+                   np.full(size, np.nan, dtype), np.zeros(size, np.int64))
+
+    def merge(self, at: np.ndarray, later: _EntityReport, *, first: bool) -> None:
+        """Fold a round's report (for entities ``at``) in: the first non-CONVERGED status is kept,
+        iterations add up, loss, gradient and features are the latest round's."""
+        if first:
+            self.status[at] = later.status
+        else:
+            converged = self.status[at] == Status.CONVERGED
+            self.status[at] = np.where(converged, later.status, self.status[at])
+        self.iterations[at] += later.iterations
+        self.loss[at] = later.loss
+        self.grad_norm[at] = later.grad_norm
+        self.features[at] = later.features
 
 
 def _cast(dataset: Dataset, dtype: np.dtype) -> Dataset:

@@ -20,11 +20,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._arrays import concat_ranges, next_pow2
 from ._dataset import Dataset
 from ._solve import Block
 from ._store import EntityStore
 
-__all__ = ["Subspaces", "BlockPlan", "local_subspaces", "plan_blocks", "build_block", "next_pow2"]
+__all__ = ["Subspaces", "BlockPlan", "local_subspaces", "plan_blocks", "build_block"]
 
 # Smallest padded sizes: tiny buckets cost little to pad and each distinct shape costs a compile.
 _MIN_ROWS = 4
@@ -33,19 +34,6 @@ _MIN_LANES = 8
 # Solver temporaries (X * curvature, a few D x D matrices, line-search copies) on top of
 # the block's own arrays; used to turn a memory budget into a block size.
 _WORKSPACE_FACTOR = 4
-
-
-def next_pow2(x: np.ndarray) -> np.ndarray:
-    """Smallest power of two >= x (elementwise, x >= 1)."""
-    x = np.maximum(np.asarray(x, np.int64), 1)
-    return (1 << np.ceil(np.log2(x)).astype(np.int64)).astype(np.int64)
-
-
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, s + c)`` for each (s, c), vectorized."""
-    total = int(counts.sum())
-    ends = np.cumsum(counts)
-    return np.repeat(starts - (ends - counts), counts) + np.arange(total, dtype=np.int64)
 
 
 class Subspaces(NamedTuple):
@@ -76,7 +64,7 @@ class Subspaces(NamedTuple):
         out = np.full((len(entity), width), -1, np.int64)
         lanes = np.repeat(np.arange(len(entity)), sizes)
         cols = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        out[lanes, cols] = self.pair_keys[_ranges(self.start[entity], sizes)] % self.stride
+        out[lanes, cols] = self.pair_keys[concat_ranges(self.start[entity], sizes)] % self.stride
         return out
 
 
@@ -165,7 +153,7 @@ def build_block(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, subspaces
     ents = plan.entities
     dtype = dataset.dtype
     n_rows = row_start[ents + 1] - row_start[ents]
-    rows = row_order[_ranges(row_start[ents], n_rows)]
+    rows = row_order[concat_ranges(row_start[ents], n_rows)]
     lane = np.repeat(np.arange(len(ents)), n_rows)
     rank = np.arange(len(rows)) - np.repeat(np.cumsum(n_rows) - n_rows, n_rows)
     row_cell = lane * N + rank
@@ -178,7 +166,7 @@ def build_block(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, subspaces
     offset[row_cell] = dataset.offset[rows]
 
     nnz_per_row = dataset.indptr[rows + 1] - dataset.indptr[rows]
-    nz = _ranges(dataset.indptr[rows], nnz_per_row)
+    nz = concat_ranges(dataset.indptr[rows], nnz_per_row)
     nz_cell = np.repeat(row_cell, nnz_per_row)
     nz_entity = np.repeat(ents[lane], nnz_per_row)
     col = subspaces.local_index(nz_entity, dataset.feature_ids[nz])

@@ -45,12 +45,16 @@ class Status(enum.IntEnum):
     NON_FINITE: a loss, gradient or Newton step became NaN/inf; the prior is kept.
     STALLED: no step size decreased the objective (the numerical floor was reached
       before the tolerance); the last iterate is kept.
+    SKIPPED: not solved: the entity had fewer rows with positive weight than the model's
+      ``min_rows``; its stored state (or cold prior) is kept. Set by
+      :meth:`RandomEffectModel.update`, never by :func:`solve_block`.
     """
 
     CONVERGED = 0
     MAX_ITERATIONS = 1
     NON_FINITE = 2
     STALLED = 3
+    SKIPPED = 4
 
 
 class Block(NamedTuple):

@@ -15,7 +15,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["EntityStore", "EntityCoefficients", "StoredPairs"]
+from ._arrays import concat_ranges, next_pow2
+
+__all__ = ["EntityStore", "EntityCoefficients", "StoredPairs", "FlatEntities"]
 
 
 class EntityCoefficients(NamedTuple):
@@ -36,6 +38,36 @@ class StoredPairs(NamedTuple):
     owner: np.ndarray
     feature_ids: np.ndarray
     means: np.ndarray
+
+
+class FlatEntities(NamedTuple):
+    """All stored entities in compact form (the persistence and export layout), in slot order.
+
+    Attributes:
+      keys: ``(U,)`` entity keys.
+      indptr: ``(U+1,)`` offsets of each entity's pairs.
+      feature_ids: ``(P,)`` global feature ids, sorted within each entity.
+      means: ``(P,)`` posterior means.
+      precision: ``(P,)`` diagonals, or ``(sum d_u^2,)`` row-major ``(d_u, d_u)`` full matrices
+        one after the other, or ``None``.
+    """
+
+    keys: np.ndarray
+    indptr: np.ndarray
+    feature_ids: np.ndarray
+    means: np.ndarray
+    precision: np.ndarray | None
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    @property
+    def precision_indptr(self) -> np.ndarray:
+        """``(U+1,)`` offsets of each entity's flattened full precision."""
+        out = np.zeros(len(self.keys) + 1, np.int64)
+        np.cumsum(self.sizes**2, out=out[1:])
+        return out
 
 
 class _Slab:
@@ -73,6 +105,9 @@ def _grow(arr: np.ndarray, capacity: int, fill) -> np.ndarray:
 class EntityStore:
     """Per-entity coefficients (and precision) of many entities.
 
+    Every stored entity has a *slot* (its insertion rank), and each slot points at a row of the
+    slab of its width (width 0: registered, no row yet).
+
     Args:
       dtype: float dtype of means and precisions.
       precision: ``"full"``, ``"diagonal"`` or ``None`` (what is stored per entity).
@@ -85,8 +120,8 @@ class EntityStore:
         self.precision = precision
         self._slot_of: dict[Any, int] = {}
         self._keys: list = []
-        self._width = np.zeros(0, np.int64)
-        self._row = np.zeros(0, np.int64)
+        self._width = np.zeros(16, np.int64)  # capacity grows geometrically; first len(self) are live
+        self._row = np.zeros(16, np.int64)
         self._slabs: dict[int, _Slab] = {}
 
     def __len__(self) -> int:
@@ -103,13 +138,15 @@ class EntityStore:
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """``(k,)`` slot of each key, -1 for keys not stored."""
         get = self._slot_of.get
-        return np.fromiter((get(k, -1) for k in keys.tolist()), np.int64, count=len(keys))
+        return np.fromiter((get(k, -1) for k in np.asarray(keys).tolist()), np.int64, count=len(keys))
 
     def _groups(self, slots: np.ndarray):
         """Yield ``(slab, positions, rows)`` for the stored entries of ``slots``, one group per width."""
         present = np.flatnonzero(slots >= 0)
         widths = self._width[slots[present]]
         for width in np.unique(widths):
+            if width == 0:
+                continue
             positions = present[widths == width]
             yield self._slabs[int(width)], positions, self._row[slots[positions]]
 
@@ -125,7 +162,10 @@ class EntityStore:
         return StoredPairs(np.concatenate(owners), np.concatenate(fids), np.concatenate(means))
 
     def gather_dense(self, slots: np.ndarray):
-        """Yield ``(positions, feature_ids (g, W), means (g, W), precision)`` per stored width."""
+        """Yield ``(positions, feature_ids (g, W), means (g, W), precision)`` per stored width.
+
+        A row's valid features (id >= 0) come first, sorted; the rest is padding.
+        """
         for slab, positions, rows in self._groups(slots):
             precision = None if slab.precision is None else slab.precision[rows]
             yield positions, slab.feature_ids[rows], slab.means[rows], precision
@@ -137,16 +177,16 @@ class EntityStore:
         Args:
           keys: ``(e,)`` entity keys.
           slots: ``(e,)`` their current slots (from :meth:`lookup`).
-          feature_ids: ``(e, W)`` global ids, -1 padding.
+          feature_ids: ``(e, W)`` global ids, sorted valid ids first, then -1 padding.
           means: ``(e, W)``.
           precision: ``(e, W, W)``, ``(e, W)`` or ``None``, matching the store's kind.
         """
+        slots = self._register(keys, slots)
         width = feature_ids.shape[1]
         slab = self._slabs.get(width)
         if slab is None:
             slab = self._slabs[width] = _Slab(width, self.dtype, self.precision)
-        in_place = slots >= 0
-        in_place[in_place] = self._width[slots[in_place]] == width
+        in_place = self._width[slots] == width
         rows = np.empty(len(keys), np.int64)
         rows[in_place] = self._row[slots[in_place]]
         moved = np.flatnonzero(~in_place)
@@ -156,39 +196,140 @@ class EntityStore:
         slab.means[rows] = means
         if slab.precision is not None:
             slab.precision[rows] = precision
-        self._assign(keys[moved], slots[moved], width, rows[moved])
+        self._width[slots[moved]] = width
+        self._row[slots[moved]] = rows[moved]
 
     def _retire(self, slots: np.ndarray) -> None:
         """Mark the old rows of entities that move to another slab as dead."""
         for slab, _, rows in self._groups(slots):
             slab.feature_ids[rows] = -1
 
-    def _assign(self, keys: np.ndarray, slots: np.ndarray, width: int, rows: np.ndarray) -> None:
+    def _register(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Give the keys with slot -1 new slots (width 0: no row yet); return all slots."""
         new = slots < 0
+        if not new.any():
+            return slots
         first_new = len(self._keys)
-        new_keys = keys[new].tolist()
+        new_keys = np.asarray(keys)[new].tolist()
         slots = slots.copy()
         slots[new] = np.arange(first_new, first_new + len(new_keys))
         self._slot_of.update(zip(new_keys, range(first_new, first_new + len(new_keys))))
+        if len(self._slot_of) != first_new + len(new_keys):
+            raise ValueError("field 'keys': duplicate entity keys in one write")
         self._keys.extend(new_keys)
-        grow = len(self._keys) - self._width.shape[0]
-        if grow > 0:
-            self._width = np.concatenate([self._width, np.zeros(grow, np.int64)])
-            self._row = np.concatenate([self._row, np.zeros(grow, np.int64)])
-        self._width[slots] = width
-        self._row[slots] = rows
+        if len(self._keys) > self._width.shape[0]:
+            capacity = max(len(self._keys), 2 * self._width.shape[0])
+            self._width = _grow(self._width, capacity, 0)
+            self._row = _grow(self._row, capacity, 0)
+        return slots
 
     def get(self, key: Any) -> EntityCoefficients:
         """Coefficients of one entity; ``KeyError`` naming the entity if it is not stored."""
         if key not in self._slot_of:
             raise KeyError(f"entity {key!r} is not in the model")
-        slot = self._slot_of[key]
-        slab = self._slabs[int(self._width[slot])]
-        row = self._row[slot]
-        valid = slab.feature_ids[row] >= 0
-        precision = None
-        if slab.precision is not None:
-            p = slab.precision[row]
-            precision = p[np.ix_(valid, valid)] if p.ndim == 2 else p[valid]
-        return EntityCoefficients(slab.feature_ids[row][valid].copy(), slab.means[row][valid].copy(),
-                                  None if precision is None else precision.copy())
+        flat = self.to_flat(np.array([self._slot_of[key]]))
+        precision = flat.precision
+        if precision is not None and self.precision == "full":
+            d = len(flat.feature_ids)
+            precision = precision.reshape(d, d)
+        return EntityCoefficients(flat.feature_ids, flat.means, precision)
+
+    def to_flat(self, slots: np.ndarray | None = None) -> FlatEntities:
+        """The entities at ``slots`` (default: all, in slot order) in compact form (copies)."""
+        slots = np.arange(len(self._keys)) if slots is None else np.asarray(slots, np.int64)
+        U = len(slots)
+        sizes = np.zeros(U, np.int64)
+        parts = []  # (positions, fids, means, precision) of each width group, valid entries only
+        for slab, positions, rows in self._groups(slots):
+            fids = slab.feature_ids[rows]
+            valid = fids >= 0
+            sizes[positions] = valid.sum(axis=1)
+            precision = None
+            if slab.precision is not None:
+                p = slab.precision[rows]
+                precision = p[valid[:, :, None] & valid[:, None, :]] if p.ndim == 3 else p[valid]
+            parts.append((positions, fids[valid], slab.means[rows][valid], precision))
+        indptr = np.zeros(U + 1, np.int64)
+        np.cumsum(sizes, out=indptr[1:])
+        per_entity = sizes**2 if self.precision == "full" else sizes
+        fids = _in_slot_order(parts, 1, sizes, U, np.int64)
+        means = _in_slot_order(parts, 2, sizes, U, self.dtype)
+        precision = None if self.precision is None else _in_slot_order(parts, 3, per_entity, U, self.dtype)
+        keys = np.asarray(self._keys, dtype=object)[slots] if U else np.zeros(0, object)
+        return FlatEntities(_plain_keys(keys), indptr, fids, means, precision)
+
+    @classmethod
+    def from_flat(cls, flat: FlatEntities, dtype: Any, precision: str | None) -> EntityStore:
+        """A store holding ``flat``'s entities, in its order (the inverse of :meth:`to_flat`)."""
+        store = cls(dtype, precision)
+        store.write_flat(flat)
+        return store
+
+    def write_flat(self, flat: FlatEntities) -> None:
+        """Store (add or replace) the entities of ``flat``; new keys get slots in ``flat``'s order.
+
+        ``flat.precision`` must match the store's kind (``None`` for a store without precision).
+        """
+        U = len(flat.keys)
+        slots = self._register(flat.keys, self.lookup(flat.keys))
+        sizes = flat.sizes
+        widths = next_pow2(np.maximum(sizes, 1))
+        prec_indptr = flat.precision_indptr if self.precision == "full" else flat.indptr
+        for width in np.unique(widths) if U else []:
+            W = int(width)
+            members = np.flatnonzero(widths == width)
+            d = sizes[members]
+            lane, col = _lane_and_rank(d)
+            pairs = concat_ranges(flat.indptr[members], d)
+            fids = np.full((len(members), W), -1, np.int64)
+            means = np.zeros((len(members), W), self.dtype)
+            fids[lane, col] = flat.feature_ids[pairs]
+            means[lane, col] = flat.means[pairs]
+            prec = None
+            if self.precision == "diagonal":
+                prec = np.zeros((len(members), W), self.dtype)
+                prec[lane, col] = flat.precision[pairs]
+            elif self.precision == "full":
+                prec = np.zeros((len(members), W, W), self.dtype)
+                m_lane, m_rank = _lane_and_rank(d**2)
+                m_d = np.repeat(d, d**2)
+                prec[m_lane, m_rank // m_d, m_rank % m_d] = flat.precision[concat_ranges(prec_indptr[members], d**2)]
+                pad = np.arange(W)[None, :] >= d[:, None]
+                prec[:, np.arange(W), np.arange(W)] += pad  # identity on padding, as the solver leaves it
+            self.write(flat.keys[members], slots[members], fids, means, prec)
+
+
+def _lane_and_rank(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For groups of ``counts`` elements laid one after the other: each element's group and rank in it."""
+    lane = np.repeat(np.arange(len(counts)), counts)
+    rank = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    return lane, rank
+
+
+def _in_slot_order(parts, field: int, counts: np.ndarray, U: int, dtype) -> np.ndarray:
+    """Concatenate the ``field`` arrays of width groups, reordered to slot order.
+
+    Each group's array holds its entities' entries one entity after the other (in the group's
+    ``positions`` order), ``counts[position]`` entries each.
+    """
+    if not parts:
+        return np.zeros(0, dtype)
+    chunks = np.concatenate([p[field] for p in parts])
+    positions = np.concatenate([p[0] for p in parts])
+    group_counts = counts[positions]
+    group_start = np.cumsum(group_counts) - group_counts
+    start_of = np.zeros(U, np.int64)
+    start_of[positions] = group_start
+    return chunks[concat_ranges(start_of, counts)].astype(dtype, copy=False)
+
+
+def _plain_keys(keys: np.ndarray) -> np.ndarray:
+    """Object array of keys -> int64 or str array when the keys allow it (they are of one type)."""
+    if keys.size == 0:
+        return keys
+    first = keys[0]
+    if isinstance(first, (int, np.integer)) and not isinstance(first, bool):
+        return keys.astype(np.int64)
+    if isinstance(first, str):
+        return keys.astype(str)
+    return keys

@@ -63,10 +63,10 @@ import numpy as np
 import scipy.linalg
 from scipy import sparse
 
+from lljax._arrays import next_pow2
 from lljax._errors import check_finite, check_nonnegative, input_error
 from lljax._metrics import evaluate
 from lljax._ntv import Feature, IndexMap, TrainingRecord
-from lljax._packing import next_pow2
 from lljax._solve import Block, SolverConfig, Status, entity_objective, solve_block
 
 __all__ = [
