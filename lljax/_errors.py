@@ -8,11 +8,13 @@ columns and only build a message for the first offending element.
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["input_error", "check_finite", "check_nonnegative", "check_length"]
+__all__ = ["input_error", "check_finite", "check_nonnegative", "check_length", "number_column"]
 
 
 def input_error(
@@ -80,3 +82,41 @@ def check_length(field: str, values: Any, expected: int, what: str = "examples")
     n = len(values)
     if n != expected:
         raise input_error(field, f"<array of length {n}>", f"has the wrong length: expected {expected} ({what})")
+
+
+def number_column(field: str, items: Any, dtype: Any = np.float64, entity_of: Callable[[int], Any] | None = None,
+                  row_word: str | None = None) -> np.ndarray:
+    """A list of Python / NumPy numbers as a ``(n,)`` float array; ``TypeError`` at the first non-number.
+
+    Strings (even numeric ones like ``"1"``), ``None`` and containers are rejected rather than
+    parsed or turned into NaN; booleans count as 0/1, as in Python. The good path is one
+    ``np.asarray``; the Python scan for the message only runs when that gives a non-numeric
+    dtype (or an object array of integers too large for int64, converted one by one;
+    values beyond the float range become inf, for the finiteness check to report).
+
+    Args:
+      field: field name for the message.
+      items: ``(n,)`` sequence of numbers.
+      dtype: float dtype of the result.
+      entity_of: ``entity_of(i)`` is the entity key of item ``i``, for the message (optional).
+      row_word: if given, the message also says ``"{row_word} {i}"`` (e.g. ``"record 3"``).
+    """
+    items = items if isinstance(items, (list, tuple, np.ndarray)) else list(items)
+    try:
+        arr = np.asarray(items)
+    except (TypeError, ValueError):  # ragged nesting
+        arr = None
+    if arr is not None and arr.ndim == 1 and (arr.dtype.kind in "fiub" or arr.size == 0):
+        return arr.astype(dtype)
+    out = np.empty(len(items), dtype)
+    for i, value in enumerate(items):
+        if not isinstance(value, numbers.Real):
+            shown = value if isinstance(value, (str, bytes, type(None), numbers.Number)) else repr(value)[:80]
+            where = None if row_word is None else f"{row_word} {i}"
+            entity = None if entity_of is None else entity_of(i)
+            raise input_error(field, shown, "must be a number", entity=entity, where=where, error=TypeError)
+        try:
+            out[i] = float(value)
+        except OverflowError:  # an int beyond the float range
+            out[i] = np.inf if value > 0 else -np.inf
+    return out
