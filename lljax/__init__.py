@@ -11,18 +11,36 @@ Public surface:
   :func:`read_ntv_jsonl`, :func:`iter_ntv_jsonl`, :func:`write_ntv_jsonl`;
 - training: :class:`RandomEffectModel`, :class:`UpdateReport`, :class:`Status`,
   :class:`EntityCoefficients`;
+- streams: :func:`run_stream` (progressive validation), :class:`StreamReport`, :class:`WindowResult`;
+- persistence: :meth:`RandomEffectModel.save` / :meth:`RandomEffectModel.load`, :class:`ModelFileError`;
+- exploration (pure JAX, explicit keys): :class:`Posterior` (from :meth:`RandomEffectModel.posterior`),
+  :func:`thompson_arms`, :func:`thompson_candidates`, :func:`ucb_arms`, :func:`ucb_candidates`,
+  :func:`arm_moments`, :func:`candidate_moments`, :func:`sample_posterior`, :func:`top_k`;
 - metrics: :func:`auc`, :func:`rmse`, :func:`log_loss`, :func:`evaluate`;
 - low level (one block, pure JAX): :class:`Block`, :class:`SolverConfig`, :class:`SolveResult`,
   :func:`solve_block`.
 """
 
 from ._dataset import Dataset
+from ._explore import (
+    Posterior,
+    arm_moments,
+    candidate_moments,
+    sample_posterior,
+    thompson_arms,
+    thompson_candidates,
+    top_k,
+    ucb_arms,
+    ucb_candidates,
+)
 from ._metrics import auc, evaluate, log_loss, rmse
 from ._model import RandomEffectModel
 from ._ntv import Feature, IndexMap, TrainingRecord, iter_ntv_jsonl, read_ntv_jsonl, write_ntv_jsonl
+from ._persist import ModelFileError
 from ._report import UpdateReport
 from ._solve import Block, SolverConfig, SolveResult, Status, solve_block
 from ._store import EntityCoefficients
+from ._stream import StreamReport, WindowResult, run_stream
 
 __version__ = "0.1.0"
 
@@ -32,18 +50,31 @@ __all__ = [
     "EntityCoefficients",
     "Feature",
     "IndexMap",
+    "ModelFileError",
+    "Posterior",
     "RandomEffectModel",
     "SolveResult",
     "SolverConfig",
     "Status",
+    "StreamReport",
     "TrainingRecord",
     "UpdateReport",
+    "WindowResult",
+    "arm_moments",
     "auc",
+    "candidate_moments",
     "evaluate",
     "iter_ntv_jsonl",
     "log_loss",
     "read_ntv_jsonl",
     "rmse",
+    "run_stream",
+    "sample_posterior",
     "solve_block",
+    "thompson_arms",
+    "thompson_candidates",
+    "top_k",
+    "ucb_arms",
+    "ucb_candidates",
     "write_ntv_jsonl",
 ]

@@ -1,0 +1,331 @@
+"""Streams of mini-batches: exactness of sequential updates, active-data bounds, untouched
+entities, progressive validation."""
+
+import numpy as np
+import pytest
+
+import lljax
+from lljax import Dataset, RandomEffectModel, Status
+from tests import oracles
+
+F = 10  # global features; 0 is the intercept
+
+
+def batch(rng, entities, rows_per_entity, feature_pool, *, loss="linear", weight=None):
+    """Examples of ``entities`` (``rows_per_entity`` each, shuffled) using features from
+    ``feature_pool`` (a different pool per batch makes new features join an entity's subspace)."""
+    entity = np.repeat(np.asarray(entities), rows_per_entity)
+    n = len(entity)
+    X = np.zeros((n, F))
+    for j in feature_pool:
+        X[:, j] = rng.normal(size=n) * (rng.random(n) < 0.7)
+    offset = 0.2 * rng.normal(size=n)
+    label = (rng.random(n) < 0.4).astype(float) if loss == "logistic" else rng.normal(size=n)
+    perm = rng.permutation(n)
+    w = np.ones(n) if weight is None else np.asarray(weight, float)
+    return Dataset.from_arrays(entity[perm], label[perm], X=X[perm], offset=offset[perm], weight=w[perm],
+                               num_features=F)
+
+
+def concat(datasets):
+    keys = np.concatenate([d.entity_keys[d.entity] for d in datasets])
+    shifts = np.cumsum([0] + [d.indptr[-1] for d in datasets[:-1]])
+    indptr = np.concatenate([[0]] + [d.indptr[1:] + s for d, s in zip(datasets, shifts)])
+    cat = lambda f: np.concatenate([getattr(d, f) for d in datasets])  # noqa: E731
+    return Dataset.from_arrays(keys, cat("label"), indptr=indptr, feature_ids=cat("feature_ids"),
+                               values=cat("values"), weight=cat("weight"), offset=cat("offset"),
+                               num_features=F, intercept_id=None)
+
+
+def stream_batches(seed, k=4, population=300):
+    """k batches over a population; each batch holds a random subset of entities and its own feature pool."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(k):
+        entities = rng.choice(population, size=population // 2, replace=False)
+        pool = rng.choice(np.arange(1, F), size=4, replace=False)
+        out.append(batch(rng, entities, rng.integers(1, 4), pool))
+    return out
+
+
+def test_linear_full_k_sequential_updates_equal_one_joint_fit():
+    """delta = 1, full precision, linear loss: the posterior after k mini-batches (entities in some
+    batches only, features joining over time) equals one fit on all of them, to 1e-8."""
+    batches = stream_batches(0)
+    sequential = RandomEffectModel("linear", l2=0.7, delta=1.0, hessian="full", tol=1e-11)
+    for b in batches:
+        sequential.update(b)
+    joint = RandomEffectModel("linear", l2=0.7, delta=1.0, hessian="full", tol=1e-11)
+    joint.update(concat(batches))
+    assert sorted(sequential.entity_keys) == sorted(joint.entity_keys)
+    assert len(joint) > 250
+    for key in joint.entity_keys:
+        a, b = sequential.coefficients(key), joint.coefficients(key)
+        np.testing.assert_array_equal(a.feature_ids, b.feature_ids)
+        np.testing.assert_allclose(a.mean, b.mean, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(a.precision, b.precision, rtol=1e-8, atol=1e-10)
+
+
+def test_linear_diagonal_sequential_is_the_diagonal_recursion():
+    """Diagonal precision is an approximation: after each batch only diag(P) is kept. The result
+    is exactly the recursion theta_k = argmin 1/2 ||y - X theta||^2 + 1/2 (theta - theta_{k-1})^T
+    D_{k-1} (theta - theta_{k-1}), D_k = diag(X^T X + D_{k-1}) (NumPy oracle below), and it
+    differs from the joint fit when features are correlated."""
+    rng = np.random.default_rng(1)
+    pool = [1, 2, 3]
+    # correlated features: column 2 = column 1 + noise
+    batches = []
+    for _ in range(3):
+        b = batch(rng, np.arange(20), 6, pool)
+        batches.append(b)
+    model = RandomEffectModel("linear", l2=1.0, delta=1.0, hessian="diagonal", tol=1e-11)
+    joint = RandomEffectModel("linear", l2=1.0, delta=1.0, hessian="full", tol=1e-11)
+    for b in batches:
+        model.update(b)
+    joint.update(concat(batches))
+    gaps = []
+    for key in range(20):
+        fids = model.coefficients(key).feature_ids
+        theta, D = np.zeros(len(fids)), np.full(len(fids), 1.0)
+        for b in batches:
+            X, y, o = dense_rows(b, key, fids)
+            H = X.T @ X + np.diag(D)
+            theta = np.linalg.solve(H, X.T @ (y - o) + D * theta)
+            D = np.diag(H).copy()
+        got = model.coefficients(key)
+        np.testing.assert_allclose(got.mean, theta, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(got.precision, D, rtol=1e-8, atol=1e-10)
+        gaps.append(np.max(np.abs(got.mean - joint.coefficients(key).mean)))
+    assert max(gaps) > 1e-3  # a real approximation, not the joint fit
+
+
+def test_linear_diagonal_sequential_is_exact_for_orthogonal_features():
+    """When X^T X is diagonal in every batch (one-hot features, no intercept), keeping diag(P)
+    loses nothing: diagonal sequential == joint fit to 1e-8."""
+    rng = np.random.default_rng(2)
+    batches = []
+    for _ in range(3):
+        n = 200
+        entity = rng.integers(0, 30, n)
+        col = rng.integers(1, F, n)
+        X = np.zeros((n, F))
+        X[np.arange(n), col] = rng.normal(size=n)
+        batches.append(Dataset.from_arrays(entity, rng.normal(size=n), X=X, num_features=F, intercept_id=None))
+    model = RandomEffectModel("linear", l2=1.0, delta=1.0, hessian="diagonal", tol=1e-11)
+    for b in batches:
+        model.update(b)
+    joint = RandomEffectModel("linear", l2=1.0, delta=1.0, hessian="full", tol=1e-11)
+    joint.update(concat(batches))
+    for key in joint.entity_keys:
+        a, b = model.coefficients(key), joint.coefficients(key)
+        np.testing.assert_allclose(a.mean, b.mean, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(a.precision, np.diagonal(b.precision), rtol=1e-8, atol=1e-10)
+
+
+def dense_rows(ds, key, fids):
+    code = int(np.searchsorted(ds.entity_keys, key))
+    rows = np.flatnonzero(ds.entity == code)
+    X = np.zeros((len(rows), len(fids)))
+    for i, r in enumerate(rows):
+        for f, v in zip(ds.feature_ids[ds.indptr[r]:ds.indptr[r + 1]], ds.values[ds.indptr[r]:ds.indptr[r + 1]]):
+            X[i, np.searchsorted(fids, f)] += v
+    return X, ds.label[rows], ds.offset[rows]
+
+
+def test_min_rows_skips_small_entities_and_keeps_their_state():
+    rng = np.random.default_rng(3)
+    model = RandomEffectModel("logistic", l2=1.0, delta=0.5, hessian="full", min_rows=3)
+    first = batch(rng, np.arange(10), 4, [1, 2], loss="logistic")
+    model.update(first)
+    before = {k: model.coefficients(k) for k in model.entity_keys}
+    # entities 0-4: 2 rows (skipped); 5-9: 5 rows (trained); 50-51: new with 1 row (skipped, not stored)
+    second = concat([batch(rng, np.arange(5), 2, [1, 3], loss="logistic"),
+                     batch(rng, np.arange(5, 10), 5, [1, 3], loss="logistic"),
+                     batch(rng, [50, 51], 1, [1], loss="logistic")])
+    report = model.update(second)
+    status = dict(zip(report.entity_keys.tolist(), report.status.tolist()))
+    assert all(status[k] == Status.SKIPPED for k in [0, 1, 2, 3, 4, 50, 51])
+    assert all(status[k] == Status.CONVERGED for k in range(5, 10))
+    assert report.status_counts["skipped"] == 7
+    skipped = np.isin(report.entity_keys, [0, 1, 2, 3, 4, 50, 51])
+    assert np.all(report.iterations[skipped] == 0) and np.all(np.isnan(report.loss[skipped]))
+    for k in range(5):
+        after = model.coefficients(k)
+        np.testing.assert_array_equal(after.mean, before[k].mean)
+        np.testing.assert_array_equal(after.precision, before[k].precision)
+    for k in range(5, 10):
+        assert 3 in model.coefficients(k).feature_ids
+    assert 50 not in model and 51 not in model
+    # skipped entities are still scored: stored ones with their model, new ones with the offset alone
+    scores = model.score(second)
+    keys = second.entity_keys[second.entity]
+    np.testing.assert_array_equal(scores[np.isin(keys, [50, 51])], second.offset[np.isin(keys, [50, 51])])
+    assert np.all(scores[keys == 0] != second.offset[keys == 0])
+
+
+def test_an_entity_whose_weights_are_all_zero_is_skipped_by_default():
+    rng = np.random.default_rng(4)
+    b = batch(rng, [0, 1], 3, [1], weight=[0, 0, 0, 1, 1, 1])  # entity 0 has weights 0 only (before shuffling)
+    keys = b.entity_keys[b.entity]
+    zero_key = keys[b.weight == 0][0]
+    assert np.all(b.weight[keys == zero_key] == 0)
+    model = RandomEffectModel("linear")
+    report = model.update(b)
+    status = dict(zip(report.entity_keys.tolist(), report.status.tolist()))
+    assert status[zero_key] == Status.SKIPPED and zero_key not in model
+    assert status[1 - zero_key] == Status.CONVERGED
+
+
+@pytest.mark.parametrize("loss,delta", [("linear", 1.0), ("logistic", 0.6)])
+def test_max_rows_trains_large_entities_in_consecutive_rounds(loss, delta):
+    """Entities above max_rows: round 1 with the model's delta, later rounds delta = 1, in row order.
+    Linear + full + delta 1 equals the unbounded update; in general it equals doing the rounds by hand."""
+    rng = np.random.default_rng(5)
+    data = concat([batch(rng, np.arange(6), 11, [1, 2, 3], loss=loss), batch(rng, np.arange(6, 12), 2, [1, 4], loss=loss)])
+    bounded = RandomEffectModel(loss, l2=1.0, delta=delta, hessian="full", tol=1e-11, max_rows=4)
+    report = bounded.update(data)
+    np.testing.assert_array_equal(report.rows, [11] * 6 + [2] * 6)
+    assert np.all(report.iterations[:6] > report.iterations[6:])  # three rounds vs one
+
+    rank = np.zeros(len(data), int)
+    for code in range(data.num_entities):
+        rows = np.flatnonzero(data.entity == code)
+        rank[rows] = np.arange(len(rows))
+    by_hand = RandomEffectModel(loss, l2=1.0, delta=delta, hessian="full", tol=1e-11)
+    for r in range(3):
+        by_hand.delta = delta if r == 0 else 1.0
+        by_hand.update(data.take(rank // 4 == r))
+    for key in range(12):
+        a, b = bounded.coefficients(key), by_hand.coefficients(key)
+        np.testing.assert_allclose(a.mean, b.mean, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(a.precision, b.precision, rtol=1e-9, atol=1e-12)
+    if loss == "linear":
+        unbounded = RandomEffectModel(loss, l2=1.0, delta=delta, hessian="full", tol=1e-11)
+        unbounded.update(data)
+        for key in range(12):
+            np.testing.assert_allclose(bounded.coefficients(key).mean, unbounded.coefficients(key).mean,
+                                       rtol=1e-8, atol=1e-10)
+
+
+def test_untouched_entities_stay_bit_identical_while_others_grow_and_move():
+    """Entities absent from a batch keep their arrays bit for bit, even while other entities gain
+    features (and move to wider slabs) and new entities arrive."""
+    rng = np.random.default_rng(6)
+    model = RandomEffectModel("logistic", l2=1.0, delta=0.8, hessian="full")
+    model.update(batch(rng, np.arange(40), 3, [1, 2], loss="logistic"))
+    frozen = {k: model.coefficients(k) for k in range(20)}
+    for step, pool in enumerate([[3, 4], [5, 6, 7], [8, 9]]):
+        model.update(batch(rng, np.arange(20, 60 + 20 * step), 3, pool, loss="logistic"))
+    assert len(model.coefficients(25).feature_ids) == F  # grew from 3 to all 10 features
+    for k, before in frozen.items():
+        after = model.coefficients(k)
+        np.testing.assert_array_equal(after.feature_ids, before.feature_ids)
+        assert after.mean.tobytes() == before.mean.tobytes()
+        assert after.precision.tobytes() == before.precision.tobytes()
+
+
+def test_an_update_touches_only_the_batch_entities():
+    """The work of an update follows the batch: the same batch gives the same block plan and the same
+    store writes whether the model holds 30 or 3,000 other entities."""
+    rng = np.random.default_rng(7)
+    b = batch(rng, np.arange(10_000, 10_030), 3, [1, 2])
+    small, large = RandomEffectModel("linear"), RandomEffectModel("linear")
+    large.update(batch(rng, np.arange(3000), 2, [1, 2, 3]))
+    written = {}
+    for name, model in (("small", small), ("large", large)):
+        store_write = type(model._store or large._store).write
+        calls = []
+
+        def spy(self, keys, *args, _calls=calls, _write=store_write):
+            _calls.append(len(keys))
+            return _write(self, keys, *args)
+
+        type(large._store).write = spy
+        try:
+            report = model.update(b)
+        finally:
+            type(large._store).write = store_write
+        written[name] = (report.blocks, sum(calls))
+    assert written["small"] == written["large"] == (written["small"][0], 30)
+
+
+def test_run_stream_scores_each_window_before_training_on_it():
+    rng = np.random.default_rng(8)
+    batches = [batch(rng, rng.choice(100, 60, replace=False), 3, [1, 2, 3], loss="logistic") for _ in range(4)]
+    model = RandomEffectModel("logistic", l2=1.0, delta=0.9, hessian="full")
+    result = lljax.run_stream(model, iter(batches))
+    replay = RandomEffectModel("logistic", l2=1.0, delta=0.9, hessian="full")
+    pooled_scores, pooled_labels, seen = [], [], set()
+    for window, b in zip(result.windows, batches):
+        scores = replay.score(b)
+        assert window.metrics["auc"] == pytest.approx(lljax.auc(scores, b.label))
+        assert window.metrics["log_loss"] == pytest.approx(lljax.log_loss(scores, b.label))
+        keys = set(b.entity_keys.tolist())
+        assert window.new_entities == len(keys - seen) and window.entities == len(keys)
+        seen |= keys
+        replay.update(b)
+        pooled_scores.append(scores)
+        pooled_labels.append(b.label)
+    assert result.overall["auc"] == pytest.approx(lljax.auc(np.concatenate(pooled_scores), np.concatenate(pooled_labels)))
+    assert result.windows[0].metrics["log_loss"] == pytest.approx(lljax.log_loss(batches[0].offset, batches[0].label))
+    for key in replay.entity_keys:
+        np.testing.assert_array_equal(model.coefficients(key).mean, replay.coefficients(key).mean)
+    assert "overall" in result.table() and len(result.table().splitlines()) == 6
+
+
+def test_run_stream_rejects_bad_input_before_touching_the_model():
+    model = RandomEffectModel("linear")
+    with pytest.raises(ValueError, match="metrics"):
+        lljax.run_stream(model, [], metrics=["accuracy"])
+    with pytest.raises(TypeError, match="batches"):
+        lljax.run_stream(model, [{"x": 1}])
+    with pytest.raises(ValueError, match="batches"):
+        lljax.run_stream(model, [])
+    assert len(model) == 0
+
+
+@pytest.mark.parametrize("field,value", [("min_rows", -1), ("min_rows", 1.5), ("max_rows", 0), ("max_rows", True)])
+def test_active_data_bounds_are_validated(field, value):
+    with pytest.raises(ValueError, match=field):
+        RandomEffectModel("linear", **{field: value})
+
+
+def test_dataset_take_selects_examples_and_reencodes_entities():
+    rng = np.random.default_rng(9)
+    b = batch(rng, ["a", "b", "c"], 3, [1, 2])
+    keys = b.entity_keys[b.entity]
+    sub = b.take(keys != "b")
+    assert sub.entity_keys.tolist() == ["a", "c"] and len(sub) == 6
+    np.testing.assert_array_equal(sub.entity_keys[sub.entity], keys[keys != "b"])
+    np.testing.assert_array_equal(sub.label, b.label[keys != "b"])
+    rows = np.flatnonzero(keys != "b")
+    for i, r in enumerate(rows):
+        np.testing.assert_array_equal(sub.feature_ids[sub.indptr[i]:sub.indptr[i + 1]],
+                                      b.feature_ids[b.indptr[r]:b.indptr[r + 1]])
+    with pytest.raises(ValueError, match="examples"):
+        b.take([0, 99])
+    with pytest.raises(TypeError, match="examples"):
+        b.take([0.5])
+
+
+def test_sequential_logistic_matches_the_numpy_oracle_across_batches():
+    """Two logistic batches with delta = 0.7: the second solve uses the first posterior as prior
+    (checked against the SciPy oracle on the entity's problem)."""
+    rng = np.random.default_rng(10)
+    b1 = batch(rng, np.arange(8), 5, [1, 2], loss="logistic")
+    b2 = batch(rng, np.arange(8), 5, [2, 3], loss="logistic")
+    model = RandomEffectModel("logistic", l2=1.5, delta=0.7, hessian="full", tol=1e-10)
+    model.update(b1)
+    prior = {k: model.coefficients(k) for k in range(8)}
+    model.update(b2)
+    for k in range(8):
+        got = model.coefficients(k)
+        fids = got.feature_ids
+        theta0, P0 = np.zeros(len(fids)), 1.5 * np.eye(len(fids))
+        pos = np.searchsorted(fids, prior[k].feature_ids)
+        theta0[pos] = prior[k].mean
+        P0[np.ix_(pos, pos)] = prior[k].precision
+        X, y, o = dense_rows(b2, k, fids)
+        y = np.where(y == 1, 1.0, -1.0)
+        expected = oracles.fit(X, y, np.ones(len(y)), o, theta0, P0, 1.5, 0.7, "logistic")
+        np.testing.assert_allclose(got.mean, expected, rtol=1e-6, atol=1e-8)
