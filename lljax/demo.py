@@ -9,9 +9,11 @@
    rows are cut at the median timestamp into two mini-batches, as they would arrive.
 3. Train a sequential Bayesian logistic random-effect model on mini-batch 1, then on
    mini-batch 2 with the posterior of the first as its prior (``delta`` forgetting factor,
-   full precision).
+   full precision), as a stream with progressive validation (each mini-batch is scored
+   before the model trains on it).
 4. Print, per update, what it did and how fast, and the test AUC / log-loss of the
    fixed-effect offset alone vs offset + random effects.
+5. Save the model, load it back, and check that it scores the test set identically.
 
 The library never flips global JAX flags; this script enables float64 itself (unless
 ``--float32``). Each update is run twice on fresh models with the same data: the first pass
@@ -21,6 +23,8 @@ includes JIT compilation of every block shape, the second is the warm (steady-st
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 
 import numpy as np
 
@@ -92,23 +96,16 @@ def _split(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndar
     return train & (t <= cut), train & (t > cut), ~train
 
 
-def _subset(lljax, data: dict[str, np.ndarray], mask: np.ndarray, dtype):
-    """The rows of ``mask`` as an :class:`lljax.Dataset` (CSR sliced without a Python row loop)."""
-    rows = np.flatnonzero(mask)
-    nnz = np.diff(data["indptr"])[rows]
-    indptr = np.zeros(len(rows) + 1, np.int64)
-    np.cumsum(nnz, out=indptr[1:])
-    nz = np.repeat(data["indptr"][rows] - indptr[:-1], nnz) + np.arange(indptr[-1])
+def _dataset(lljax, data: dict[str, np.ndarray], dtype):
+    """All rows as one :class:`lljax.Dataset` (mini-batches and the test set are ``take``-n from it)."""
     return lljax.Dataset.from_arrays(
-        data["entity"][rows], data["label"][rows], indptr=indptr, feature_ids=data["feature_ids"][nz],
-        values=data["values"][nz], offset=data["offset"][rows], num_features=VOCABULARY + 1, intercept_id=0,
-        dtype=dtype,
+        data["entity"], data["label"], indptr=data["indptr"], feature_ids=data["feature_ids"],
+        values=data["values"], offset=data["offset"], num_features=VOCABULARY + 1, intercept_id=0, dtype=dtype,
     )
 
 
-def _train(lljax, batches):
-    model = lljax.RandomEffectModel("logistic", l2=1.0, delta=0.8, hessian="full")
-    return model, [model.update(batch) for batch in batches]
+def _model(lljax):
+    return lljax.RandomEffectModel("logistic", l2=1.0, delta=0.8, hessian="full")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     dtype = np.float32 if args.float32 else np.float64
     data = make_game_data(args.entities, args.seed, dtype)
     b1, b2, test = _split(data)
-    batches = [_subset(lljax, data, b1, dtype), _subset(lljax, data, b2, dtype)]
-    test_set = _subset(lljax, data, test, dtype)
+    everything = _dataset(lljax, data, dtype)
+    batches = [everything.take(b1), everything.take(b2)]
+    test_set = everything.take(test)
     rows = np.bincount(data["entity"], minlength=args.entities)
 
     print(f"lljax {lljax.__version__} demo | jax {jax.__version__} on {jax.default_backend()} "
@@ -144,21 +142,27 @@ def main(argv: list[str] | None = None) -> int:
     print("model: RandomEffectModel('logistic', l2=1.0, delta=0.8, hessian='full'); "
           "update 2 uses the posterior of update 1 as prior\n")
 
-    # Pass 1 compiles every block shape; pass 2 (fresh model, same data) is the warm time.
-    _, cold = _train(lljax, batches)
-    model, warm = _train(lljax, batches)
+    # Pass 1 compiles every block shape; pass 2 (fresh model, same data) is the warm time. Pass 2 is a
+    # stream with progressive validation: each mini-batch is scored before the model trains on it.
+    cold_model = _model(lljax)
+    cold = [cold_model.update(batch) for batch in batches]
+    model = _model(lljax)
+    stream = lljax.run_stream(model, batches)
+    warm = [window.report for window in stream.windows]
 
     header = (f"{'update':<8}{'entities':>9}{'rows':>8}{'blocks':>7}{'iters mean/max':>16}"
-              f"{'1st run (compile)':>19}{'warm':>9}{'entities/s':>12}   status")
+              f"{'1st run (compile)':>19}{'warm':>9}{'entities/s':>12}{'AUC before':>12}   status")
     print(header)
     print("-" * len(header))
-    for i, (c, w) in enumerate(zip(cold, warm), start=1):
+    for i, (c, w, window) in enumerate(zip(cold, warm, stream.windows), start=1):
         counts = " ".join(f"{k}={v}" for k, v in w.status_counts.items() if v)
         print(f"{i:<8}{len(w.entity_keys):>9}{int(w.rows.sum()):>8}{w.blocks:>7}"
               f"{w.iterations.mean():>11.2f} / {w.iterations.max():<2}{c.seconds:>18.2f}s{w.seconds:>8.3f}s"
-              f"{len(w.entity_keys) / w.seconds:>12,.0f}   {counts}")
+              f"{len(w.entity_keys) / w.seconds:>12,.0f}{window.metrics['auc']:>12.4f}   {counts}")
     print("1st run: first call on these block shapes, includes JIT compilation; warm: the same update re-run "
           "on a fresh model (entities/s uses it)")
+    print("AUC before: progressive validation, the mini-batch scored by the model before it trains on it "
+          f"(pooled over both: {stream.overall['auc']:.4f})")
     print(f"stored entities after both updates: {len(model)}\n")
 
     y = test_set.label
@@ -173,7 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'fixed effect only':<24}{before[0]:>8.4f}{before[1]:>10.4f}")
     print(f"{'+ random effects':<24}{after[0]:>8.4f}{after[1]:>10.4f}")
     print(f"{'change':<24}{after[0] - before[0]:>+8.4f}{after[1] - before[1]:>+10.4f}")
-    return 0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.npz")
+        model.save(path)
+        loaded = lljax.RandomEffectModel.load(path)
+        same = np.array_equal(loaded.score(test_set), with_re)
+        print(f"\nsaved {len(model)} entities to model.npz ({os.path.getsize(path) / 1e6:.1f} MB), loaded back: "
+              f"test scores {'identical' if same else 'DIFFERENT'}")
+    return 0 if same else 1
 
 
 if __name__ == "__main__":
