@@ -109,34 +109,6 @@ def test_sequential_bayesian_update_uses_posterior_as_prior(loss, hessian, dtype
         np.testing.assert_allclose(got.mean, expected, rtol=rtol, atol=rtol)
 
 
-def test_linear_full_sequential_equals_one_fit_on_everything():
-    """Linear loss, delta = 1, full precision: k sequential updates == one fit on all batches."""
-    rng = np.random.default_rng(12)
-    batches = [make_data(rng, "linear", rng.integers(1, 30, size=40)) for _ in range(3)]
-    # solved to a tight tolerance: the identity is exact at the optimum, not at every iterate
-    sequential = RandomEffectModel("linear", l2=0.5, delta=1.0, hessian="full", tol=1e-11)
-    for batch in batches:
-        sequential.update(batch)
-    joint = RandomEffectModel("linear", l2=0.5, delta=1.0, hessian="full", tol=1e-11)
-    joint.update(concat(batches))
-    for key in joint.entity_keys:
-        a, b = sequential.coefficients(key), joint.coefficients(key)
-        np.testing.assert_array_equal(a.feature_ids, b.feature_ids)
-        np.testing.assert_allclose(a.mean, b.mean, rtol=1e-8, atol=1e-10)
-        np.testing.assert_allclose(a.precision, b.precision, rtol=1e-8, atol=1e-10)
-
-
-def concat(datasets):
-    keys = np.concatenate([d.entity_keys[d.entity] for d in datasets])
-    indptr = np.concatenate([[0]] + [d.indptr[1:] + sum(x.indptr[-1] for x in datasets[:i])
-                                     for i, d in enumerate(datasets)])
-    cat = lambda f: np.concatenate([getattr(d, f) for d in datasets])  # noqa: E731
-    # the intercept is already in the CSR rows: build without adding it again
-    return Dataset.from_arrays(keys, cat("label"), indptr=indptr, feature_ids=cat("feature_ids"),
-                               values=cat("values"), weight=cat("weight"), offset=cat("offset"),
-                               num_features=F, intercept_id=None)
-
-
 def test_weight_zero_rows_and_entity_order_change_nothing():
     rng = np.random.default_rng(13)
     ds = make_data(rng, "logistic", rng.integers(1, 40, size=30))
