@@ -31,13 +31,16 @@ __all__ = ["Dataset"]
 _FLOAT_DTYPES = (np.float32, np.float64)
 
 
-def _as_float(name: str, values: Any, dtype: np.dtype) -> np.ndarray:
+def _as_float(name: str, values: Any, dtype: np.dtype, entity_of: Any = None) -> np.ndarray:
+    """``values`` as a 1-D ``dtype`` array. An object array of numbers is accepted; strings, ``None``,
+    complex numbers raise ``TypeError`` naming the first such value, its example and entity."""
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise input_error(name, f"<array of shape {arr.shape}>", "must be one-dimensional")
     if arr.dtype.kind not in "fiub":
-        raise input_error(name, f"<array of dtype {arr.dtype}>", "must be numeric", error=TypeError)
-    return arr.astype(dtype, copy=False)
+        return number_column(name, arr.tolist(), dtype, entity_of, "example {}".format)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: the finiteness check names it
+        return arr.astype(dtype, copy=False)
 
 
 def _key_class(key: Any) -> str:
@@ -50,9 +53,10 @@ def _check_key_types(keys: Sequence[Any]) -> None:
     first = _key_class(keys[0])
     classes = {_type_class(t) for t in set(map(type, keys))}
     if classes != {first}:
-        bad = next(k for k in keys if _key_class(k) != first)
+        i, bad = next((i, k) for i, k in enumerate(keys) if _key_class(k) != first)
         names = sorted({first, _key_class(bad)})
-        raise input_error("entity", bad, f"has a different type from other entity keys ({names})", error=TypeError)
+        raise input_error("entity", bad, f"has a different type from other entity keys ({names})",
+                          where=f"example {i}", error=TypeError)
     if first not in ("int", "str"):
         raise input_error("entity", keys[0], "entity keys must be integers or strings", error=TypeError)
 
@@ -205,10 +209,14 @@ class Dataset:
 
         keys, codes = _encode_entities(entity)
         n = codes.shape[0]
-        y = _as_float("label", label_arr, dtype)
+
+        def entity_of(i: int) -> Any:
+            return keys[codes[i]] if i < n else None
+
+        y = _as_float("label", label_arr, dtype, entity_of)
         check_length("label", y, n)
-        w = np.ones(n, dtype) if weight is None else _as_float("weight", weight, dtype)
-        o = np.zeros(n, dtype) if offset is None else _as_float("offset", offset, dtype)
+        w = np.ones(n, dtype) if weight is None else _as_float("weight", weight, dtype, entity_of)
+        o = np.zeros(n, dtype) if offset is None else _as_float("offset", offset, dtype, entity_of)
         check_length("weight", w, n)
         check_length("offset", o, n)
 
@@ -241,11 +249,14 @@ class Dataset:
         _check_csr(indptr_a, fids_a, vals_a, n, num_features, keys, codes)
         entity_of_example = keys[codes] if n else keys
         for field, arr in (("label", y), ("weight", w), ("offset", o)):
-            check_finite(field, arr, entity_of_example)
-        check_nonnegative("weight", w, entity_of_example)
-        if vals_a.size:
-            row = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr_a))
-            check_finite("values", vals_a, keys[codes[row]])
+            check_finite(field, arr, entity_of_example, "example")
+        check_nonnegative("weight", w, entity_of_example, "example")
+        bad = ~np.isfinite(vals_a)
+        if bad.any():
+            k = int(np.argmax(bad))
+            row = int(np.searchsorted(indptr_a, k, side="right") - 1)
+            raise input_error("values", float(vals_a[k]), "must be finite", entity=keys[codes[row]],
+                              where=f"example {row}, feature id {int(fids_a[k])}")
 
         if intercept_id is not None:
             if not 0 <= intercept_id < num_features:
@@ -264,8 +275,14 @@ class Dataset:
         """Build a dataset from ``(entity_key, TrainingRecord)`` pairs (e.g. from :func:`read_ntv_jsonl`).
 
         Features are indexed with ``index_map`` (an :class:`IndexMap`; unknown (name, term) raise
-        ``ValueError`` naming the entity). The intercept is ``index_map.intercept_index``.
-        Labels are the records' raw labels.
+        ``ValueError`` naming the entity and the record). The intercept is
+        ``index_map.intercept_index``. Labels are the records' raw labels. A (name, term) repeated
+        in one record is kept twice here and summed when packed (as Lambda Learner's coo -> csc).
+
+        Raises ``TypeError`` naming the record, the entity and the field for an item that is not an
+        ``(entity_key, TrainingRecord)`` pair and for a label, weight, offset or feature value that
+        is not a number (strings such as ``"1"`` are not parsed; booleans count as 0/1), then
+        everything :meth:`from_arrays` checks.
         """
         entity, label, weight, offset, counts, fids, vals = [], [], [], [], [], [], []
         for i, item in enumerate(records):
@@ -299,9 +316,10 @@ class Dataset:
         indptr = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(counts, out=indptr[1:])
         row_of_value = np.repeat(np.arange(len(counts)), counts)
-        columns = {name: number_column(name, column, dtype, entity.__getitem__, "record")
+        columns = {name: number_column(name, column, dtype, entity.__getitem__, "record {}".format)
                    for name, column in (("label", label), ("weight", weight), ("offset", offset))}
-        values = number_column("values", vals, dtype, lambda k: entity[row_of_value[k]])
+        values = number_column("values", vals, dtype, lambda k: entity[row_of_value[k]],
+                               lambda k: f"record {row_of_value[k]}, feature {k - indptr[row_of_value[k]]}")
         return cls.from_arrays(
             np.array(entity, dtype=object) if entity and isinstance(entity[0], str) else entity,
             columns["label"], indptr=indptr, feature_ids=np.asarray(fids, np.int64), values=values,
@@ -353,7 +371,8 @@ def _dense_to_csr(X: Any, n: int, dtype: np.dtype):
     if X.ndim != 2:
         raise input_error("X", f"<array of shape {X.shape}>", "must be two-dimensional (examples, features)")
     check_length("X", X, n)
-    X = X.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):
+        X = X.astype(dtype, copy=False)
     rows, cols = np.nonzero(X)  # row-major order: rows sorted
     indptr = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])

@@ -85,7 +85,7 @@ def check_length(field: str, values: Any, expected: int, what: str = "examples")
 
 
 def number_column(field: str, items: Any, dtype: Any = np.float64, entity_of: Callable[[int], Any] | None = None,
-                  row_word: str | None = None) -> np.ndarray:
+                  where_of: Callable[[int], str] | None = None) -> np.ndarray:
     """A list of Python / NumPy numbers as a ``(n,)`` float array; ``TypeError`` at the first non-number.
 
     Strings (even numeric ones like ``"1"``), ``None`` and containers are rejected rather than
@@ -99,7 +99,7 @@ def number_column(field: str, items: Any, dtype: Any = np.float64, entity_of: Ca
       items: ``(n,)`` sequence of numbers.
       dtype: float dtype of the result.
       entity_of: ``entity_of(i)`` is the entity key of item ``i``, for the message (optional).
-      row_word: if given, the message also says ``"{row_word} {i}"`` (e.g. ``"record 3"``).
+      where_of: ``where_of(i)`` is the location of item ``i``, e.g. ``"record 3"`` (optional).
     """
     items = items if isinstance(items, (list, tuple, np.ndarray)) else list(items)
     try:
@@ -112,7 +112,7 @@ def number_column(field: str, items: Any, dtype: Any = np.float64, entity_of: Ca
     for i, value in enumerate(items):
         if not isinstance(value, numbers.Real):
             shown = value if isinstance(value, (str, bytes, type(None), numbers.Number)) else repr(value)[:80]
-            where = None if row_word is None else f"{row_word} {i}"
+            where = None if where_of is None else where_of(i)
             entity = None if entity_of is None else entity_of(i)
             raise input_error(field, shown, "must be a number", entity=entity, where=where, error=TypeError)
         try:

@@ -63,6 +63,18 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _check_real(field: str, value: Any, in_range: bool, expected: str) -> None:
+    """``TypeError`` if ``value`` is not a real number (bools excluded), ``ValueError`` if not ``in_range``."""
+    if not _is_real(value):
+        raise input_error(field, value, f"must be {expected}", error=TypeError)
+    if not in_range:
+        raise input_error(field, value, f"must be {expected}")
+
+
 def _jax_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype JAX will compute in: float64 needs ``jax_enable_x64`` (never set by lljax)."""
     if dtype == np.float64 and not jax.config.jax_enable_x64:
@@ -110,14 +122,12 @@ class RandomEffectModel:
             raise input_error("loss", loss, f"is not one of {sorted(LOSSES)}")
         if hessian not in HESSIAN_TYPES:
             raise input_error("hessian", hessian, f"is not one of {list(HESSIAN_TYPES)}")
-        if not (isinstance(l2, (int, float)) and math.isfinite(l2) and l2 >= 0):
-            raise input_error("l2", l2, "must be a finite number >= 0")
-        if not (isinstance(delta, (int, float)) and 0.0 <= delta <= 1.0):
-            raise input_error("delta", delta, "must be a number in [0, 1]")
+        _check_real("l2", l2, math.isfinite(l2) and l2 >= 0 if _is_real(l2) else False, "a finite number >= 0")
+        _check_real("delta", delta, 0.0 <= delta <= 1.0 if _is_real(delta) else False, "a number in [0, 1]")
         if not (_is_int(max_iter) and max_iter >= 0):
             raise input_error("max_iter", max_iter, "must be an int >= 0")
-        if tol is not None and not (math.isfinite(tol) and tol > 0):
-            raise input_error("tol", tol, "must be a finite number > 0")
+        if tol is not None:
+            _check_real("tol", tol, math.isfinite(tol) and tol > 0 if _is_real(tol) else False, "a finite number > 0")
         if not (_is_int(memory_budget) and memory_budget > 0):
             raise input_error("memory_budget", memory_budget, "must be a positive int (bytes)")
         if not (_is_int(min_rows) and min_rows >= 0):
@@ -349,6 +359,8 @@ class RandomEffectModel:
 
         Features an entity has no coefficient for, and entities not in the model, contribute 0.
         """
+        if not isinstance(dataset, Dataset):
+            raise input_error("dataset", type(dataset).__name__, "must be an lljax.Dataset", error=TypeError)
         margins = dataset.offset.astype(np.float64)
         if self._store is None or dataset.num_examples == 0:
             return margins

@@ -406,14 +406,38 @@ def _parse_item(obj: Any, entity_field: str, where: str) -> tuple[EntityKey, Tra
     return loc.entity, TrainingRecord(label, weight, offset, features, context)
 
 
+def _shown_line(line: str | bytes) -> str:
+    text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+    text = text.strip()
+    return text if len(text) <= _MAX_SHOWN_CHARS else text[:_MAX_SHOWN_CHARS] + "..."
+
+
 def _decode_line(line: str | bytes, loc: _Location) -> Any:
+    """Decode one line (UTF-8 text or bytes) as JSON; every failure is a ``ValueError`` naming the line."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise loc.error("<json>", _shown_line(line), f"is not valid UTF-8 (byte {exc.start})") from None
+    elif not line.isascii():
+        try:  # undecodable bytes of a file come here as lone surrogates (errors="surrogateescape")
+            line.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            shown = _shown_line(line.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+            raise loc.error("<json>", shown, f"is not valid UTF-8 (character {exc.start})") from None
     try:
         return json.loads(line)
     except json.JSONDecodeError as exc:
-        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
-        text = text.strip()
-        shown = text if len(text) <= _MAX_SHOWN_CHARS else text[:_MAX_SHOWN_CHARS] + "..."
-        raise loc.error("<json>", shown, f"is not valid JSON ({exc.msg} at column {exc.colno})") from None
+        raise loc.error("<json>", _shown_line(line), f"is not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise loc.error("<json>", _shown_line(line), "is not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise loc.error("<json>", _shown_line(line), f"is not valid JSON ({exc})") from None
+
+
+def _shown_context(context: Any) -> str:
+    text = repr(context)
+    return text if len(text) <= _MAX_SHOWN_CHARS else text[:_MAX_SHOWN_CHARS] + "..."
 
 
 def _record_to_obj(entity: Any, record: TrainingRecord, entity_field: str) -> dict[str, Any]:
@@ -445,11 +469,47 @@ def _open_text(path_or_file: PathOrFile, mode: str) -> Iterator[tuple[IO, str]]:
         yield path_or_file, str(getattr(path_or_file, "name", "<stream>"))
 
 
+@contextlib.contextmanager
+def _open_lines(path_or_file: PathOrFile) -> Iterator[tuple[Any, str]]:
+    """Yield ``(lines, display_name)`` for reading. Paths are opened as UTF-8, keeping undecodable
+    bytes (as lone surrogates) for :func:`_decode_line` to report with their line number."""
+    if isinstance(path_or_file, (str, bytes, os.PathLike)):
+        with open(path_or_file, encoding="utf-8", errors="surrogateescape") as f:
+            yield f, os.fsdecode(path_or_file)
+    elif hasattr(path_or_file, "__iter__"):
+        yield path_or_file, str(getattr(path_or_file, "name", "<stream>"))
+    else:
+        raise input_error("path_or_file", type(path_or_file).__name__, "must be a path or an open file",
+                          error=TypeError)
+
+
+def _numbered_lines(lines: Any, source: str) -> Iterator[tuple[int, str | bytes]]:
+    """``(lineno, line)`` from 1; a text stream that cannot decode its bytes raises ``ValueError`` with the line."""
+    iterator = iter(lines)
+    lineno = 0
+    while True:
+        try:
+            line = next(iterator)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as exc:
+            raise input_error("<json>", f"<bytes {exc.object[exc.start:exc.start + 8]!r}>",
+                              f"is not valid {exc.encoding} ({exc.reason})",
+                              where=f"{source} line {lineno + 1} or after") from None
+        lineno += 1
+        if not isinstance(line, (str, bytes)):
+            raise input_error("path_or_file", f"<{type(line).__name__} line>", "must yield str or bytes lines",
+                              where=f"{source} line {lineno}", error=TypeError)
+        if lineno == 1:  # a byte order mark is not part of the first record
+            line = line.removeprefix(b"\xef\xbb\xbf" if isinstance(line, bytes) else "\ufeff")
+        yield lineno, line
+
+
 def iter_ntv_jsonl(path_or_file: PathOrFile, entity_field: str = "uid") -> Iterator[tuple[EntityKey, TrainingRecord]]:
     """Yield ``(entity_key, TrainingRecord)`` for each non-blank line of an NTV JSON lines file.
 
     Args:
-      path_or_file: a path, or an open file (left open).
+      path_or_file: a path (read as UTF-8), or an open file, text or binary (left open).
       entity_field: name of the JSON field holding the entity key (a string or
         an integer).
 
@@ -457,14 +517,18 @@ def iter_ntv_jsonl(path_or_file: PathOrFile, entity_field: str = "uid") -> Itera
     ``offset`` to 0.0 when absent or null.
 
     Raises:
-      ValueError: invalid JSON, a missing required field, a non-finite number
-        (including ``NaN``/``Infinity`` tokens) or a negative weight.
-      TypeError: a field of the wrong type (booleans are not numbers).
+      ValueError: a line that is not valid UTF-8 or not valid JSON (including JSON
+        nested too deeply for Python's parser and integers of more than 4300 digits),
+        a missing required field, a non-finite number (including ``NaN``/``Infinity``
+        tokens and numbers beyond the float range) or a negative weight.
+      TypeError: a field of the wrong type (booleans are not numbers), or
+        ``path_or_file`` that is neither a path nor a file.
       Messages name the file and line, the entity when known, the field
-      (e.g. ``features[2].value``) and the value.
+      (e.g. ``features[2].value``) and the value. Only opening a path can raise
+      something else: ``OSError`` (e.g. ``FileNotFoundError``).
     """
-    with _open_text(path_or_file, "r") as (f, source):
-        for lineno, line in enumerate(f, start=1):
+    with _open_lines(path_or_file) as (f, source):
+        for lineno, line in _numbered_lines(f, source):
             if not line.strip():
                 continue
             where = f"{source} line {lineno}"
@@ -493,6 +557,13 @@ def write_ntv_jsonl(
     with _open_text(path_or_file, "w") as (f, source):
         for count, (entity, record) in enumerate(items, start=1):
             raw = _record_to_obj(entity, record, entity_field)
-            entity_key, clean = _parse_item(raw, entity_field, f"{source} record {count}")
-            f.write(json.dumps(_record_to_obj(entity_key, clean, entity_field), allow_nan=False) + "\n")
+            where = f"{source} record {count}"
+            entity_key, clean = _parse_item(raw, entity_field, where)
+            try:
+                line = json.dumps(_record_to_obj(entity_key, clean, entity_field), allow_nan=False)
+            except (TypeError, ValueError, RecursionError) as exc:  # only the free-form context can fail here
+                error = TypeError if isinstance(exc, TypeError) else ValueError
+                raise input_error("context", _shown_context(clean.context), f"cannot be written as JSON ({exc})",
+                                  entity=entity_key, where=where, error=error) from None
+            f.write(line + "\n")
     return count

@@ -218,7 +218,9 @@ def _newton_direction(H, g):
     eps = jnp.finfo(H.dtype).eps
     mu = jnp.sqrt(eps) * jnp.max(jnp.diag(H)) + eps
     L = jnp.linalg.cholesky(H + mu * jnp.eye(H.shape[0], dtype=H.dtype))
-    return -cho_solve((L, True), g)
+    p = -cho_solve((L, True), g)
+    # An overflowed Hessian (e.g. feature values ~1e200) must fail the lane, not stall it with a zero step.
+    return jnp.where(jnp.all(jnp.isfinite(H)), p, jnp.nan)
 
 
 def _newton_step(entity: _Entity, it: _Iterate, limits: _Limits, config: SolverConfig) -> _Iterate:
@@ -294,8 +296,11 @@ def _solve_one(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, de
     final = jax.lax.while_loop(
         lambda it: it.status == _RUNNING, lambda it: _newton_step(entity, it, limits, config), start
     )
-    failed = final.status == Status.NON_FINITE
     precision = _posterior_precision(entity, final.margin, config.hessian)
+    status = final.status
+    if precision is not None:  # a posterior precision that overflowed fails the lane too
+        status = jnp.where(jnp.all(jnp.isfinite(precision)), status, Status.NON_FINITE).astype(jnp.int32)
+    failed = status == Status.NON_FINITE
     if precision is not None:
         precision = jnp.where(failed, _prior_in_form(prior_precision, config.hessian), precision)
     return SolveResult(
@@ -304,7 +309,7 @@ def _solve_one(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, de
         loss=final.value,
         grad_norm=jnp.max(jnp.abs(final.grad), initial=0.0),
         iterations=final.iteration,
-        status=final.status,
+        status=status,
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._arrays import concat_ranges, next_pow2
+from ._errors import input_error
 
 __all__ = ["EntityStore", "EntityCoefficients", "StoredPairs", "FlatEntities"]
 
@@ -123,6 +124,7 @@ class EntityStore:
         self._width = np.zeros(16, np.int64)  # capacity grows geometrically; first len(self) are live
         self._row = np.zeros(16, np.int64)
         self._slabs: dict[int, _Slab] = {}
+        self.key_kind: str | None = None  # "int" or "str": set by the first key stored
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -136,7 +138,17 @@ class EntityStore:
         return list(self._keys)
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
-        """``(k,)`` slot of each key, -1 for keys not stored."""
+        """``(k,)`` slot of each key, -1 for keys not stored.
+
+        Raises ``TypeError`` naming the entity when the keys are of another kind (int vs str)
+        than the stored ones: ``"1"`` and ``1`` are different entities, and mixing them up
+        would silently create duplicates.
+        """
+        keys = np.asarray(keys)
+        kind = _key_kind(keys)
+        if self.key_kind is not None and kind is not None and kind != self.key_kind:
+            reason = f"has key type {kind}, but the model's entity keys have type {self.key_kind}"
+            raise input_error("entity", keys[0], reason, error=TypeError)
         get = self._slot_of.get
         return np.fromiter((get(k, -1) for k in np.asarray(keys).tolist()), np.int64, count=len(keys))
 
@@ -209,6 +221,8 @@ class EntityStore:
         new = slots < 0
         if not new.any():
             return slots
+        if self.key_kind is None:
+            self.key_kind = _key_kind(np.asarray(keys))
         first_new = len(self._keys)
         new_keys = np.asarray(keys)[new].tolist()
         slots = slots.copy()
@@ -321,6 +335,22 @@ def _in_slot_order(parts, field: int, counts: np.ndarray, U: int, dtype) -> np.n
     start_of = np.zeros(U, np.int64)
     start_of[positions] = group_start
     return chunks[concat_ranges(start_of, counts)].astype(dtype, copy=False)
+
+
+def _key_kind(keys: np.ndarray) -> str | None:
+    """``"int"``, ``"str"`` (or a type name) for an array of keys of one type; ``None`` if empty."""
+    if keys.size == 0:
+        return None
+    if keys.dtype.kind in "iu":
+        return "int"
+    if keys.dtype.kind == "U":
+        return "str"
+    first = keys.flat[0]
+    if isinstance(first, str):
+        return "str"
+    if isinstance(first, (int, np.integer)) and not isinstance(first, bool):
+        return "int"
+    return type(first).__name__
 
 
 def _plain_keys(keys: np.ndarray) -> np.ndarray:

@@ -64,7 +64,7 @@ import scipy.linalg
 from scipy import sparse
 
 from lljax._arrays import next_pow2
-from lljax._errors import check_finite, check_nonnegative, input_error
+from lljax._errors import check_finite, check_nonnegative, input_error, number_column
 from lljax._metrics import evaluate
 from lljax._ntv import Feature, IndexMap, TrainingRecord
 from lljax._solve import Block, SolverConfig, Status, entity_objective, solve_block
@@ -150,15 +150,44 @@ def _as_hessian_type(value: Any) -> HessianType:
 # ---------------------------------------------------------------------------
 
 
-def _vector(field: str, values: Any, entity: Any) -> np.ndarray:
-    """``values`` as a 1-D float64 array."""
+def _vector(field: str, values: Any, entity: Any, row_word: str = "example") -> np.ndarray:
+    """``values`` as a 1-D float64 array; strings (even ``"1"``), ``None`` and complex numbers raise ``TypeError``."""
     try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise input_error(field, values, "must be a 1-D array of numbers", entity=entity, error=TypeError) from None
+        array = np.asarray(values)
+    except (TypeError, ValueError):  # ragged nesting
+        raise input_error(field, _shown(values), "must be a 1-D array of numbers", entity=entity,
+                          error=TypeError) from None
     if array.ndim != 1:
         raise input_error(field, f"<array of shape {array.shape}>", "must be 1-D", entity=entity)
-    return array
+    if array.dtype.kind not in "fiub":
+        return number_column(field, array.tolist(), np.float64, lambda i: entity, f"{row_word} {{}}".format)
+    return array.astype(np.float64)
+
+
+def _shown(value: Any) -> Any:
+    """``value`` if it prints short, else its truncated repr (for messages)."""
+    text = repr(value)
+    return value if len(text) <= 80 else text[:77] + "..."
+
+
+def _number(field: str, value: Any, entity: Any = None, where: str | None = None) -> float:
+    """A Python float from a real number; ``TypeError`` (naming the field) for strings, ``None``, etc."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiub":
+        value = value.item()
+    if not isinstance(value, numbers.Real):
+        raise input_error(field, _shown(value), "must be a number", entity=entity, where=where, error=TypeError)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the float range
+        return math.inf if value > 0 else -math.inf
+
+
+def _check_real_matrix(field: str, matrix: Any, entity: Any) -> None:
+    """``TypeError`` unless ``matrix`` (sparse or dense) holds real numbers."""
+    dtype = matrix.dtype if sparse.issparse(matrix) else np.asarray(matrix).dtype
+    if dtype.kind not in "fiub":
+        raise input_error(field, f"<matrix of dtype {dtype}>", "must hold real numbers", entity=entity,
+                          error=TypeError)
 
 
 def _check_examples(labels, weights, offsets, entity: Any, row_word: str) -> None:
@@ -204,11 +233,17 @@ class IndexedDataset:
       ValueError: mismatched lengths, non-finite values or negative weights; the message
         names the entity, the field (LL's argument name), the example and the value
         (Lambda Learner uses ``assert`` for lengths and checks nothing else).
+      TypeError: values that are not real numbers (strings, even ``"1"``, ``None``, complex).
     """
 
     def __init__(self, data: Any, labels: Any, labels_weights: Any, offsets: Any, *, entity: Any = None):
         if not sparse.issparse(data) and not isinstance(data, np.ndarray):
-            data = np.asarray(data, dtype=np.float64)
+            try:
+                data = np.asarray(data)
+            except ValueError:  # ragged rows
+                raise input_error("data", _shown(data), "must be a 2-D matrix of numbers", entity=entity,
+                                  error=TypeError) from None
+        _check_real_matrix("data", data, entity)
         if len(data.shape) != 2:
             raise input_error("data", f"<array of shape {data.shape}>", "must be 2-D (examples x features)",
                               entity=entity)
@@ -246,8 +281,9 @@ class IndexedModel:
 
     def __init__(self, theta: Any, hessian: Any = None):
         if theta is not None:
-            theta = _vector("theta", theta, None)
+            theta = _vector("theta", theta, None, "coefficient")
         if hessian is not None:
+            _check_real_matrix("hessian", hessian, None)
             if not sparse.issparse(hessian):
                 hessian = np.asarray(hessian, dtype=np.float64)
             shape = tuple(hessian.shape)
@@ -294,6 +330,7 @@ def nt_domain_data_to_index_domain_data(records: Sequence[Any], index_map: Any, 
       UnknownFeatureError: a feature's ``(name, term)`` is not in ``index_map`` (the message
         names the entity, the record, the field ``features`` and the key).
       ValueError: a non-finite label, weight, offset or feature value, or a negative weight.
+      TypeError: a label, weight, offset or feature value that is not a number (e.g. ``"1"``).
     """
     values: list[float] = []
     rows: list[int] = []
@@ -313,12 +350,12 @@ def nt_domain_data_to_index_domain_data(records: Sequence[Any], index_map: Any, 
             except IndexError:
                 raise input_error("features", feature.name_term, "is not in the index map", entity=entity,
                                   where=f"record {i}", error=UnknownFeatureError) from None
-            values.append(feature.value)
+            values.append(_number("features", feature.value, entity, f"record {i}, feature {feature.name_term!r}"))
             rows.append(i)
+        raw_labels.append(_number("labels", _raw_label(record), entity, f"record {i}"))
         labels.append(record.label)
-        raw_labels.append(_raw_label(record))
-        weights.append(record.weight)
-        offsets.append(record.offset)
+        weights.append(_number("labels_weights", record.weight, entity, f"record {i}"))
+        offsets.append(_number("offsets", record.offset, entity, f"record {i}"))
 
     _check_examples(np.asarray(raw_labels, np.float64), np.asarray(weights, np.float64),
                     np.asarray(offsets, np.float64), entity, "record")
@@ -351,22 +388,23 @@ def nt_domain_coeffs_to_index_domain_coeffs(coeff_means: Iterable[Feature], coef
       UnknownFeatureError: a key is not in ``index_map``.
       ValueError: a non-finite mean, a variance that is not finite and > 0 (naming the
         ``(name, term)``), or a negative / non-finite ``regularization_param``.
+      TypeError: a mean, variance or ``regularization_param`` that is not a number.
     """
-    reg = float(regularization_param)
+    reg = _number("regularization_param", regularization_param)
     if not (math.isfinite(reg) and reg >= 0):
         raise input_error("regularization_param", regularization_param, "must be a finite number >= 0")
     num_features = len(index_map)
     theta = np.zeros(num_features)
     for coefficient in coeff_means:
         index = _lookup(index_map, coefficient.name_term, "coeff_means")
-        value = float(coefficient.value)
+        value = _number("coeff_means", coefficient.value, where=f"feature {coefficient.name_term!r}")
         if not math.isfinite(value):
             raise input_error("coeff_means", value, "must be finite", where=f"feature {coefficient.name_term!r}")
         theta[index] = value
     diag_hessian = reg * np.ones(num_features)
     for coefficient in coeff_variances:
         index = _lookup(index_map, coefficient.name_term, "coeff_variances")
-        value = float(coefficient.value)
+        value = _number("coeff_variances", coefficient.value, where=f"feature {coefficient.name_term!r}")
         if not (math.isfinite(value) and value > 0):
             raise input_error("coeff_variances", value, "must be finite and > 0",
                               where=f"feature {coefficient.name_term!r}")
@@ -382,12 +420,13 @@ def index_domain_coeffs_to_nt_domain_coeffs(model: Any, index_map: Any
     Deviation: a model without Hessian gives ``(means, None)`` (Lambda Learner crashes).
 
     Raises:
-      ValueError: ``len(model.theta) != len(index_map)``.
+      ValueError: ``len(model.theta) != len(index_map)``, or a non-finite ``theta``.
     """
     theta = np.asarray(model.theta)
     if theta.ndim != 1 or len(theta) != len(index_map):
         raise input_error("theta", f"<array of shape {theta.shape}>",
                           f"must have one coefficient per index map entry ({len(index_map)})")
+    check_finite("theta", theta, None, "coefficient")
     name_terms = [index_map.get_nt(i) for i in range(len(index_map))]
     means = {name_term: theta[i] for i, name_term in enumerate(name_terms)}
     if model.hessian is None:
@@ -419,12 +458,18 @@ class _NewtonTrainer:
 
     def __init__(self, *, training_data: Any, initial_model: Any, hessian_type: Any, penalty: float, delta: float):
         if not isinstance(training_data, IndexedDataset):  # e.g. Lambda Learner's: validate it
+            if not all(hasattr(training_data, a) for a in ("X", "y", "w", "offsets")):
+                raise input_error("training_data", type(training_data).__name__,
+                                  "must be an IndexedDataset (X, y, w, offsets)", error=TypeError)
             training_data = IndexedDataset(training_data.X, training_data.y, training_data.w, training_data.offsets)
         entity = training_data.entity
-        penalty_value = float(penalty)
+        if not (hasattr(initial_model, "theta") and hasattr(initial_model, "hessian")):
+            raise input_error("initial_model", type(initial_model).__name__,
+                              "must be an IndexedModel (theta, hessian)", entity=entity, error=TypeError)
+        penalty_value = _number("penalty", penalty, entity)
         if not (math.isfinite(penalty_value) and penalty_value >= 0):
             raise input_error("penalty", penalty, "must be a finite number >= 0", entity=entity)
-        delta_value = float(delta)
+        delta_value = _number("delta", delta, entity)
         if not 0.0 <= delta_value <= 1.0:
             raise input_error("delta", delta, "must be a number in [0, 1]", entity=entity)
         self.hessian_type = _as_hessian_type(hessian_type)
@@ -557,7 +602,8 @@ class _NewtonTrainer:
         """
         max_iter = min(_positive_int("max_iterations", max_iterations), _positive_int("max_funcalls", max_funcalls))
         backtracks = min(_positive_int("max_linesearch", max_linesearch), _MAX_BACKTRACKS)
-        tol = _DEFAULT_GRADIENT_TOLERANCE[self._dtype] if gradient_tolerance is None else float(gradient_tolerance)
+        tol = (_DEFAULT_GRADIENT_TOLERANCE[self._dtype] if gradient_tolerance is None
+               else _number("gradient_tolerance", gradient_tolerance, self.data.entity))
         if not (math.isfinite(tol) and tol >= 0):
             raise input_error("gradient_tolerance", gradient_tolerance, "must be a finite number >= 0")
         # Always the full precision: one compiled solver per (loss, shape); the form asked for
@@ -642,7 +688,8 @@ class TrainerSequentialBayesianLogisticLossWithL2(_NewtonTrainer):
     [0, 1], default 0.8). Missing ``theta`` / ``hessian`` default to zeros / ``penalty * I``.
 
     Deviation from Lambda Learner: the posterior Hessian uses the weights (Lambda Learner's
-    ignores them). ``P0`` must be finite and symmetric (it is symmetrized to remove rounding).
+    ignores them). ``P0`` must be finite, symmetric (it is symmetrized to remove rounding) and
+    positive semi-definite.
     """
 
     _loss_name = "logistic"
@@ -659,7 +706,13 @@ class TrainerSequentialBayesianLogisticLossWithL2(_NewtonTrainer):
         if asymmetry > 1e-8 * max(np.max(np.abs(P0), initial=0.0), 1e-300):
             raise input_error("initial_model.hessian", f"<matrix with max |P - P^T| = {asymmetry:.3g}>",
                               "must be symmetric", entity=entity)
-        return 0.5 * (P0 + P0.T)
+        P0 = 0.5 * (P0 + P0.T)
+        if P0.size:
+            eigenvalues = np.linalg.eigvalsh(P0)
+            if eigenvalues[0] < -1e-10 * max(abs(eigenvalues[-1]), 1e-300):
+                raise input_error("initial_model.hessian", f"<matrix with smallest eigenvalue {eigenvalues[0]:.3g}>",
+                                  "must be positive semi-definite (it is a precision)", entity=entity)
+        return P0
 
 
 # ---------------------------------------------------------------------------
@@ -729,9 +782,11 @@ def score_linear_model(model: Any, test_data: Any, exploration_threshold: float 
 
     Raises:
       ValueError: ``exploration_threshold < 0`` or non-finite; exploring without a Hessian;
-        ``theta`` and ``X`` of different widths; a Hessian that is not positive definite.
+        ``theta`` and ``X`` of different widths; a non-finite ``theta``; a Hessian that is not
+        positive definite.
+      TypeError: ``exploration_threshold`` that is not a number.
     """
-    threshold = float(exploration_threshold)
+    threshold = _number("exploration_threshold", exploration_threshold)
     if not math.isfinite(threshold):
         raise input_error("exploration_threshold", exploration_threshold, "must be finite")
     if threshold != 0:
@@ -743,6 +798,7 @@ def score_linear_model(model: Any, test_data: Any, exploration_threshold: float 
     if theta.ndim != 1 or theta.shape[0] != test_data.X.shape[1]:
         raise input_error("theta", f"<array of shape {theta.shape}>",
                           f"must have one coefficient per column of X ({test_data.X.shape[1]})")
+    check_finite("theta", theta, None, "coefficient")
     if threshold != 0:
         theta = _sample_coefficients(model, threshold, np.random.default_rng(rng))
     scores = test_data.X @ theta
