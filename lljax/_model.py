@@ -296,7 +296,8 @@ class RandomEffectModel:
             round_of_row = group_rank(dataset.entity, U) // self.max_rows
         blocks = 0
         for r in range(int(round_of_row[keep].max()) + 1 if keep.any() else 0):
-            part = dataset.take(keep & (round_of_row == r))
+            rows_in_round = keep & (round_of_row == r)
+            part = dataset if rows_in_round.all() else dataset.take(rows_in_round)
             codes = np.searchsorted(dataset.entity_keys, part.entity_keys)
             delta = self.delta if r == 0 else 1.0
             round_report, round_blocks = self._update_round(part, delta)

@@ -41,6 +41,11 @@ class StoredPairs(NamedTuple):
     means: np.ndarray
 
 
+# Slabs grow by chunks of about this many bytes (at least _MIN_CHUNK_ROWS rows).
+_CHUNK_BYTES = 32 << 20
+_MIN_CHUNK_ROWS = 256
+
+
 class FlatEntities(NamedTuple):
     """All stored entities in compact form (the persistence and export layout), in slot order.
 
@@ -72,29 +77,65 @@ class FlatEntities(NamedTuple):
 
 
 class _Slab:
-    """Entities of one width ``W``: growable ``(capacity, W)`` arrays."""
+    """Entities of one width ``W``: rows of ``feature_ids (W,)``, ``means (W,)`` and ``precision``
+    (``(W, W)``, ``(W,)`` or none), kept in fixed-size chunks.
+
+    Chunks never move once allocated, so growing the slab never copies what is stored (a
+    doubling array would copy gigabytes of full precisions at a million entities, stalling the
+    update that crosses a power of two).
+    """
 
     def __init__(self, width: int, dtype: np.dtype, precision: str | None):
         self.width = width
         self.size = 0
-        self.feature_ids = np.full((0, width), -1, np.int64)
-        self.means = np.zeros((0, width), dtype)
-        shape = {"full": (0, width, width), "diagonal": (0, width)}.get(precision)
-        self.precision = None if shape is None else np.zeros(shape, dtype)
+        self._shapes = {"feature_ids": ((width,), np.dtype(np.int64), -1), "means": ((width,), dtype, 0)}
+        if precision is not None:
+            shape = (width, width) if precision == "full" else (width,)
+            self._shapes["precision"] = (shape, dtype, 0)
+        row_bytes = sum(int(np.prod(shape)) * dt.itemsize for shape, dt, _ in self._shapes.values())
+        self.chunk_rows = int(next_pow2(max(_MIN_CHUNK_ROWS, _CHUNK_BYTES // row_bytes)))
+        self._chunks: list[dict[str, np.ndarray]] = []
+
+    @property
+    def has_precision(self) -> bool:
+        return "precision" in self._shapes
 
     def allocate(self, count: int) -> np.ndarray:
-        """Return ``count`` fresh row indices, growing capacity geometrically."""
+        """Return ``count`` fresh row indices, adding chunks as needed (nothing is copied)."""
         needed = self.size + count
-        capacity = self.feature_ids.shape[0]
-        if needed > capacity:
-            new_capacity = max(needed, 2 * capacity, 16)
-            self.feature_ids = _grow(self.feature_ids, new_capacity, -1)
-            self.means = _grow(self.means, new_capacity, 0)
-            if self.precision is not None:
-                self.precision = _grow(self.precision, new_capacity, 0)
+        while len(self._chunks) * self.chunk_rows < needed:
+            self._chunks.append({name: np.full((self.chunk_rows,) + shape, fill, dt)
+                                 for name, (shape, dt, fill) in self._shapes.items()})
         rows = np.arange(self.size, needed, dtype=np.int64)
         self.size = needed
         return rows
+
+    def _by_chunk(self, rows: np.ndarray):
+        """Yield ``(chunk, selection of rows, offsets in the chunk)`` for each chunk ``rows`` touch."""
+        chunk, offset = np.divmod(rows, self.chunk_rows)
+        if len(self._chunks) == 1 or (len(rows) and chunk.min() == chunk.max()):
+            yield self._chunks[int(chunk[0])] if len(rows) else None, slice(None), offset
+            return
+        for k in np.unique(chunk):
+            selected = chunk == k
+            yield self._chunks[int(k)], selected, offset[selected]
+
+    def take(self, field: str, rows: np.ndarray) -> np.ndarray:
+        """``(len(rows), ...)`` copy of ``field`` at ``rows``."""
+        shape, dt, _ = self._shapes[field]
+        out = np.empty((len(rows),) + shape, dt)
+        if len(rows):
+            for chunk, selected, offset in self._by_chunk(rows):
+                out[selected] = chunk[field][offset]
+        return out
+
+    def put(self, field: str, rows: np.ndarray, values) -> None:
+        """Write ``values`` (``(len(rows), ...)`` or a scalar) into ``field`` at ``rows``."""
+        if not len(rows):
+            return
+        values = np.asarray(values)
+        for chunk, selected, offset in self._by_chunk(rows):
+            chunk[field][offset] = values if values.ndim == 0 else values[selected]
 
 
 def _grow(arr: np.ndarray, capacity: int, fill) -> np.ndarray:
@@ -166,11 +207,11 @@ class EntityStore:
         """All stored (feature id, mean) pairs of the entities at ``slots`` (-1 ones have none)."""
         owners, fids, means = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, self.dtype)]
         for slab, positions, rows in self._groups(slots):
-            f = slab.feature_ids[rows]
+            f = slab.take("feature_ids", rows)
             valid = f >= 0
             owners.append(np.broadcast_to(positions[:, None], f.shape)[valid])
             fids.append(f[valid])
-            means.append(slab.means[rows][valid])
+            means.append(slab.take("means", rows)[valid])
         return StoredPairs(np.concatenate(owners), np.concatenate(fids), np.concatenate(means))
 
     def gather_dense(self, slots: np.ndarray):
@@ -179,8 +220,8 @@ class EntityStore:
         A row's valid features (id >= 0) come first, sorted; the rest is padding.
         """
         for slab, positions, rows in self._groups(slots):
-            precision = None if slab.precision is None else slab.precision[rows]
-            yield positions, slab.feature_ids[rows], slab.means[rows], precision
+            precision = slab.take("precision", rows) if slab.has_precision else None
+            yield positions, slab.take("feature_ids", rows), slab.take("means", rows), precision
 
     def write(self, keys: np.ndarray, slots: np.ndarray, feature_ids: np.ndarray, means: np.ndarray,
               precision: np.ndarray | None) -> None:
@@ -204,17 +245,17 @@ class EntityStore:
         moved = np.flatnonzero(~in_place)
         rows[moved] = slab.allocate(len(moved))
         self._retire(slots[moved])
-        slab.feature_ids[rows] = feature_ids
-        slab.means[rows] = means
-        if slab.precision is not None:
-            slab.precision[rows] = precision
+        slab.put("feature_ids", rows, feature_ids)
+        slab.put("means", rows, means)
+        if slab.has_precision:
+            slab.put("precision", rows, precision)
         self._width[slots[moved]] = width
         self._row[slots[moved]] = rows[moved]
 
     def _retire(self, slots: np.ndarray) -> None:
         """Mark the old rows of entities that move to another slab as dead."""
         for slab, _, rows in self._groups(slots):
-            slab.feature_ids[rows] = -1
+            slab.put("feature_ids", rows, -1)
 
     def _register(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Give the keys with slot -1 new slots (width 0: no row yet); return all slots."""
@@ -255,14 +296,14 @@ class EntityStore:
         sizes = np.zeros(U, np.int64)
         parts = []  # (positions, fids, means, precision) of each width group, valid entries only
         for slab, positions, rows in self._groups(slots):
-            fids = slab.feature_ids[rows]
+            fids = slab.take("feature_ids", rows)
             valid = fids >= 0
             sizes[positions] = valid.sum(axis=1)
             precision = None
-            if slab.precision is not None:
-                p = slab.precision[rows]
+            if slab.has_precision:
+                p = slab.take("precision", rows)
                 precision = p[valid[:, :, None] & valid[:, None, :]] if p.ndim == 3 else p[valid]
-            parts.append((positions, fids[valid], slab.means[rows][valid], precision))
+            parts.append((positions, fids[valid], slab.take("means", rows)[valid], precision))
         indptr = np.zeros(U + 1, np.int64)
         np.cumsum(sizes, out=indptr[1:])
         per_entity = sizes**2 if self.precision == "full" else sizes

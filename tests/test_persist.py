@@ -248,17 +248,19 @@ def test_entity_ntv_export_import_agrees_with_lambda_learner():
         nt: ll_variances[nt] for nt in map(index_map.get_nt, coef.feature_ids)}
 
     # import into another entity; Lambda Learner's import of the same NTV lists is the oracle
-    model.entity_from_ntv("new", means, variances[:-1])  # last feature without variance: precision l2
+    model.entity_from_ntv(99, means, variances[:-1])  # last feature without variance: precision l2
     ll = nt_domain_coeffs_to_index_domain_coeffs([LLFeature(f.name, f.term, f.value) for f in means],
                                                  [LLFeature(f.name, f.term, f.value) for f in variances[:-1]],
                                                  ll_map, 2.0)
-    got = model.coefficients("new")
+    got = model.coefficients(99)
     np.testing.assert_array_equal(got.feature_ids, coef.feature_ids)
     np.testing.assert_allclose(got.mean, ll.theta[coef.feature_ids], rtol=1e-15)
     np.testing.assert_allclose(got.precision, ll.hessian.diagonal()[coef.feature_ids], rtol=1e-15)
     with pytest.raises(ValueError, match="means.*not in the index map") as info:
-        model.entity_from_ntv("other", [Feature("nope", "x", 1.0)])
-    assert "other" in str(info.value) and "other" not in model
+        model.entity_from_ntv(98, [Feature("nope", "x", 1.0)])
+    assert "98" in str(info.value) and 98 not in model
+    with pytest.raises(TypeError, match="key type str"):  # "1" and 1 are different entities: never mixed
+        model.entity_from_ntv("11", means, variances)
 
 
 entity_tables = st.integers(1, 12).flatmap(lambda U: st.tuples(
