@@ -16,6 +16,8 @@ Public surface:
 - exploration (pure JAX, explicit keys): :class:`Posterior` (from :meth:`RandomEffectModel.posterior`),
   :func:`thompson_arms`, :func:`thompson_candidates`, :func:`ucb_arms`, :func:`ucb_candidates`,
   :func:`arm_moments`, :func:`candidate_moments`, :func:`sample_posterior`, :func:`top_k`;
+- simulation: the module :mod:`lljax.bandit` (``python -m lljax.bandit``): Thompson sampling, UCB,
+  greedy and random on simulated users, with cumulative regret;
 - metrics: :func:`auc`, :func:`rmse`, :func:`log_loss`, :func:`evaluate`;
 - low level (one block, pure JAX): :class:`Block`, :class:`SolverConfig`, :class:`SolveResult`,
   :func:`solve_block`.

@@ -22,10 +22,12 @@ Every function is pure and ``jit``-ted; randomness comes only from the explicit 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import cho_solve, solve_triangular
 
 __all__ = ["Posterior", "arm_moments", "candidate_moments", "thompson_arms", "thompson_candidates", "ucb_arms",
@@ -63,6 +65,9 @@ def _covariance(precision: jax.Array) -> jax.Array:
 def arm_moments(posterior: Posterior, contexts: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean and variance of ``x_r . theta_a`` for every (request, arm).
 
+    The variances ``x_r^T C_a x_r`` (``C = P^-1``) are one matrix product over the
+    ``D (D + 1) / 2`` distinct entries of the symmetric ``C_a`` (off-diagonal ones doubled).
+
     Args:
       posterior: ``E = A`` arms.
       contexts: ``(R, D)`` one context per request.
@@ -75,9 +80,9 @@ def arm_moments(posterior: Posterior, contexts: jax.Array) -> tuple[jax.Array, j
     if cov.ndim == 2:
         variance = jnp.square(contexts) @ cov.T
     else:
-        R, D = contexts.shape
-        outer = (contexts[:, :, None] * contexts[:, None, :]).reshape(R, D * D)
-        variance = outer @ cov.reshape(cov.shape[0], D * D).T
+        rows, cols = np.triu_indices(contexts.shape[1])
+        pairs = contexts[:, rows] * contexts[:, cols] * np.where(rows == cols, 1.0, 2.0).astype(contexts.dtype)
+        variance = pairs @ cov[:, rows, cols].T
     return mean, jnp.maximum(variance, 0.0)
 
 
@@ -116,16 +121,60 @@ def ucb_candidates(posterior: Posterior, entity: jax.Array, candidates: jax.Arra
     return mean + alpha * jnp.sqrt(variance)
 
 
-@jax.jit
-def thompson_arms(key: jax.Array, posterior: Posterior, contexts: jax.Array, scale: float = 1.0) -> jax.Array:
-    """``(R, A)`` Thompson-sampled scores: an independent ``theta ~ N(mean, scale^2 P^-1)`` per (request, arm).
+@partial(jax.jit, static_argnames=("draws",))
+def thompson_arms(key: jax.Array, posterior: Posterior, contexts: jax.Array, scale: float = 1.0,
+                  draws: int | None = None) -> jax.Array:
+    """``(R, A)`` Thompson-sampled scores with ``theta ~ N(mean, scale^2 P^-1)``.
 
-    Equal in distribution to MABWiser's ``LinTS.predict`` (``alpha = scale``), which draws a
-    whole ``theta`` per context and arm.
+    ``draws=None`` (default): an independent ``theta`` per (request, arm), equal in distribution
+    to MABWiser's ``LinTS.predict`` (``alpha = scale``), which draws a whole ``theta`` per context
+    and arm. Only ``x . theta`` is drawn, from ``N(x . mean, scale^2 x^T P^-1 x)``: one normal per
+    pair, but ``R A D (D + 1)`` flops for the variances.
+
+    ``draws=S``: ``S`` posterior draws per arm, shared by consecutive requests: the requests are cut
+    into ``S`` contiguous groups of ``ceil(R / S)`` and group ``s`` uses draw ``s`` (as if the
+    posterior were re-sampled every ``R / S`` requests). Each score has the same distribution as
+    above and arms stay independent, but requests of one group share their draw. It costs
+    ``2 R A D`` flops plus ``S A`` draws instead of ``R A D (D + 1)``: much faster when
+    ``S << R``; ``S = R`` is the exact per-request mode again.
     """
-    mean, variance = arm_moments(posterior, contexts)
-    noise = jax.random.normal(key, mean.shape, mean.dtype)
-    return mean + scale * jnp.sqrt(variance) * noise
+    if draws is None:
+        mean, variance = arm_moments(posterior, contexts)
+        noise = jax.random.normal(key, mean.shape, mean.dtype)
+        return mean + scale * jnp.sqrt(variance) * noise
+    A, D = posterior.mean.shape
+    R = contexts.shape[0]
+    group = -(-R // draws)
+    theta = _draw_arms(key, posterior, draws, scale)  # (S, A, D)
+    padded = jnp.zeros((draws * group, D), theta.dtype).at[:R].set(contexts.astype(theta.dtype))
+    scores = jnp.einsum("sgd,sad->sga", padded.reshape(draws, group, D), theta)
+    return scores.reshape(draws * group, A)[:R]
+
+
+def _draw_arms(key: jax.Array, posterior: Posterior, draws: int, scale) -> jax.Array:
+    """``(S, A, D)``: ``S`` draws of every arm, with one multi-right-hand-side solve per arm."""
+    A, D = posterior.mean.shape
+    z = jax.random.normal(key, (A, D, draws), posterior.mean.dtype)
+    if posterior.precision.ndim == 2:
+        step = z / jnp.sqrt(posterior.precision)[:, :, None]
+    else:
+        chol = jnp.linalg.cholesky(posterior.precision)
+        step = solve_triangular(chol, z, lower=True, trans="T")  # (A, D, S)
+    return posterior.mean[None] + scale * jnp.transpose(step, (2, 0, 1))
+
+
+def _draw(key: jax.Array, mean: jax.Array, precision: jax.Array, shape: tuple[int, ...], scale) -> jax.Array:
+    """``shape + (D,)`` draws ``mean + scale * L^-T z`` (``P = L L^T``) or ``mean + scale * z / sqrt(P)``.
+
+    ``mean (..., D)`` and ``precision`` broadcast against the trailing dimensions of ``shape``.
+    """
+    z = jax.random.normal(key, shape + mean.shape[-1:], mean.dtype)
+    if precision.ndim == mean.ndim:
+        return mean + scale * z / jnp.sqrt(precision)
+    chol = jnp.linalg.cholesky(precision)
+    chol = jnp.broadcast_to(chol, z.shape + z.shape[-1:])
+    step = solve_triangular(chol, z[..., None], lower=True, trans="T")[..., 0]
+    return mean + scale * step
 
 
 @jax.jit
@@ -135,14 +184,7 @@ def sample_posterior(key: jax.Array, posterior: Posterior, entity: jax.Array, sc
     Full precision: ``theta = mean + scale * L^-T z`` with ``P = L L^T`` (one triangular solve);
     diagonal: ``theta = mean + scale * z / sqrt(P)``.
     """
-    mean = posterior.mean[entity]
-    z = jax.random.normal(key, mean.shape, mean.dtype)
-    precision = posterior.precision[entity]
-    if precision.ndim == 2:
-        return mean + scale * z / jnp.sqrt(precision)
-    chol = jnp.linalg.cholesky(precision)
-    step = solve_triangular(chol, z[..., None], lower=True, trans="T")[..., 0]
-    return mean + scale * step
+    return _draw(key, posterior.mean[entity], posterior.precision[entity], entity.shape, scale)
 
 
 @jax.jit
