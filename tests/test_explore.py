@@ -335,3 +335,19 @@ def test_posterior_of_a_diagonal_model(bandit_data):
     np.testing.assert_allclose(post.mean[0], [stored.mean[2], 0.0, stored.mean[0]], rtol=1e-12)
     np.testing.assert_allclose(post.precision[0], [stored.precision[2], L2, stored.precision[0]], rtol=1e-12)
     np.testing.assert_array_equal(post.precision[1], [L2, L2, L2])
+
+
+@pytest.mark.parametrize("hessian,l2,entities,feature_ids,error,field,value", [
+    ("full", 1.0, [0], [1, 2, 1], ValueError, "feature_ids", "1"),
+    ("full", 1.0, [0], [-1, 2], ValueError, "feature_ids", "-1"),
+    ("full", 1.0, [0], [0.5, 2.0], TypeError, "feature_ids", "float64"),
+    ("full", 1.0, [[0]], [1], ValueError, "entities", "(1, 1)"),
+    ("none", 1.0, [0], [1], ValueError, "hessian", "none"),
+    ("diagonal", 0.0, [12345], [1], ValueError, "l2", "12345"),
+])
+def test_posterior_rejects_bad_requests_naming_the_field(hessian, l2, entities, feature_ids, error, field, value):
+    model = RandomEffectModel("linear", hessian=hessian, l2=l2)
+    model.import_table({"entity": np.array([0]), "feature_id": np.array([1]), "mean": np.array([0.5])})
+    with pytest.raises(error, match=f"'{field}'") as info:
+        model.posterior(np.array(entities), np.array(feature_ids))
+    assert value in str(info.value)
