@@ -31,6 +31,11 @@ __all__ = ["Subspaces", "BlockPlan", "local_subspaces", "plan_blocks", "build_bl
 _MIN_ROWS = 4
 _MIN_LANES = 8
 
+# local_subspaces uses a direct lookup table (4 bytes per possible (entity, feature) key) instead of a
+# sort when the key space is at most _TABLE_PER_KEY times the number of keys (or _TABLE_MIN).
+_TABLE_PER_KEY = 4
+_TABLE_MIN = 1 << 20
+
 # Solver temporaries (X * curvature, a few D x D matrices, line-search copies) on top of
 # the block's own arrays; used to turn a memory budget into a block size.
 _WORKSPACE_FACTOR = 4
@@ -44,11 +49,14 @@ class Subspaces(NamedTuple):
       start: ``(U+1,)`` offsets of each entity's pairs in ``pair_keys``; local index of a pair is
         its position minus ``start[entity]``.
       stride: the multiplier used in ``pair_keys`` (> every feature id).
+      rank: ``None``, or ``(U * stride,)`` int32 position in ``pair_keys`` of every possible key
+        (a direct lookup table, built when the key space is small enough; see :func:`local_subspaces`).
     """
 
     pair_keys: np.ndarray
     start: np.ndarray
     stride: int
+    rank: np.ndarray | None = None
 
     @property
     def sizes(self) -> np.ndarray:
@@ -56,7 +64,9 @@ class Subspaces(NamedTuple):
 
     def local_index(self, entity: np.ndarray, feature_ids: np.ndarray) -> np.ndarray:
         """Local column of each (entity, feature) pair (the pair must belong to the subspace)."""
-        return np.searchsorted(self.pair_keys, entity * self.stride + feature_ids) - self.start[entity]
+        keys = entity * self.stride + feature_ids
+        position = self.rank[keys] if self.rank is not None else np.searchsorted(self.pair_keys, keys)
+        return position - self.start[entity]
 
     def feature_ids(self, entity: np.ndarray, width: int) -> np.ndarray:
         """``(len(entity), width)`` global feature ids of the entities' subspaces, -1 padded."""
@@ -77,13 +87,26 @@ def local_subspaces(dataset: Dataset, prior_owner: np.ndarray, prior_feature_ids
       prior_feature_ids: ``(k,)`` feature id of each stored prior pair.
     """
     stride = max(dataset.num_features, int(prior_feature_ids.max()) + 1 if prior_feature_ids.size else 0, 1)
-    data_owner = dataset.entity[dataset.row_of_nonzero()]
-    keys = np.concatenate([data_owner * stride + dataset.feature_ids, prior_owner * stride + prior_feature_ids])
-    pair_keys = np.unique(keys)
+    keys = np.repeat(dataset.entity * stride, np.diff(dataset.indptr))  # one (nnz,) temporary, then in place
+    keys += dataset.feature_ids
+    if prior_owner.size:
+        keys = np.concatenate([keys, prior_owner * stride + prior_feature_ids])
+    space = dataset.num_entities * stride
+    rank = None
+    if space <= max(_TABLE_MIN, _TABLE_PER_KEY * len(keys)) and space < 2**31:
+        # Small key space: mark the keys in a table; its nonzeros are the sorted distinct keys and its
+        # running count is every key's position. O(keys + space) with no sort.
+        marks = np.zeros(space, bool)
+        marks[keys] = True
+        pair_keys = np.flatnonzero(marks)
+        rank = np.cumsum(marks, dtype=np.int32) - 1
+    else:
+        keys.sort()
+        pair_keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
     counts = np.bincount(pair_keys // stride, minlength=dataset.num_entities)
     start = np.zeros(dataset.num_entities + 1, np.int64)
     np.cumsum(counts, out=start[1:])
-    return Subspaces(pair_keys, start, stride)
+    return Subspaces(pair_keys, start, stride, rank)
 
 
 class BlockPlan(NamedTuple):

@@ -329,3 +329,28 @@ def test_sequential_logistic_matches_the_numpy_oracle_across_batches():
         y = np.where(y == 1, 1.0, -1.0)
         expected = oracles.fit(X, y, np.ones(len(y)), o, theta0, P0, 1.5, 0.7, "logistic")
         np.testing.assert_allclose(got.mean, expected, rtol=1e-6, atol=1e-8)
+
+
+def test_packing_paths_agree_for_small_and_huge_feature_spaces():
+    """Local subspaces come from a lookup table when the (entity, feature) key space is small and from a
+    sort when it is huge; both give the same model (here: the same data declared with 10 or 10^9 features)."""
+    rng = np.random.default_rng(11)
+    small = batch(rng, np.arange(30), 3, [1, 2, 5])
+    huge = Dataset.from_arrays(small.entity_keys[small.entity], small.label, indptr=small.indptr,
+                               feature_ids=small.feature_ids, values=small.values, offset=small.offset,
+                               num_features=10**9, intercept_id=None)
+    from lljax._packing import local_subspaces
+
+    assert local_subspaces(small, np.zeros(0, np.int64), np.zeros(0, np.int64)).rank is not None
+    assert local_subspaces(huge, np.zeros(0, np.int64), np.zeros(0, np.int64)).rank is None
+    models = []
+    for data in (small, huge):
+        model = RandomEffectModel("linear", delta=0.5)
+        model.update(data)
+        model.update(data)  # with stored priors in the subspaces too
+        models.append(model)
+    for key in range(30):
+        a, b = models[0].coefficients(key), models[1].coefficients(key)
+        np.testing.assert_array_equal(a.feature_ids, b.feature_ids)
+        np.testing.assert_array_equal(a.mean, b.mean)
+        np.testing.assert_array_equal(a.precision, b.precision)
