@@ -9,10 +9,12 @@ the stored model as it was.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -37,6 +39,8 @@ from ._store import EntityCoefficients, EntityStore
 __all__ = ["RandomEffectModel", "check_labels"]
 
 _STORED_PRECISION = {"none": None, "identity": "diagonal", "diagonal": "diagonal", "full": "full"}
+_IN_FLIGHT = 2  # blocks dispatched to the device and not yet collected
+_PROGRESS_DELAY_S = 3.0  # the default progress bar appears only for updates longer than this
 _DEFAULT_TOL = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 1e-3}
 
 
@@ -252,8 +256,11 @@ class RandomEffectModel:
         tol = self.tol if self.tol is not None else _DEFAULT_TOL[np.dtype(dtype)]
         return SolverConfig(loss=self.loss, hessian=self.hessian, max_iter=self.max_iter, tol=tol)
 
-    def update(self, dataset: Dataset) -> UpdateReport:
+    def update(self, dataset: Dataset, *, progress: bool | None = None) -> UpdateReport:
         """Train every entity of ``dataset``, using stored posteriors as priors; return a report.
+
+        ``progress``: a tqdm progress bar (entities solved) on stderr. ``None`` (default): shown
+        only when tqdm is installed and the update runs longer than a few seconds; ``False``: never.
 
         - Entities not in ``dataset`` are untouched (bit for bit).
         - An entity with fewer than ``min_rows`` rows of positive weight is not trained: status
@@ -300,7 +307,7 @@ class RandomEffectModel:
             part = dataset if rows_in_round.all() else dataset.take(rows_in_round)
             codes = np.searchsorted(dataset.entity_keys, part.entity_keys)
             delta = self.delta if r == 0 else 1.0
-            round_report, round_blocks = self._update_round(part, delta)
+            round_report, round_blocks = self._update_round(part, delta, progress)
             report.merge(codes, round_report, first=r == 0)
             blocks += round_blocks
         return UpdateReport(dataset.entity_keys, report.status, report.iterations, report.loss, report.grad_norm,
@@ -314,7 +321,7 @@ class RandomEffectModel:
             sizes[positions] = (fids >= 0).sum(axis=1)
         return sizes
 
-    def _update_round(self, dataset: Dataset, delta: float) -> tuple[_EntityReport, int]:
+    def _update_round(self, dataset: Dataset, delta: float, progress: bool | None) -> tuple[_EntityReport, int]:
         """One atomic sequential update of every entity of ``dataset`` with forgetting ``delta``."""
         store = self._store
         dtype = store.dtype
@@ -332,15 +339,11 @@ class RandomEffectModel:
 
         config = self.solver_config(dtype)
         l2, delta = jnp.asarray(self.l2, dtype), jnp.asarray(delta, dtype)
-        pending = []
-        for plan in plans:
-            block = build_block(dataset, labels, plan, subspaces, row_order, row_start, store, slots, self.l2)
-            pending.append((plan, block.feature_ids, solve_block(block, l2, delta, config)))
-
         report = _EntityReport.skipped(U, dtype)
         report.features[:] = subspaces.sizes
         writes = []
-        for plan, feature_ids, result in pending:
+
+        def collect(plan, feature_ids, result):
             result = jax.device_get(result)
             e = len(plan.entities)
             report.status[plan.entities] = result.status[:e]
@@ -351,6 +354,19 @@ class RandomEffectModel:
             precision = result.precision  # identity is kept as a diagonal of ones; none as None
             writes.append((plan.entities[ok], feature_ids[ok], result.theta[ok],
                            None if precision is None else precision[ok]))
+            bar.update(e)
+
+        # Dispatch is asynchronous: the host builds the next block while the device solves this one;
+        # at most _IN_FLIGHT blocks wait on the device.
+        pending: deque = deque()
+        with _progress_bar(progress, U, "update") as bar:
+            for plan in plans:
+                block = build_block(dataset, labels, plan, subspaces, row_order, row_start, store, slots, self.l2)
+                pending.append((plan, block.feature_ids, solve_block(block, l2, delta, config)))
+                if len(pending) > _IN_FLIGHT:
+                    collect(*pending.popleft())
+            while pending:
+                collect(*pending.popleft())
         for ents, feature_ids, theta, precision in writes:
             store.write(dataset.entity_keys[ents], slots[ents], feature_ids, theta, precision)
         return report, len(plans)
@@ -406,6 +422,24 @@ class _EntityReport(NamedTuple):
         self.loss[at] = later.loss
         self.grad_norm[at] = later.grad_norm
         self.features[at] = later.features
+
+
+def _progress_bar(progress: bool | None, total: int, desc: str):
+    """A tqdm bar (``progress`` True, or None with tqdm installed: shown after a few seconds) or a no-op."""
+    if progress is False:
+        return contextlib.nullcontext(_NoBar())
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        if progress:
+            raise ImportError("progress=True needs tqdm: pip install tqdm") from None
+        return contextlib.nullcontext(_NoBar())
+    return tqdm(total=total, desc=desc, unit="entity", delay=0 if progress else _PROGRESS_DELAY_S, leave=False)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
 
 
 def _cast(dataset: Dataset, dtype: np.dtype) -> Dataset:

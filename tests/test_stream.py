@@ -354,3 +354,13 @@ def test_packing_paths_agree_for_small_and_huge_feature_spaces():
         np.testing.assert_array_equal(a.feature_ids, b.feature_ids)
         np.testing.assert_array_equal(a.mean, b.mean)
         np.testing.assert_array_equal(a.precision, b.precision)
+
+
+def test_update_progress_bar_is_shown_on_request_and_never_when_disabled(capsys):
+    rng = np.random.default_rng(12)
+    data = batch(rng, np.arange(20), 2, [1, 2])
+    RandomEffectModel("linear").update(data, progress=True)
+    shown = capsys.readouterr().err
+    assert "update:" in shown and "/20 [" in shown
+    RandomEffectModel("linear").update(data, progress=False)
+    assert capsys.readouterr().err == ""
