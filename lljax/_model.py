@@ -39,6 +39,8 @@ from ._store import EntityCoefficients, EntityStore
 __all__ = ["RandomEffectModel", "check_labels"]
 
 _STORED_PRECISION = {"none": None, "identity": "diagonal", "diagonal": "diagonal", "full": "full"}
+_CPU_BLOCK_BUDGET = 16 << 20
+_ACCELERATOR_BLOCK_BUDGET = 256 << 20
 _IN_FLIGHT = 2  # blocks dispatched to the device and not yet collected
 _PROGRESS_DELAY_S = 3.0  # the default progress bar appears only for updates longer than this
 _DEFAULT_TOL = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 1e-3}
@@ -104,7 +106,9 @@ class RandomEffectModel:
         or ``"full"``.
       max_iter: Newton iteration cap per entity.
       tol: convergence on the max-abs gradient (default 1e-6 in float64, 1e-3 in float32).
-      memory_budget: bytes one block may use on the device (blocks are cut to fit).
+      memory_budget: bytes one block may use on the device (blocks are cut to fit). ``None``
+        (default): 16 MiB on CPU, where cache-sized blocks solve fastest (measured: 1.2-1.6x faster
+        than 256 MiB blocks), and 256 MiB on accelerators.
       min_rows: an entity with fewer rows of positive weight in an update is not trained
         (status ``SKIPPED``; its state is kept). Default 1: entities whose weights are all 0 are skipped.
       max_rows: at most this many rows of an entity per solve; more are trained in consecutive
@@ -120,7 +124,7 @@ class RandomEffectModel:
     """
 
     def __init__(self, loss: str = "logistic", *, l2: float = 1.0, delta: float = 0.0, hessian: str = "full",
-                 max_iter: int = 50, tol: float | None = None, memory_budget: int = 256 << 20, min_rows: int = 1,
+                 max_iter: int = 50, tol: float | None = None, memory_budget: int | None = None, min_rows: int = 1,
                  max_rows: int | None = None, index_map: IndexMap | None = None):
         if loss not in LOSSES:
             raise input_error("loss", loss, f"is not one of {sorted(LOSSES)}")
@@ -132,8 +136,8 @@ class RandomEffectModel:
             raise input_error("max_iter", max_iter, "must be an int >= 0")
         if tol is not None:
             _check_real("tol", tol, math.isfinite(tol) and tol > 0 if _is_real(tol) else False, "a finite number > 0")
-        if not (_is_int(memory_budget) and memory_budget > 0):
-            raise input_error("memory_budget", memory_budget, "must be a positive int (bytes)")
+        if memory_budget is not None and not (_is_int(memory_budget) and memory_budget > 0):
+            raise input_error("memory_budget", memory_budget, "must be None or a positive int (bytes)")
         if not (_is_int(min_rows) and min_rows >= 0):
             raise input_error("min_rows", min_rows, "must be an int >= 0")
         if max_rows is not None and not (_is_int(max_rows) and max_rows >= 1):
@@ -252,6 +256,11 @@ class RandomEffectModel:
         dtype = kind if kind in (np.float32, np.float64) else np.dtype(np.float64)
         return _jax_dtype(dtype)
 
+    def _block_budget(self) -> int:
+        if self.memory_budget is not None:
+            return self.memory_budget
+        return _CPU_BLOCK_BUDGET if jax.default_backend() == "cpu" else _ACCELERATOR_BLOCK_BUDGET
+
     def solver_config(self, dtype: np.dtype) -> SolverConfig:
         tol = self.tol if self.tol is not None else _DEFAULT_TOL[np.dtype(dtype)]
         return SolverConfig(loss=self.loss, hessian=self.hessian, max_iter=self.max_iter, tol=tol)
@@ -335,7 +344,7 @@ class RandomEffectModel:
         np.cumsum(rows_per_entity, out=row_start[1:])
         labels = encode_labels(self.loss, dataset.label)
         plans = plan_blocks(rows_per_entity, subspaces.sizes, dtype.itemsize, store.precision == "full",
-                            self.memory_budget)
+                            self._block_budget())
 
         config = self.solver_config(dtype)
         l2, delta = jnp.asarray(self.l2, dtype), jnp.asarray(delta, dtype)
