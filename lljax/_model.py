@@ -27,9 +27,10 @@ from ._dataset import Dataset
 from ._errors import input_error
 from ._explore import Posterior
 from ._export import entity_to_ntv, model_to_table, ntv_to_flat, read_parquet, table_to_flat, write_parquet
+from ._lbfgs import solve_block_lbfgs
 from ._losses import LOSSES, encode_labels
 from ._ntv import Feature, IndexMap
-from ._packing import build_block, local_subspaces, plan_blocks
+from ._packing import build_block, local_subspaces, plan_blocks, uses_lbfgs
 from ._persist import load_model, save_model
 from ._posterior import dense_posterior
 from ._report import UpdateReport
@@ -104,7 +105,9 @@ class RandomEffectModel:
         ``1/2 delta (theta - theta0)^T P0 (theta - theta0) + 1/2 (1 - delta) l2 ||theta||^2``.
       hessian: posterior precision kept per entity: ``"none"``, ``"identity"``, ``"diagonal"``
         or ``"full"``.
-      max_iter: Newton iteration cap per entity.
+      max_iter: Newton iteration cap per entity. Wide entities (64 or more padded features) of
+        models without full precision are solved by L-BFGS instead, capped at ``10 * max_iter``
+        iterations (the report's ``iterations`` then counts L-BFGS iterations).
       tol: convergence on the max-abs gradient (default 1e-6 in float64, 1e-3 in float32).
       memory_budget: bytes one block may use on the device (blocks are cut to fit). ``None``
         (default): 16 MiB on CPU, where cache-sized blocks solve fastest (measured: 1.2-1.6x faster
@@ -371,7 +374,8 @@ class RandomEffectModel:
         with _progress_bar(progress, U, "update") as bar:
             for plan in plans:
                 block = build_block(dataset, labels, plan, subspaces, row_order, row_start, store, slots, self.l2)
-                pending.append((plan, block.feature_ids, solve_block(block, l2, delta, config)))
+                solve = solve_block_lbfgs if uses_lbfgs(plan.features, store.precision == "full") else solve_block
+                pending.append((plan, block.feature_ids, solve(block, l2, delta, config)))
                 if len(pending) > _IN_FLIGHT:
                     collect(*pending.popleft())
             while pending:

@@ -1,0 +1,299 @@
+"""Wide entities: the L-BFGS solver vs Newton and Lambda Learner's loop at D = 256 and D = 1024.
+
+Problem (per ``--features`` value D): entities with ``--rows`` rows and D local features, the
+intercept plus D - 1 sparse features: each row has the intercept and ``--nnz`` other nonzeros
+(default 8 at D <= 512, 16 above: every local feature appears in at least one row, most are absent
+from any given row), N(0, 1) values, fixed-effect offsets N(0, 1), logistic labels drawn from random
+true coefficients, unit weights. Model: sequential Bayesian logistic with a diagonal prior, cold
+start (prior mean 0, prior precision ``l2``), ``l2 = 1``, ``delta = 0.8``, diagonal posterior
+precision, float64, tolerance lljax's default (max |gradient| <= 1e-6).
+
+Timed, on prebuilt dense blocks already on the device (warm jit, ``block_until_ready``):
+
+- ``lbfgs``: ``lljax._lbfgs.solve_block_lbfgs`` (backtracking line search, the default) on all
+  entities, in blocks of ``--lanes`` entities;
+- ``lbfgs zoom``: the same with optax's zoom line search;
+- ``newton``: ``lljax.solve_block`` (``hessian="diagonal"``, which still forms and factors the
+  D x D Hessian) on the first ``--newton-sample`` entities, same lanes;
+- ``lambda learner``: Lambda Learner 0.1.0's ``TrainerSequentialBayesianLogisticLossWithL2`` with
+  ``HessianType.DIAGONAL`` per entity (scipy sparse data; ``peers.lambda_learner_loop``) on
+  ``--ll-sample`` entities.
+
+Accuracy: max over entities of ``||theta_a - theta_b||_inf / ||theta_b||_inf`` between L-BFGS and
+Newton at the default tolerance and, on the Newton sample, with both solved to tol 1e-12 (and the
+same for the diagonal precision); L-BFGS vs Lambda Learner (which stops at its own tolerances).
+
+Run: ``python benchmarks/bench_wide.py`` (D = 256 with 2000 entities, D = 1024 with 512; about two
+minutes on a 2-core machine). Prints a table, writes ``results/bench_wide.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)  # a benchmark may; the library never does
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import scipy  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # noqa: E402
+
+import lljax  # noqa: E402
+from lljax._lbfgs import ITER_FACTOR, MEMORY_SIZE, solve_block_lbfgs  # noqa: E402
+
+L2, DELTA = 1.0, 0.8
+TIGHT_TOL = 1e-12
+METHODS = ("lbfgs", "lbfgs zoom", "newton", "lambda learner")
+STATUS_NAMES = ("converged", "max_iterations", "non_finite", "stalled")
+
+
+def default_nnz(D: int, N: int) -> int:
+    nnz = 8 if D <= 512 else 16
+    return max(nnz, -(-(D - 1) // N))  # every local feature must appear in some row
+
+
+def make_data(E: int, N: int, D: int, nnz: int, seed: int) -> dict[str, np.ndarray]:
+    """``X (E, N, D)``: column 0 the intercept; each row ``nnz`` other slots, every feature 1..D-1 in one
+    slot at least (a shuffled cover of the features, then random ones; a repeat in a row adds up)."""
+    if N * nnz < D - 1:
+        raise ValueError(f"rows * nnz = {N * nnz} cannot cover {D - 1} features")
+    rng = np.random.default_rng(seed)
+    X = np.zeros((E, N, D))
+    X[:, :, 0] = 1.0
+    rows = np.repeat(np.arange(N), nnz)
+    for e in range(E):
+        cols = np.concatenate([rng.permutation(np.arange(1, D)), rng.integers(1, D, size=N * nnz - (D - 1))])
+        rng.shuffle(cols)
+        np.add.at(X[e], (rows, cols), rng.standard_normal(N * nnz))
+    theta = rng.normal(0.0, 0.3, (E, D))
+    offset = rng.normal(0.0, 1.0, (E, N))
+    margin = offset + np.einsum("end,ed->en", X, theta)
+    label = (rng.random((E, N)) < 1.0 / (1.0 + np.exp(-margin))).astype(np.float64)
+    return dict(X=X, label=label, offset=offset)
+
+
+def blocks_of(data: dict, lanes: int, count: int) -> list[lljax.Block]:
+    """The first ``count`` entities (a multiple of ``lanes``) as device blocks of ``lanes`` entities."""
+    X = data["X"]
+    E, N, D = X.shape
+    y = np.where(data["label"] == 1, 1.0, -1.0)
+    out = []
+    for lo in range(0, count, lanes):
+        sl = slice(lo, lo + lanes)
+        out.append(lljax.Block(jnp.asarray(X[sl]), jnp.asarray(y[sl]), jnp.ones((lanes, N)),
+                               jnp.asarray(data["offset"][sl]), jnp.tile(jnp.arange(D), (lanes, 1)),
+                               jnp.zeros((lanes, D)), jnp.full((lanes, D), L2)))
+    return out
+
+
+def run_blocks(solve, blocks) -> lljax.SolveResult:
+    results = [solve(b) for b in blocks]  # dispatch all, then wait
+    jax.block_until_ready(results)
+    return jax.tree.map(lambda *a: np.concatenate(a), *results)
+
+
+def time_method(solve, blocks, repeats: int, budget: float):
+    t = time.perf_counter()
+    jax.block_until_ready(solve(blocks[0]))  # compile (one shape)
+    warm = time.perf_counter() - t
+    times, result = [], None
+    while len(times) < repeats and (not times or sum(times) < budget):
+        t = time.perf_counter()
+        result = run_blocks(solve, blocks)
+        times.append(time.perf_counter() - t)
+    return result, times, warm
+
+
+def rel_diff(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = np.maximum(np.max(np.abs(b), axis=-1), 1e-300)
+    return float(np.max(np.max(np.abs(a - b), axis=-1) / scale))
+
+
+def summary(result: lljax.SolveResult) -> dict:
+    it = np.asarray(result.iterations)
+    return dict(iterations_mean=float(it.mean()), iterations_max=int(it.max()),
+                status_counts=dict(zip(STATUS_NAMES, np.bincount(result.status, minlength=4)[:4].tolist())))
+
+
+def run_case(D: int, E: int, args) -> dict:
+    N = args.rows
+    nnz = args.nnz or default_nnz(D, N)
+    lanes = args.lanes or (16 if D <= 256 else 8)
+    E = -(-E // lanes) * lanes
+    newton_count = min(E, -(-args.newton_sample(D) // lanes) * lanes)
+    t = time.perf_counter()
+    data = make_data(E, N, D, nnz, args.seed)
+    out = dict(features=D, entities=E, rows=N, nnz_per_row=nnz + 1, lanes=lanes, newton_entities=newton_count,
+               make_data_s=time.perf_counter() - t, methods={})
+    config = lljax.RandomEffectModel("logistic", l2=L2, delta=DELTA, hessian="diagonal").solver_config(np.dtype("f8"))
+    out["tol"] = config.tol
+    l2, delta = jnp.asarray(L2), jnp.asarray(DELTA)
+    blocks = blocks_of(data, lanes, E)
+    newton_blocks = blocks[: newton_count // lanes]
+
+    solvers = {
+        "lbfgs": lambda b, c=config: solve_block_lbfgs(b, l2, delta, c),
+        "lbfgs zoom": lambda b, c=config: solve_block_lbfgs(b, l2, delta, c, linesearch="zoom"),
+        "newton": lambda b, c=config: lljax.solve_block(b, l2, delta, c),
+    }
+    results = {}
+    for name in ("lbfgs", "lbfgs zoom", "newton"):
+        if name not in args.methods:
+            continue
+        bl = newton_blocks if name == "newton" else blocks
+        res, times, warm = time_method(solvers[name], bl, args.repeats, args.budget)
+        results[name] = res
+        out["methods"][name] = dict(times=times, warmup_s=warm, entities=len(bl) * lanes, **summary(res))
+        print(f"  D={D} {name}: {len(bl) * lanes / np.median(times):,.0f} entities/s", flush=True)
+
+    acc = out["accuracy"] = {}
+    if "lbfgs" in results and "newton" in results:
+        k = newton_count
+        acc["lbfgs_vs_newton_theta_default_tol"] = rel_diff(results["lbfgs"].theta[:k], results["newton"].theta)
+        acc["lbfgs_vs_newton_precision_default_tol"] = rel_diff(results["lbfgs"].precision[:k],
+                                                                results["newton"].precision)
+        tight = config._replace(tol=TIGHT_TOL)
+        lb = run_blocks(lambda b: solve_block_lbfgs(b, l2, delta, tight), newton_blocks)
+        nt = run_blocks(lambda b: lljax.solve_block(b, l2, delta, tight), newton_blocks)
+        acc["lbfgs_vs_newton_theta_tol_1e-12"] = rel_diff(lb.theta, nt.theta)
+        acc["lbfgs_vs_newton_precision_tol_1e-12"] = rel_diff(lb.precision, nt.precision)
+        acc["tol_1e-12_lbfgs"] = summary(lb)
+        acc["tol_1e-12_newton"] = summary(nt)
+    if "lbfgs zoom" in results and "lbfgs" in results:
+        acc["zoom_vs_backtracking_theta"] = rel_diff(results["lbfgs zoom"].theta, results["lbfgs"].theta)
+
+    if "lambda learner" in args.methods and args.ll_sample(D) > 0:
+        sample = np.arange(min(args.ll_sample(D), E))
+        run = peers.lambda_learner_loop(data["X"], data["label"], data["offset"], sample, loss="logistic",
+                                        hessian="diagonal", l2=L2, delta=DELTA)
+        out["methods"]["lambda learner"] = dict(times=[run.train_s], convert_s=run.convert_s, entities=len(sample),
+                                                warnflags=run.warnflags)
+        if "lbfgs" in results:
+            acc["lambda_learner_vs_lbfgs_theta"] = rel_diff(run.theta, results["lbfgs"].theta[sample])
+        print(f"  D={D} lambda learner: {len(sample) / run.train_s:,.0f} entities/s", flush=True)
+
+    for m in out["methods"].values():
+        m["median_s"] = float(np.median(m["times"]))
+        m["entities_per_s"] = m["entities"] / m["median_s"]
+    for m in out["methods"].values():
+        for peer in ("lambda learner", "newton"):
+            if peer in out["methods"]:
+                m[f"ratio_vs_{peer.replace(' ', '_')}"] = m["entities_per_s"] / out["methods"][peer]["entities_per_s"]
+    return out
+
+
+def print_table(cases: list[dict]) -> None:
+    header = (f"{'case':<30}{'method':<16}{'entities':>9}{'entities/s':>12}{'xLL':>8}{'xNewton':>9}"
+              f"{'iters mean/max':>16}")
+    print(header)
+    print("-" * len(header))
+    for c in cases:
+        label = f"D={c['features']} N={c['rows']} nnz/row={c['nnz_per_row']}"
+        for i, name in enumerate(METHODS):
+            m = c["methods"].get(name)
+            if m is None:
+                continue
+            xll, xnt = m.get("ratio_vs_lambda_learner"), m.get("ratio_vs_newton")
+            its = f"{m['iterations_mean']:.1f}/{m['iterations_max']}" if "iterations_mean" in m else ""
+            print(f"{label if i == 0 else '':<30}{name:<16}{m['entities']:>9}{m['entities_per_s']:>12,.0f}"
+                  f"{'' if xll is None else f'{xll:.1f}':>8}{'' if xnt is None else f'{xnt:.1f}':>9}{its:>16}")
+        a = c["accuracy"]
+        notes = []
+        if "lbfgs_vs_newton_theta_default_tol" in a:
+            notes.append(f"vs Newton theta {a['lbfgs_vs_newton_theta_default_tol']:.1e} (tol {c['tol']:g}), "
+                         f"{a['lbfgs_vs_newton_theta_tol_1e-12']:.1e} (tol 1e-12; precision "
+                         f"{a['lbfgs_vs_newton_precision_tol_1e-12']:.1e}; iters L-BFGS "
+                         f"{a['tol_1e-12_lbfgs']['iterations_mean']:.1f}, Newton "
+                         f"{a['tol_1e-12_newton']['iterations_mean']:.1f})")
+        if "zoom_vs_backtracking_theta" in a:
+            notes.append(f"zoom vs backtracking {a['zoom_vs_backtracking_theta']:.1e}")
+        if "lambda_learner_vs_lbfgs_theta" in a:
+            notes.append(f"LL vs L-BFGS {a['lambda_learner_vs_lbfgs_theta']:.1e}")
+        print(f"{'':<30}L-BFGS max rel diff: " + "; ".join(notes))
+
+
+def per_d(values: list[int], features: list[int], name: str):
+    if len(values) == 1:
+        values = values * len(features)
+    if len(values) != len(features):
+        raise SystemExit(f"--{name}: give one value or one per --features value")
+    table = dict(zip(features, values))
+    return lambda D: table[D]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--features", type=int, nargs="+", default=[256, 1024], help="local features D per case")
+    p.add_argument("--entities", type=int, nargs="+", default=[2000, 512], help="entities per case (one per D, or one)")
+    p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--nnz", type=int, default=None, help="nonzeros per row besides the intercept (default by D)")
+    p.add_argument("--lanes", type=int, default=None, help="entities per block (default 16 at D <= 256, else 8)")
+    p.add_argument("--newton-sample", type=int, nargs="+", default=[128, 32], help="entities solved by Newton")
+    p.add_argument("--ll-sample", type=int, nargs="+", default=[200, 100], help="entities trained by Lambda Learner")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--budget", type=float, default=10.0, help="stop repeating a method after this many seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_wide.json"))
+    args = p.parse_args(argv)
+    args.entities_of = per_d(args.entities, args.features, "entities")
+    args.newton_sample = per_d(args.newton_sample, args.features, "newton-sample")
+    args.ll_sample = per_d(args.ll_sample, args.features, "ll-sample")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = dt.datetime.now(dt.timezone.utc)
+    load_before = os.getloadavg()
+    print(f"lljax {lljax.__version__} | jax {jax.__version__} on {jax.default_backend()} | {os.cpu_count()} CPUs | "
+          f"logistic, diagonal prior and precision, l2={L2}, delta={DELTA}, cold start, float64 | "
+          f"L-BFGS memory {MEMORY_SIZE}, cap {ITER_FACTOR} x max_iter | load avg {load_before[0]:.2f}")
+    cases = []
+    for D in args.features:
+        t = time.perf_counter()
+        cases.append(run_case(D, args.entities_of(D), args))
+        cases[-1]["case_s"] = time.perf_counter() - t
+        print(f"[D={D}] {cases[-1]['case_s']:.1f}s", flush=True)
+    print()
+    print_table(cases)
+    load_after = os.getloadavg()
+    print(f"load average (1 min) before/after: {load_before[0]:.2f}/{load_after[0]:.2f}")
+    doc = {
+        "benchmark": "bench_wide",
+        "started_utc": started.isoformat(),
+        "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "argv": sys.argv[1:] if argv is None else list(argv),
+        "machine": {
+            "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "python": sys.version.split()[0],
+            "jax": jax.__version__, "jax_backend": jax.default_backend(), "numpy": np.__version__,
+            "scipy": scipy.__version__, "lljax": lljax.__version__, "loadavg_1_5_15_before": list(load_before),
+            "loadavg_1_5_15_after": list(load_after),
+        },
+        "config": {"l2": L2, "delta": DELTA, "loss": "logistic", "hessian": "diagonal", "dtype": "float64",
+                   "lbfgs_memory": MEMORY_SIZE, "lbfgs_iter_factor": ITER_FACTOR, "repeats": args.repeats,
+                   "budget_s": args.budget, "seed": args.seed},
+        "cases": cases,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
