@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import platform
-import sys
 from pathlib import Path
 
 import jax
@@ -26,6 +23,7 @@ import jax
 jax.config.update("jax_enable_x64", True)  # a benchmark may; the library never does
 
 import numpy as np  # noqa: E402
+from _common import machine_info, write_json  # noqa: E402
 
 import lljax  # noqa: E402
 from lljax.bandit import POLICIES, BanditConfig, checkpoints, regret_table, simulate  # noqa: E402
@@ -92,23 +90,11 @@ def main(argv: list[str] | None = None) -> int:
           f"total {result.total_seconds:.1f}s")
     print(f"load average (1 min) before/after: {load_before[0]:.2f}/{os.getloadavg()[0]:.2f}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": "bench_bandit",
         "started_utc": started.isoformat(),
         "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-            "jax": jax.__version__,
-            "jax_backend": jax.default_backend(),
-            "numpy": np.__version__,
-            "lljax": lljax.__version__,
-            "loadavg_1_5_15_before": list(load_before),
-            "loadavg_1_5_15_after": list(os.getloadavg()),
-        },
+        "machine": machine_info(load_before),
         "checkpoints": checkpoints(config.rounds),
         "mean_regret_per_request_at_checkpoints": {
             p: [float(result.regret[p][t - 1] / (t * config.requests_per_round)) for t in checkpoints(config.rounds)]
@@ -116,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_per_update": update_s / updates,
         **result.to_json(),
     }
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    out = write_json(args.out, record)
     png = out.with_suffix(".png")
     if plot(result, png):
         print(f"wrote {png}")

@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -34,6 +31,7 @@ jax.config.update("jax_enable_x64", True)  # a benchmark may; the library never 
 
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
+from _common import machine_info, write_json  # noqa: E402
 from scipy import sparse  # noqa: E402
 
 import lljax  # noqa: E402
@@ -205,20 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "bench_core",
         "started_utc": started.isoformat(),
         "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "python": sys.version.split()[0],
-            "jax": jax.__version__,
-            "jax_backend": jax.default_backend(),
-            "jax_devices": [str(d) for d in jax.devices()],
-            "numpy": np.__version__,
-            "scipy": scipy.__version__,
-            "lljax": lljax.__version__,
-            "loadavg_1_5_15_before": list(load_before),
-            "loadavg_1_5_15_after": list(os.getloadavg()),
-        },
+        "machine": machine_info(load_before, scipy=scipy.__version__),
         "config": {
             "entities": E, "rows": args.rows, "features": args.features, "dtype": "float64", "loss": "logistic",
             "l2": L2, "delta": DELTA, "hessian": "full", "repeats": args.repeats, "ll_sample": S, "seed": args.seed,
@@ -246,10 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_rel_diff_theta": theta_rel,
         "max_rel_diff_precision": prec_rel,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(Path(args.out), result)
     return 0
 
 

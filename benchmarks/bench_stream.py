@@ -36,10 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -48,6 +45,7 @@ import jax
 jax.config.update("jax_enable_x64", True)  # a benchmark may; the library never does
 
 import numpy as np  # noqa: E402
+from _common import machine_info, write_json  # noqa: E402
 from scipy.stats import theilslopes  # noqa: E402
 
 import lljax  # noqa: E402
@@ -235,17 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "bench_stream",
         "started_utc": started.isoformat(),
         "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-            "jax": jax.__version__,
-            "jax_backend": jax.default_backend(),
-            "numpy": np.__version__,
-            "lljax": lljax.__version__,
-            "loadavg_1_5_15_before": list(load_before),
-            "loadavg_1_5_15_after": list(os.getloadavg()),
-        },
+        "machine": machine_info(load_before),
         "config": {"batches": args.batches, "batch_size": args.batch_size, "population": args.population,
                    "dist": args.dist, "zipf_a": args.zipf_a if args.dist == "zipf" else None,
                    "vocabulary": VOCABULARY, "own_features": OWN_FEATURES,
@@ -265,10 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "progressive_validation": windows,
     }
     default_name = "bench_stream.json" if args.dist == "uniform" else "bench_stream_zipf.json"
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / default_name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(Path(args.out) if args.out else Path(__file__).parent / "results" / default_name, result)
     return 0
 
 

@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -53,6 +51,7 @@ import scipy  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import floor as floor_mod  # noqa: E402
 import peers  # noqa: E402
+from _common import machine_info, write_json  # noqa: E402
 
 import lljax  # noqa: E402
 
@@ -438,23 +437,13 @@ def main(argv: list[str] | None = None) -> int:
         "started_utc": started.isoformat(),
         "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(),
         "argv": sys.argv[1:] if argv is None else list(argv),
-        "machine": {
-            "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "python": sys.version.split()[0],
-            "jax": jax.__version__, "jax_backend": jax.default_backend(),
-            "jax_devices": [str(d) for d in jax.devices()], "numpy": np.__version__, "scipy": scipy.__version__,
-            "lljax": lljax.__version__, "loadavg_1_5_15_before": list(load_before),
-            "loadavg_1_5_15_after": list(load_after),
-        },
+        "machine": machine_info(load_before, scipy=scipy.__version__),
         "config": {"l2": L2, "delta": DELTA, "repeats": args.repeats, "budget_s": args.budget,
                    "ll_sample": args.ll_sample, "max_iter": args.max_iter, "seed": args.seed, "grid": args.grid},
         "floor": floor,
         "cases": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2, default=float) + "\n")
-    print(f"wrote {out}")
+    write_json(Path(args.out), doc)
     if plot(results, Path(args.plot)):
         print(f"wrote {args.plot}")
     else:

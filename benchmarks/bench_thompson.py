@@ -37,10 +37,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.metadata
-import json
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -49,6 +46,7 @@ import jax
 jax.config.update("jax_enable_x64", True)  # a benchmark may; the library never does
 
 import numpy as np  # noqa: E402
+from _common import machine_info, write_json  # noqa: E402
 
 import lljax  # noqa: E402
 from lljax import Posterior, thompson_arms, ucb_arms  # noqa: E402
@@ -245,18 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "bench_thompson",
         "started_utc": started.isoformat(),
         "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-            "jax": jax.__version__,
-            "jax_backend": jax.default_backend(),
-            "numpy": np.__version__,
-            "lljax": lljax.__version__,
-            "mabwiser": importlib.metadata.version("mabwiser"),
-            "loadavg_1_5_15_before": list(load_before),
-            "loadavg_1_5_15_after": list(os.getloadavg()),
-        },
+        "machine": machine_info(load_before, mabwiser=importlib.metadata.version("mabwiser")),
         "config": {"arms": A, "rows_per_arm": args.rows, "features": D, "requests": R, "l2": L2, "alpha": ALPHA,
                    "repeats": args.repeats, "mabwiser_repeats": args.mabwiser_repeats, "seed": args.seed},
         "fit": {"lljax_update_s": lljax_fit, "mabwiser_lints_fit_s": mab_fit, "lljax_posterior_s": posterior_s,
@@ -268,10 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                                         for label, secs in rows},
         "floor": floors,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(Path(args.out), result)
     return 0
 
 

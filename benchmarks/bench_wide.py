@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -48,6 +46,7 @@ import scipy  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
+from _common import machine_info, write_json  # noqa: E402
 
 import lljax  # noqa: E402
 from lljax._lbfgs import ITER_FACTOR, MEMORY_SIZE, solve_block_lbfgs  # noqa: E402
@@ -276,22 +275,13 @@ def main(argv: list[str] | None = None) -> int:
         "started_utc": started.isoformat(),
         "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(),
         "argv": sys.argv[1:] if argv is None else list(argv),
-        "machine": {
-            "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "python": sys.version.split()[0],
-            "jax": jax.__version__, "jax_backend": jax.default_backend(), "numpy": np.__version__,
-            "scipy": scipy.__version__, "lljax": lljax.__version__, "loadavg_1_5_15_before": list(load_before),
-            "loadavg_1_5_15_after": list(load_after),
-        },
+        "machine": machine_info(load_before, scipy=scipy.__version__),
         "config": {"l2": L2, "delta": DELTA, "loss": "logistic", "hessian": "diagonal", "dtype": "float64",
                    "lbfgs_memory": MEMORY_SIZE, "lbfgs_iter_factor": ITER_FACTOR, "repeats": args.repeats,
                    "budget_s": args.budget, "seed": args.seed},
         "cases": cases,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2, default=float) + "\n")
-    print(f"wrote {out}")
+    write_json(Path(args.out), doc)
     return 0
 
 
