@@ -307,7 +307,8 @@ class RandomEffectModel:
         active = np.bincount(dataset.entity, weights=dataset.weight > 0, minlength=U)
         trained = active >= self.min_rows
         report = _EntityReport.skipped(U, dtype)
-        report.features[:] = self._stored_sizes(dataset.entity_keys)
+        skipped = np.flatnonzero(~trained)
+        report.features[skipped] = self._store.sizes(self._store.lookup(dataset.entity_keys[skipped]))
         keep = trained[dataset.entity]
         if self.max_rows is None:
             round_of_row = np.zeros(dataset.num_examples, np.int64)
@@ -324,14 +325,6 @@ class RandomEffectModel:
             blocks += round_blocks
         return UpdateReport(dataset.entity_keys, report.status, report.iterations, report.loss, report.grad_norm,
                             rows, report.features, blocks, time.perf_counter() - started)
-
-    def _stored_sizes(self, keys: np.ndarray) -> np.ndarray:
-        """``(len(keys),)`` stored feature count of each key (0 if not stored)."""
-        slots = self._store.lookup(keys)
-        sizes = np.zeros(len(keys), np.int64)
-        for positions, fids, _, _ in self._store.gather_dense(slots):
-            sizes[positions] = (fids >= 0).sum(axis=1)
-        return sizes
 
     def _update_round(self, dataset: Dataset, delta: float, progress: bool | None) -> tuple[_EntityReport, int]:
         """One atomic sequential update of every entity of ``dataset`` with forgetting ``delta``."""

@@ -214,6 +214,13 @@ class EntityStore:
             means.append(slab.take("means", rows)[valid])
         return StoredPairs(np.concatenate(owners), np.concatenate(fids), np.concatenate(means))
 
+    def sizes(self, slots: np.ndarray) -> np.ndarray:
+        """``(len(slots),)`` stored feature count of each entity (0 for slot -1)."""
+        out = np.zeros(len(slots), np.int64)
+        for slab, positions, rows in self._groups(slots):
+            out[positions] = (slab.take("feature_ids", rows) >= 0).sum(axis=1)
+        return out
+
     def gather_dense(self, slots: np.ndarray):
         """Yield ``(positions, feature_ids (g, W), means (g, W), precision)`` per stored width.
 
