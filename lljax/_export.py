@@ -35,10 +35,10 @@ def model_to_table(model: Any) -> dict[str, np.ndarray]:
     table = {"entity": np.repeat(flat.keys, flat.sizes), "feature_id": flat.feature_ids, "mean": flat.means}
     if flat.precision is not None:
         table["variance"] = 1.0 / _diagonals(flat, store is not None and store.precision == "full")
-    if model.index_map is not None:
-        name_terms = [model.index_map.get_nt(int(i)) for i in flat.feature_ids]
-        table["name"] = np.array([nt[0] for nt in name_terms], dtype=str)
-        table["term"] = np.array([nt[1] for nt in name_terms], dtype=str)
+    if model.index_map is not None:  # one lookup per vocabulary entry, then a vectorized take per pair
+        name_terms = model.index_map.name_terms
+        table["name"] = np.array([nt[0] for nt in name_terms], dtype=str)[flat.feature_ids]
+        table["term"] = np.array([nt[1] for nt in name_terms], dtype=str)[flat.feature_ids]
     return table
 
 

@@ -295,3 +295,15 @@ def test_property_save_load_round_trip_of_any_state(tmp_path_factory, spec):
     path = tmp_path_factory.mktemp("prop") / "m.npz"
     model.save(path)
     assert_same_state(model, RandomEffectModel.load(path))
+
+
+def test_table_names_and_terms_come_from_the_index_map():
+    index_map = IndexMap()
+    for j in range(1, F):
+        index_map.push(("f", str(j)))
+    model = RandomEffectModel("linear", hessian="diagonal", index_map=index_map)
+    model.import_table({"entity": np.array([1, 1, 2]), "feature_id": np.array([0, 3, 5]),
+                        "mean": np.array([0.1, 0.2, 0.3])})
+    table = model.to_table()
+    assert list(zip(table["name"], table["term"])) == [index_map.get_nt(int(f)) for f in table["feature_id"]]
+    assert table["term"].tolist() == ["intercept", "3", "5"]
