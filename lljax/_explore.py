@@ -138,6 +138,8 @@ def thompson_arms(key: jax.Array, posterior: Posterior, contexts: jax.Array, sca
     ``2 R A D`` flops plus ``S A`` draws instead of ``R A D (D + 1)``: much faster when
     ``S << R``; ``S = R`` is the exact per-request mode again.
     """
+    if draws is not None and not (isinstance(draws, int) and draws >= 1):
+        raise ValueError(f"field 'draws': value {draws!r} must be None or an int >= 1")
     if draws is None:
         mean, variance = arm_moments(posterior, contexts)
         noise = jax.random.normal(key, mean.shape, mean.dtype)

@@ -143,6 +143,12 @@ def test_shared_arm_draws_split_requests_into_contiguous_groups():
     assert not np.allclose(theta0[0], theta0[4]) and not np.allclose(theta0[4], theta0[8])
 
 
+@pytest.mark.parametrize("draws", [0, -2, 2.5])
+def test_shared_arm_draws_must_be_a_positive_int(draws):
+    with pytest.raises(ValueError, match="'draws'"):
+        thompson_arms(jax.random.key(0), correlated_posterior(), PROBES, draws=draws)
+
+
 def test_thompson_is_a_function_of_the_key():
     posterior = correlated_posterior()
     contexts = PROBES
