@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["concat_ranges", "next_pow2", "group_rank"]
+__all__ = ["concat_ranges", "next_pow2", "group_rank", "segments", "packed_diagonal"]
 
 
 def next_pow2(x: np.ndarray) -> np.ndarray:
@@ -32,3 +32,21 @@ def group_rank(group: np.ndarray, num_groups: int) -> np.ndarray:
     rank = np.empty(len(group), np.int64)
     rank[order] = np.arange(len(group)) - np.repeat(starts, counts)
     return rank
+
+
+def segments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For segments of ``counts`` elements laid one after the other: each element's segment and its
+    rank within it. E.g. ``segments([2, 0, 3]) == ([0, 0, 2, 2, 2], [0, 1, 0, 1, 2])``."""
+    counts = np.asarray(counts, np.int64)
+    segment = np.repeat(np.arange(len(counts)), counts)
+    rank = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    return segment, rank
+
+
+def packed_diagonal(sizes: np.ndarray) -> np.ndarray:
+    """Positions of the diagonal entries in ``(d_u, d_u)`` row-major matrices stored one after the other,
+    one position per (entity, feature), in order."""
+    sizes = np.asarray(sizes, np.int64)
+    segment, rank = segments(sizes)
+    starts = np.cumsum(sizes**2) - sizes**2
+    return starts[segment] + rank * (sizes[segment] + 1)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ._arrays import packed_diagonal
 from ._errors import check_finite, input_error
 from ._ntv import Feature, IndexMap
 from ._store import FlatEntities
@@ -46,10 +47,7 @@ def _diagonals(flat: FlatEntities, full: bool) -> np.ndarray:
     """``(P,)`` diagonal of each entity's precision, in pair order."""
     if not full:
         return flat.precision
-    sizes = flat.sizes
-    starts = flat.precision_indptr[:-1]
-    rank = np.arange(len(flat.feature_ids)) - np.repeat(flat.indptr[:-1], sizes)
-    return flat.precision[np.repeat(starts, sizes) + rank * (np.repeat(sizes, sizes) + 1)]
+    return flat.precision[packed_diagonal(flat.sizes)]
 
 
 def table_to_flat(table: Mapping[str, Any], *, precision: str | None, l2: float, dtype: np.dtype) -> FlatEntities:
@@ -111,9 +109,7 @@ def _precision_from_diagonals(diag: np.ndarray, sizes: np.ndarray, precision: st
     if precision == "diagonal":
         return diag.astype(dtype)
     out = np.zeros(int((sizes**2).sum()), dtype)
-    starts = np.cumsum(sizes**2) - sizes**2
-    rank = np.arange(len(diag)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    out[np.repeat(starts, sizes) + rank * (np.repeat(sizes, sizes) + 1)] = diag
+    out[packed_diagonal(sizes)] = diag
     return out
 
 

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._arrays import concat_ranges, next_pow2
+from ._arrays import concat_ranges, next_pow2, segments
 from ._dataset import Dataset
 from ._lbfgs import MEMORY_SIZE
 from ._solve import Block
@@ -77,8 +77,7 @@ class Subspaces(NamedTuple):
         """``(len(entity), width)`` global feature ids of the entities' subspaces, -1 padded."""
         sizes = self.sizes[entity]
         out = np.full((len(entity), width), -1, np.int64)
-        lanes = np.repeat(np.arange(len(entity)), sizes)
-        cols = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        lanes, cols = segments(sizes)
         out[lanes, cols] = self.pair_keys[concat_ranges(self.start[entity], sizes)] % self.stride
         return out
 
@@ -191,8 +190,7 @@ def build_block(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, subspaces
     dtype = dataset.dtype
     n_rows = row_start[ents + 1] - row_start[ents]
     rows = row_order[concat_ranges(row_start[ents], n_rows)]
-    lane = np.repeat(np.arange(len(ents)), n_rows)
-    rank = np.arange(len(rows)) - np.repeat(np.cumsum(n_rows) - n_rows, n_rows)
+    lane, rank = segments(n_rows)
     row_cell = lane * N + rank
 
     y = np.zeros(E * N, dtype)

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._arrays import concat_ranges, next_pow2
+from ._arrays import concat_ranges, next_pow2, segments
 from ._errors import input_error
 
 __all__ = ["EntityStore", "EntityCoefficients", "StoredPairs", "FlatEntities"]
@@ -341,7 +341,7 @@ class EntityStore:
             W = int(width)
             members = np.flatnonzero(widths == width)
             d = sizes[members]
-            lane, col = _lane_and_rank(d)
+            lane, col = segments(d)
             pairs = concat_ranges(flat.indptr[members], d)
             fids = np.full((len(members), W), -1, np.int64)
             means = np.zeros((len(members), W), self.dtype)
@@ -353,19 +353,12 @@ class EntityStore:
                 prec[lane, col] = flat.precision[pairs]
             elif self.precision == "full":
                 prec = np.zeros((len(members), W, W), self.dtype)
-                m_lane, m_rank = _lane_and_rank(d**2)
+                m_lane, m_rank = segments(d**2)
                 m_d = np.repeat(d, d**2)
                 prec[m_lane, m_rank // m_d, m_rank % m_d] = flat.precision[concat_ranges(prec_indptr[members], d**2)]
                 pad = np.arange(W)[None, :] >= d[:, None]
                 prec[:, np.arange(W), np.arange(W)] += pad  # identity on padding, as the solver leaves it
             self.write(flat.keys[members], slots[members], fids, means, prec)
-
-
-def _lane_and_rank(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For groups of ``counts`` elements laid one after the other: each element's group and rank in it."""
-    lane = np.repeat(np.arange(len(counts)), counts)
-    rank = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-    return lane, rank
 
 
 def _in_slot_order(parts, field: int, counts: np.ndarray, U: int, dtype) -> np.ndarray:
