@@ -1,4 +1,4 @@
-"""Wide entities: the L-BFGS solver vs Newton and Lambda Learner's loop at D = 256 and D = 1024.
+"""Wide entities: the wide solver (Newton in the span of the rows) vs L-BFGS, Newton and Lambda Learner.
 
 Problem (per ``--features`` value D): entities with ``--rows`` rows and D local features, the
 intercept plus D - 1 sparse features: each row has the intercept and ``--nnz`` other nonzeros
@@ -8,22 +8,28 @@ true coefficients, unit weights. Model: sequential Bayesian logistic with a diag
 start (prior mean 0, prior precision ``l2``), ``l2 = 1``, ``delta = 0.8``, diagonal posterior
 precision, float64, tolerance lljax's default (max |gradient| <= 1e-6).
 
-Timed, on prebuilt dense blocks already on the device (warm jit, ``block_until_ready``):
+Timed kernels, on prebuilt blocks already on the device (warm jit, ``block_until_ready``):
 
-- ``lbfgs``: ``lljax._lbfgs.solve_block_lbfgs`` (backtracking line search, the default) on all
-  entities, in blocks of ``--lanes`` entities;
-- ``lbfgs zoom``: the same with optax's zoom line search;
-- ``newton``: ``lljax.solve_block`` (``hessian="diagonal"``, which still forms and factors the
-  D x D Hessian) on the first ``--newton-sample`` entities, same lanes;
+- ``wide``: ``lljax._wide.solve_block_wide`` on :class:`~lljax._wide.SparseBlock` s (each row's
+  nonzeros as column + value) of ``--wide-lanes`` entities, all entities; what ``RandomEffectModel``
+  runs for these blocks;
+- ``lbfgs``: ``lljax._lbfgs.solve_block_lbfgs`` (optax L-BFGS, the previous wide path, still used when
+  a block has more rows than features) on dense blocks of ``--lanes`` entities, all entities;
+- ``newton``: ``lljax.solve_block`` (``hessian="diagonal"``, which forms and factors the D x D
+  Hessian) on the first ``--newton-sample`` entities, dense blocks;
 - ``lambda learner``: Lambda Learner 0.1.0's ``TrainerSequentialBayesianLogisticLossWithL2`` with
   ``HessianType.DIAGONAL`` per entity (scipy sparse data; ``peers.lambda_learner_loop``) on
   ``--ll-sample`` entities.
 
-Accuracy: max over entities of ``||theta_a - theta_b||_inf / ||theta_b||_inf`` between L-BFGS and
-Newton at the default tolerance and, on the Newton sample, with both solved to tol 1e-12 (and the
-same for the diagonal precision); L-BFGS vs Lambda Learner (which stops at its own tolerances).
+And the whole ``update``: ``RandomEffectModel(...).update(dataset)`` on all entities as one
+:class:`lljax.Dataset` (CSR), host packing (sparse blocks), device solve and store writes included,
+after a first update on the same data for the compiles (best of ``--repeats`` fresh models).
 
-Run: ``python benchmarks/bench_wide.py`` (D = 256 with 2000 entities, D = 1024 with 512; about two
+Accuracy: max over entities of ``||theta_a - theta_b||_inf / ||theta_b||_inf`` (and the same for the
+diagonal precision) between each method and Newton at the default tolerance and, on the Newton sample,
+with both solved to tol 1e-12; Lambda Learner (its own tolerances) vs the wide solver.
+
+Run: ``python benchmarks/bench_wide.py`` (D = 256 with 2000 entities, D = 1024 with 512; a few
 minutes on a 2-core machine). Prints a table, writes ``results/bench_wide.json``.
 """
 
@@ -50,10 +56,11 @@ from _common import machine_info, write_json  # noqa: E402
 
 import lljax  # noqa: E402
 from lljax._lbfgs import ITER_FACTOR, MEMORY_SIZE, solve_block_lbfgs  # noqa: E402
+from lljax._wide import solve_block_wide, sparse_from_dense  # noqa: E402
 
 L2, DELTA = 1.0, 0.8
 TIGHT_TOL = 1e-12
-METHODS = ("lbfgs", "lbfgs zoom", "newton", "lambda learner")
+METHODS = ("wide", "lbfgs", "newton", "lambda learner", "update")
 STATUS_NAMES = ("converged", "max_iterations", "non_finite", "stalled")
 
 
@@ -126,52 +133,85 @@ def summary(result: lljax.SolveResult) -> dict:
                 status_counts=dict(zip(STATUS_NAMES, np.bincount(result.status, minlength=4)[:4].tolist())))
 
 
+def dataset_of(data: dict) -> lljax.Dataset:
+    """All entities as one CSR dataset (the intercept is column 0 of X, kept as feature 0)."""
+    X = data["X"]
+    E, N, D = X.shape
+    flat = X.reshape(E * N, D)
+    row, col = np.nonzero(flat)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=E * N))])
+    return lljax.Dataset.from_arrays(np.repeat(np.arange(E), N), data["label"].ravel(), indptr=indptr,
+                                     feature_ids=col, values=flat[row, col], offset=data["offset"].ravel(),
+                                     num_features=D, intercept_id=None)
+
+
+def time_update(data: dict, repeats: int) -> tuple[list[float], lljax.RandomEffectModel, float]:
+    dataset = dataset_of(data)
+    make = lambda: lljax.RandomEffectModel("logistic", l2=L2, delta=DELTA, hessian="diagonal")  # noqa: E731
+    t = time.perf_counter()
+    make().update(dataset, progress=False)  # compiles
+    warm = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+        model = make()
+        t = time.perf_counter()
+        model.update(dataset, progress=False)
+        times.append(time.perf_counter() - t)
+    return times, model, warm
+
+
 def run_case(D: int, E: int, args) -> dict:
     N = args.rows
     nnz = args.nnz or default_nnz(D, N)
     lanes = args.lanes or (16 if D <= 256 else 8)
-    E = -(-E // lanes) * lanes
+    wide_lanes = args.wide_lanes
+    E = -(-E // max(lanes, wide_lanes)) * max(lanes, wide_lanes)
     newton_count = min(E, -(-args.newton_sample(D) // lanes) * lanes)
     t = time.perf_counter()
     data = make_data(E, N, D, nnz, args.seed)
-    out = dict(features=D, entities=E, rows=N, nnz_per_row=nnz + 1, lanes=lanes, newton_entities=newton_count,
-               make_data_s=time.perf_counter() - t, methods={})
+    out = dict(features=D, entities=E, rows=N, nnz_per_row=nnz + 1, lanes=lanes, wide_lanes=wide_lanes,
+               newton_entities=newton_count, make_data_s=time.perf_counter() - t, methods={})
     config = lljax.RandomEffectModel("logistic", l2=L2, delta=DELTA, hessian="diagonal").solver_config(np.dtype("f8"))
     out["tol"] = config.tol
     l2, delta = jnp.asarray(L2), jnp.asarray(DELTA)
     blocks = blocks_of(data, lanes, E)
     newton_blocks = blocks[: newton_count // lanes]
+    sparse = [jax.device_put(sparse_from_dense(b)) for b in blocks_of(data, wide_lanes, E)]
 
     solvers = {
-        "lbfgs": lambda b, c=config: solve_block_lbfgs(b, l2, delta, c),
-        "lbfgs zoom": lambda b, c=config: solve_block_lbfgs(b, l2, delta, c, linesearch="zoom"),
-        "newton": lambda b, c=config: lljax.solve_block(b, l2, delta, c),
+        "wide": (lambda b, c=config: solve_block_wide(b, l2, delta, c), sparse),
+        "lbfgs": (lambda b, c=config: solve_block_lbfgs(b, l2, delta, c), blocks),
+        "newton": (lambda b, c=config: lljax.solve_block(b, l2, delta, c), newton_blocks),
     }
     results = {}
-    for name in ("lbfgs", "lbfgs zoom", "newton"):
+    for name, (solve, bl) in solvers.items():
         if name not in args.methods:
             continue
-        bl = newton_blocks if name == "newton" else blocks
-        res, times, warm = time_method(solvers[name], bl, args.repeats, args.budget)
+        res, times, warm = time_method(solve, bl, args.repeats, args.budget)
         results[name] = res
-        out["methods"][name] = dict(times=times, warmup_s=warm, entities=len(bl) * lanes, **summary(res))
-        print(f"  D={D} {name}: {len(bl) * lanes / np.median(times):,.0f} entities/s", flush=True)
+        count = len(res.status)
+        out["methods"][name] = dict(times=times, warmup_s=warm, entities=count, **summary(res))
+        print(f"  D={D} {name}: {count / np.median(times):,.0f} entities/s", flush=True)
 
     acc = out["accuracy"] = {}
-    if "lbfgs" in results and "newton" in results:
+    if "newton" in results:
         k = newton_count
-        acc["lbfgs_vs_newton_theta_default_tol"] = rel_diff(results["lbfgs"].theta[:k], results["newton"].theta)
-        acc["lbfgs_vs_newton_precision_default_tol"] = rel_diff(results["lbfgs"].precision[:k],
-                                                                results["newton"].precision)
         tight = config._replace(tol=TIGHT_TOL)
-        lb = run_blocks(lambda b: solve_block_lbfgs(b, l2, delta, tight), newton_blocks)
         nt = run_blocks(lambda b: lljax.solve_block(b, l2, delta, tight), newton_blocks)
-        acc["lbfgs_vs_newton_theta_tol_1e-12"] = rel_diff(lb.theta, nt.theta)
-        acc["lbfgs_vs_newton_precision_tol_1e-12"] = rel_diff(lb.precision, nt.precision)
-        acc["tol_1e-12_lbfgs"] = summary(lb)
         acc["tol_1e-12_newton"] = summary(nt)
-    if "lbfgs zoom" in results and "lbfgs" in results:
-        acc["zoom_vs_backtracking_theta"] = rel_diff(results["lbfgs zoom"].theta, results["lbfgs"].theta)
+        for name, solve_tight, bl in [
+            ("wide", lambda b: solve_block_wide(b, l2, delta, tight), sparse),
+            ("lbfgs", lambda b: solve_block_lbfgs(b, l2, delta, tight), newton_blocks),
+        ]:
+            if name not in results:
+                continue
+            acc[f"{name}_vs_newton_theta_default_tol"] = rel_diff(results[name].theta[:k], results["newton"].theta)
+            acc[f"{name}_vs_newton_precision_default_tol"] = rel_diff(results[name].precision[:k],
+                                                                      results["newton"].precision)
+            res = run_blocks(solve_tight, bl[: -(-k // (wide_lanes if name == "wide" else lanes))])
+            acc[f"{name}_vs_newton_theta_tol_1e-12"] = rel_diff(res.theta[:k], nt.theta)
+            acc[f"{name}_vs_newton_precision_tol_1e-12"] = rel_diff(res.precision[:k], nt.precision)
+            acc[f"tol_1e-12_{name}"] = summary(res)
 
     if "lambda learner" in args.methods and args.ll_sample(D) > 0:
         sample = np.arange(min(args.ll_sample(D), E))
@@ -179,9 +219,17 @@ def run_case(D: int, E: int, args) -> dict:
                                         hessian="diagonal", l2=L2, delta=DELTA)
         out["methods"]["lambda learner"] = dict(times=[run.train_s], convert_s=run.convert_s, entities=len(sample),
                                                 warnflags=run.warnflags)
-        if "lbfgs" in results:
-            acc["lambda_learner_vs_lbfgs_theta"] = rel_diff(run.theta, results["lbfgs"].theta[sample])
+        if "wide" in results:
+            acc["lambda_learner_vs_wide_theta"] = rel_diff(run.theta, results["wide"].theta[sample])
         print(f"  D={D} lambda learner: {len(sample) / run.train_s:,.0f} entities/s", flush=True)
+
+    if "update" in args.methods:
+        times, model, warm = time_update(data, args.repeats)
+        out["methods"]["update"] = dict(times=times, warmup_s=warm, entities=E)
+        if "wide" in results:
+            theta = np.stack([model.coefficients(e).mean for e in range(E)])
+            acc["update_vs_wide_kernel_theta"] = rel_diff(theta, results["wide"].theta)
+        print(f"  D={D} update: {E / np.median(times):,.0f} entities/s", flush=True)
 
     for m in out["methods"].values():
         m["median_s"] = float(np.median(m["times"]))
@@ -209,18 +257,16 @@ def print_table(cases: list[dict]) -> None:
             print(f"{label if i == 0 else '':<30}{name:<16}{m['entities']:>9}{m['entities_per_s']:>12,.0f}"
                   f"{'' if xll is None else f'{xll:.1f}':>8}{'' if xnt is None else f'{xnt:.1f}':>9}{its:>16}")
         a = c["accuracy"]
-        notes = []
-        if "lbfgs_vs_newton_theta_default_tol" in a:
-            notes.append(f"vs Newton theta {a['lbfgs_vs_newton_theta_default_tol']:.1e} (tol {c['tol']:g}), "
-                         f"{a['lbfgs_vs_newton_theta_tol_1e-12']:.1e} (tol 1e-12; precision "
-                         f"{a['lbfgs_vs_newton_precision_tol_1e-12']:.1e}; iters L-BFGS "
-                         f"{a['tol_1e-12_lbfgs']['iterations_mean']:.1f}, Newton "
-                         f"{a['tol_1e-12_newton']['iterations_mean']:.1f})")
-        if "zoom_vs_backtracking_theta" in a:
-            notes.append(f"zoom vs backtracking {a['zoom_vs_backtracking_theta']:.1e}")
-        if "lambda_learner_vs_lbfgs_theta" in a:
-            notes.append(f"LL vs L-BFGS {a['lambda_learner_vs_lbfgs_theta']:.1e}")
-        print(f"{'':<30}L-BFGS max rel diff: " + "; ".join(notes))
+        for name in ("wide", "lbfgs"):
+            if f"{name}_vs_newton_theta_default_tol" in a:
+                print(f"{'':<30}{name} vs Newton max rel diff: theta {a[f'{name}_vs_newton_theta_default_tol']:.1e} "
+                      f"(tol {c['tol']:g}), {a[f'{name}_vs_newton_theta_tol_1e-12']:.1e} (tol 1e-12; precision "
+                      f"{a[f'{name}_vs_newton_precision_tol_1e-12']:.1e}; iters {name} "
+                      f"{a[f'tol_1e-12_{name}']['iterations_mean']:.1f}, Newton "
+                      f"{a['tol_1e-12_newton']['iterations_mean']:.1f})")
+        if "lambda_learner_vs_wide_theta" in a:
+            print(f"{'':<30}Lambda Learner vs wide theta {a['lambda_learner_vs_wide_theta']:.1e}; "
+                  f"update vs wide kernel theta {a.get('update_vs_wide_kernel_theta', float('nan')):.1e}")
 
 
 def per_d(values: list[int], features: list[int], name: str):
@@ -238,7 +284,8 @@ def parse_args(argv):
     p.add_argument("--entities", type=int, nargs="+", default=[2000, 512], help="entities per case (one per D, or one)")
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--nnz", type=int, default=None, help="nonzeros per row besides the intercept (default by D)")
-    p.add_argument("--lanes", type=int, default=None, help="entities per block (default 16 at D <= 256, else 8)")
+    p.add_argument("--lanes", type=int, default=None, help="entities per dense block (default 16 at D <= 256, else 8)")
+    p.add_argument("--wide-lanes", type=int, default=32, help="entities per sparse block of the wide solver")
     p.add_argument("--newton-sample", type=int, nargs="+", default=[128, 32], help="entities solved by Newton")
     p.add_argument("--ll-sample", type=int, nargs="+", default=[200, 100], help="entities trained by Lambda Learner")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -259,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     print(f"lljax {lljax.__version__} | jax {jax.__version__} on {jax.default_backend()} | {os.cpu_count()} CPUs | "
           f"logistic, diagonal prior and precision, l2={L2}, delta={DELTA}, cold start, float64 | "
-          f"L-BFGS memory {MEMORY_SIZE}, cap {ITER_FACTOR} x max_iter | load avg {load_before[0]:.2f}")
+          f"wide lanes: {'map' if jax.default_backend() == 'cpu' else 'vmap'}; L-BFGS memory {MEMORY_SIZE}, cap "
+          f"{ITER_FACTOR} x max_iter | load avg {load_before[0]:.2f}")
     cases = []
     for D in args.features:
         t = time.perf_counter()

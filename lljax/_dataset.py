@@ -87,17 +87,28 @@ def _encode_entities(entity: Any) -> tuple[np.ndarray, np.ndarray]:
     elif arr.dtype.kind not in "iuU":
         raise input_error("entity", f"<array of dtype {arr.dtype}>", "entity keys must be integers or strings",
                           error=TypeError)
+    if arr.dtype.kind in "iu" and bool(np.all(arr[1:] >= arr[:-1])):
+        # Examples grouped by sorted integer key (the usual layout of big inputs): one pass, no sort.
+        new_key = np.empty(len(arr), bool)
+        new_key[0] = True
+        np.not_equal(arr[1:], arr[:-1], out=new_key[1:])
+        codes = np.cumsum(new_key, dtype=np.int64)
+        codes -= 1
+        return arr[new_key], codes
     keys, codes = np.unique(arr, return_inverse=True)
     return keys, codes.astype(np.int64).reshape(-1)
 
 
-def _as_index(name: str, values: Any) -> np.ndarray:
-    """``values`` as a 1-D int64 array; ``TypeError`` for floats, strings, booleans (no silent truncation)."""
+def _as_index(name: str, values: Any, keep_int32: bool = False) -> np.ndarray:
+    """``values`` as a 1-D int64 array (int32 ones kept as they are with ``keep_int32``, no copy);
+    ``TypeError`` for floats, strings, booleans (no silent truncation)."""
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise input_error(name, f"<array of shape {arr.shape}>", "must be one-dimensional")
     if arr.size and arr.dtype.kind not in "iu":
         raise input_error(name, f"<array of dtype {arr.dtype}>", "must hold integers", error=TypeError)
+    if keep_int32 and arr.dtype == np.int32:
+        return arr
     return arr.astype(np.int64)
 
 
@@ -119,7 +130,8 @@ class Dataset:
       entity: ``(n,)`` int64 index into ``entity_keys`` of each example.
       label, weight, offset: ``(n,)`` float arrays (raw labels; the loss encodes them).
       indptr: ``(n+1,)`` int64 CSR row pointers.
-      feature_ids: ``(nnz,)`` int64 global feature index of each stored value.
+      feature_ids: ``(nnz,)`` global feature index of each stored value: int32 when they were given
+        as int32 (halving the largest array of a big dataset), else int64.
       values: ``(nnz,)`` feature values.
       num_features: size of the global feature space (ids are in ``[0, num_features)``).
       intercept_id: global id of the intercept feature, or ``None`` when there is none.
@@ -233,7 +245,7 @@ class Dataset:
                 vals_a = np.zeros(0, dtype)
             else:
                 indptr_a = _as_index("indptr", indptr)
-                fids_a = _as_index("feature_ids", feature_ids if feature_ids is not None else [])
+                fids_a = _as_index("feature_ids", feature_ids if feature_ids is not None else [], keep_int32=True)
                 vals_a = _as_float("values", values if values is not None else [], dtype)
             F = None
         if intercept_id is not None:
@@ -401,16 +413,11 @@ def _check_csr(indptr, fids, vals, n, num_features, keys, codes) -> None:
 
 
 def _prepend_intercept(indptr, fids, vals, intercept_id):
-    """Insert ``(intercept_id, 1.0)`` at the start of every CSR row (vectorized)."""
+    """Insert ``(intercept_id, 1.0)`` at the start of every CSR row (``np.insert``: one pass, no mask).
+    int32 ids stay int32 unless the intercept id does not fit."""
     n = indptr.shape[0] - 1
+    starts = indptr[:-1]
+    if intercept_id > np.iinfo(fids.dtype).max:
+        fids = fids.astype(np.int64)
     new_indptr = indptr + np.arange(n + 1, dtype=np.int64)
-    slots = new_indptr[:-1]
-    is_feature = np.ones(new_indptr[-1], bool)
-    is_feature[slots] = False
-    new_fids = np.empty(new_indptr[-1], np.int64)
-    new_vals = np.empty(new_indptr[-1], vals.dtype)
-    new_fids[slots] = intercept_id
-    new_vals[slots] = 1.0
-    new_fids[is_feature] = fids
-    new_vals[is_feature] = vals
-    return new_indptr, new_fids, new_vals
+    return new_indptr, np.insert(fids, starts, intercept_id), np.insert(vals, starts, 1.0)

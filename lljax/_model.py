@@ -27,15 +27,15 @@ from ._dataset import Dataset
 from ._errors import input_error
 from ._explore import Posterior
 from ._export import entity_to_ntv, model_to_table, ntv_to_flat, read_parquet, table_to_flat, write_parquet
-from ._lbfgs import solve_block_lbfgs
 from ._losses import LOSSES, encode_labels
 from ._ntv import Feature, IndexMap
-from ._packing import build_block, local_subspaces, plan_blocks, uses_lbfgs
+from ._packing import local_subspaces, plan_blocks
 from ._persist import load_model, save_model
 from ._posterior import dense_posterior
-from ._report import UpdateReport
-from ._solve import HESSIAN_TYPES, SolverConfig, Status, solve_block
+from ._report import PhaseTimer, UpdateReport
+from ._solve import HESSIAN_TYPES, SolverConfig, Status
 from ._store import EntityCoefficients, EntityStore
+from ._wide import build_for_solver
 
 __all__ = ["RandomEffectModel", "check_labels"]
 
@@ -288,11 +288,13 @@ class RandomEffectModel:
         blocks are solved.
         """
         started = time.perf_counter()
+        timer = PhaseTimer()
         if not isinstance(dataset, Dataset):
             raise input_error("dataset", type(dataset).__name__, "must be an lljax.Dataset", error=TypeError)
         if dataset.num_examples == 0:
             raise input_error("dataset", repr(dataset), "is empty: nothing to train")
-        check_labels(dataset, self.loss)
+        with timer("validate"):
+            check_labels(dataset, self.loss)
         dtype = _jax_dtype(dataset.dtype)
         if self._store is None:
             self._store = EntityStore(dtype, _STORED_PRECISION[self.hessian])
@@ -303,44 +305,47 @@ class RandomEffectModel:
             dataset = _cast(dataset, dtype)
 
         U = dataset.num_entities
-        rows = np.bincount(dataset.entity, minlength=U)
-        active = np.bincount(dataset.entity, weights=dataset.weight > 0, minlength=U)
-        trained = active >= self.min_rows
-        report = _EntityReport.skipped(U, dtype)
-        skipped = np.flatnonzero(~trained)
-        report.features[skipped] = self._store.sizes(self._store.lookup(dataset.entity_keys[skipped]))
-        keep = trained[dataset.entity]
-        if self.max_rows is None:
-            round_of_row = np.zeros(dataset.num_examples, np.int64)
-        else:
-            round_of_row = group_rank(dataset.entity, U) // self.max_rows
+        with timer("validate"):
+            rows = np.bincount(dataset.entity, minlength=U)
+            active = np.bincount(dataset.entity, weights=dataset.weight > 0, minlength=U)
+            trained = active >= self.min_rows
+            report = _EntityReport.skipped(U, dtype)
+            skipped = np.flatnonzero(~trained)
+            report.features[skipped] = self._store.sizes(self._store.lookup(dataset.entity_keys[skipped]))
+            keep = trained[dataset.entity]
+            if self.max_rows is None:
+                round_of_row = np.zeros(dataset.num_examples, np.int64)
+            else:
+                round_of_row = group_rank(dataset.entity, U) // self.max_rows
         blocks = 0
         for r in range(int(round_of_row[keep].max()) + 1 if keep.any() else 0):
             rows_in_round = keep & (round_of_row == r)
             part = dataset if rows_in_round.all() else dataset.take(rows_in_round)
             codes = np.searchsorted(dataset.entity_keys, part.entity_keys)
             delta = self.delta if r == 0 else 1.0
-            round_report, round_blocks = self._update_round(part, delta, progress)
+            round_report, round_blocks = self._update_round(part, delta, progress, timer)
             report.merge(codes, round_report, first=r == 0)
             blocks += round_blocks
         return UpdateReport(dataset.entity_keys, report.status, report.iterations, report.loss, report.grad_norm,
-                            rows, report.features, blocks, time.perf_counter() - started)
+                            rows, report.features, blocks, time.perf_counter() - started, timer.seconds)
 
-    def _update_round(self, dataset: Dataset, delta: float, progress: bool | None) -> tuple[_EntityReport, int]:
+    def _update_round(self, dataset: Dataset, delta: float, progress: bool | None,
+                      timer: PhaseTimer) -> tuple[_EntityReport, int]:
         """One atomic sequential update of every entity of ``dataset`` with forgetting ``delta``."""
         store = self._store
         dtype = store.dtype
         U = dataset.num_entities
-        slots = store.lookup(dataset.entity_keys)
-        prior = store.gather_pairs(slots)
-        subspaces = local_subspaces(dataset, prior.owner, prior.feature_ids)
-        rows_per_entity = np.bincount(dataset.entity, minlength=U)
-        row_order = np.argsort(dataset.entity, kind="stable")
-        row_start = np.zeros(U + 1, np.int64)
-        np.cumsum(rows_per_entity, out=row_start[1:])
-        labels = encode_labels(self.loss, dataset.label)
-        plans = plan_blocks(rows_per_entity, subspaces.sizes, dtype.itemsize, store.precision == "full",
-                            self._block_budget())
+        with timer("prepare"):
+            slots = store.lookup(dataset.entity_keys)
+            prior = store.gather_pairs(slots)
+            subspaces = local_subspaces(dataset, prior.owner, prior.feature_ids)
+            rows_per_entity = np.bincount(dataset.entity, minlength=U)
+            row_order = np.argsort(dataset.entity, kind="stable")
+            row_start = np.zeros(U + 1, np.int64)
+            np.cumsum(rows_per_entity, out=row_start[1:])
+            labels = encode_labels(self.loss, dataset.label)
+            plans = plan_blocks(rows_per_entity, subspaces.sizes, dtype.itemsize, store.precision == "full",
+                                self._block_budget())
 
         config = self.solver_config(dtype)
         l2, delta = jnp.asarray(self.l2, dtype), jnp.asarray(delta, dtype)
@@ -349,7 +354,8 @@ class RandomEffectModel:
         writes = []
 
         def collect(plan, feature_ids, result):
-            result = jax.device_get(result)
+            with timer("device_wait"):
+                result = jax.device_get(result)
             e = len(plan.entities)
             report.status[plan.entities] = result.status[:e]
             report.iterations[plan.entities] = result.iterations[:e]
@@ -357,8 +363,9 @@ class RandomEffectModel:
             report.grad_norm[plan.entities] = result.grad_norm[:e]
             ok = np.flatnonzero(result.status[:e] != Status.NON_FINITE)
             precision = result.precision  # identity is kept as a diagonal of ones; none as None
-            writes.append((plan.entities[ok], feature_ids[ok], result.theta[ok],
-                           None if precision is None else precision[ok]))
+            # Held until every block is solved, already in the store's compact layout.
+            writes.append((plan.entities[ok], store.rows_by_width(feature_ids[ok], result.theta[ok],
+                                                                  None if precision is None else precision[ok])))
             bar.update(e)
 
         # Dispatch is asynchronous: the host builds the next block while the device solves this one;
@@ -366,15 +373,20 @@ class RandomEffectModel:
         pending: deque = deque()
         with _progress_bar(progress, U, "update") as bar:
             for plan in plans:
-                block = build_block(dataset, labels, plan, subspaces, row_order, row_start, store, slots, self.l2)
-                solve = solve_block_lbfgs if uses_lbfgs(plan.features, store.precision == "full") else solve_block
-                pending.append((plan, block.feature_ids, solve(block, l2, delta, config)))
+                with timer("pack"):
+                    block, solve = build_for_solver(dataset, labels, plan, subspaces, row_order, row_start, store,
+                                                    slots, self.l2, store.precision == "full")
+                with timer("dispatch"):
+                    pending.append((plan, block.feature_ids, solve(block, l2, delta, config)))
+                del block
                 if len(pending) > _IN_FLIGHT:
                     collect(*pending.popleft())
             while pending:
                 collect(*pending.popleft())
-        for ents, feature_ids, theta, precision in writes:
-            store.write(dataset.entity_keys[ents], slots[ents], feature_ids, theta, precision)
+        del subspaces, row_order, labels  # release the round's packing state before the store grows
+        with timer("write"):
+            for ents, groups in writes:
+                store.write_rows(dataset.entity_keys[ents], slots[ents], groups)
         return report, len(plans)
 
     def score(self, dataset: Dataset) -> np.ndarray:

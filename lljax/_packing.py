@@ -25,20 +25,25 @@ from ._dataset import Dataset
 from ._lbfgs import MEMORY_SIZE
 from ._solve import Block
 from ._store import EntityStore
+from ._wide import SparseBlock
 
-__all__ = ["Subspaces", "BlockPlan", "local_subspaces", "plan_blocks", "build_block", "uses_lbfgs", "WIDE_FEATURES"]
+__all__ = ["Subspaces", "BlockPlan", "local_subspaces", "plan_blocks", "build_block", "build_sparse_block",
+           "block_solver", "WIDE_FEATURES"]
 
 # Smallest padded sizes: tiny buckets cost little to pad and each distinct shape costs a compile.
 _MIN_ROWS = 4
 _MIN_LANES = 8
 
-# local_subspaces uses a direct lookup table (4 bytes per possible (entity, feature) key) instead of a
-# sort when the key space is at most _TABLE_PER_KEY times the number of keys (or _TABLE_MIN).
+# local_subspaces marks keys in a table (1 byte per possible (entity, feature) key) instead of sorting
+# them when the key space is at most _TABLE_PER_KEY times the number of keys (or _TABLE_MIN); it reads
+# the nonzeros _KEY_CHUNK at a time.
 _TABLE_PER_KEY = 4
 _TABLE_MIN = 1 << 20
+_KEY_CHUNK = 1 << 21
 
-# From this padded feature count on, blocks of models without full precision are solved by L-BFGS:
-# measured crossover (entities/s, L-BFGS vs Newton): D=32 5.2k vs 6.8k, D=64 3.5k vs 1.9k.
+# From this padded feature count on, blocks of models without full precision leave the dense D x D Newton
+# solver (see block_solver). Measured crossover (benchmarks/bench_wide.py, N = 64, entities/s):
+# L-BFGS vs Newton: D=32 5.2k vs 6.8k, D=64 3.5k vs 1.9k.
 WIDE_FEATURES = 64
 
 # Solver temporaries (X * curvature, a few D x D matrices, line-search copies) on top of
@@ -47,43 +52,57 @@ _WORKSPACE_FACTOR = 4
 
 
 class Subspaces(NamedTuple):
-    """Local feature subspaces of all ``U`` entities of a dataset.
+    """Local feature subspaces of ``U`` entities.
 
     Attributes:
       pair_keys: ``(P,)`` sorted ``entity * stride + feature_id`` of every (entity, feature) pair.
       start: ``(U+1,)`` offsets of each entity's pairs in ``pair_keys``; local index of a pair is
         its position minus ``start[entity]``.
       stride: the multiplier used in ``pair_keys`` (> every feature id).
-      rank: ``None``, or ``(U * stride,)`` int32 position in ``pair_keys`` of every possible key
-        (a direct lookup table, built when the key space is small enough; see :func:`local_subspaces`).
+      sizes: ``(U,)`` subspace size of each entity (``diff(start)``).
     """
 
     pair_keys: np.ndarray
     start: np.ndarray
     stride: int
-    rank: np.ndarray | None = None
+    sizes: np.ndarray
 
-    @property
-    def sizes(self) -> np.ndarray:
-        return np.diff(self.start)
+    @classmethod
+    def from_keys(cls, pair_keys: np.ndarray, num_entities: int, stride: int) -> Subspaces:
+        sizes = np.bincount(pair_keys // stride, minlength=num_entities)
+        start = np.zeros(num_entities + 1, np.int64)
+        np.cumsum(sizes, out=start[1:])
+        return cls(pair_keys, start, stride, sizes)
+
+    def restrict(self, entities: np.ndarray) -> Subspaces:
+        """The subspaces of ``entities`` alone, renumbered ``0 .. len(entities) - 1`` (a block's lanes).
+
+        Lookups in a block then search its few thousand keys instead of every entity's.
+        """
+        sizes = self.sizes[entities]
+        lane, _ = segments(sizes)
+        keys = self.pair_keys[concat_ranges(self.start[entities], sizes)] % self.stride
+        keys += lane * self.stride
+        return Subspaces.from_keys(keys, len(entities), self.stride)
 
     def local_index(self, entity: np.ndarray, feature_ids: np.ndarray) -> np.ndarray:
         """Local column of each (entity, feature) pair (the pair must belong to the subspace)."""
-        keys = entity * self.stride + feature_ids
-        position = self.rank[keys] if self.rank is not None else np.searchsorted(self.pair_keys, keys)
-        return position - self.start[entity]
+        return np.searchsorted(self.pair_keys, entity * self.stride + feature_ids) - self.start[entity]
 
-    def feature_ids(self, entity: np.ndarray, width: int) -> np.ndarray:
-        """``(len(entity), width)`` global feature ids of the entities' subspaces, -1 padded."""
-        sizes = self.sizes[entity]
-        out = np.full((len(entity), width), -1, np.int64)
-        lanes, cols = segments(sizes)
-        out[lanes, cols] = self.pair_keys[concat_ranges(self.start[entity], sizes)] % self.stride
+    def feature_ids(self, width: int) -> np.ndarray:
+        """``(U, width)`` global feature ids of every entity's subspace, -1 padded."""
+        out = np.full((len(self.sizes), width), -1, np.int64)
+        lanes, cols = segments(self.sizes)
+        out[lanes, cols] = self.pair_keys % self.stride
         return out
 
 
 def local_subspaces(dataset: Dataset, prior_owner: np.ndarray, prior_feature_ids: np.ndarray) -> Subspaces:
     """Union of each entity's data features and prior features, sorted by global id.
+
+    The (entity, feature) keys of the nonzeros are deduplicated a cache-sized chunk of rows at a
+    time (rows of one entity mostly repeat its features), so no ``(nnz,)`` key array is sorted; or,
+    when the key space is small, marked in a table (no sort at all).
 
     Args:
       dataset: the examples.
@@ -91,26 +110,35 @@ def local_subspaces(dataset: Dataset, prior_owner: np.ndarray, prior_feature_ids
       prior_feature_ids: ``(k,)`` feature id of each stored prior pair.
     """
     stride = max(dataset.num_features, int(prior_feature_ids.max()) + 1 if prior_feature_ids.size else 0, 1)
-    keys = np.repeat(dataset.entity * stride, np.diff(dataset.indptr))  # one (nnz,) temporary, then in place
-    keys += dataset.feature_ids
-    if prior_owner.size:
-        keys = np.concatenate([keys, prior_owner * stride + prior_feature_ids])
     space = dataset.num_entities * stride
-    rank = None
-    if space <= max(_TABLE_MIN, _TABLE_PER_KEY * len(keys)) and space < 2**31:
-        # Small key space: mark the keys in a table; its nonzeros are the sorted distinct keys and its
-        # running count is every key's position. O(keys + space) with no sort.
+    nnz = len(dataset.feature_ids)
+    prior_keys = prior_owner * stride + prior_feature_ids
+    if space <= max(_TABLE_MIN, _TABLE_PER_KEY * (nnz + len(prior_keys))):
         marks = np.zeros(space, bool)
-        marks[keys] = True
-        pair_keys = np.flatnonzero(marks)
-        rank = np.cumsum(marks, dtype=np.int32) - 1
-    else:
-        keys.sort()
-        pair_keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
-    counts = np.bincount(pair_keys // stride, minlength=dataset.num_entities)
-    start = np.zeros(dataset.num_entities + 1, np.int64)
-    np.cumsum(counts, out=start[1:])
-    return Subspaces(pair_keys, start, stride, rank)
+        for keys in _nonzero_keys(dataset, stride):
+            marks[keys] = True
+        marks[prior_keys] = True
+        return Subspaces.from_keys(np.flatnonzero(marks), dataset.num_entities, stride)
+    parts = [_distinct(keys) for keys in _nonzero_keys(dataset, stride)]
+    return Subspaces.from_keys(_distinct(np.concatenate(parts + [prior_keys])), dataset.num_entities, stride)
+
+
+def _nonzero_keys(dataset: Dataset, stride: int):
+    """Yield ``entity * stride + feature_id`` of the dataset's nonzeros, about ``_KEY_CHUNK`` at a time."""
+    indptr = dataset.indptr
+    n = dataset.num_examples
+    bounds = np.searchsorted(indptr, np.arange(0, indptr[-1], _KEY_CHUNK), side="right") - 1
+    bounds = np.unique(np.concatenate([bounds, [n]]))
+    for r0, r1 in zip(bounds[:-1], bounds[1:]):
+        keys = np.repeat(dataset.entity[r0:r1] * stride, np.diff(indptr[r0: r1 + 1]))
+        keys += dataset.feature_ids[indptr[r0]: indptr[r1]]
+        yield keys
+
+
+def _distinct(keys: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of ``keys`` (sorts ``keys`` in place)."""
+    keys.sort()
+    return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
 
 
 class BlockPlan(NamedTuple):
@@ -124,7 +152,10 @@ class BlockPlan(NamedTuple):
 
 
 def _bytes_per_lane(rows: int, features: int, itemsize: int, full_precision: bool) -> int:
-    if uses_lbfgs(features, full_precision):  # no D x D matrix: X, X^2 and the L-BFGS history
+    solver = block_solver(rows, features, full_precision)
+    if solver == "wide":  # sparse rows (~rows * 16 stored values), the dense X^T of the gram, N x N matrices
+        floats = rows * features + 3 * rows * rows + 24 * rows + 8 * features
+    elif solver == "lbfgs":  # no D x D matrix: X, X^2 and the L-BFGS history
         floats = 2 * rows * features + 3 * rows + (2 * MEMORY_SIZE + 12) * features
     else:
         prior = features * features if full_precision else features
@@ -132,15 +163,32 @@ def _bytes_per_lane(rows: int, features: int, itemsize: int, full_precision: boo
     return _WORKSPACE_FACTOR * (floats * itemsize + 8 * features)
 
 
-def uses_lbfgs(features: int, full_precision: bool) -> bool:
-    """Whether a block of ``features`` padded features is solved by L-BFGS instead of Newton: wide
-    entities (``features >= WIDE_FEATURES``) of models that keep no full precision."""
-    return not full_precision and features >= WIDE_FEATURES
+def block_solver(rows: int, features: int, full_precision: bool) -> str:
+    """The solver of a block of ``rows`` x ``features`` padded entities: ``"newton"`` (dense, ``D x D``
+    Cholesky; full precision or fewer than ``WIDE_FEATURES`` features), else ``"wide"`` (Newton in the
+    span of the rows on a sparse block, :mod:`lljax._wide`; ``rows <= features``) or ``"lbfgs"``
+    (:mod:`lljax._lbfgs`; more rows than features, where an ``N x N`` system would cost more than ``D x D``)."""
+    if full_precision or features < WIDE_FEATURES:
+        return "newton"
+    return "wide" if rows <= features else "lbfgs"
+
+
+def padded_features(features: np.ndarray) -> np.ndarray:
+    """Padded feature count of each entity's block: the next power of two, or three quarters of it
+    from 12 on (12, 16, 24, 32, 48, ...).
+
+    The solver's cost grows as D^2 (Hessian) to D^3 (Cholesky), so 9 features padded to 12 instead of
+    16 made a Newton solve 1.35-1.45x faster (measured: 512 entities x 4 rows, 256 x 64 rows), at the
+    price of one more compiled shape per octave where both sizes occur.
+    """
+    p = next_pow2(features)
+    three_quarters = 3 * p // 4
+    return np.where((p >= 16) & (features <= three_quarters), three_quarters, p)
 
 
 def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, itemsize: int,
                 full_precision: bool, memory_budget: int) -> list[BlockPlan]:
-    """Bucket entities by ``(next_pow2(rows), next_pow2(features))`` and cut buckets into blocks.
+    """Bucket entities by ``(next_pow2(rows), padded_features(features))`` and cut buckets into blocks.
 
     Args:
       rows_per_entity, features_per_entity: ``(U,)`` counts.
@@ -151,7 +199,7 @@ def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, it
       Blocks ordered by bucket, each with at most ``max_lanes`` entities, a power of two.
     """
     rows_b = next_pow2(np.maximum(rows_per_entity, _MIN_ROWS))
-    feats_b = next_pow2(features_per_entity)
+    feats_b = padded_features(features_per_entity)
     order = np.lexsort((feats_b, rows_b))
     bucket_key = rows_b[order] * (1 << 32) + feats_b[order]
     boundaries = np.flatnonzero(np.diff(bucket_key)) + 1
@@ -162,10 +210,11 @@ def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, it
         rows, features = int(rows_b[members[0]]), int(feats_b[members[0]])
         per_lane = _bytes_per_lane(rows, features, itemsize, full_precision)
         max_lanes = int(next_pow2(max(1, memory_budget // per_lane) + 1) // 2)  # largest pow2 <= budget
+        # A bucket that fits one block gets the smallest power of two that holds it; a bucket cut into
+        # several blocks pads its last one to full size too, so each bucket compiles one shape.
+        lanes = max_lanes if members.size > max_lanes else min(max_lanes, max(int(next_pow2(members.size)), _MIN_LANES))
         for lo in range(0, members.size, max_lanes):
-            chunk = members[lo: lo + max_lanes]
-            lanes = min(max_lanes, max(int(next_pow2(chunk.size)), _MIN_LANES))
-            plans.append(BlockPlan(chunk, lanes, rows, features))
+            plans.append(BlockPlan(members[lo: lo + max_lanes], lanes, rows, features))
     return plans
 
 
@@ -200,16 +249,16 @@ def build_block(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, subspaces
     w[row_cell] = dataset.weight[rows]
     offset[row_cell] = dataset.offset[rows]
 
+    local = subspaces.restrict(ents)
     nnz_per_row = dataset.indptr[rows + 1] - dataset.indptr[rows]
     nz = concat_ranges(dataset.indptr[rows], nnz_per_row)
     nz_cell = np.repeat(row_cell, nnz_per_row)
-    nz_entity = np.repeat(ents[lane], nnz_per_row)
-    col = subspaces.local_index(nz_entity, dataset.feature_ids[nz])
+    col = local.local_index(np.repeat(lane, nnz_per_row), dataset.feature_ids[nz])
     X = np.bincount(nz_cell * D + col, weights=dataset.values[nz], minlength=E * N * D).astype(dtype)
 
     feature_ids = np.full((E, D), -1, np.int64)
-    feature_ids[: len(ents)] = subspaces.feature_ids(ents, D)
-    prior_mean, prior_precision = _priors(ents, E, D, subspaces, store, slots, l2, dtype)
+    feature_ids[: len(ents)] = local.feature_ids(D)
+    prior_mean, prior_precision = _priors(ents, E, D, local, store, slots, l2, dtype)
     return Block(X.reshape(E, N, D), y.reshape(E, N), w.reshape(E, N), offset.reshape(E, N),
                  feature_ids, prior_mean, prior_precision)
 
@@ -232,7 +281,7 @@ def _priors(ents, E, D, subspaces, store, slots, l2, dtype):
     if store is not None:
         for positions, fids, means, stored_precision in store.gather_dense(slots[ents]):
             valid = fids >= 0
-            owner = np.broadcast_to(ents[positions][:, None], fids.shape)
+            owner = np.broadcast_to(positions[:, None], fids.shape)
             local = np.where(valid, subspaces.local_index(owner, np.maximum(fids, 0)), D)
             lanes = positions[:, None]
             mean[lanes, local] = np.where(valid, means, 0)
@@ -245,3 +294,43 @@ def _priors(ents, E, D, subspaces, store, slots, l2, dtype):
     if full:
         return mean[:, :D], precision[:, :D, :D]
     return mean[:, :D], precision[:, :D]
+
+
+def build_sparse_block(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, subspaces: Subspaces,
+                       row_order: np.ndarray, row_start: np.ndarray, store: EntityStore | None,
+                       slots: np.ndarray, l2: float) -> SparseBlock:
+    """Build the padded NumPy :class:`~lljax._wide.SparseBlock` of ``plan`` (arguments as :func:`build_block`).
+
+    Each row keeps its nonzeros as (local column, value) in ``K = next_pow2(most nonzeros in a row)``
+    slots; nothing of size ``N x D`` is formed. Priors are diagonal (the wide solver's case).
+    """
+    E, N, D = plan.lanes, plan.rows, plan.features
+    ents = plan.entities
+    dtype = dataset.dtype
+    n_rows = row_start[ents + 1] - row_start[ents]
+    rows = row_order[concat_ranges(row_start[ents], n_rows)]
+    lane, rank = segments(n_rows)
+    row_cell = lane * N + rank
+
+    y = np.zeros(E * N, dtype)
+    w = np.zeros(E * N, dtype)
+    offset = np.zeros(E * N, dtype)
+    y[row_cell] = labels[rows]
+    w[row_cell] = dataset.weight[rows]
+    offset[row_cell] = dataset.offset[rows]
+
+    nnz_per_row = dataset.indptr[rows + 1] - dataset.indptr[rows]
+    K = int(next_pow2(max(int(nnz_per_row.max(initial=0)), 1)))
+    nz = concat_ranges(dataset.indptr[rows], nnz_per_row)
+    slot = np.repeat(row_cell * K, nnz_per_row) + segments(nnz_per_row)[1]
+    local = subspaces.restrict(ents)
+    cols = np.zeros(E * N * K, np.int32)
+    vals = np.zeros(E * N * K, dtype)
+    cols[slot] = local.local_index(np.repeat(lane, nnz_per_row), dataset.feature_ids[nz])
+    vals[slot] = dataset.values[nz]
+
+    feature_ids = np.full((E, D), -1, np.int64)
+    feature_ids[: len(ents)] = local.feature_ids(D)
+    prior_mean, prior_precision = _priors(ents, E, D, local, store, slots, l2, dtype)
+    return SparseBlock(cols.reshape(E, N, K), vals.reshape(E, N, K), y.reshape(E, N), w.reshape(E, N),
+                       offset.reshape(E, N), feature_ids, prior_mean, prior_precision)

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ._solve import Status
 
-__all__ = ["UpdateReport"]
+__all__ = ["UpdateReport", "PhaseTimer"]
+
+PHASES = ("validate", "prepare", "pack", "dispatch", "device_wait", "write")
+
+
+class PhaseTimer:
+    """Wall seconds spent in each named phase of an update (accumulated over blocks and rounds)."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - started
 
 
 @dataclass(frozen=True)
@@ -26,6 +45,11 @@ class UpdateReport:
       blocks: number of blocks solved.
       seconds: wall time of the update, including JAX compilation of block shapes seen for
         the first time in this process (a first update is slower than later ones).
+      phase_seconds: where the wall time went: ``validate`` (checks, active-row counts),
+        ``prepare`` (stored-prior lookup, local subspaces, block planning), ``pack`` (building blocks
+        on the host), ``dispatch`` (handing them to the device, including the compile of a shape seen
+        for the first time), ``device_wait`` (waiting for solves the host did not overlap) and
+        ``write`` (storing the results).
     """
 
     entity_keys: np.ndarray
@@ -37,6 +61,7 @@ class UpdateReport:
     features: np.ndarray
     blocks: int
     seconds: float
+    phase_seconds: dict = field(default_factory=dict)
 
     @property
     def status_counts(self) -> dict[str, int]:

@@ -1,12 +1,12 @@
 """Host-side store of per-entity coefficients, keyed by entity.
 
-Entities are kept in *slabs*, one per width ``W`` (a power of two, the padded feature count
-of the block that last solved the entity). A slab holds ``(rows, W)`` feature ids (-1 for
-padding), means, and precision (``(rows, W)`` diagonal, ``(rows, W, W)`` full, or none).
-An update writes the rows of the entities it touched in place; an entity whose feature
-subspace outgrew its width moves to a wider slab (its old row is marked dead). So the cost of
-an update follows the number of entities it touches, not the number stored, and every read
-and write is a vectorized gather / scatter over a few slabs.
+Entities are kept in *slabs*, one per width ``d`` (the entity's number of features, exactly: no
+padding is stored). A slab holds ``(rows, d)`` feature ids, means, and the precision: ``(rows, d)``
+diagonal, ``(rows, d (d + 1) / 2)`` for a full one (its upper triangle, row by row: half of the
+``d x d`` matrix, which is symmetric), or none. An update writes the rows of the entities it touched
+in place; an entity whose feature count changed moves to the slab of its new width (its old row is
+marked dead). So the cost of an update follows the number of entities it touches, not the number
+stored, and every read and write is a vectorized gather / scatter over a few slabs.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._arrays import concat_ranges, next_pow2, segments
+from ._arrays import concat_ranges
 from ._errors import input_error
 
-__all__ = ["EntityStore", "EntityCoefficients", "StoredPairs", "FlatEntities"]
+__all__ = ["EntityStore", "EntityCoefficients", "StoredPairs", "FlatEntities", "WidthRows"]
 
 
 class EntityCoefficients(NamedTuple):
@@ -41,9 +41,20 @@ class StoredPairs(NamedTuple):
     means: np.ndarray
 
 
-# Slabs grow by chunks of about this many bytes (at least _MIN_CHUNK_ROWS rows).
+class WidthRows(NamedTuple):
+    """Entities of one width ``d`` in the store's layout: ``members (g,)`` their positions in the
+    write, ``feature_ids (g, d)``, ``means (g, d)``, ``precision`` ``(g, d (d + 1) / 2)`` packed
+    upper triangles, ``(g, d)`` or ``None``."""
+
+    members: np.ndarray
+    feature_ids: np.ndarray
+    means: np.ndarray
+    precision: np.ndarray | None
+
+
+# Slabs grow by chunks of _FIRST_CHUNK_ROWS rows, doubling up to about _CHUNK_BYTES bytes each.
 _CHUNK_BYTES = 32 << 20
-_MIN_CHUNK_ROWS = 256
+_FIRST_CHUNK_ROWS = 64
 
 
 class FlatEntities(NamedTuple):
@@ -77,12 +88,13 @@ class FlatEntities(NamedTuple):
 
 
 class _Slab:
-    """Entities of one width ``W``: rows of ``feature_ids (W,)``, ``means (W,)`` and ``precision``
-    (``(W, W)``, ``(W,)`` or none), kept in fixed-size chunks.
+    """Entities of one width ``d``: rows of ``feature_ids (d,)``, ``means (d,)`` and ``precision``
+    (``(d (d + 1) / 2,)`` packed upper triangle, ``(d,)`` or none), kept in chunks.
 
     Chunks never move once allocated, so growing the slab never copies what is stored (a
     doubling array would copy gigabytes of full precisions at a million entities, stalling the
-    update that crosses a power of two).
+    update that crosses a power of two). They start small and double up to about ``_CHUNK_BYTES``,
+    so a slab of a few wide entities stays small.
     """
 
     def __init__(self, width: int, dtype: np.dtype, precision: str | None):
@@ -90,11 +102,12 @@ class _Slab:
         self.size = 0
         self._shapes = {"feature_ids": ((width,), np.dtype(np.int64), -1), "means": ((width,), dtype, 0)}
         if precision is not None:
-            shape = (width, width) if precision == "full" else (width,)
+            shape = (width * (width + 1) // 2,) if precision == "full" else (width,)
             self._shapes["precision"] = (shape, dtype, 0)
         row_bytes = sum(int(np.prod(shape)) * dt.itemsize for shape, dt, _ in self._shapes.values())
-        self.chunk_rows = int(next_pow2(max(_MIN_CHUNK_ROWS, _CHUNK_BYTES // row_bytes)))
+        self._max_chunk_rows = max(1, _CHUNK_BYTES // row_bytes)
         self._chunks: list[dict[str, np.ndarray]] = []
+        self._chunk_start = np.zeros(1, np.int64)  # first row of each chunk, then the capacity
 
     @property
     def has_precision(self) -> bool:
@@ -103,18 +116,21 @@ class _Slab:
     def allocate(self, count: int) -> np.ndarray:
         """Return ``count`` fresh row indices, adding chunks as needed (nothing is copied)."""
         needed = self.size + count
-        while len(self._chunks) * self.chunk_rows < needed:
-            self._chunks.append({name: np.full((self.chunk_rows,) + shape, fill, dt)
+        while self._chunk_start[-1] < needed:
+            rows = min(self._max_chunk_rows, _FIRST_CHUNK_ROWS << len(self._chunks))
+            self._chunks.append({name: np.full((rows,) + shape, fill, dt)
                                  for name, (shape, dt, fill) in self._shapes.items()})
+            self._chunk_start = np.append(self._chunk_start, self._chunk_start[-1] + rows)
         rows = np.arange(self.size, needed, dtype=np.int64)
         self.size = needed
         return rows
 
     def _by_chunk(self, rows: np.ndarray):
         """Yield ``(chunk, selection of rows, offsets in the chunk)`` for each chunk ``rows`` touch."""
-        chunk, offset = np.divmod(rows, self.chunk_rows)
-        if len(self._chunks) == 1 or (len(rows) and chunk.min() == chunk.max()):
-            yield self._chunks[int(chunk[0])] if len(rows) else None, slice(None), offset
+        chunk = np.searchsorted(self._chunk_start, rows, side="right") - 1
+        offset = rows - self._chunk_start[chunk]
+        if len(rows) and chunk.min() == chunk.max():
+            yield self._chunks[int(chunk[0])], slice(None), offset
             return
         for k in np.unique(chunk):
             selected = chunk == k
@@ -136,6 +152,21 @@ class _Slab:
         values = np.asarray(values)
         for chunk, selected, offset in self._by_chunk(rows):
             chunk[field][offset] = values if values.ndim == 0 else values[selected]
+
+
+def pack_upper(dense: np.ndarray) -> np.ndarray:
+    """``(g, d, d)`` symmetric matrices -> ``(g, d (d + 1) / 2)`` upper triangles, row by row."""
+    i, j = np.triu_indices(dense.shape[-1])
+    return dense[:, i, j]
+
+
+def unpack_upper(packed: np.ndarray, d: int) -> np.ndarray:
+    """Inverse of :func:`pack_upper`: ``(g, d (d + 1) / 2)`` -> symmetric ``(g, d, d)``."""
+    i, j = np.triu_indices(d)
+    out = np.empty((packed.shape[0], d, d), packed.dtype)
+    out[:, i, j] = packed
+    out[:, j, i] = packed
+    return out
 
 
 def _grow(arr: np.ndarray, capacity: int, fill) -> np.ndarray:
@@ -222,13 +253,31 @@ class EntityStore:
         return out
 
     def gather_dense(self, slots: np.ndarray):
-        """Yield ``(positions, feature_ids (g, W), means (g, W), precision)`` per stored width.
-
-        A row's valid features (id >= 0) come first, sorted; the rest is padding.
-        """
+        """Yield ``(positions, feature_ids (g, d), means (g, d), precision)`` per stored width ``d``;
+        ``precision`` is ``(g, d, d)`` (full), ``(g, d)`` (diagonal) or ``None``."""
         for slab, positions, rows in self._groups(slots):
             precision = slab.take("precision", rows) if slab.has_precision else None
+            if precision is not None and self.precision == "full":
+                precision = unpack_upper(precision, slab.width)
             yield positions, slab.take("feature_ids", rows), slab.take("means", rows), precision
+
+    def rows_by_width(self, feature_ids: np.ndarray, means: np.ndarray,
+                      precision: np.ndarray | None) -> list[WidthRows]:
+        """Split padded solver output into exact-width groups in the store's layout (compact: a full
+        precision keeps its upper triangle). ``feature_ids (e, W)``: valid ids first, then -1 padding;
+        ``means (e, W)``; ``precision (e, W, W)``, ``(e, W)`` or ``None``."""
+        d = (feature_ids >= 0).sum(axis=1)
+        groups = []
+        for width in np.unique(d):
+            members = np.flatnonzero(d == width)
+            w = int(width)
+            prec = None
+            if self.precision == "full":
+                prec = pack_upper(precision[members, :w, :w])
+            elif self.precision == "diagonal":
+                prec = precision[members, :w]
+            groups.append(WidthRows(members, feature_ids[members, :w], means[members, :w], prec))
+        return groups
 
     def write(self, keys: np.ndarray, slots: np.ndarray, feature_ids: np.ndarray, means: np.ndarray,
               precision: np.ndarray | None) -> None:
@@ -241,21 +290,33 @@ class EntityStore:
           means: ``(e, W)``.
           precision: ``(e, W, W)``, ``(e, W)`` or ``None``, matching the store's kind.
         """
+        self.write_rows(keys, slots, self.rows_by_width(feature_ids, means, precision))
+
+    def write_rows(self, keys: np.ndarray, slots: np.ndarray, groups: list[WidthRows]) -> None:
+        """Store the entities ``keys`` (current ``slots``) from :meth:`rows_by_width` groups."""
         slots = self._register(keys, slots)
-        width = feature_ids.shape[1]
+        for group in groups:
+            self._write_width(slots[group.members], group)
+
+    def _write_width(self, slots: np.ndarray, group: WidthRows) -> None:
+        width = group.feature_ids.shape[1]
+        if width == 0:  # no features: registered, nothing stored
+            self._retire(slots)
+            self._width[slots] = 0
+            return
         slab = self._slabs.get(width)
         if slab is None:
             slab = self._slabs[width] = _Slab(width, self.dtype, self.precision)
         in_place = self._width[slots] == width
-        rows = np.empty(len(keys), np.int64)
+        rows = np.empty(len(slots), np.int64)
         rows[in_place] = self._row[slots[in_place]]
         moved = np.flatnonzero(~in_place)
         rows[moved] = slab.allocate(len(moved))
         self._retire(slots[moved])
-        slab.put("feature_ids", rows, feature_ids)
-        slab.put("means", rows, means)
+        slab.put("feature_ids", rows, group.feature_ids)
+        slab.put("means", rows, group.means)
         if slab.has_precision:
-            slab.put("precision", rows, precision)
+            slab.put("precision", rows, group.precision)
         self._width[slots[moved]] = width
         self._row[slots[moved]] = rows[moved]
 
@@ -309,7 +370,10 @@ class EntityStore:
             precision = None
             if slab.has_precision:
                 p = slab.take("precision", rows)
-                precision = p[valid[:, :, None] & valid[:, None, :]] if p.ndim == 3 else p[valid]
+                if self.precision == "full":  # rows are live, so every feature is valid
+                    precision = unpack_upper(p, slab.width).reshape(-1)
+                else:
+                    precision = p[valid]
             parts.append((positions, fids[valid], slab.take("means", rows)[valid], precision))
         indptr = np.zeros(U + 1, np.int64)
         np.cumsum(sizes, out=indptr[1:])
@@ -332,33 +396,23 @@ class EntityStore:
 
         ``flat.precision`` must match the store's kind (``None`` for a store without precision).
         """
-        U = len(flat.keys)
         slots = self._register(flat.keys, self.lookup(flat.keys))
         sizes = flat.sizes
-        widths = next_pow2(np.maximum(sizes, 1))
         prec_indptr = flat.precision_indptr if self.precision == "full" else flat.indptr
-        for width in np.unique(widths) if U else []:
-            W = int(width)
-            members = np.flatnonzero(widths == width)
-            d = sizes[members]
-            lane, col = segments(d)
-            pairs = concat_ranges(flat.indptr[members], d)
-            fids = np.full((len(members), W), -1, np.int64)
-            means = np.zeros((len(members), W), self.dtype)
-            fids[lane, col] = flat.feature_ids[pairs]
-            means[lane, col] = flat.means[pairs]
+        for width in np.unique(sizes) if len(flat.keys) else []:
+            d = int(width)
+            members = np.flatnonzero(sizes == width)
+            g = len(members)
+            pairs = concat_ranges(flat.indptr[members], np.full(g, d))
             prec = None
             if self.precision == "diagonal":
-                prec = np.zeros((len(members), W), self.dtype)
-                prec[lane, col] = flat.precision[pairs]
+                prec = flat.precision[pairs].reshape(g, d)
             elif self.precision == "full":
-                prec = np.zeros((len(members), W, W), self.dtype)
-                m_lane, m_rank = segments(d**2)
-                m_d = np.repeat(d, d**2)
-                prec[m_lane, m_rank // m_d, m_rank % m_d] = flat.precision[concat_ranges(prec_indptr[members], d**2)]
-                pad = np.arange(W)[None, :] >= d[:, None]
-                prec[:, np.arange(W), np.arange(W)] += pad  # identity on padding, as the solver leaves it
-            self.write(flat.keys[members], slots[members], fids, means, prec)
+                dense = flat.precision[concat_ranges(prec_indptr[members], np.full(g, d * d))].reshape(g, d, d)
+                prec = pack_upper(dense)
+            group = WidthRows(np.arange(g), flat.feature_ids[pairs].reshape(g, d), flat.means[pairs].reshape(g, d),
+                              prec)
+            self._write_width(slots[members], group)
 
 
 def _in_slot_order(parts, field: int, counts: np.ndarray, U: int, dtype) -> np.ndarray:

@@ -212,15 +212,16 @@ def test_rejects_full_precision_and_unknown_options():
             solve_block_lbfgs(block, L2, 0.0, SolverConfig(loss="linear", hessian="diagonal"), **option)
 
 
-def test_model_update_solves_wide_entities_by_lbfgs_with_newtons_result(monkeypatch):
-    """RandomEffectModel picks L-BFGS for blocks of >= WIDE_FEATURES padded features (diagonal models):
-    two sequential updates give Newton's result to 1e-9 (both solved tightly)."""
-    import lljax._model as model_module
+def test_model_update_solves_tall_wide_entities_by_lbfgs_with_newtons_result(monkeypatch):
+    """RandomEffectModel picks L-BFGS for blocks of >= WIDE_FEATURES padded features with more padded rows
+    than features (diagonal models; lljax._packing.block_solver): two sequential updates give Newton's
+    result to 1e-9 (both solved tightly)."""
+    import lljax._packing as packing
+    import lljax._wide as wide
     from lljax import Dataset, RandomEffectModel
-    from lljax._packing import WIDE_FEATURES
 
     rng = np.random.default_rng(21)
-    U, n_per, F = 6, 40, 90
+    U, n_per, F = 4, 150, 90
     batches = []
     for _ in range(2):
         entity = np.repeat(np.arange(U), n_per)
@@ -230,18 +231,18 @@ def test_model_update_solves_wide_entities_by_lbfgs_with_newtons_result(monkeypa
         label = (rng.random(U * n_per) < 0.4).astype(float)
         batches.append(Dataset.from_arrays(entity, label, X=X, offset=0.2 * rng.normal(size=U * n_per)))
     calls = []
-    real = model_module.solve_block_lbfgs
-    monkeypatch.setattr(model_module, "solve_block_lbfgs", lambda *a: calls.append(a[0].X.shape) or real(*a))
-    wide = RandomEffectModel("logistic", l2=1.0, delta=0.6, hessian="diagonal", tol=1e-11)
+    real = wide.solve_block_lbfgs
+    monkeypatch.setattr(wide, "solve_block_lbfgs", lambda *a: calls.append(a[0].X.shape) or real(*a))
+    tall = RandomEffectModel("logistic", l2=1.0, delta=0.6, hessian="diagonal", tol=1e-11)
     for b in batches:
-        assert wide.update(b).all_converged
-    assert calls and all(shape[2] >= WIDE_FEATURES for shape in calls)
-    monkeypatch.setattr(model_module, "uses_lbfgs", lambda features, full: False)
+        assert tall.update(b).all_converged
+    assert calls and all(shape[2] >= packing.WIDE_FEATURES and shape[1] > shape[2] for shape in calls)
+    monkeypatch.setattr(packing, "block_solver", lambda rows, features, full: "newton")
     newton = RandomEffectModel("logistic", l2=1.0, delta=0.6, hessian="diagonal", tol=1e-11)
     for b in batches:
         newton.update(b)
     for key in range(U):
-        a, b = wide.coefficients(key), newton.coefficients(key)
+        a, b = tall.coefficients(key), newton.coefficients(key)
         np.testing.assert_array_equal(a.feature_ids, b.feature_ids)
         np.testing.assert_allclose(a.mean, b.mean, rtol=1e-9, atol=1e-11)
         np.testing.assert_allclose(a.precision, b.precision, rtol=1e-9)

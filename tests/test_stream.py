@@ -233,18 +233,18 @@ def test_an_update_touches_only_the_batch_entities():
     large.update(batch(rng, np.arange(3000), 2, [1, 2, 3]))
     written = {}
     for name, model in (("small", small), ("large", large)):
-        store_write = type(model._store or large._store).write
+        store_write = type(model._store or large._store).write_rows
         calls = []
 
         def spy(self, keys, *args, _calls=calls, _write=store_write):
             _calls.append(len(keys))
             return _write(self, keys, *args)
 
-        type(large._store).write = spy
+        type(large._store).write_rows = spy
         try:
             report = model.update(b)
         finally:
-            type(large._store).write = store_write
+            type(large._store).write_rows = store_write
         written[name] = (report.blocks, sum(calls))
     assert written["small"] == written["large"] == (written["small"][0], 30)
 
@@ -331,18 +331,28 @@ def test_sequential_logistic_matches_the_numpy_oracle_across_batches():
         np.testing.assert_allclose(got.mean, expected, rtol=1e-6, atol=1e-8)
 
 
-def test_packing_paths_agree_for_small_and_huge_feature_spaces():
-    """Local subspaces come from a lookup table when the (entity, feature) key space is small and from a
-    sort when it is huge; both give the same model (here: the same data declared with 10 or 10^9 features)."""
+@pytest.mark.parametrize("key_chunk", [7, 1 << 21])
+def test_packing_paths_agree_for_small_and_huge_feature_spaces(monkeypatch, key_chunk):
+    """Local subspaces come from a table of marks when the (entity, feature) key space is small and from
+    chunked sorts when it is huge, reading the nonzeros ``key_chunk`` at a time; every path gives the same
+    subspaces, and the same model (here: the same data declared with 10 or 10^9 features)."""
+    from lljax import _packing
+
+    monkeypatch.setattr(_packing, "_KEY_CHUNK", key_chunk)
     rng = np.random.default_rng(11)
     small = batch(rng, np.arange(30), 3, [1, 2, 5])
     huge = Dataset.from_arrays(small.entity_keys[small.entity], small.label, indptr=small.indptr,
                                feature_ids=small.feature_ids, values=small.values, offset=small.offset,
                                num_features=10**9, intercept_id=None)
-    from lljax._packing import local_subspaces
-
-    assert local_subspaces(small, np.zeros(0, np.int64), np.zeros(0, np.int64)).rank is not None
-    assert local_subspaces(huge, np.zeros(0, np.int64), np.zeros(0, np.int64)).rank is None
+    owner, prior_fids = np.array([0, 0, 29]), np.array([7, 1, 9])
+    by_table = _packing.local_subspaces(small, owner, prior_fids)
+    monkeypatch.setattr(_packing, "_TABLE_MIN", 0)
+    monkeypatch.setattr(_packing, "_TABLE_PER_KEY", 0)
+    by_sort = _packing.local_subspaces(small, owner, prior_fids)
+    for got in (by_sort, _packing.local_subspaces(huge, owner, prior_fids)):
+        np.testing.assert_array_equal(got.sizes, by_table.sizes)
+        np.testing.assert_array_equal(got.feature_ids(8), by_table.feature_ids(8))
+    assert set(by_table.feature_ids(8)[0]) >= {1, 7} and 9 in by_table.feature_ids(8)[29]
     models = []
     for data in (small, huge):
         model = RandomEffectModel("linear", delta=0.5)

@@ -1,0 +1,144 @@
+"""The host-side fast paths added for million-entity updates give what the plain computations give."""
+
+import numpy as np
+import pytest
+
+from lljax import Dataset, RandomEffectModel, _store
+from lljax._dataset import _encode_entities, _prepend_intercept
+from lljax._packing import local_subspaces, padded_features
+from lljax._store import EntityStore, pack_upper, unpack_upper
+
+
+@pytest.mark.parametrize("keys", [
+    np.array([3, 3, 5, 9, 9, 9]),           # sorted ints: the one-pass path
+    np.array([9, 3, 3, 5, 9]),              # unsorted: np.unique
+    np.array([2, 2, 7], np.uint8),
+    np.array([-4, -4, 0, 11], np.int32),
+    np.array(["b", "a", "b"]),
+    np.array([7]),
+])
+def test_entity_codes_equal_numpy_unique(keys):
+    got_keys, got_codes = _encode_entities(keys)
+    want_keys, want_codes = np.unique(keys, return_inverse=True)
+    np.testing.assert_array_equal(got_keys, want_keys)
+    assert got_keys.dtype == want_keys.dtype
+    np.testing.assert_array_equal(got_codes, want_codes)
+    assert got_codes.dtype == np.int64
+
+
+@pytest.mark.parametrize("id_dtype", [np.int32, np.int64])
+def test_prepend_intercept_equals_a_row_by_row_insert(id_dtype):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 5, 200)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    fids = rng.integers(1, 50, indptr[-1]).astype(id_dtype)
+    vals = rng.standard_normal(indptr[-1])
+    new_indptr, new_fids, new_vals = _prepend_intercept(indptr, fids, vals, 0)
+    assert new_fids.dtype == id_dtype
+    for r in range(len(lengths)):
+        row = slice(new_indptr[r], new_indptr[r + 1])
+        np.testing.assert_array_equal(new_fids[row], np.r_[0, fids[indptr[r]:indptr[r + 1]]])
+        np.testing.assert_array_equal(new_vals[row], np.r_[1.0, vals[indptr[r]:indptr[r + 1]]])
+
+
+def test_int32_feature_ids_stay_int32_and_train_the_same_model():
+    rng = np.random.default_rng(1)
+    n = 300
+    entity = np.sort(rng.integers(0, 40, n))
+    lengths = rng.integers(1, 4, n)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    fids = rng.integers(1, 30, indptr[-1])
+    vals = rng.standard_normal(indptr[-1])
+    label = (rng.random(n) < 0.5).astype(float)
+    models = []
+    for ids in (fids.astype(np.int32), fids.astype(np.int64)):
+        data = Dataset.from_arrays(entity, label, indptr=indptr, feature_ids=ids, values=vals, num_features=30)
+        assert data.feature_ids.dtype == ids.dtype
+        model = RandomEffectModel("logistic", hessian="full")
+        model.update(data)
+        models.append(model)
+    for key in np.unique(entity):
+        a, b = models[0].coefficients(key), models[1].coefficients(key)
+        np.testing.assert_array_equal(a.mean, b.mean)
+        np.testing.assert_array_equal(a.precision, b.precision)
+
+
+def test_packed_upper_triangle_round_trip():
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((5, 7, 7))
+    sym = a + a.transpose(0, 2, 1)
+    packed = pack_upper(sym)
+    assert packed.shape == (5, 28)
+    np.testing.assert_array_equal(unpack_upper(packed, 7), sym)
+
+
+@pytest.mark.parametrize("precision", ["full", "diagonal", None])
+def test_store_keeps_every_entity_across_chunks_and_width_changes(monkeypatch, precision):
+    """Slabs of exact widths, growing by small chunks: entities written in several batches, some of them
+    re-written with another width (moving slab), read back exactly."""
+    monkeypatch.setattr(_store, "_FIRST_CHUNK_ROWS", 2)
+    monkeypatch.setattr(_store, "_CHUNK_BYTES", 512)
+    rng = np.random.default_rng(3)
+    store = EntityStore(np.float64, precision)
+    expected = {}
+    for _ in range(6):
+        keys = rng.choice(60, 15, replace=False)
+        W = 8
+        d = rng.integers(1, W + 1, len(keys))
+        fids = np.full((len(keys), W), -1)
+        means = np.zeros((len(keys), W))
+        prec = np.zeros((len(keys), W, W)) if precision == "full" else np.zeros((len(keys), W))
+        for i, k in enumerate(keys):
+            f = np.sort(rng.choice(100, d[i], replace=False))
+            m = rng.standard_normal(d[i])
+            fids[i, :d[i]], means[i, :d[i]] = f, m
+            if precision == "full":
+                a = rng.standard_normal((d[i], d[i]))
+                p = a @ a.T + np.eye(d[i])
+                prec[i, :d[i], :d[i]] = p
+            else:
+                p = rng.random(d[i]) + 0.5
+                prec[i, :d[i]] = p
+            expected[int(k)] = (f, m, p if precision else None)
+        store.write(keys, store.lookup(keys), fids, means, None if precision is None else prec)
+    assert len(store) == len(expected)
+    for key, (f, m, p) in expected.items():
+        got = store.get(key)
+        np.testing.assert_array_equal(got.feature_ids, f)
+        np.testing.assert_array_equal(got.mean, m)
+        if precision is None:
+            assert got.precision is None
+        else:
+            np.testing.assert_array_equal(got.precision, p)
+    flat = store.to_flat()
+    again = EntityStore.from_flat(flat, np.float64, precision).to_flat()
+    for a, b in zip(flat, again):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+
+
+def test_padded_feature_counts():
+    got = padded_features(np.array([1, 2, 3, 5, 8, 9, 12, 13, 16, 17, 24, 25, 33, 48, 49, 64, 65]))
+    np.testing.assert_array_equal(got, [1, 2, 4, 8, 8, 12, 12, 16, 16, 24, 24, 32, 48, 48, 64, 64, 96])
+
+
+def test_block_restricted_lookups_equal_global_ones():
+    rng = np.random.default_rng(4)
+    n = 400
+    entity = rng.integers(0, 50, n)
+    lengths = rng.integers(1, 5, n)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    fids = rng.integers(1, 1000, indptr[-1])
+    data = Dataset.from_arrays(entity, np.zeros(n), indptr=indptr, feature_ids=fids, values=np.ones(len(fids)),
+                               num_features=1000)
+    sub = local_subspaces(data, np.array([3, 3]), np.array([999, 5]))
+    ents = np.array([3, 17, 4, 40])  # any order, as a block's lanes
+    local = sub.restrict(ents)
+    np.testing.assert_array_equal(local.sizes, sub.sizes[ents])
+    ids = local.feature_ids(int(local.sizes.max()))
+    for lane, e in enumerate(ents):
+        mine = sub.pair_keys[sub.start[e]:sub.start[e + 1]] % sub.stride
+        np.testing.assert_array_equal(ids[lane, :len(mine)], mine)
+        np.testing.assert_array_equal(local.local_index(np.full(len(mine), lane), mine), np.arange(len(mine)))
+        np.testing.assert_array_equal(sub.local_index(np.full(len(mine), e), mine), np.arange(len(mine)))
+    assert {5, 999} <= set(ids[0])

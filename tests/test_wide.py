@@ -1,0 +1,229 @@
+"""The wide solver (``lljax._wide``: Newton in the span of the rows, sparse rows) against Newton's ``solve_block``.
+
+Both minimize the same objective with the same stopping rule; solved to a tight gradient tolerance they
+must agree to 1e-9 relative in float64 on theta, the stored diagonal precision and the loss.
+"""
+
+import numpy as np
+import pytest
+
+import lljax._packing as packing
+import lljax._wide as wide
+from lljax import Block, Dataset, RandomEffectModel, SolverConfig, Status, solve_block
+from lljax._wide import dense_from_sparse, solve_block_wide, solve_sparse_block, sparse_from_dense
+from tests.test_lbfgs import rel_err, sparse_entity
+
+LOSSES = ["linear", "logistic", "poisson"]
+DTYPES = [np.float64, np.float32]
+L2 = 1.3
+# float64: both solved to max |gradient| <= 1e-12, so theta agrees to ~1e-12 / (smallest curvature ~ 0.3).
+# float32: a gradient of O(10) summed over ~24 rows has a rounding floor of ~1e-5, so both stop at 1e-4;
+# theta then agrees to ~1e-4 / 0.3 relative to max |theta| ~ 0.5 (3e-4 at worst; the two paths also
+# round differently: sparse gathers vs dense products).
+TOL = {np.float64: 1e-12, np.float32: 1e-4}
+RTOL = {np.float64: 1e-9, np.float32: 1e-3}
+
+
+def block_of(rng, loss, dtype, cold, N, D):
+    """``E=5`` lanes of ``N`` rows and ``D`` features: two full lanes, one with padding rows (junk features
+    and offsets, weight 0) and padding features, one with features that have no data (prior only), and a
+    padding lane. ``cold``: prior mean 0 and precision ``L2``; else a random diagonal prior."""
+    E = 5
+    X, y, w, o = np.zeros((E, N, D)), np.zeros((E, N)), np.zeros((E, N)), np.zeros((E, N))
+    fids, mean, P = np.full((E, D), -1), np.zeros((E, D)), np.ones((E, D))
+    shapes = [(N, D, D), (N, D, D), (N - 5, D - 3, D - 3), (N, D, D // 2)]  # rows, features, features with data
+    for lane, (n, d, with_data) in enumerate(shapes):
+        Xe, ye, we, oe = sparse_entity(rng, loss, n, with_data, nnz=4)
+        X[lane, :n, :with_data], y[lane, :n], w[lane, :n], o[lane, :n] = Xe, ye, we, oe
+        fids[lane, :d] = np.arange(d) * 3 + 1
+        if cold:
+            mean[lane, :d], P[lane, :d] = 0.0, L2
+        else:
+            mean[lane, :d], P[lane, :d] = 0.3 * rng.normal(size=d), rng.uniform(0.5, 3.0, size=d)
+    X[2, N - 5:, : D - 3] = rng.normal(size=(5, D - 3))  # weight 0 makes these rows irrelevant
+    o[2, N - 5:] = 40.0
+    cast = lambda a: np.asarray(a, dtype)  # noqa: E731
+    return Block(cast(X), cast(y), cast(w), cast(o), fids, cast(mean), cast(P))
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(12, 40), (24, 10)], ids=["N<D", "N>D"])
+def test_wide_equals_newton(loss, dtype, shape):
+    config = SolverConfig(loss=loss, hessian="diagonal", tol=TOL[dtype])
+    for cold, delta in [(True, 0.0), (False, 0.7)]:
+        rng = np.random.default_rng(17 if cold else 18)
+        block = block_of(rng, loss, dtype, cold, *shape)
+        l2, delta = dtype(L2), dtype(delta)
+        newton = solve_block(block, l2, delta, config)
+        result = solve_block_wide(sparse_from_dense(block), l2, delta, config)
+
+        assert result.theta.dtype == dtype and result.precision.dtype == dtype
+        np.testing.assert_array_equal(newton.status, Status.CONVERGED)
+        np.testing.assert_array_equal(result.status, Status.CONVERGED)
+        assert np.all(np.asarray(result.grad_norm) <= TOL[dtype])
+        assert rel_err(result.theta, newton.theta) <= RTOL[dtype], (cold, rel_err(result.theta, newton.theta))
+        assert rel_err(result.precision, newton.precision) <= RTOL[dtype]
+        np.testing.assert_allclose(result.loss, newton.loss, rtol=RTOL[dtype])
+        # Padded features are exactly 0; the padding lane does no work.
+        np.testing.assert_array_equal(np.asarray(result.theta)[np.asarray(block.feature_ids) < 0], 0.0)
+        assert int(result.iterations[4]) == 0
+
+
+@pytest.mark.parametrize("hessian", ["none", "identity"])
+def test_other_precision_forms(hessian):
+    block = block_of(np.random.default_rng(3), "logistic", np.float64, False, 12, 40)
+    config = SolverConfig(loss="logistic", hessian=hessian, tol=1e-12)
+    newton = solve_block(block, L2, 0.5, config)
+    result = solve_block_wide(sparse_from_dense(block), L2, 0.5, config)
+    assert rel_err(result.theta, newton.theta) <= 1e-9
+    if hessian == "none":
+        assert result.precision is None
+    else:
+        np.testing.assert_array_equal(result.precision, 1.0)
+
+
+def test_map_and_vmap_lanes_agree():
+    block = sparse_from_dense(block_of(np.random.default_rng(4), "poisson", np.float64, False, 12, 40))
+    config = SolverConfig(loss="poisson", hessian="diagonal", tol=1e-12)
+    a = solve_block_wide(block, L2, 0.5, config, lanes="map")
+    b = solve_block_wide(block, L2, 0.5, config, lanes="vmap")
+    np.testing.assert_array_equal(a.status, b.status)
+    np.testing.assert_array_equal(a.iterations, b.iterations)
+    assert rel_err(a.theta, b.theta) <= 1e-12
+    assert rel_err(a.precision, b.precision) <= 1e-12
+
+
+def test_non_finite_lane_keeps_prior_and_others_are_unaffected():
+    rng = np.random.default_rng(11)
+    d = 20
+    good = sparse_entity(rng, "poisson", 8, d, nnz=2)
+    bad = list(sparse_entity(rng, "poisson", 8, d, nnz=2))
+    bad[3] = np.full(8, 800.0)  # exp(800) overflows float64
+    huge = list(sparse_entity(rng, "linear", 8, d, nnz=2))
+    huge[0] = huge[0] * 1e200  # X^T X and K overflow
+    means = 0.3 * rng.normal(size=(3, d))
+    precisions = rng.uniform(0.5, 3.0, size=(3, d))
+    for loss, other in [("poisson", bad), ("linear", huge)]:
+        first = good if loss == "poisson" else sparse_entity(rng, "linear", 8, d, nnz=2)
+        block = Block(*(np.stack([a, b]) for a, b in zip(first, other)), np.tile(np.arange(d), (2, 1)), means[:2],
+                      precisions[:2])
+        config = SolverConfig(loss=loss, hessian="diagonal", tol=1e-12)
+        result = solve_block_wide(sparse_from_dense(block), 1.0, 0.5, config)
+        newton = solve_block(block, 1.0, 0.5, config)
+        assert list(result.status) == list(newton.status) == [Status.CONVERGED, Status.NON_FINITE], loss
+        np.testing.assert_array_equal(result.theta[1], means[1])
+        np.testing.assert_array_equal(result.precision[1], precisions[1])
+        assert rel_err(result.theta[0], newton.theta[0]) <= 1e-9
+
+
+def test_iteration_cap_is_reported():
+    block = sparse_from_dense(block_of(np.random.default_rng(5), "logistic", np.float64, True, 12, 40))
+    capped = solve_block_wide(block, L2, 0.0, SolverConfig(loss="logistic", hessian="diagonal", tol=1e-14,
+                                                           max_iter=1))
+    np.testing.assert_array_equal(capped.status[:4], Status.MAX_ITERATIONS)
+    np.testing.assert_array_equal(capped.iterations[:4], 1)
+
+
+def test_zero_penalty_falls_back_to_lbfgs():
+    """l2 = 0, delta = 0: no A^-1; solve_sparse_block solves the dense block by L-BFGS (N > D: identified)."""
+    block = block_of(np.random.default_rng(6), "linear", np.float64, True, 24, 10)
+    config = SolverConfig(loss="linear", hessian="diagonal", tol=1e-10)
+    result = solve_sparse_block(sparse_from_dense(block), 0.0, 0.0, config)
+    newton = solve_block(block, 0.0, 0.0, config)
+    assert rel_err(result.theta[:2], newton.theta[:2]) <= 1e-8
+
+
+def test_rejects_full_precision():
+    block = sparse_from_dense(block_of(np.random.default_rng(7), "linear", np.float64, True, 12, 40))
+    with pytest.raises(ValueError, match="hessian"):
+        solve_block_wide(block, L2, 0.0, SolverConfig(loss="linear", hessian="full"))
+    with pytest.raises(ValueError, match="lanes"):
+        solve_block_wide(block, L2, 0.0, SolverConfig(loss="linear", hessian="diagonal"), lanes="pmap")
+
+
+def wide_batches(rng, U, n_per, F, nnz=6, zero_weight_entity=False, loss="logistic"):
+    batches = []
+    for _ in range(2):
+        entity = np.repeat(np.arange(U), n_per)
+        X = np.zeros((U * n_per, F))
+        cols = rng.integers(1, F, size=(U * n_per, nnz))
+        np.put_along_axis(X, cols, (0.5 if loss == "poisson" else 1.0) * rng.normal(size=cols.shape), axis=1)
+        if loss == "logistic":
+            label = (rng.random(U * n_per) < 0.4).astype(float)
+        elif loss == "poisson":
+            label = rng.poisson(1.0, U * n_per).astype(float)
+        else:
+            label = rng.normal(size=U * n_per)
+        weight = np.ones(U * n_per)
+        if zero_weight_entity:
+            weight[entity == 0] = 0.0
+        batches.append(Dataset.from_arrays(entity, label, X=X, weight=weight, offset=0.2 * rng.normal(size=U * n_per)))
+    return batches
+
+
+def test_sparse_block_is_the_dense_block():
+    dataset = wide_batches(np.random.default_rng(8), 5, 9, 90)[0]
+    model = RandomEffectModel("logistic", hessian="diagonal")
+    from lljax._losses import encode_labels
+    from lljax._model import EntityStore
+
+    U = dataset.num_entities
+    subspaces = packing.local_subspaces(dataset, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    rows = np.bincount(dataset.entity, minlength=U)
+    row_order = np.argsort(dataset.entity, kind="stable")
+    row_start = np.concatenate([[0], np.cumsum(rows)])
+    labels = encode_labels(model.loss, dataset.label)
+    store = EntityStore(np.dtype(np.float64), "diagonal")
+    slots = store.lookup(dataset.entity_keys)
+    for plan in packing.plan_blocks(rows, subspaces.sizes, 8, False, 1 << 20):
+        args = (dataset, labels, plan, subspaces, row_order, row_start, store, slots, 1.0)
+        dense, sparse = packing.build_block(*args), packing.build_sparse_block(*args)
+        for a, b in zip(dense, dense_from_sparse(sparse)):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_model_update_uses_the_wide_solver_with_newtons_result(monkeypatch, loss):
+    """Two sequential updates of wide entities (>= WIDE_FEATURES padded features, rows <= features) by
+    the wide solver give Newton's result to 1e-9 (both solved tightly); an entity whose weights are all
+    0 is trained (min_rows=0) to its prior-only optimum by both."""
+    rng = np.random.default_rng(21)
+    batches = wide_batches(rng, 6, 20, 90, zero_weight_entity=True, loss=loss)
+    calls = []
+    real = wide.solve_block_wide
+    monkeypatch.setattr(wide, "solve_block_wide", lambda block, *a, **k: calls.append(block.cols.shape)
+                        or real(block, *a, **k))
+    hyper = dict(l2=1.0, delta=0.6, hessian="diagonal", tol=1e-11, min_rows=0)
+    fast = RandomEffectModel(loss, **hyper)
+    for b in batches:
+        assert fast.update(b).all_converged
+    assert calls and all(shape[1] <= packing.WIDE_FEATURES for shape in calls)
+    monkeypatch.setattr(packing, "block_solver", lambda rows, features, full: "newton")
+    newton = RandomEffectModel(loss, **hyper)
+    for b in batches:
+        newton.update(b)
+    for key in range(6):
+        a, b = fast.coefficients(key), newton.coefficients(key)
+        np.testing.assert_array_equal(a.feature_ids, b.feature_ids)
+        np.testing.assert_allclose(a.mean, b.mean, rtol=1e-9, atol=1e-11)
+        np.testing.assert_allclose(a.precision, b.precision, rtol=1e-9)
+
+
+def test_model_update_non_finite_entity_is_not_stored(monkeypatch):
+    rng = np.random.default_rng(22)
+    U, n_per, F = 3, 10, 80
+    entity = np.repeat(np.arange(U), n_per)
+    X = np.zeros((U * n_per, F))
+    cols = rng.integers(1, F, size=(U * n_per, 8))
+    np.put_along_axis(X, cols, 1.0, axis=1)
+    offset = np.where(entity == 1, 800.0, 0.0)  # exp(800) overflows: entity 1 ends NON_FINITE
+    data = Dataset.from_arrays(entity, rng.poisson(1.0, U * n_per).astype(float), X=X, offset=offset)
+    calls = []
+    real = wide.solve_block_wide
+    monkeypatch.setattr(wide, "solve_block_wide", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = RandomEffectModel("poisson", l2=1.0, hessian="diagonal")
+    report = model.update(data)
+    assert calls
+    assert list(report.status) == [Status.CONVERGED, Status.NON_FINITE, Status.CONVERGED]
+    assert 1 not in model and 0 in model and 2 in model
