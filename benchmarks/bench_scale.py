@@ -53,6 +53,28 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
 
 
+class RssSampler:
+    """Samples the resident set every ``interval`` seconds in a thread: ``samples`` of (seconds, GB)."""
+
+    def __init__(self, interval: float = 0.25):
+        import threading
+
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._start = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.samples.append((time.perf_counter() - self._start, _rss_gb()))
+
+    def stop(self) -> list[tuple[float, float]]:
+        self._stop.set()
+        self._thread.join()
+        return self.samples
+
+
 def power_law_alpha(mean: float, max_rows: int) -> float:
     """Exponent of P(n) ~ n^-alpha on [1, max_rows] whose mean is ``mean`` (bisection)."""
     n = np.arange(1, max_rows + 1, dtype=np.float64)
@@ -169,6 +191,7 @@ def main(argv=None) -> int:
         del small
         compile_s = time.perf_counter() - t
 
+    sampler = RssSampler()
     t0 = time.perf_counter()
     dataset = lljax.Dataset.from_arrays(data["entity"], data["label"], indptr=data["indptr"],
                                         feature_ids=data["feature_ids"], values=data["values"],
@@ -183,6 +206,8 @@ def main(argv=None) -> int:
     update_s = time.perf_counter() - t
     total_s = time.perf_counter() - t0
     peak = _peak_rss_gb()
+    rss_timeline = sampler.stop()
+    peak_at = max(rss_timeline, key=lambda s: s[1]) if rss_timeline else (0.0, 0.0)
 
     phases = dict(report.phase_seconds)
     host = sum(v for k, v in phases.items() if k not in ("dispatch", "device_wait"))
@@ -194,6 +219,7 @@ def main(argv=None) -> int:
         "host_fraction_of_total": (host + dataset_s) / total_s,
         "input_arrays_gb": input_gb, "rss_start_gb": rss_start, "rss_after_input_gb": rss_input,
         "rss_after_dataset_gb": rss_dataset, "rss_after_update_gb": _rss_gb(), "peak_rss_gb": peak,
+        "rss_timeline_s_gb": rss_timeline, "rss_sampled_peak_at_s": peak_at[0],
         "blocks": report.blocks, "status_counts": report.status_counts,
         "iterations_mean": float(report.iterations.mean()), "iterations_max": int(report.iterations.max()),
         "stored_entities": len(model),
@@ -207,7 +233,8 @@ def main(argv=None) -> int:
     print(f"\nentities/s {result['entities_per_s']:,.0f}   host share {result['host_fraction_of_total']:.0%}"
           f" (target <= 40%)   blocks {report.blocks}")
     print(f"peak RSS {peak:.2f} GB (target <= 4 GB; input arrays {input_gb:.2f} GB, RSS after input "
-          f"{rss_input:.2f}, after Dataset {rss_dataset:.2f}, after update {result['rss_after_update_gb']:.2f})")
+          f"{rss_input:.2f}, after Dataset {rss_dataset:.2f}, after update {result['rss_after_update_gb']:.2f}; "
+          f"sampled peak {peak_at[1]:.2f} GB at {peak_at[0]:.1f} s of {total_s:.1f})")
     print(f"status {report.status_counts}  iterations mean {result['iterations_mean']:.2f} max "
           f"{result['iterations_max']}")
     if compile_s is not None:

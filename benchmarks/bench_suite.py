@@ -11,7 +11,11 @@ In one run it
    and times, on the same data:
 
    - ``lljax kernel``: ``lljax.solve_block`` on one prebuilt block of all entities (arrays already on
-     the device, compiled by a warm-up call, ``block_until_ready``);
+     the device, compiled by a warm-up call, ``block_until_ready``), forced to the pure-JAX path
+     (``SolverConfig(native=False)``);
+   - ``lljax native``: the same call on the native CPU kernel (``lljax._native``, an XLA FFI custom call:
+     the whole damped-Newton solve of 4 float64 / 8 float32 entities per SIMD group fused in cache;
+     ``SolverConfig(native=True)``), when it is built; what ``solve_block`` runs by default on CPU;
    - ``lljax update``: ``RandomEffectModel.update`` end to end (packing, solve, unpacking) on a
      ``Dataset``, after a warm-up (compile) update on a fresh model;
    - ``numpy newton``: the batched NumPy Newton of ``peers.py`` (same objective, same stopping rule);
@@ -20,8 +24,8 @@ In one run it
      per (rows, features, loss, hessian) and reused);
 
 3. prints a table (entities/s, achieved GFLOP/s and GB/s under the work model of ``floor.py``,
-   fraction of the floor, ratio to Lambda Learner and to the NumPy Newton), writes JSON, and plots
-   when matplotlib is installed.
+   fraction of the floor, ratio to Lambda Learner, to the NumPy Newton and to the pure-JAX kernel),
+   writes JSON, and plots when matplotlib is installed.
 
 The floor of a case is ``max(flops / dgemm rate + transcendentals / exp rate, bytes / read bandwidth)``
 per entity, with the work of ``floor.work_per_entity`` at the Newton iteration count lljax actually
@@ -38,6 +42,7 @@ import itertools
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -54,10 +59,11 @@ import peers  # noqa: E402
 from _common import machine_info, write_json  # noqa: E402
 
 import lljax  # noqa: E402
+from lljax import _native as native  # noqa: E402
 
 L2, DELTA = 1.0, 0.8
 HEADLINE = dict(entities=20_000, rows=64, features=16, dtype="float64", loss="logistic", hessian="full")
-METHODS = ("lljax kernel", "lljax update", "numpy newton", "lambda learner")
+METHODS = ("lljax kernel", "lljax native", "lljax update", "numpy newton", "lambda learner")
 _SHORT = {"float64": "f64", "float32": "f32"}
 _METHOD_FLAGS = {"update": "lljax update", "numpy": "numpy newton", "ll": "lambda learner"}
 
@@ -178,8 +184,8 @@ def run_case(case: dict, floor: dict, args, ll_cache: dict) -> dict:
     block = lljax.Block(**{k: jnp.asarray(v) for k, v in arrays.items()})
     l2, delta = jnp.asarray(L2, dtype), jnp.asarray(DELTA, dtype)
 
-    def kernel(block=block):
-        return jax.block_until_ready(lljax.solve_block(block, l2, delta, config))
+    def kernel(block=block, native=False):
+        return jax.block_until_ready(lljax.solve_block(block, l2, delta, config._replace(native=native)))
 
     result, times, warm = time_it(kernel, args.repeats, budget)
     theta_kernel = np.asarray(result.theta)
@@ -189,6 +195,21 @@ def run_case(case: dict, floor: dict, args, ll_cache: dict) -> dict:
     out["iterations_mean"] = float(iterations.mean())
     out["iterations_max"] = int(iterations.max())
     out["status_counts"] = dict(zip(("converged", "max_iterations", "non_finite", "stalled", "skipped"), status))
+
+    # lljax native: the same call on the native CPU kernel (when built), same block.
+    if native.available() and jax.default_backend() == "cpu":
+        result, times, warm = time_it(partial(kernel, native=True), args.repeats, budget)
+        # CPU time of one more call (all threads of this process): on a shared machine the kernel may get
+        # less than all cores; entities per CPU-second x cores is what dedicated cores would do.
+        wall, cpu = time.perf_counter(), time.process_time()
+        kernel(native=True)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        out["methods"]["lljax native"] = dict(times=times, warmup_s=warm, entities=E, isa=native.isa(),
+                                              entities_per_cpu_s=E / cpu, cpu_over_wall=cpu / wall)
+        out["max_rel_diff_theta_native_vs_kernel"] = rel_diff(np.asarray(result.theta), theta_kernel)
+        out["native_iterations_equal"] = bool(np.array_equal(np.asarray(result.iterations), iterations))
+    else:
+        out["native_unavailable"] = native.build_error() or f"backend {jax.default_backend()}"
     del block, kernel, result
 
     # lljax update: the whole RandomEffectModel.update call.
@@ -250,7 +271,7 @@ def run_case(case: dict, floor: dict, args, ll_cache: dict) -> dict:
         m.update(median_s=t, entities_per_s=rate, gflops=rate * work.flops / 1e9, gbs=rate * work.bytes / 1e9,
                  fraction_of_floor=rate * fl["floor_s"])
     for m in out["methods"].values():
-        for peer in ("lambda learner", "numpy newton"):
+        for peer in ("lambda learner", "numpy newton", "lljax kernel"):
             if peer in out["methods"]:
                 m[f"ratio_vs_{peer.replace(' ', '_')}"] = m["entities_per_s"] / out["methods"][peer]["entities_per_s"]
     return out
@@ -277,7 +298,7 @@ def print_floor(floor: dict) -> None:
 
 def print_table(results: list[dict]) -> None:
     header = (f"{'case':<40}{'method':<16}{'entities/s':>12}{'GFLOP/s':>9}{'GB/s':>7}{'floor%':>8}"
-              f"{'xLL':>8}{'xNumPy':>8}")
+              f"{'xLL':>8}{'xNumPy':>8}{'xJAX':>7}")
     print(header)
     print("-" * len(header))
     for r in results:
@@ -292,11 +313,14 @@ def print_table(results: list[dict]) -> None:
                 continue
             xll = m.get("ratio_vs_lambda_learner")
             xnp = m.get("ratio_vs_numpy_newton")
+            xjax = m.get("ratio_vs_lljax_kernel")
             print(f"{'':<40}{name:<16}{m['entities_per_s']:>12,.0f}{m['gflops']:>9.2f}{m['gbs']:>7.2f}"
                   f"{100 * m['fraction_of_floor']:>7.1f}%"
-                  f"{'' if xll is None else f'{xll:.1f}':>8}{'' if xnp is None else f'{xnp:.2f}':>8}")
+                  f"{'' if xll is None else f'{xll:.1f}':>8}{'' if xnp is None else f'{xnp:.2f}':>8}"
+                  f"{'' if xjax is None else f'{xjax:.2f}':>7}")
         notes = []
-        for key, name in (("max_rel_diff_theta_numpy_vs_kernel", "numpy"),
+        for key, name in (("max_rel_diff_theta_native_vs_kernel", "native"),
+                          ("max_rel_diff_theta_numpy_vs_kernel", "numpy"),
                           ("max_rel_diff_theta_update_vs_kernel", "update")):
             if key in r:
                 notes.append(f"{name} {r[key]:.1e}")
@@ -307,6 +331,13 @@ def print_table(results: list[dict]) -> None:
                          f"{ll['warnflags']}{reused})")
         if notes:
             print(f"{'':<40}max rel diff of theta vs lljax kernel: {', '.join(notes)}")
+        nat = r["methods"].get("lljax native")
+        if nat is not None:
+            cores = os.cpu_count() or 1
+            print(f"{'':<40}native kernel ({nat['isa']}): {nat['entities_per_cpu_s']:,.0f} entities per CPU-second, "
+                  f"CPU/wall {nat['cpu_over_wall']:.2f} of {cores} cores; x {cores} cores = "
+                  f"{100 * nat['entities_per_cpu_s'] * cores / r['floor_entities_per_s']:.0f}% of the floor if "
+                  "the cores were not shared")
 
 
 def plot(results: list[dict], path: Path) -> bool:
@@ -330,9 +361,9 @@ def plot(results: list[dict], path: Path) -> bool:
     ax1.set_ylabel("entities / s")
     ax1.legend(fontsize=8)
     ax1.grid(axis="y", alpha=0.3)
-    for i, name in enumerate(METHODS[:3]):
+    for i, name in enumerate(METHODS[:4]):
         vals = [100 * r["methods"].get(name, {}).get("fraction_of_floor", np.nan) for r in results]
-        ax2.bar(x + (i - 1) * 0.27, vals, 0.27, label=name)
+        ax2.bar(x + (i - 1.5) * 0.2, vals, 0.2, label=name)
     ax2.axhline(60, color="k", ls="--", lw=0.8, label="60% target")
     ax2.set_ylabel("% of measured floor")
     ax2.legend(fontsize=8)
@@ -412,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
              for e, n, d, t, lo, h in itertools.product(g["entities"], g["rows"], g["features"], g["dtypes"],
                                                         g["losses"], g["hessians"])]
     print(f"lljax {lljax.__version__} | jax {jax.__version__} on {jax.default_backend()} | {os.cpu_count()} CPUs | "
-          f"{len(cases)} case(s) | l2={L2}, delta={DELTA}, cold start | load avg {load_before[0]:.2f}")
+          f"{len(cases)} case(s) | l2={L2}, delta={DELTA}, cold start | load avg {load_before[0]:.2f} | "
+          f"native kernel: {native.isa() if native.available() else 'not built (' + str(native.build_error()) + ')'}")
     t = time.perf_counter()
     floor = floor_mod.measure(repeats=args.floor_repeats, quick=args.quick)
     floor["measure_s"] = time.perf_counter() - t

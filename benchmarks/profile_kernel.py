@@ -17,7 +17,11 @@ C. ``solve_block`` itself on the same entities cut into blocks of different size
 D. a compiled reference kernel (``newton_lanes.c`` via ``ref_kernel.py``, if gcc is available): the same
    algorithm with 4 entities in the SIMD lanes and each group's whole solve fused in cache, i.e. the
    design an optimized kernel would follow; its entities/s and fraction of the floor, side by side
-   with ``solve_block``.
+   with ``solve_block`` and with lljax's native kernel (``lljax/_native``, the design realized as an
+   XLA FFI custom call), when built.
+
+``solve_block`` is the pure-JAX path throughout (``SolverConfig(native=False)``): on CPU the default
+would be the native kernel.
 
 Run: ``python benchmarks/profile_kernel.py`` (``--entities``, ``--rows``, ``--features``, ``--chunk``).
 Prints tables and writes ``benchmarks/results/profile_kernel.json``.
@@ -46,6 +50,7 @@ import floor as floor_mod  # noqa: E402
 import ref_kernel  # noqa: E402
 
 import lljax  # noqa: E402
+from lljax import _native as native  # noqa: E402
 
 
 def timeit(fn, *args, repeats=5, budget=5.0):
@@ -307,14 +312,21 @@ def reference_kernel(arr, config, floor, iterations, kernel_s, E, N, D, repeats)
     l2, delta = jnp.asarray(bench_suite.L2), jnp.asarray(bench_suite.DELTA)
     res = jax.block_until_ready(lljax.solve_block(block, l2, delta, config))
     theta, H, iters = ref_kernel.solve(prep, config.tol, config.max_iter)
-    ref_t, lljax_t = [], []
-    for _ in range(max(3, repeats)):  # alternate, so both see the same machine load
+    native_config = config._replace(native=True) if native.available() else None
+    if native_config is not None:
+        native_res = jax.block_until_ready(lljax.solve_block(block, l2, delta, native_config))
+    ref_t, lljax_t, native_t = [], [], []
+    for _ in range(max(3, repeats)):  # alternate, so all see the same machine load
         t = time.perf_counter()
         ref_kernel.solve(prep, config.tol, config.max_iter)
         ref_t.append(time.perf_counter() - t)
         t = time.perf_counter()
         jax.block_until_ready(lljax.solve_block(block, l2, delta, config))
         lljax_t.append(time.perf_counter() - t)
+        if native_config is not None:
+            t = time.perf_counter()
+            jax.block_until_ready(lljax.solve_block(block, l2, delta, native_config))
+            native_t.append(time.perf_counter() - t)
     work = floor_mod.work_per_entity(N, D, "logistic", "full", float(iters.mean()), 8, 1.0, full_prior=True)
     fl = floor_mod.floor_seconds(work, floor, "float64")
     out = dict(entities=E4, ref_s=float(np.median(ref_t)), lljax_s=float(np.median(lljax_t)),
@@ -325,10 +337,17 @@ def reference_kernel(arr, config, floor, iterations, kernel_s, E, N, D, repeats)
     out["lljax_entities_per_s"] = E4 / out["lljax_s"]
     out["ref_fraction_of_floor"] = out["ref_entities_per_s"] * fl["floor_s"]
     out["lljax_fraction_of_floor"] = out["lljax_entities_per_s"] * fl["floor_s"]
+    rows = [("reference (C, SIMD lanes)", "ref"), ("lljax solve_block (JAX)", "lljax")]
+    if native_t:
+        out.update(native_s=float(np.median(native_t)), native_isa=native.isa(),
+                   native_max_rel_diff_theta=bench_suite.rel_diff(np.asarray(native_res.theta), np.asarray(res.theta)))
+        out["native_entities_per_s"] = E4 / out["native_s"]
+        out["native_fraction_of_floor"] = out["native_entities_per_s"] * fl["floor_s"]
+        rows.append((f"lljax native ({native.isa()})", "native"))
     print(f"D. compiled reference kernel (newton_lanes.c: 4 entities per AVX2 vector, fused solve per group, "
           f"OpenMP over groups), timed alternately with solve_block on the same {E4} entities")
     print(f"  {'kernel':<34}{'entities/s':>12}{'GFLOP/s':>9}{'floor%':>8}")
-    for name, key in (("reference (C, SIMD lanes)", "ref"), ("lljax solve_block", "lljax")):
+    for name, key in rows:
         rate = out[f"{key}_entities_per_s"]
         frac = out[f"{key}_fraction_of_floor"]
         print(f"  {name:<34}{rate:>12,.0f}{rate * work.flops / 1e9:>9.2f}{100 * frac:>7.1f}%")
@@ -336,6 +355,10 @@ def reference_kernel(arr, config, floor, iterations, kernel_s, E, N, D, repeats)
           f"{out['max_rel_diff_theta']:.1e}, max abs diff precision {out['max_abs_diff_precision']:.1e}; "
           "layout transposition (not timed above) "
           f"{1e3 * out['layout_s']:.0f} ms")
+    if native_t:
+        print(f"  native / JAX: {out['lljax_s'] / out['native_s']:.2f}x, native / reference: "
+              f"{out['ref_s'] / out['native_s']:.2f}x; max rel diff theta native vs JAX "
+              f"{out['native_max_rel_diff_theta']:.1e}")
     return out
 
 
@@ -358,7 +381,7 @@ def main(argv=None):
 
     arr, inp = make_inputs(E, N, D)
     config = lljax.RandomEffectModel("logistic", l2=bench_suite.L2, delta=bench_suite.DELTA,
-                                     hessian="full").solver_config(np.dtype("float64"))
+                                     hessian="full").solver_config(np.dtype("float64"))._replace(native=False)
     block = lljax.Block(**{k: jnp.asarray(v) for k, v in arr.items()})
     l2, delta = jnp.asarray(bench_suite.L2), jnp.asarray(bench_suite.DELTA)
     kernel_s = timeit(lambda block=block: lljax.solve_block(block, l2, delta, config), repeats=3)

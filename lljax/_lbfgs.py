@@ -70,6 +70,7 @@ from ._solve import (
     _prior_in_form,
     _status_after,
     _weighted,
+    traced_arguments,
 )
 
 __all__ = ["solve_block_lbfgs", "LBFGS_HESSIAN_TYPES", "LINESEARCHES", "PRECONDITIONERS", "MEMORY_SIZE",
@@ -248,9 +249,7 @@ def solve_block_lbfgs(block: Block, l2: jax.Array, delta: jax.Array, config: Sol
                          "(E, D); the L-BFGS solver needs a diagonal prior precision")
     dtype = block.X.dtype
     cap = ITER_FACTOR * config.max_iter if max_iter is None else max_iter
-    limits = _Limits(jnp.asarray(config.tol, dtype), jnp.asarray(cap, jnp.int32))
-    static = config._replace(tol=0.0, max_iter=0)
-    return _solve_block(block, jnp.asarray(l2, dtype), jnp.asarray(delta, dtype), limits, static, memory_size,
+    return _solve_block(block, *traced_arguments(config, dtype, l2, delta, max_iter=cap), memory_size,
                         precondition, linesearch)
 
 

@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ._arrays import group_rank
@@ -348,7 +347,7 @@ class RandomEffectModel:
                                 self._block_budget())
 
         config = self.solver_config(dtype)
-        l2, delta = jnp.asarray(self.l2, dtype), jnp.asarray(delta, dtype)
+        l2, delta = np.asarray(self.l2, dtype), np.asarray(delta, dtype)
         report = _EntityReport.skipped(U, dtype)
         report.features[:] = subspaces.sizes
         writes = []

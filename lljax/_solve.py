@@ -3,6 +3,9 @@
 Everything here is a pure JAX function. One entity is solved by
 :func:`_solve_one`, written for a single entity and ``vmap``-ped once over the
 entity axis of a :class:`Block` by :func:`solve_block`, which is ``jit``-ted.
+On the CPU backend :func:`solve_block` runs the same Newton loop in the native
+kernel of :mod:`lljax._native` when it is built (``SolverConfig.native``): the
+penalty, the start and the finish (:func:`_finish`) stay here, shared by both.
 
 The objective of one entity (see DESIGN.md) is
 
@@ -24,8 +27,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import cho_solve
 
+from . import _native
 from ._losses import RowLoss, get_loss
 
 __all__ = ["Status", "Block", "SolverConfig", "SolveResult", "solve_block", "entity_objective", "entity_hessian",
@@ -88,6 +93,9 @@ class SolverConfig(NamedTuple):
       max_iter: Newton iteration cap per entity.
       tol: convergence when ``max_j |gradient_j| <= tol``.
       max_backtracks: step halvings tried by the line search before declaring STALLED.
+      native: use the native CPU kernel (:mod:`lljax._native`) on the CPU backend: ``None`` (default)
+        when it is built and not disabled by ``LLJAX_NATIVE=0``, ``False`` never (the pure-JAX path),
+        ``True`` always (an error if it is not built). Other backends always run the pure-JAX path.
     """
 
     loss: str = "logistic"
@@ -95,6 +103,7 @@ class SolverConfig(NamedTuple):
     max_iter: int = 50
     tol: float = 1e-6
     max_backtracks: int = 30
+    native: bool | None = None
 
 
 class _Limits(NamedTuple):
@@ -297,18 +306,23 @@ def _solve_one(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, de
         lambda it: it.status == _RUNNING, lambda it: _newton_step(entity, it, limits, config), start
     )
     precision = _posterior_precision(entity, final.margin, config.hessian)
-    status = final.status
+    return _finish(theta0, final.theta, final.value, jnp.max(jnp.abs(final.grad), initial=0.0), final.iteration,
+                   final.status, precision, prior_precision, hessian=config.hessian)
+
+
+def _finish(theta0, theta, value, grad_norm, iterations, status, precision, prior_precision, *, hessian: str):
+    """One entity's :class:`SolveResult` from its final iterate (shared by the JAX and the native path)."""
     if precision is not None:  # a posterior precision that overflowed fails the lane too
         status = jnp.where(jnp.all(jnp.isfinite(precision)), status, Status.NON_FINITE).astype(jnp.int32)
     failed = status == Status.NON_FINITE
     if precision is not None:
-        precision = jnp.where(failed, _prior_in_form(prior_precision, config.hessian), precision)
+        precision = jnp.where(failed, _prior_in_form(prior_precision, hessian), precision)
     return SolveResult(
-        theta=jnp.where(failed, theta0, final.theta),
+        theta=jnp.where(failed, theta0, theta),
         precision=precision,
-        loss=final.value,
-        grad_norm=jnp.max(jnp.abs(final.grad), initial=0.0),
-        iterations=final.iteration,
+        loss=value,
+        grad_norm=grad_norm,
+        iterations=iterations,
         status=status,
     )
 
@@ -328,18 +342,76 @@ def solve_block(block: Block, l2: jax.Array, delta: jax.Array, config: SolverCon
       :class:`SolveResult` with leading axis ``E``.
     """
     dtype = block.X.dtype
-    limits = _Limits(jnp.asarray(config.tol, dtype), jnp.asarray(config.max_iter, jnp.int32))
-    static = config._replace(tol=0.0, max_iter=0)
-    return _solve_block(block, jnp.asarray(l2, dtype), jnp.asarray(delta, dtype), limits, static)
+    return _solve_block(block, *traced_arguments(config, dtype, l2, delta))
+
+
+def traced_arguments(config: SolverConfig, dtype, l2, delta, max_iter: int | None = None):
+    """``(l2, delta, limits, static config)`` for a jitted block solver: the traced scalars as 0-d NumPy
+    arrays (jit takes them with the block's arrays, with no device op per scalar; a JAX array of the
+    right dtype is passed as it is) and the config with its traced fields zeroed, so that changing
+    ``tol`` or ``max_iter`` does not recompile."""
+
+    def scalar(x, dt):
+        return x if isinstance(x, jax.Array) and x.dtype == dt else np.asarray(x, dt)
+
+    cap = config.max_iter if max_iter is None else max_iter
+    limits = _Limits(scalar(config.tol, dtype), scalar(cap, np.int32))
+    return scalar(l2, dtype), scalar(delta, dtype), limits, config._replace(tol=0.0, max_iter=0)
 
 
 @partial(jax.jit, static_argnames=("config",))
 def _solve_block(block: Block, l2, delta, limits: _Limits, config: SolverConfig) -> SolveResult:
+    plain = partial(_solve_block_jax, config=config)
+    if not _use_native(block, config):
+        return plain(block, l2, delta, limits)
+    # The native kernel is a CPU custom call: other platforms lower the pure-JAX branch only.
+    native = partial(_solve_block_native, config=config)
+    return jax.lax.platform_dependent(block, l2, delta, limits, cpu=native, default=plain)
+
+
+def _solve_block_jax(block: Block, l2, delta, limits: _Limits, *, config: SolverConfig) -> SolveResult:
     solve = partial(_solve_one, config=config)
     return jax.vmap(solve, in_axes=(0, 0, 0, 0, 0, 0, 0, None, None, None))(
         block.X, block.y, block.w, block.offset, block.feature_ids, block.prior_mean, block.prior_precision, l2, delta,
         limits,
     )
+
+
+_NATIVE_MAX_FEATURES = 512  # per-thread workspace ~ D^2 x lanes; beyond this the pure-JAX path runs
+
+
+def _use_native(block: Block, config: SolverConfig) -> bool:
+    """Whether :func:`_solve_block` calls the native kernel (decided at trace time)."""
+    if config.native is False:
+        return False
+    ok = (_native.supports(block.X.dtype) and block.X.ndim == 3 and block.X.shape[-1] <= _NATIVE_MAX_FEATURES
+          and config.loss in _native.LOSS_CODES)
+    if config.native is True:
+        if not _native.available():
+            raise RuntimeError(f"SolverConfig(native=True) but the native kernel is not built: {_native.build_error()}")
+        if not ok:
+            raise ValueError(f"the native kernel does not support {block.X.dtype} blocks of shape {block.X.shape}")
+        return True
+    return ok and _native.enabled()
+
+
+def _solve_block_native(block: Block, l2, delta, limits: _Limits, *, config: SolverConfig) -> SolveResult:
+    """:func:`_solve_block_jax` by the native kernel: the same penalty, start and finish, the Newton loop in C++."""
+    mask = block.feature_ids >= 0
+    penalty = jax.vmap(_make_penalty, in_axes=(0, 0, 0, None, None))(block.prior_mean, block.prior_precision, mask,
+                                                                       l2, delta)
+    theta0 = jnp.where(mask, block.prior_mean, 0.0)
+    E = block.X.shape[0]
+    kind = config.hessian if config.hessian in ("full", "diagonal") else "none"
+    theta, value, grad_norm, precision, iterations, status = _native.newton_solve(
+        block.X, block.y, block.w, block.offset, penalty.A, penalty.b, penalty.c, theta0,
+        jnp.broadcast_to(limits.tol, (E,)), jnp.broadcast_to(limits.max_iter, (E,)), loss=config.loss,
+        max_backtracks=config.max_backtracks, precision=kind)
+    if config.hessian == "identity":
+        precision = jnp.ones_like(theta)
+    return jax.vmap(partial(_finish, hessian=config.hessian))(theta0, theta, value, grad_norm, iterations, status,
+                                                              precision, block.prior_precision)
+
 
 def _entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, loss: str) -> _Entity:
     mask = feature_ids >= 0

@@ -65,6 +65,7 @@ from ._solve import (
     _status_after,
     _weighted,
     solve_block,
+    traced_arguments,
 )
 
 __all__ = ["SparseBlock", "solve_block_wide", "solve_sparse_block", "sparse_from_dense", "dense_from_sparse",
@@ -247,9 +248,7 @@ def solve_block_wide(block: SparseBlock, l2, delta, config: SolverConfig, *, lan
     if lanes not in LANE_MODES:
         raise ValueError(f"field 'lanes': value {lanes!r} is not one of {list(LANE_MODES)}")
     dtype = block.vals.dtype
-    limits = _Limits(jnp.asarray(config.tol, dtype), jnp.asarray(config.max_iter, jnp.int32))
-    static = config._replace(tol=0.0, max_iter=0)
-    return _solve_block(block, jnp.asarray(l2, dtype), jnp.asarray(delta, dtype), limits, static, lanes)
+    return _solve_block(block, *traced_arguments(config, dtype, l2, delta), lanes)
 
 
 @partial(jax.jit, static_argnames=("config", "lanes"))

@@ -1,0 +1,110 @@
+"""lljax's native CPU Newton kernel: an XLA FFI custom call (``jax.ffi``), optional.
+
+The compiled extension ``lljax._native._newton`` (C++, built by ``pip install`` when a C++ compiler
+is available; see ``setup.py``) solves a whole block of entities by damped Newton, the same algorithm
+and stopping rule as :func:`lljax._solve._solve_one`, with the entity axis in the SIMD lanes (4
+float64 or 8 float32 entities per group, AVX2 + FMA when the CPU has them, chosen at run time) and
+each group's whole solve fused in cache. Every loss goes through the same kernel (one row function
+per loss). :func:`lljax.solve_block` uses it automatically on the CPU backend; without the extension
+(or with ``LLJAX_NATIVE=0``) the pure-JAX path runs. Results of the two paths agree to rounding.
+
+- :func:`available` says whether the extension was built and registered; :func:`build_error` why not.
+- ``LLJAX_NATIVE=0`` in the environment (read when a block shape is first compiled) forces the
+  pure-JAX path; ``SolverConfig(native=False/True)`` does so per call.
+- ``LLJAX_REQUIRE_NATIVE=1`` makes the test suite fail when the extension is missing (set by ``.ci/run``).
+- ``LLJAX_NATIVE_THREADS=k`` caps the threads the kernel uses (default: XLA's CPU thread pool).
+- ``LLJAX_NATIVE_ISA=generic`` (read once per process) runs the baseline-ISA variant on an AVX2 CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["available", "build_error", "enabled", "isa", "newton_solve", "LOSS_CODES", "PRECISION_CODES"]
+
+LOSS_CODES = {"linear": 0, "logistic": 1, "poisson": 2}
+PRECISION_CODES = {"diagonal": 0, "full": 1, "none": 2}
+_TARGETS = {np.dtype(np.float64): "lljax_newton_f64", np.dtype(np.float32): "lljax_newton_f32"}
+
+_module = None
+_error: str | None = None
+if importlib.util.find_spec(f"{__name__}._newton") is None:
+    _error = ("the compiled module lljax._native._newton is not installed (built by `pip install` when a C++ "
+              "compiler and jaxlib's XLA FFI headers are available; see setup.py)")
+else:
+    try:
+        from . import _newton as _module  # type: ignore[attr-defined,no-redef]
+
+        for _name, _capsule in _module.registrations().items():
+            jax.ffi.register_ffi_target(_name, _capsule, platform="cpu")
+    except Exception as exc:  # a module built for another Python/jaxlib, or an FFI registration failure
+        _module = None
+        _error = f"{type(exc).__name__}: {exc}"
+
+
+def available() -> bool:
+    """Whether the native kernel was built and registered with XLA."""
+    return _module is not None
+
+
+def build_error() -> str | None:
+    """Why the native kernel is not available (``None`` if it is)."""
+    return _error
+
+
+def enabled() -> bool:
+    """Whether the automatic dispatch uses the native kernel: built, and not disabled by ``LLJAX_NATIVE=0``."""
+    return available() and os.environ.get("LLJAX_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def isa() -> str | None:
+    """The kernel variant this CPU runs (``"avx2+fma"`` or ``"generic"``), ``None`` if not built."""
+    return _module.isa() if _module is not None else None
+
+
+def supports(dtype) -> bool:
+    """Whether the kernel has a variant for ``dtype``."""
+    return np.dtype(dtype) in _TARGETS
+
+
+def newton_solve(X, y, w, offset, A, b, c, theta0, tol, max_iter, *, loss: str, max_backtracks: int,
+                 precision: str):
+    """Run the kernel on a block (leading axis ``E``; any extra leading axes are batch axes).
+
+    Args:
+      X: ``(E, N, D)``; y, w, offset: ``(E, N)``; A: ``(E, D, D)`` or ``(E, D)`` penalty matrix;
+        b: ``(E, D)``; c: ``(E,)``; theta0: ``(E, D)`` start (masked prior mean); tol: ``(E,)``;
+        max_iter: ``(E,)`` int32.
+      loss: ``"linear"``, ``"logistic"`` or ``"poisson"``.
+      max_backtracks: line-search halvings before STALLED.
+      precision: ``"full"`` (``(E, D, D)`` Hessian at the solution), ``"diagonal"`` (``(E, D)``) or
+        ``"none"``.
+    Returns:
+      ``(theta, value, grad_norm, precision, iterations, status)``; ``precision`` is ``None`` for ``"none"``.
+      ``status`` is before the check of the precision's finiteness, ``theta`` the last iterate (also for
+      NON_FINITE lanes): the caller finishes as :func:`lljax._solve._solve_one` does.
+    """
+    if not available():
+        raise RuntimeError(f"lljax native kernel not available: {_error}")
+    dtype = np.dtype(X.dtype)
+    batch, D = X.shape[:-2], X.shape[-1]
+    mode = PRECISION_CODES[precision]
+    prec_shape = {0: (D,), 1: (D, D), 2: (1,)}[mode]
+    out_types = (
+        jax.ShapeDtypeStruct(batch + (D,), dtype),  # theta
+        jax.ShapeDtypeStruct(batch, dtype),  # value
+        jax.ShapeDtypeStruct(batch, dtype),  # grad_norm
+        jax.ShapeDtypeStruct(batch + prec_shape, dtype),  # precision
+        jax.ShapeDtypeStruct(batch, jnp.int32),  # iterations
+        jax.ShapeDtypeStruct(batch, jnp.int32),  # status
+    )
+    call = jax.ffi.ffi_call(_TARGETS[dtype], out_types, vmap_method="broadcast_all")
+    theta, value, grad_norm, prec, iterations, status = call(
+        X, y, w, offset, A, b, c, theta0, tol, max_iter.astype(jnp.int32), loss=np.int32(LOSS_CODES[loss]),
+        max_backtracks=np.int32(max_backtracks), precision_mode=np.int32(mode))
+    return theta, value, grad_norm, (None if mode == 2 else prec), iterations, status

@@ -1,0 +1,21 @@
+// The Newton kernel compiled for AVX2 + FMA (x86-64); used when the CPU has both (checked at run time).
+#include "newton_common.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace lljax_native {
+namespace avx2 {
+#include "newton_kernel.h"
+}  // namespace avx2
+}  // namespace lljax_native
+#pragma GCC pop_options
+#define LLJAX_HAVE_AVX2_BUILD 1
+#else
+namespace lljax_native {
+namespace avx2 {  // never dispatched to on other architectures
+void solve_groups(const Problem<double>&, int64_t, int64_t, double*) {}
+void solve_groups(const Problem<float>&, int64_t, int64_t, float*) {}
+}  // namespace avx2
+}  // namespace lljax_native
+#endif

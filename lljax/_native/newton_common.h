@@ -1,0 +1,58 @@
+// Shared declarations of lljax's native CPU Newton kernel (no ISA-specific code here).
+//
+// The kernel solves the same damped-Newton problem as lljax/_solve.py (_solve_one), entity by
+// entity, with kLanes<T> entities in the SIMD lanes of a "group" (entity axis last inside a group,
+// transposed from the (E, N, D) block on load): per Newton step the curvature, the Hessian
+// X^T diag(c) X + A, its Cholesky, the direction, the Armijo line search and the gradient are
+// computed for the whole group in cache, and only the results are written back.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#ifndef LLJAX_NO_MVEC
+// Vector variants from glibc's libmvec (_ZGV*_exp ...), so the row loops vectorize without -ffast-math
+// (which would also assume finite math and break the NON_FINITE semantics).
+extern "C" {
+__attribute__((simd("notinbranch"), nothrow, const)) double exp(double);
+__attribute__((simd("notinbranch"), nothrow, const)) double log(double);
+__attribute__((simd("notinbranch"), nothrow, const)) float expf(float);
+__attribute__((simd("notinbranch"), nothrow, const)) float logf(float);
+}
+#endif
+
+namespace lljax_native {
+
+enum Loss : int32_t { kLinear = 0, kLogistic = 1, kPoisson = 2 };
+enum PrecisionMode : int32_t { kPrecisionDiagonal = 0, kPrecisionFull = 1, kPrecisionNone = 2 };
+enum StatusCode : int32_t { kRunning = -1, kConverged = 0, kMaxIterations = 1, kNonFinite = 2, kStalled = 3 };
+
+template <typename T>
+constexpr int kLanes = 32 / sizeof(T);  // one 256-bit vector per lane-op (4 doubles, 8 floats)
+
+template <typename T>
+struct Problem {
+  int64_t E, N, D;
+  const T *X, *y, *w, *offset, *A, *b, *c, *theta0, *tol;  // A: (E, D, D) if full_A else (E, D)
+  const int32_t *max_iter;
+  bool full_A;
+  int32_t loss, max_backtracks, precision_mode;
+  T *theta, *value, *grad_norm, *precision;  // precision: (E, D, D) full, (E, D) diagonal, unused none
+  int32_t *iterations, *status;
+};
+
+// Elements of T the kernel needs as workspace per thread (one group at a time).
+inline int64_t workspace_size(int64_t N, int64_t D, int lanes) {
+  const int64_t Dp = (D + 3) / 4 * 4;
+  return (2 * N * Dp + 12 * N + Dp * Dp + 2 * D * D + 8 * D + 64) * lanes + 512;
+}
+
+#define LLJAX_DECLARE_ISA(ns)                                                                          \
+  namespace ns {                                                                                       \
+  void solve_groups(const Problem<double>& p, int64_t g0, int64_t g1, double* workspace);              \
+  void solve_groups(const Problem<float>& p, int64_t g0, int64_t g1, float* workspace);                \
+  }
+LLJAX_DECLARE_ISA(avx2)
+LLJAX_DECLARE_ISA(generic)
+
+}  // namespace lljax_native

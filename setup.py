@@ -1,0 +1,69 @@
+"""Build of lljax's optional native CPU kernel (``lljax._native._newton``, an XLA FFI custom call).
+
+Everything else is in ``pyproject.toml``. The extension is optional: without a C++ compiler, the XLA
+FFI headers (shipped in ``jaxlib/include``) or glibc's libmvec, ``pip install`` still succeeds and
+lljax runs its pure-JAX path (``lljax._native.available()`` is then False and ``build_error()`` says
+why). The kernel is compiled for the baseline ISA and, on x86-64, a second time for AVX2 + FMA
+(chosen at run time by CPUID), so a built wheel runs on any x86-64 CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+NATIVE = Path("lljax") / "_native"
+# No -ffast-math: the kernel must keep IEEE NaN/inf semantics (NON_FINITE status).
+COMPILE_ARGS = ["-std=c++17", "-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-fvisibility=hidden",
+                "-Wno-attributes", "-Wno-return-type", "-Wno-sign-compare"]
+
+
+def _ffi_include() -> str | None:
+    """``jaxlib/include`` (the XLA FFI headers) without importing jax."""
+    try:
+        import jaxlib
+    except ImportError:
+        return None
+    include = Path(jaxlib.__file__).resolve().parent / "include"
+    return str(include) if (include / "xla" / "ffi" / "api" / "ffi.h").exists() else None
+
+
+class OptionalBuildExt(build_ext):
+    """Build the native kernel if possible: retry without libmvec (scalar exp/log) and, if that fails too,
+    warn and install without it (``Extension(optional=True)``)."""
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            if "mvec" not in ext.libraries:
+                raise
+            print(f"lljax: native kernel build with libmvec failed ({exc}); retrying without it")
+            ext.libraries = [lib for lib in ext.libraries if lib != "mvec"]
+            ext.define_macros = [*ext.define_macros, ("LLJAX_NO_MVEC", "1")]
+            super().build_extension(ext)
+
+
+def _extensions() -> list[Extension]:
+    if os.environ.get("LLJAX_BUILD_NATIVE", "1") == "0":
+        return []
+    include = _ffi_include()
+    if include is None:
+        print("lljax: jaxlib with the XLA FFI headers not found at build time; building without the native kernel")
+        return []
+    return [Extension(
+        "lljax._native._newton",
+        sources=[str(NATIVE / f) for f in ("newton.cc", "newton_avx2.cc", "newton_generic.cc")],
+        depends=[str(NATIVE / f) for f in ("newton_common.h", "newton_kernel.h")],
+        include_dirs=[include, str(NATIVE)],
+        extra_compile_args=COMPILE_ARGS,
+        libraries=["mvec"],
+        language="c++",
+        optional=True,
+    )]
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -1,0 +1,306 @@
+"""The native CPU Newton kernel (``lljax._native``) against the pure-JAX path of ``solve_block``.
+
+Both paths run the same algorithm (same ridge, Cholesky, Armijo rule, stopping tests and status codes);
+only the order of floating-point sums differs. So in float64 every output must agree to 1e-9 relative
+(in practice ~1e-15) with identical statuses and iteration counts. In float32 one rounding step is
+~6e-8 relative and the solve amplifies it by the conditioning of the Hessian, so results agree to 2e-4
+relative (measured up to ~1e-5 here) and an iteration count may differ where the float32 gradient sits
+at the tolerance.
+
+The kernel is optional for users (``pip install`` succeeds without a compiler), but these tests need it:
+without it they fail with the reason the build gave. They run on the CPU device even where an accelerator
+is the default.
+"""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lljax import Block, SolverConfig, Status, _native, solve_block
+from lljax._solve import _use_native
+
+
+@pytest.fixture(autouse=True)
+def _on_cpu():
+    with jax.default_device(jax.devices("cpu")[0]):
+        yield
+
+
+def needs_native(test):
+    """Mark a test that compares the native kernel with the plain path: it fails, naming the build error,
+    when the kernel is not built."""
+
+    def run(*args, **kwargs):
+        assert _native.available(), f"the native kernel is not built: {_native.build_error()}"
+        return test(*args, **kwargs)
+
+    return functools.wraps(test)(run)
+
+
+LOSSES = ["linear", "logistic", "poisson"]
+HESSIANS = ["none", "identity", "diagonal", "full"]
+DTYPES = [np.float64, np.float32]
+RTOL = {np.float64: 1e-9, np.float32: 2e-4}
+
+
+def test_native_kernel_is_built():
+    assert _native.available(), f"the native kernel is not built: {_native.build_error()}"
+    assert _native.isa() in ("avx2+fma", "generic")
+
+
+def make_block(rng, loss, E=7, N=13, D=5, dtype=np.float64, full_prior=True, pad_rows=True, pad_features=True):
+    """A block with odd shapes: padding rows (w = 0) and padding features (id -1) in some entities."""
+    X = rng.normal(size=(E, N, D)) * (rng.random((E, N, D)) < 0.7)
+    X[:, :, 0] = 1.0
+    offset = 0.3 * rng.normal(size=(E, N))
+    if loss == "logistic":
+        y = np.where(rng.random((E, N)) < 0.4, 1.0, -1.0)
+    elif loss == "poisson":
+        y = rng.poisson(1.5, size=(E, N)).astype(float)
+    else:
+        y = rng.normal(size=(E, N))
+    w = rng.uniform(0.2, 3.0, size=(E, N))
+    feature_ids = np.tile(np.arange(D), (E, 1))
+    if pad_rows and N > 1:
+        for e in range(0, E, 2):
+            k = rng.integers(1, N)
+            w[e, k:] = 0.0
+            X[e, k:] = 0.0
+    if pad_features and D > 1:
+        for e in range(1, E, 3):
+            feature_ids[e, -1] = -1
+            X[e, :, -1] = 0.0
+    prior_mean = 0.2 * rng.normal(size=(E, D))
+    if full_prior:
+        B = rng.normal(size=(E, D, D))
+        P0 = np.einsum("eij,ekj->eik", B, B) / D + np.eye(D)
+    else:
+        P0 = rng.uniform(0.5, 3.0, size=(E, D))
+    cast = lambda a: jnp.asarray(np.asarray(a, dtype))  # noqa: E731
+    return Block(cast(X), cast(y), cast(w), cast(offset), jnp.asarray(feature_ids), cast(prior_mean), cast(P0))
+
+
+def solve_both(block, config, l2=0.8, delta=0.6):
+    dtype = block.X.dtype
+    args = (block, jnp.asarray(l2, dtype), jnp.asarray(delta, dtype))
+    plain = solve_block(*args, config._replace(native=False))
+    native = solve_block(*args, config._replace(native=True))
+    return jax.device_get(plain), jax.device_get(native)
+
+
+def assert_same(plain, native, rtol, exact_counts=True):
+    for name in ("theta", "precision", "loss", "grad_norm"):
+        a, b = getattr(native, name), getattr(plain, name)
+        if b is None:
+            assert a is None, name
+            continue
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
+        finite = np.isfinite(b)
+        np.testing.assert_array_equal(a[~finite], b[~finite], err_msg=name)
+        scale = np.max(np.abs(b[finite]), initial=1.0)
+        np.testing.assert_allclose(a[finite], b[finite], rtol=rtol, atol=rtol * scale, err_msg=name)
+    np.testing.assert_array_equal(native.status, plain.status)
+    if exact_counts:
+        np.testing.assert_array_equal(native.iterations, plain.iterations)
+    else:
+        assert np.max(np.abs(native.iterations - plain.iterations)) <= 1
+
+
+@needs_native
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("hessian", HESSIANS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_native_equals_plain(loss, hessian, dtype):
+    rng = np.random.default_rng(10)
+    block = make_block(rng, loss, E=11, N=13, D=5, dtype=dtype, full_prior=hessian == "full")
+    config = SolverConfig(loss=loss, hessian=hessian, tol=1e-8 if dtype == np.float64 else 1e-3)
+    plain, native = solve_both(block, config)
+    assert (plain.status == Status.CONVERGED).all()
+    assert_same(plain, native, RTOL[dtype], exact_counts=dtype == np.float64)
+
+
+@needs_native
+@pytest.mark.parametrize("E,N,D,full_prior,dtype", [
+    (1, 1, 1, True, np.float64), (3, 4, 1, False, np.float32), (5, 9, 2, True, np.float32),
+    (9, 7, 3, False, np.float64), (4, 16, 4, True, np.float64), (10, 5, 6, True, np.float32),
+    (13, 33, 7, False, np.float64), (8, 3, 17, True, np.float64), (2, 40, 33, False, np.float32),
+])
+def test_odd_shapes(E, N, D, full_prior, dtype):
+    """Entity counts that are not a multiple of the lanes (4 float64, 8 float32), D = 1 and D not a
+    multiple of the 4-feature blocks, a single row, more features than rows."""
+    rng = np.random.default_rng(E * 100 + N * 10 + D)
+    block = make_block(rng, "logistic", E=E, N=N, D=D, dtype=dtype, full_prior=full_prior)
+    config = SolverConfig(loss="logistic", hessian="full" if full_prior else "diagonal",
+                          tol=1e-8 if dtype == np.float64 else 1e-3)
+    plain, native = solve_both(block, config)
+    assert_same(plain, native, RTOL[dtype], exact_counts=dtype == np.float64)
+
+
+@needs_native
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("case", ["nan_x", "inf_offset", "nan_label", "huge_features", "nan_in_padding_row",
+                                  "inf_weight", "nan_prior_precision", "indefinite_prior"])
+def test_non_finite_inputs(loss, case):
+    """Non-finite numbers in one entity give the same statuses (NON_FINITE, prior kept) as the JAX path."""
+    rng = np.random.default_rng(3)
+    b = make_block(rng, loss, E=6, N=10, D=4)
+    X, y, w, offset, P0 = (np.array(a) for a in (b.X, b.y, b.w, b.offset, b.prior_precision))
+    if case == "nan_x":
+        X[2, 3, 1] = np.nan
+    elif case == "inf_offset":
+        offset[1, 0] = np.inf
+    elif case == "nan_label":
+        y[3, 4] = np.nan
+    elif case == "huge_features":
+        X[1, :, 2] = 1e200
+    elif case == "nan_in_padding_row":
+        X[0, -1, 1] = np.nan  # entity 0 has padding rows at the end (w = 0)
+        assert w[0, -1] == 0
+    elif case == "inf_weight":
+        w[4, 2] = np.inf
+    elif case == "nan_prior_precision":
+        P0[5, 1, 2] = P0[5, 2, 1] = np.nan
+    elif case == "indefinite_prior":
+        P0[2] = -10.0 * np.eye(4)
+    block = b._replace(X=jnp.asarray(X), y=jnp.asarray(y), w=jnp.asarray(w), offset=jnp.asarray(offset),
+                       prior_precision=jnp.asarray(P0))
+    for hessian in ("full", "diagonal"):
+        plain, native = solve_both(block, SolverConfig(loss=loss, hessian=hessian, tol=1e-8))
+        assert_same(plain, native, 1e-9)
+        if case not in ("nan_in_padding_row", "inf_weight", "indefinite_prior"):
+            assert (plain.status == Status.NON_FINITE).sum() >= 1
+
+
+@needs_native
+@pytest.mark.parametrize("max_iter,tol", [(0, 1e-8), (1, 1e-8), (2, 0.0), (50, 0.0)])
+def test_statuses_max_iterations(max_iter, tol):
+    rng = np.random.default_rng(4)
+    block = make_block(rng, "logistic", E=9, N=12, D=4)
+    plain, native = solve_both(block, SolverConfig(loss="logistic", hessian="full", tol=tol, max_iter=max_iter,
+                                                   max_backtracks=5))
+    assert_same(plain, native, 1e-9)
+    assert set(plain.status.tolist()) <= {Status.MAX_ITERATIONS, Status.STALLED}
+    if max_iter < 50:
+        assert (plain.status == Status.MAX_ITERATIONS).all()
+
+
+@needs_native
+@pytest.mark.parametrize("max_backtracks", [0, 1])
+def test_status_stalled(max_backtracks):
+    """A far-off start with a weak prior: the full Newton step overshoots and too few halvings are allowed."""
+    block = make_block(np.random.default_rng(4), "logistic", E=9, N=12, D=4)
+    block = block._replace(prior_mean=jnp.full_like(block.prior_mean, 8.0), X=3 * block.X)
+    config = SolverConfig(loss="logistic", hessian="full", tol=1e-10, max_backtracks=max_backtracks)
+    plain, native = solve_both(block, config, l2=0.01, delta=0.01)
+    assert_same(plain, native, 1e-9)
+    assert (plain.status == Status.STALLED).sum() >= 4
+
+
+@needs_native
+def test_non_symmetric_full_prior_is_symmetrized_like_plain():
+    rng = np.random.default_rng(5)
+    block = make_block(rng, "poisson", E=5, N=8, D=3)
+    P0 = np.array(block.prior_precision)
+    P0[:, 0, 1] += 0.3
+    plain, native = solve_both(block._replace(prior_precision=jnp.asarray(P0)), SolverConfig(loss="poisson"))
+    assert_same(plain, native, 1e-9)
+
+
+@needs_native
+def test_under_jit_vmap_and_while_loop():
+    """solve_block inside jit, vmapped over a batch of blocks, and in a lax.while_loop (sequential updates:
+    each round's posterior is the next round's prior)."""
+    rng = np.random.default_rng(6)
+    blocks = [make_block(rng, "logistic", E=5, N=6, D=3) for _ in range(3)]
+    batch = jax.tree.map(lambda *a: jnp.stack(a), *blocks)
+    l2, delta = jnp.asarray(0.8), jnp.asarray(0.6)
+
+    def batched(native):
+        cfg = SolverConfig(native=native)
+        return jax.jit(jax.vmap(lambda b: solve_block(b, l2, delta, cfg)))(batch)
+
+    assert_same(jax.device_get(batched(False)), jax.device_get(batched(True)), 1e-9)
+
+    def rounds(native):
+        cfg = SolverConfig(native=native)
+
+        def body(carry):
+            i, mean, precision = carry
+            r = solve_block(blocks[0]._replace(prior_mean=mean, prior_precision=precision), l2, delta, cfg)
+            return i + 1, r.theta, r.precision
+
+        start = (0, blocks[0].prior_mean, blocks[0].prior_precision)
+        return jax.jit(lambda: jax.lax.while_loop(lambda c: c[0] < 3, body, start))()
+
+    (_, m_plain, p_plain), (_, m_native, p_native) = rounds(False), rounds(True)
+    np.testing.assert_allclose(m_native, m_plain, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(p_native, p_plain, rtol=1e-9, atol=1e-12)
+
+
+@needs_native
+def test_dispatch_default_and_forced_plain(monkeypatch):
+    block = make_block(np.random.default_rng(7), "linear", E=3, N=4, D=2)
+    auto, plain = SolverConfig(), SolverConfig(native=False)
+    assert _use_native(block, auto) and not _use_native(block, plain)
+    assert _use_native(block, SolverConfig(native=True))
+    monkeypatch.setenv("LLJAX_NATIVE", "0")
+    assert not _use_native(block, auto) and _use_native(block, SolverConfig(native=True))
+    monkeypatch.delenv("LLJAX_NATIVE")
+    hlo = jax.jit(lambda b: solve_block(b, 0.8, 0.6, auto)).lower(block).as_text()
+    assert "lljax_newton_f64" in hlo
+    hlo = jax.jit(lambda b: solve_block(b, 0.8, 0.6, plain)).lower(block).as_text()
+    assert "lljax_newton" not in hlo
+    # float16 has no native variant: the automatic dispatch falls back to JAX.
+    assert not _use_native(block._replace(X=block.X.astype(jnp.float16)), auto)
+
+
+def test_native_true_without_build_raises(monkeypatch):
+    monkeypatch.setattr(_native, "_module", None)
+    block = make_block(np.random.default_rng(8), "linear", E=2, N=3, D=2)
+    with pytest.raises(RuntimeError, match="native kernel is not built"):
+        _use_native(block, SolverConfig(native=True))
+    assert not _use_native(block, SolverConfig())
+
+
+@needs_native
+def test_other_platforms_lower_the_jax_path():
+    """The custom call is a CPU target: a lowering for GPU contains only the pure-JAX solver (and a CPU
+    lowering only the kernel)."""
+    block = make_block(np.random.default_rng(9), "logistic", E=3, N=4, D=2)
+    traced = jax.jit(lambda b: solve_block(b, 0.8, 0.6, SolverConfig())).trace(block)
+    cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
+    gpu = traced.lower(lowering_platforms=("cuda",)).as_text()
+    assert "lljax_newton" in cpu and "while" not in cpu
+    assert "lljax_newton" not in gpu and "while" in gpu
+
+
+_GENERIC_SCRIPT = """
+import jax, numpy as np
+jax.config.update("jax_enable_x64", True)
+from lljax import SolverConfig, _native
+from tests.test_native import make_block, solve_both, assert_same
+assert _native.isa() == "generic", _native.isa()
+for loss, dtype, shape in [("logistic", np.float64, (9, 13, 5)), ("poisson", np.float32, (11, 7, 17))]:
+    block = make_block(np.random.default_rng(1), loss, *shape, dtype=dtype)
+    plain, native = solve_both(block, SolverConfig(loss=loss, tol=1e-8 if dtype == np.float64 else 1e-3))
+    assert_same(plain, native, 1e-9 if dtype == np.float64 else 2e-4, exact_counts=dtype == np.float64)
+print("ok")
+"""
+
+
+@needs_native
+def test_generic_isa_variant():
+    """The baseline-ISA build of the kernel (what CPUs without AVX2 + FMA run), forced by LLJAX_NATIVE_ISA."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, LLJAX_NATIVE_ISA="generic")
+    out = subprocess.run([sys.executable, "-c", _GENERIC_SCRIPT], env=env, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent, timeout=600)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
