@@ -2,9 +2,9 @@
 
 ``update`` runs the whole pipeline: validate -> look up stored priors -> local subspaces ->
 plan blocks -> build each block (host) and solve it (device; dispatch is asynchronous, so
-building the next block overlaps the current solve) -> write back the entities that did
-not fail. Nothing is written before every block is solved, so an error part-way leaves
-the stored model as it was.
+building the next block overlaps the current solve) -> write back the entities of each solved
+block that did not fail. An error part-way restores the round's entities as they were (and
+forgets the new ones), so the stored model is never left half-updated.
 """
 
 from __future__ import annotations
@@ -350,7 +350,6 @@ class RandomEffectModel:
         l2, delta = np.asarray(self.l2, dtype), np.asarray(delta, dtype)
         report = _EntityReport.skipped(U, dtype)
         report.features[:] = subspaces.sizes
-        writes = []
 
         def collect(plan, feature_ids, result):
             with timer("device_wait"):
@@ -362,30 +361,34 @@ class RandomEffectModel:
             report.grad_norm[plan.entities] = result.grad_norm[:e]
             ok = np.flatnonzero(result.status[:e] != Status.NON_FINITE)
             precision = result.precision  # identity is kept as a diagonal of ones; none as None
-            # Held until every block is solved, already in the store's compact layout.
-            writes.append((plan.entities[ok], store.rows_by_width(feature_ids[ok], result.theta[ok],
-                                                                  None if precision is None else precision[ok])))
+            ents = plan.entities[ok]
+            with timer("write"):  # each entity is in one block, so later blocks' priors are untouched
+                store.write(dataset.entity_keys[ents], slots[ents], feature_ids[ok], result.theta[ok],
+                            None if precision is None else precision[ok])
             bar.update(e)
 
         # Dispatch is asynchronous: the host builds the next block while the device solves this one;
         # at most _IN_FLIGHT blocks wait on the device.
+        # Results are written as blocks finish (nothing the size of the whole round is held); an error
+        # part-way restores what the round's entities had before, so a round is atomic.
         pending: deque = deque()
-        with _progress_bar(progress, U, "update") as bar:
-            for plan in plans:
-                with timer("pack"):
-                    block, solve = build_for_solver(dataset, labels, plan, subspaces, row_order, row_start, store,
-                                                    slots, self.l2, store.precision == "full")
-                with timer("dispatch"):
-                    pending.append((plan, block.feature_ids, solve(block, l2, delta, config)))
-                del block
-                if len(pending) > _IN_FLIGHT:
+        snapshot = store.snapshot(slots)
+        try:
+            with _progress_bar(progress, U, "update") as bar:
+                for plan in plans:
+                    with timer("pack"):
+                        block, solve = build_for_solver(dataset, labels, plan, subspaces, row_order, row_start,
+                                                        store, slots, self.l2, store.precision == "full")
+                    with timer("dispatch"):
+                        pending.append((plan, block.feature_ids, solve(block, l2, delta, config)))
+                    del block
+                    if len(pending) > _IN_FLIGHT:
+                        collect(*pending.popleft())
+                while pending:
                     collect(*pending.popleft())
-            while pending:
-                collect(*pending.popleft())
-        del subspaces, row_order, labels  # release the round's packing state before the store grows
-        with timer("write"):
-            for ents, groups in writes:
-                store.write_rows(dataset.entity_keys[ents], slots[ents], groups)
+        except BaseException:
+            store.restore(snapshot)
+            raise
         return report, len(plans)
 
     def score(self, dataset: Dataset) -> np.ndarray:

@@ -261,6 +261,25 @@ class EntityStore:
                 precision = unpack_upper(precision, slab.width)
             yield positions, slab.take("feature_ids", rows), slab.take("means", rows), precision
 
+    def snapshot(self, slots: np.ndarray) -> tuple[int, FlatEntities]:
+        """What :meth:`restore` needs to undo writes to the entities at ``slots`` (-1: not stored yet) and
+        every entity registered from now on: a compact copy of the stored ones (none for new entities)."""
+        return len(self._keys), self.to_flat(slots[slots >= 0])
+
+    def restore(self, snapshot: tuple[int, FlatEntities]) -> None:
+        """Undo everything written since :meth:`snapshot` to the entities it covered: entities registered
+        since are forgotten, the others get their saved coefficients back."""
+        count, saved = snapshot
+        added = np.arange(count, len(self._keys))
+        self._retire(added)
+        self._width[added] = 0
+        for key in self._keys[count:]:
+            del self._slot_of[key]
+        del self._keys[count:]
+        if count == 0:
+            self.key_kind = None
+        self.write_flat(saved)
+
     def rows_by_width(self, feature_ids: np.ndarray, means: np.ndarray,
                       precision: np.ndarray | None) -> list[WidthRows]:
         """Split padded solver output into exact-width groups in the store's layout (compact: a full

@@ -374,3 +374,53 @@ def test_update_progress_bar_is_shown_on_request_and_never_when_disabled(capsys)
     assert "update:" in shown and "/20 [" in shown
     RandomEffectModel("linear").update(data, progress=False)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("hessian", ["full", "diagonal", "none"])
+def test_an_update_that_fails_part_way_leaves_the_model_as_it_was(monkeypatch, hessian):
+    """Blocks are written as they finish; an error after some of them restores the round's entities (stored
+    ones get their coefficients back, new ones are forgotten), and the model then updates as if it never
+    happened."""
+    import lljax._model
+
+    rng = np.random.default_rng(21)
+    first = batch(rng, np.arange(60), 3, [1, 2, 3], loss="logistic")
+    second = batch(rng, np.arange(30, 130), 3, [2, 4, 5, 6, 7, 8, 9], loss="logistic")  # new entities, wider
+    model = RandomEffectModel("logistic", hessian=hessian, memory_budget=1)  # one entity per block
+    model.update(first)
+    before = model._store.to_flat()
+    real, calls = lljax._model.build_for_solver, []
+
+    def fail_on_the_fortieth_block(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 40:
+            raise RuntimeError("disk on fire")
+        return real(*args, **kwargs)
+
+    written = []
+    real_write = type(model._store).write_rows
+    monkeypatch.setattr(type(model._store), "write_rows",
+                        lambda self, keys, *a: (written.append(len(keys)), real_write(self, keys, *a))[1])
+    monkeypatch.setattr(lljax._model, "build_for_solver", fail_on_the_fortieth_block)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        model.update(second)
+    assert sum(written) >= 31  # the 30 stored entities of the batch and some new ones were written before the error
+    after = model._store.to_flat()
+    assert len(model) == 60 and 100 not in model
+    for name in ("keys", "indptr", "feature_ids", "means", "precision"):
+        a, b = getattr(before, name), getattr(after, name)
+        if a is None:
+            assert b is None
+        else:
+            np.testing.assert_array_equal(a, b)
+    monkeypatch.setattr(lljax._model, "build_for_solver", real)
+    model.update(second)
+    replay = RandomEffectModel("logistic", hessian=hessian, memory_budget=1)
+    replay.update(first)
+    replay.update(second)
+    for key in range(130):
+        a, b = model.coefficients(key), replay.coefficients(key)
+        np.testing.assert_array_equal(a.feature_ids, b.feature_ids)
+        np.testing.assert_array_equal(a.mean, b.mean)
+        if hessian != "none":
+            np.testing.assert_array_equal(a.precision, b.precision)
