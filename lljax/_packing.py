@@ -85,9 +85,24 @@ class Subspaces(NamedTuple):
         keys += lane * self.stride
         return Subspaces.from_keys(keys, len(entities), self.stride)
 
-    def local_index(self, entity: np.ndarray, feature_ids: np.ndarray) -> np.ndarray:
-        """Local column of each (entity, feature) pair (the pair must belong to the subspace)."""
-        return np.searchsorted(self.pair_keys, entity * self.stride + feature_ids) - self.start[entity]
+    def local_index(self, entity: np.ndarray, feature_ids: np.ndarray, guess: np.ndarray | None = None) -> np.ndarray:
+        """Local column of each (entity, feature) pair (the pair must belong to the subspace).
+
+        ``guess``: optional candidate column of each pair, e.g. its rank in its row, which is right
+        whenever a row lists its entity's whole subspace in order (the usual layout of dense-per-entity
+        features). Each guess is checked against the subspace; only the wrong ones are searched.
+        """
+        keys = entity * self.stride + feature_ids
+        if guess is None or not len(keys):
+            return np.searchsorted(self.pair_keys, keys) - self.start[entity]
+        outside = guess >= self.sizes[entity]
+        position = self.start[entity] + np.where(outside, 0, guess)
+        wrong = outside | (self.pair_keys[np.minimum(position, len(self.pair_keys) - 1)] != keys)
+        if not wrong.any():
+            return guess
+        out = np.array(guess, np.int64)
+        out[wrong] = np.searchsorted(self.pair_keys, keys[wrong]) - self.start[entity[wrong]]
+        return out
 
     def feature_ids(self, width: int) -> np.ndarray:
         """``(U, width)`` global feature ids of every entity's subspace, -1 padded."""
@@ -253,7 +268,8 @@ def build_block(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, subspaces
     nnz_per_row = dataset.indptr[rows + 1] - dataset.indptr[rows]
     nz = concat_ranges(dataset.indptr[rows], nnz_per_row)
     nz_cell = np.repeat(row_cell, nnz_per_row)
-    col = local.local_index(np.repeat(lane, nnz_per_row), dataset.feature_ids[nz])
+    nz_lane, rank_in_row = segments(nnz_per_row)
+    col = local.local_index(lane[nz_lane], dataset.feature_ids[nz], guess=rank_in_row)
     X = np.bincount(nz_cell * D + col, weights=dataset.values[nz], minlength=E * N * D).astype(dtype)
 
     feature_ids = np.full((E, D), -1, np.int64)

@@ -142,3 +142,33 @@ def test_block_restricted_lookups_equal_global_ones():
         np.testing.assert_array_equal(local.local_index(np.full(len(mine), lane), mine), np.arange(len(mine)))
         np.testing.assert_array_equal(sub.local_index(np.full(len(mine), e), mine), np.arange(len(mine)))
     assert {5, 999} <= set(ids[0])
+
+
+def test_guessed_local_columns_equal_searched_ones():
+    """The rank-in-row guess is checked pair by pair: rows listing the whole subspace in order, subsets,
+    unsorted rows and repeated features all get the searched column."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for entity in range(30):
+        subspace = np.sort(rng.choice(200, rng.integers(1, 8), replace=False))
+        for _ in range(rng.integers(1, 6)):
+            kind = rng.integers(4)
+            if kind == 0:
+                row = subspace  # the whole subspace, in order: every guess right
+            elif kind == 1:
+                row = np.sort(rng.choice(subspace, rng.integers(1, len(subspace) + 1), replace=False))
+            elif kind == 2:
+                row = rng.permutation(subspace)
+            else:
+                row = np.concatenate([subspace, subspace[-1:]])  # a repeated last feature: rank == size
+            rows.append((entity, row))
+    entity = np.repeat([e for e, _ in rows], [len(r) for _, r in rows])
+    fids = np.concatenate([r for _, r in rows])
+    rank = np.concatenate([np.arange(len(r)) for _, r in rows])
+    lengths = [len(r) for _, r in rows]
+    data = Dataset.from_arrays([e for e, _ in rows], np.zeros(len(rows)), indptr=np.r_[0, np.cumsum(lengths)],
+                               feature_ids=fids, values=np.ones(len(fids)), num_features=200, intercept_id=None)
+    sub = local_subspaces(data, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    searched = sub.local_index(entity, fids)
+    np.testing.assert_array_equal(sub.local_index(entity, fids, guess=rank), searched)
+    np.testing.assert_array_equal(sub.pair_keys[sub.start[entity] + searched] % sub.stride, fids)
