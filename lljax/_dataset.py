@@ -109,7 +109,7 @@ def _as_index(name: str, values: Any, keep_int32: bool = False) -> np.ndarray:
         raise input_error(name, f"<array of dtype {arr.dtype}>", "must hold integers", error=TypeError)
     if keep_int32 and arr.dtype == np.int32:
         return arr
-    return arr.astype(np.int64)
+    return arr.astype(np.int64, copy=False)
 
 
 def _as_count(name: str, value: Any, minimum: int) -> int:
