@@ -1,4 +1,8 @@
-"""Batched per-entity solve for wide entities: L-BFGS (optax) with a diagonal posterior precision.
+"""Batched per-entity solve by L-BFGS (optax) with a diagonal posterior precision.
+
+Used for wide blocks (>= ``WIDE_FEATURES`` padded features, no full precision) with more padded rows
+than features; wide blocks with no more rows than features go to :mod:`lljax._wide` instead (see
+:func:`lljax._packing.block_solver`).
 
 :func:`solve_block_lbfgs` is a drop-in alternative to :func:`lljax._solve.solve_block` for blocks
 whose prior precision is diagonal (``(E, D)``) and whose posterior precision is ``"diagonal"``,
@@ -63,13 +67,13 @@ from ._solve import (
     Block,
     SolverConfig,
     SolveResult,
-    Status,
     _Entity,
     _entity,
+    _finish,
     _Limits,
-    _prior_in_form,
     _status_after,
     _weighted,
+    check_diagonal_solver,
     traced_arguments,
 )
 
@@ -189,25 +193,14 @@ def _solve_one(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, de
 
     final = jax.lax.while_loop(lambda s: s.status == _RUNNING, step, start)
     theta = final.z / scale
-    status = final.status
     precision = None
     if config.hessian == "diagonal":
         precision = _hessian_diagonal(entity, X @ theta + offset)
-        status = jnp.where(jnp.all(jnp.isfinite(precision)), status, Status.NON_FINITE).astype(jnp.int32)
     elif config.hessian == "identity":
         precision = jnp.ones_like(theta0)
-    failed = status == Status.NON_FINITE
-    if precision is not None:
-        precision = jnp.where(failed, _prior_in_form(prior_precision, config.hessian), precision)
     grad = final.grad_z * scale
-    return SolveResult(
-        theta=jnp.where(failed, theta0, theta),
-        precision=precision,
-        loss=final.value,
-        grad_norm=jnp.max(jnp.abs(grad), initial=0.0),
-        iterations=final.iteration,
-        status=status,
-    )
+    return _finish(theta0, theta, final.value, jnp.max(jnp.abs(grad), initial=0.0), final.iteration, final.status,
+                   precision, prior_precision, hessian=config.hessian)
 
 
 def solve_block_lbfgs(block: Block, l2: jax.Array, delta: jax.Array, config: SolverConfig, *,
@@ -241,12 +234,7 @@ def solve_block_lbfgs(block: Block, l2: jax.Array, delta: jax.Array, config: Sol
         raise ValueError(f"field 'linesearch': value {linesearch!r} is not one of {list(LINESEARCHES)}")
     if memory_size < 1:
         raise ValueError(f"field 'memory_size': value {memory_size!r} must be >= 1")
-    if config.hessian not in LBFGS_HESSIAN_TYPES:
-        raise ValueError(f"field 'hessian': value {config.hessian!r} is not supported by the L-BFGS solver "
-                         f"(expected one of {list(LBFGS_HESSIAN_TYPES)})")
-    if block.prior_precision.ndim != 2:
-        raise ValueError(f"field 'prior_precision': shape {tuple(block.prior_precision.shape)} is not diagonal "
-                         "(E, D); the L-BFGS solver needs a diagonal prior precision")
+    check_diagonal_solver(config, block.prior_precision, LBFGS_HESSIAN_TYPES, "L-BFGS")
     dtype = block.X.dtype
     cap = ITER_FACTOR * config.max_iter if max_iter is None else max_iter
     return _solve_block(block, *traced_arguments(config, dtype, l2, delta, max_iter=cap), memory_size,

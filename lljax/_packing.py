@@ -252,17 +252,7 @@ def build_block(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, subspaces
     E, N, D = plan.lanes, plan.rows, plan.features
     ents = plan.entities
     dtype = dataset.dtype
-    n_rows = row_start[ents + 1] - row_start[ents]
-    rows = row_order[concat_ranges(row_start[ents], n_rows)]
-    lane, rank = segments(n_rows)
-    row_cell = lane * N + rank
-
-    y = np.zeros(E * N, dtype)
-    w = np.zeros(E * N, dtype)
-    offset = np.zeros(E * N, dtype)
-    y[row_cell] = labels[rows]
-    w[row_cell] = dataset.weight[rows]
-    offset[row_cell] = dataset.offset[rows]
+    rows, lane, row_cell, y, w, offset = _block_rows(dataset, labels, plan, row_order, row_start)
 
     local = subspaces.restrict(ents)
     nnz_per_row = dataset.indptr[rows + 1] - dataset.indptr[rows]
@@ -277,6 +267,29 @@ def build_block(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, subspaces
     prior_mean, prior_precision = _priors(ents, E, D, local, store, slots, l2, dtype)
     return Block(X.reshape(E, N, D), y.reshape(E, N), w.reshape(E, N), offset.reshape(E, N),
                  feature_ids, prior_mean, prior_precision)
+
+
+def _block_rows(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, row_order: np.ndarray,
+                row_start: np.ndarray):
+    """The examples of a block's entities and their padded per-row arrays.
+
+    Returns ``(rows, lane, row_cell, y, w, offset)``: ``rows`` the dataset examples, entity by entity;
+    ``lane`` and ``row_cell = lane * N + rank`` their lane and flat ``(E * N)`` position; ``y``, ``w``,
+    ``offset`` ``(E * N,)`` with zeros in padding rows (weight 0 marks them).
+    """
+    E, N = plan.lanes, plan.rows
+    dtype = dataset.dtype
+    n_rows = row_start[plan.entities + 1] - row_start[plan.entities]
+    rows = row_order[concat_ranges(row_start[plan.entities], n_rows)]
+    lane, rank = segments(n_rows)
+    row_cell = lane * N + rank
+    y = np.zeros(E * N, dtype)
+    w = np.zeros(E * N, dtype)
+    offset = np.zeros(E * N, dtype)
+    y[row_cell] = labels[rows]
+    w[row_cell] = dataset.weight[rows]
+    offset[row_cell] = dataset.offset[rows]
+    return rows, lane, row_cell, y, w, offset
 
 
 def _priors(ents, E, D, subspaces, store, slots, l2, dtype):
@@ -323,17 +336,7 @@ def build_sparse_block(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, su
     E, N, D = plan.lanes, plan.rows, plan.features
     ents = plan.entities
     dtype = dataset.dtype
-    n_rows = row_start[ents + 1] - row_start[ents]
-    rows = row_order[concat_ranges(row_start[ents], n_rows)]
-    lane, rank = segments(n_rows)
-    row_cell = lane * N + rank
-
-    y = np.zeros(E * N, dtype)
-    w = np.zeros(E * N, dtype)
-    offset = np.zeros(E * N, dtype)
-    y[row_cell] = labels[rows]
-    w[row_cell] = dataset.weight[rows]
-    offset[row_cell] = dataset.offset[rows]
+    rows, lane, row_cell, y, w, offset = _block_rows(dataset, labels, plan, row_order, row_start)
 
     nnz_per_row = dataset.indptr[rows + 1] - dataset.indptr[rows]
     K = int(next_pow2(max(int(nnz_per_row.max(initial=0)), 1)))

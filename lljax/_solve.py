@@ -232,35 +232,61 @@ def _newton_direction(H, g):
     return jnp.where(jnp.all(jnp.isfinite(H)), p, jnp.nan)
 
 
-def _newton_step(entity: _Entity, it: _Iterate, limits: _Limits, config: SolverConfig) -> _Iterate:
-    p = _newton_direction(entity.hessian(it.margin), it.grad)
-    Xp = entity.X @ p
-    slope = it.grad @ p
+def check_diagonal_solver(config: SolverConfig, prior_precision, supported: tuple[str, ...], solver: str) -> None:
+    """``ValueError`` unless ``config.hessian`` is in ``supported`` and the prior precision is diagonal
+    ``(E, D)``: what the solvers that keep no ``D x D`` matrix (L-BFGS, wide) accept."""
+    if config.hessian not in supported:
+        raise ValueError(f"field 'hessian': value {config.hessian!r} is not supported by the {solver} solver "
+                         f"(expected one of {list(supported)})")
+    if prior_precision.ndim != 2:
+        raise ValueError(f"field 'prior_precision': shape {tuple(prior_precision.shape)} is not diagonal "
+                         f"(E, D); the {solver} solver needs a diagonal prior precision")
+
+
+def backtracking_line_search(value_at, value, slope, max_backtracks: int):
+    """Armijo backtracking from the full step ``t = 1``, halving at most ``max_backtracks`` times.
+
+    The test has a rounding-level slack on f: near the optimum the predicted decrease (~ g^T H^-1 g)
+    falls below the rounding error of f, and a strict test would reject the (then very accurate)
+    full Newton step and crawl with tiny steps instead.
+
+    Args:
+      value_at: ``t -> objective at step t`` along the direction.
+      value: objective at ``t = 0``; slope: directional derivative there.
+    Returns:
+      ``(t, value at t, accepted)``: ``accepted`` is False for an ascent direction or no sufficient
+      decrease (the caller reports STALLED), True for a non-finite slope, so that a NaN direction
+      surfaces as NON_FINITE rather than as a stall.
+    """
+    slack = 16 * jnp.finfo(value.dtype).eps * (1.0 + jnp.abs(value))
 
     def trial(k):
-        t = jnp.asarray(0.5, it.value.dtype) ** k
-        return entity.objective(it.theta + t * p, it.margin + t * Xp), t
+        t = jnp.asarray(0.5, value.dtype) ** k
+        return value_at(t), t
 
-    # Armijo with a rounding-level slack on f: near the optimum the predicted decrease
-    # (~ g^T H^-1 g) falls below the rounding error of f, and a strict test would reject
-    # the (then very accurate) full Newton step and crawl with tiny steps instead.
-    slack = 16 * jnp.finfo(it.value.dtype).eps * (1.0 + jnp.abs(it.value))
-
-    def sufficient(value, t):
-        return value <= it.value + _ARMIJO_C1 * t * slope + slack
+    def sufficient(trial_value, t):
+        return trial_value <= value + _ARMIJO_C1 * t * slope + slack
 
     def keep_backtracking(carry):
-        k, value, t = carry
-        return (k < config.max_backtracks) & ~sufficient(value, t) & jnp.isfinite(slope)
+        k, trial_value, t = carry
+        return (k < max_backtracks) & ~sufficient(trial_value, t) & jnp.isfinite(slope)
 
     def backtrack(carry):
         k = carry[0] + 1
         return (k, *trial(k))
 
-    k, value, t = jax.lax.while_loop(keep_backtracking, backtrack, (0, *trial(0)))
-    accepted = sufficient(value, t) & (slope < 0)
-    # A non-finite direction must surface as NON_FINITE, not as a stall.
-    accepted = accepted | ~jnp.isfinite(slope)
+    _, new_value, t = jax.lax.while_loop(keep_backtracking, backtrack, (0, *trial(0)))
+    accepted = (sufficient(new_value, t) & (slope < 0)) | ~jnp.isfinite(slope)
+    return t, new_value, accepted
+
+
+def _newton_step(entity: _Entity, it: _Iterate, limits: _Limits, config: SolverConfig) -> _Iterate:
+    p = _newton_direction(entity.hessian(it.margin), it.grad)
+    Xp = entity.X @ p
+    slope = it.grad @ p
+
+    t, value, accepted = backtracking_line_search(
+        lambda t: entity.objective(it.theta + t * p, it.margin + t * Xp), it.value, slope, config.max_backtracks)
     theta = jnp.where(accepted, it.theta + t * p, it.theta)
     margin = jnp.where(accepted, it.margin + t * Xp, it.margin)
     value = jnp.where(accepted, value, it.value)

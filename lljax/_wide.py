@@ -53,17 +53,17 @@ from jax.scipy.linalg import cho_solve
 from ._lbfgs import solve_block_lbfgs
 from ._losses import get_loss
 from ._solve import (
-    _ARMIJO_C1,
     _RUNNING,
     Block,
     SolverConfig,
     SolveResult,
-    Status,
+    _finish,
     _Limits,
     _make_penalty,
-    _prior_in_form,
     _status_after,
     _weighted,
+    backtracking_line_search,
+    check_diagonal_solver,
     solve_block,
     traced_arguments,
 )
@@ -160,26 +160,9 @@ def _solve_one(cols, vals, y, w, offset, feature_ids, prior_mean, prior_precisio
         Xp = X.matvec(p)
         slope = it.grad @ p
 
-        def trial(k):
-            t = jnp.asarray(0.5, it.value.dtype) ** k
-            return objective(it.theta + t * p, it.margin + t * Xp), t
-
-        # Armijo with the Newton solver's rounding slack (see lljax._solve._newton_step).
-        slack = 16 * jnp.finfo(it.value.dtype).eps * (1.0 + jnp.abs(it.value))
-
-        def sufficient(value, t):
-            return value <= it.value + _ARMIJO_C1 * t * slope + slack
-
-        def keep_backtracking(carry):
-            k, value, t = carry
-            return (k < config.max_backtracks) & ~sufficient(value, t) & jnp.isfinite(slope)
-
-        def backtrack(carry):
-            k = carry[0] + 1
-            return (k, *trial(k))
-
-        _, value, t = jax.lax.while_loop(keep_backtracking, backtrack, (0, *trial(0)))
-        accepted = (sufficient(value, t) & (slope < 0)) | ~jnp.isfinite(slope)
+        # The Newton solver's Armijo search, with its rounding slack.
+        t, value, accepted = backtracking_line_search(lambda t: objective(it.theta + t * p, it.margin + t * Xp),
+                                                      it.value, slope, config.max_backtracks)
         beta = jnp.where(accepted, it.beta + t * dbeta, it.beta)
         theta = jnp.where(accepted, it.theta + t * p, it.theta)
         margin = jnp.where(accepted, it.margin + t * Xp, it.margin)
@@ -196,24 +179,14 @@ def _solve_one(cols, vals, y, w, offset, feature_ids, prior_mean, prior_precisio
                      _status_after(value0, grad0, 0, limits))
     final = jax.lax.while_loop(lambda it: it.status == _RUNNING, step, start)
 
-    status = final.status
     precision = None
     if config.hessian == "diagonal":  # diag(X^T C X) + A, as lljax._solve._posterior_precision
         precision = X.rmatvec(_weighted(w, loss.d2(final.margin, y)), square=True) + A
-        status = jnp.where(jnp.all(jnp.isfinite(precision)), status, Status.NON_FINITE).astype(jnp.int32)
     elif config.hessian == "identity":
         precision = jnp.ones_like(mu)
-    failed = status == Status.NON_FINITE
-    if precision is not None:
-        precision = jnp.where(failed, _prior_in_form(prior_precision, config.hessian), precision)
-    return SolveResult(
-        theta=jnp.where(failed, jnp.where(mask, prior_mean, 0.0), final.theta),
-        precision=precision,
-        loss=final.value,
-        grad_norm=jnp.max(jnp.abs(final.grad), initial=0.0),
-        iterations=final.iteration,
-        status=status,
-    )
+    return _finish(jnp.where(mask, prior_mean, 0.0), final.theta, final.value,
+                   jnp.max(jnp.abs(final.grad), initial=0.0), final.iteration, final.status, precision,
+                   prior_precision, hessian=config.hessian)
 
 
 def solve_block_wide(block: SparseBlock, l2, delta, config: SolverConfig, *, lanes: str | None = None) -> SolveResult:
@@ -237,12 +210,7 @@ def solve_block_wide(block: SparseBlock, l2, delta, config: SolverConfig, *, lan
     Raises:
       ValueError: ``config.hessian == "full"``, a prior precision that is not ``(E, D)``, or an unknown ``lanes``.
     """
-    if config.hessian not in WIDE_HESSIAN_TYPES:
-        raise ValueError(f"field 'hessian': value {config.hessian!r} is not supported by the wide solver "
-                         f"(expected one of {list(WIDE_HESSIAN_TYPES)})")
-    if block.prior_precision.ndim != 2:
-        raise ValueError(f"field 'prior_precision': shape {tuple(block.prior_precision.shape)} is not diagonal "
-                         "(E, D); the wide solver needs a diagonal prior precision")
+    check_diagonal_solver(config, block.prior_precision, WIDE_HESSIAN_TYPES, "wide")
     if lanes is None:
         lanes = "map" if jax.default_backend() == "cpu" else "vmap"
     if lanes not in LANE_MODES:

@@ -161,6 +161,18 @@ struct Group {
     Ap = take(D * W);
   }
 
+  // s = (A theta)_i per lane, for a full or a diagonal A.
+  inline void penalty_row(const T* __restrict theta, int64_t i, T* __restrict s) const {
+    if (full_A) {
+      LLJAX_LANES s[l] = T(0);
+      for (int64_t j = 0; j < D; j++) {
+        LLJAX_LANES s[l] += A[(i * D + j) * W + l] * theta[j * W + l];
+      }
+    } else {
+      LLJAX_LANES s[l] = A[i * W + l] * theta[i * W + l];
+    }
+  }
+
   // Sum over rows of the per-row values v, per lane, plus the penalty 1/2 t^T A t - b^T t + c.
   LLJAX_HOT void objective(const T* __restrict theta, T* __restrict out) const {
     T acc[W];
@@ -172,14 +184,7 @@ struct Group {
     LLJAX_LANES quad[l] = lin[l] = T(0);
     for (int64_t i = 0; i < D; i++) {
       T s[W];
-      if (full_A) {
-        LLJAX_LANES s[l] = T(0);
-        for (int64_t j = 0; j < D; j++) {
-          LLJAX_LANES s[l] += A[(i * D + j) * W + l] * theta[j * W + l];
-        }
-      } else {
-        LLJAX_LANES s[l] = A[i * W + l] * theta[i * W + l];
-      }
+      penalty_row(theta, i, s);
       LLJAX_LANES quad[l] += theta[i * W + l] * s[l];
       LLJAX_LANES lin[l] += b[i * W + l] * theta[i * W + l];
     }
@@ -224,14 +229,7 @@ struct Group {
     }
     for (int64_t i = 0; i < D; i++) {
       T s[W];
-      if (full_A) {
-        LLJAX_LANES s[l] = T(0);
-        for (int64_t j = 0; j < D; j++) {
-          LLJAX_LANES s[l] += A[(i * D + j) * W + l] * theta[j * W + l];
-        }
-      } else {
-        LLJAX_LANES s[l] = A[i * W + l] * theta[i * W + l];
-      }
+      penalty_row(theta, i, s);
       LLJAX_LANES gout[i * W + l] = (gout[i * W + l] + s[l]) - b[i * W + l];
     }
   }
