@@ -283,8 +283,10 @@ class RandomEffectModel:
           sequential Laplace approximation. It bounds the padded block size (memory), not the work.
         - An entity whose solve ends NON_FINITE keeps what was stored for it (a new one is not stored).
 
-        Each round is atomic: everything is validated first, and a round writes only after all its
-        blocks are solved.
+        Each round is atomic: everything is validated first; a round stores each block's results as it
+        is solved, and if it fails part-way (an exception, Ctrl-C) the entities it touched get back what
+        they had and its new entities are forgotten. Undoing needs a copy of the stored state of the
+        round's already-stored entities, taken when the round starts.
         """
         started = time.perf_counter()
         timer = PhaseTimer()
