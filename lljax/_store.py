@@ -400,7 +400,8 @@ class EntityStore:
         fids = _in_slot_order(parts, 1, sizes, U, np.int64)
         means = _in_slot_order(parts, 2, sizes, U, self.dtype)
         precision = None if self.precision is None else _in_slot_order(parts, 3, per_entity, U, self.dtype)
-        keys = np.asarray(self._keys, dtype=object)[slots] if U else np.zeros(0, object)
+        keys = np.empty(U, object)  # only the requested keys: converting all of them costs O(stored)
+        keys[:] = [self._keys[i] for i in slots.tolist()]
         return FlatEntities(_plain_keys(keys), indptr, fids, means, precision)
 
     @classmethod
