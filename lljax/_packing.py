@@ -4,12 +4,13 @@ For the entities of a :class:`Dataset` (and their stored priors) this module
 
 1. gives each entity its *local feature subspace*: the sorted union of the features in its
    data (the intercept included) and in its stored prior;
-2. buckets entities by ``(rows, features)`` rounded up to powers of two (rows at least
-   ``_MIN_ROWS``), so only a few shapes are ever compiled, and cuts each bucket along the entity axis into blocks that
-   fit a memory budget (the entity count of a block is also a power of two, at least ``_MIN_LANES``);
+2. buckets entities by rows rounded up to a power of two (at least ``_MIN_ROWS``) and features
+   rounded up by :func:`padded_features`, so only a few shapes are ever compiled, and cuts each
+   bucket along the entity axis into blocks that fit a memory budget (the entity count of a block
+   is also a power of two, at least ``_MIN_LANES``);
 3. builds a padded :class:`~lljax._solve.Block` per block with vectorized NumPy (padding
    rows have weight 0; padding features have no data, prior mean 0 and are marked by id -1;
-   padding entities are all padding).
+   padding entities are all padding), or a sparse-row block for the wide solver.
 
 No step loops in Python over examples or entities; loops run over blocks only.
 """
