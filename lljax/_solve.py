@@ -422,21 +422,22 @@ def _use_native(block: Block, config: SolverConfig) -> bool:
 
 
 def _solve_block_native(block: Block, l2, delta, limits: _Limits, *, config: SolverConfig) -> SolveResult:
-    """:func:`_solve_block_jax` by the native kernel: the same penalty, start and finish, the Newton loop in C++."""
-    mask = block.feature_ids >= 0
-    penalty = jax.vmap(_make_penalty, in_axes=(0, 0, 0, None, None))(block.prior_mean, block.prior_precision, mask,
-                                                                       l2, delta)
-    theta0 = jnp.where(mask, block.prior_mean, 0.0)
+    """:func:`_solve_block_jax` by the native kernel: the same penalty, Newton loop and finish, in C++ (the
+    kernel builds each entity's penalty in cache, so no ``(E, D, D)`` array is made around it)."""
     E = block.X.shape[0]
     kind = config.hessian if config.hessian in ("full", "diagonal") else "none"
+
+    def per_entity(x):
+        return jnp.broadcast_to(x, (E,))
+
     theta, value, grad_norm, precision, iterations, status = _native.newton_solve(
-        block.X, block.y, block.w, block.offset, penalty.A, penalty.b, penalty.c, theta0,
-        jnp.broadcast_to(limits.tol, (E,)), jnp.broadcast_to(limits.max_iter, (E,)), loss=config.loss,
+        block.X, block.y, block.w, block.offset, block.feature_ids >= 0, block.prior_mean, block.prior_precision,
+        per_entity(l2), per_entity(delta), per_entity(limits.tol), per_entity(limits.max_iter), loss=config.loss,
         max_backtracks=config.max_backtracks, precision=kind)
     if config.hessian == "identity":
         precision = jnp.ones_like(theta)
-    return jax.vmap(partial(_finish, hessian=config.hessian))(theta0, theta, value, grad_norm, iterations, status,
-                                                              precision, block.prior_precision)
+    return SolveResult(theta=theta, precision=precision, loss=value, grad_norm=grad_norm, iterations=iterations,
+                       status=status)
 
 
 def _entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, loss: str) -> _Entity:

@@ -72,22 +72,25 @@ def supports(dtype) -> bool:
     return np.dtype(dtype) in _TARGETS
 
 
-def newton_solve(X, y, w, offset, A, b, c, theta0, tol, max_iter, *, loss: str, max_backtracks: int,
-                 precision: str):
+def newton_solve(X, y, w, offset, mask, prior_mean, prior_precision, l2, delta, tol, max_iter, *, loss: str,
+                 max_backtracks: int, precision: str):
     """Run the kernel on a block (leading axis ``E``; any extra leading axes are batch axes).
 
+    The kernel forms each entity's penalty from its prior as :func:`lljax._solve._make_penalty` does and
+    finishes as :func:`lljax._solve._finish` does, so that no ``(E, D, D)`` temporary is made around it.
+
     Args:
-      X: ``(E, N, D)``; y, w, offset: ``(E, N)``; A: ``(E, D, D)`` or ``(E, D)`` penalty matrix;
-        b: ``(E, D)``; c: ``(E,)``; theta0: ``(E, D)`` start (masked prior mean); tol: ``(E,)``;
-        max_iter: ``(E,)`` int32.
+      X: ``(E, N, D)``; y, w, offset: ``(E, N)``; mask: ``(E, D)`` (nonzero for a real feature, 0 for
+        padding); prior_mean: ``(E, D)``; prior_precision: ``(E, D, D)`` or ``(E, D)``; l2, delta, tol:
+        ``(E,)``; max_iter: ``(E,)`` int32.
       loss: ``"linear"``, ``"logistic"`` or ``"poisson"``.
       max_backtracks: line-search halvings before STALLED.
       precision: ``"full"`` (``(E, D, D)`` Hessian at the solution), ``"diagonal"`` (``(E, D)``) or
         ``"none"``.
     Returns:
-      ``(theta, value, grad_norm, precision, iterations, status)``; ``precision`` is ``None`` for ``"none"``.
-      ``status`` is before the check of the precision's finiteness, ``theta`` the last iterate (also for
-      NON_FINITE lanes): the caller finishes as :func:`lljax._solve._solve_one` does.
+      ``(theta, value, grad_norm, precision, iterations, status)`` as in :class:`lljax.SolveResult`
+      (``precision`` is ``None`` for ``"none"``): a lane whose precision is not finite is NON_FINITE, and a
+      NON_FINITE lane has its masked prior mean as ``theta`` and its prior precision as ``precision``.
     """
     if not available():
         raise RuntimeError(f"lljax native kernel not available: {_error}")
@@ -105,6 +108,7 @@ def newton_solve(X, y, w, offset, A, b, c, theta0, tol, max_iter, *, loss: str, 
     )
     call = jax.ffi.ffi_call(_TARGETS[dtype], out_types, vmap_method="broadcast_all")
     theta, value, grad_norm, prec, iterations, status = call(
-        X, y, w, offset, A, b, c, theta0, tol, max_iter.astype(jnp.int32), loss=np.int32(LOSS_CODES[loss]),
-        max_backtracks=np.int32(max_backtracks), precision_mode=np.int32(mode))
+        X, y, w, offset, mask.astype(jnp.int32), prior_mean, prior_precision, l2, delta, tol,
+        max_iter.astype(jnp.int32), loss=np.int32(LOSS_CODES[loss]), max_backtracks=np.int32(max_backtracks),
+        precision_mode=np.int32(mode))
     return theta, value, grad_norm, (None if mode == 2 else prec), iterations, status

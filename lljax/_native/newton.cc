@@ -2,9 +2,9 @@
 //
 // Targets "lljax_newton_f64" and "lljax_newton_f32" (registered by lljax/_native/__init__.py). Inputs,
 // each with the same leading (batch) dimensions, E entities in all: X (E, N, D), y, w, offset (E, N),
-// A (E, D, D) or (E, D) (the penalty matrix delta P0 + (1 - delta) l2 I, identity on padding features),
-// b (E, D), c (E,), theta0 (E, D), tol (E,), max_iter (E,) int32. Attributes: loss (0 linear, 1 logistic,
-// 2 poisson), max_backtracks, precision_mode (0 diagonal, 1 full, 2 none). Results: theta (E, D),
+// mask (E, D) int32 (feature present), prior_mean (E, D), prior_precision (E, D, D) or (E, D), l2, delta,
+// tol (E,), max_iter (E,) int32. Attributes: loss (0 linear, 1 logistic, 2 poisson), max_backtracks,
+// precision_mode (0 diagonal, 1 full, 2 none). Results, finished as lljax._solve._finish: theta (E, D),
 // value (E,), grad_norm (E,), precision (E, D, D) / (E, D) / (E, 1) (unused), iterations (E,), status (E,).
 // The groups of entities are spread over XLA's CPU thread pool; the caller thread works too.
 #include <Python.h>
@@ -51,13 +51,16 @@ void run_groups(const Problem<T>* P, int64_t groups, Pool* pool) {
   T* ws = static_cast<T*>(std::aligned_alloc(64, ((size * sizeof(T) + 63) / 64) * 64));
   if (ws == nullptr) return;
   const bool avx2 = use_avx2();
+  // Groups are claimed kClaim at a time, so that each group's solve can prefetch the next one's data.
+  constexpr int64_t kClaim = 8;
   for (;;) {
-    const int64_t g = pool->next.fetch_add(1);
+    const int64_t g = pool->next.fetch_add(kClaim);
     if (g >= groups) break;
+    const int64_t g1 = std::min(g + kClaim, groups);
     if (avx2) {
-      avx2::solve_groups(*P, g, g + 1, ws);
+      avx2::solve_groups(*P, g, g1, ws);
     } else {
-      generic::solve_groups(*P, g, g + 1, ws);
+      generic::solve_groups(*P, g, g1, ws);
     }
   }
   std::free(ws);
@@ -67,24 +70,26 @@ int64_t rows_of(const ffi::Span<const int64_t>& dims, size_t back) { return dims
 
 template <ffi::DataType DT>
 ffi::Error Newton(ffi::ThreadPool thread_pool, ffi::Buffer<DT> X, ffi::Buffer<DT> y, ffi::Buffer<DT> w,
-                  ffi::Buffer<DT> offset, ffi::Buffer<DT> A, ffi::Buffer<DT> b, ffi::Buffer<DT> c,
-                  ffi::Buffer<DT> theta0, ffi::Buffer<DT> tol, ffi::Buffer<ffi::S32> max_iter, int32_t loss,
-                  int32_t max_backtracks, int32_t precision_mode, ffi::ResultBuffer<DT> theta,
-                  ffi::ResultBuffer<DT> value, ffi::ResultBuffer<DT> grad_norm, ffi::ResultBuffer<DT> precision,
-                  ffi::ResultBuffer<ffi::S32> iterations, ffi::ResultBuffer<ffi::S32> status) {
+                  ffi::Buffer<DT> offset, ffi::Buffer<ffi::S32> mask, ffi::Buffer<DT> prior_mean,
+                  ffi::Buffer<DT> prior_precision, ffi::Buffer<DT> l2, ffi::Buffer<DT> delta, ffi::Buffer<DT> tol,
+                  ffi::Buffer<ffi::S32> max_iter, int32_t loss, int32_t max_backtracks, int32_t precision_mode,
+                  ffi::ResultBuffer<DT> theta, ffi::ResultBuffer<DT> value, ffi::ResultBuffer<DT> grad_norm,
+                  ffi::ResultBuffer<DT> precision, ffi::ResultBuffer<ffi::S32> iterations,
+                  ffi::ResultBuffer<ffi::S32> status) {
   using T = ffi::NativeType<DT>;
   const auto dims = X.dimensions();
   if (dims.size() < 3) return ffi::Error::InvalidArgument("lljax_newton: X must be (..., N, D)");
   const int64_t N = rows_of(dims, 2), D = rows_of(dims, 1);
-  const int64_t E = static_cast<int64_t>(c.element_count());
-  if (D < 1 || static_cast<int64_t>(X.element_count()) != E * N * D ||
-      static_cast<int64_t>(y.element_count()) != E * N || static_cast<int64_t>(theta0.element_count()) != E * D ||
-      static_cast<int64_t>(tol.element_count()) != E || static_cast<int64_t>(max_iter.element_count()) != E) {
+  const int64_t E = static_cast<int64_t>(tol.element_count());
+  const auto count = [](const auto& buffer) { return static_cast<int64_t>(buffer.element_count()); };
+  if (D < 1 || count(X) != E * N * D || count(y) != E * N || count(w) != E * N || count(offset) != E * N ||
+      count(mask) != E * D || count(prior_mean) != E * D || count(l2) != E || count(delta) != E ||
+      count(max_iter) != E) {
     return ffi::Error::InvalidArgument("lljax_newton: inconsistent shapes");
   }
-  const int64_t a_count = static_cast<int64_t>(A.element_count());
-  if (a_count != E * D * D && a_count != E * D) {
-    return ffi::Error::InvalidArgument("lljax_newton: A must be (E, D, D) or (E, D)");
+  const int64_t p_count = count(prior_precision);
+  if (p_count != E * D * D && p_count != E * D) {
+    return ffi::Error::InvalidArgument("lljax_newton: prior_precision must be (E, D, D) or (E, D)");
   }
   if (loss < kLinear || loss > kPoisson) return ffi::Error::InvalidArgument("lljax_newton: unknown loss");
   Problem<T> P;
@@ -95,13 +100,14 @@ ffi::Error Newton(ffi::ThreadPool thread_pool, ffi::Buffer<DT> X, ffi::Buffer<DT
   P.y = y.typed_data();
   P.w = w.typed_data();
   P.offset = offset.typed_data();
-  P.A = A.typed_data();
-  P.b = b.typed_data();
-  P.c = c.typed_data();
-  P.theta0 = theta0.typed_data();
+  P.mask = mask.typed_data();
+  P.prior_mean = prior_mean.typed_data();
+  P.prior_precision = prior_precision.typed_data();
+  P.l2 = l2.typed_data();
+  P.delta = delta.typed_data();
   P.tol = tol.typed_data();
   P.max_iter = max_iter.typed_data();
-  P.full_A = a_count == E * D * D && D > 1;
+  P.full_prior = p_count == E * D * D && D > 1;
   P.loss = loss;
   P.max_backtracks = max_backtracks;
   P.precision_mode = precision_mode;
@@ -151,16 +157,17 @@ ffi::Error Newton(ffi::ThreadPool thread_pool, ffi::Buffer<DT> X, ffi::Buffer<DT
 #define LLJAX_BIND(DT)                             \
   ffi::Ffi::Bind()                                 \
       .Ctx<ffi::ThreadPool>()                      \
-      .Arg<ffi::Buffer<DT>>()                      \
-      .Arg<ffi::Buffer<DT>>()                      \
-      .Arg<ffi::Buffer<DT>>()                      \
-      .Arg<ffi::Buffer<DT>>()                      \
-      .Arg<ffi::Buffer<DT>>()                      \
-      .Arg<ffi::Buffer<DT>>()                      \
-      .Arg<ffi::Buffer<DT>>()                      \
-      .Arg<ffi::Buffer<DT>>()                      \
-      .Arg<ffi::Buffer<DT>>()                      \
-      .Arg<ffi::Buffer<ffi::S32>>()                \
+      .Arg<ffi::Buffer<DT>>()       /* X */        \
+      .Arg<ffi::Buffer<DT>>()       /* y */        \
+      .Arg<ffi::Buffer<DT>>()       /* w */        \
+      .Arg<ffi::Buffer<DT>>()       /* offset */   \
+      .Arg<ffi::Buffer<ffi::S32>>() /* mask */     \
+      .Arg<ffi::Buffer<DT>>()       /* mean */     \
+      .Arg<ffi::Buffer<DT>>()       /* precision */\
+      .Arg<ffi::Buffer<DT>>()       /* l2 */       \
+      .Arg<ffi::Buffer<DT>>()       /* delta */    \
+      .Arg<ffi::Buffer<DT>>()       /* tol */      \
+      .Arg<ffi::Buffer<ffi::S32>>() /* max_iter */ \
       .Attr<int32_t>("loss")                       \
       .Attr<int32_t>("max_backtracks")             \
       .Attr<int32_t>("precision_mode")             \

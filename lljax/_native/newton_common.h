@@ -33,18 +33,23 @@ constexpr int kLanes = 32 / sizeof(T);  // one 256-bit vector per lane-op (4 dou
 template <typename T>
 struct Problem {
   int64_t E, N, D;
-  const T *X, *y, *w, *offset, *A, *b, *c, *theta0, *tol;  // A: (E, D, D) if full_A else (E, D)
-  const int32_t *max_iter;
-  bool full_A;
+  const T *X, *y, *w, *offset;           // (E, N, D), (E, N) x 3
+  const int32_t* mask;                   // (E, D): 1 for a real feature, 0 for padding
+  const T *prior_mean, *prior_precision;  // (E, D); (E, D, D) if full_prior else (E, D)
+  const T *l2, *delta, *tol;             // (E,) each
+  const int32_t* max_iter;               // (E,)
+  bool full_prior;
   int32_t loss, max_backtracks, precision_mode;
-  T *theta, *value, *grad_norm, *precision;  // precision: (E, D, D) full, (E, D) diagonal, unused none
+  // Results, finished as lljax._solve._finish: theta (E, D); precision (E, D, D) full, (E, D) diagonal,
+  // unused for none; value, grad_norm, iterations, status (E,).
+  T *theta, *value, *grad_norm, *precision;
   int32_t *iterations, *status;
 };
 
 // Elements of T the kernel needs as workspace per thread (one group at a time).
 inline int64_t workspace_size(int64_t N, int64_t D, int lanes) {
   const int64_t Dp = (D + 3) / 4 * 4;
-  return (2 * N * Dp + 12 * N + Dp * Dp + 2 * D * D + 8 * D + 64) * lanes + 512;
+  return (2 * N * Dp + 12 * N + Dp * Dp + 2 * D * D + 11 * D + 64) * lanes + 1024;
 }
 
 #define LLJAX_DECLARE_ISA(ns)                                                                          \

@@ -3,12 +3,14 @@
 // library function is compiled for the ISA of this file). Only builtins and the functions below are
 // used here. See newton_common.h for the layout and lljax/_solve.py for the algorithm it mirrors:
 //
+//   setup: the penalty 1/2 t^T A t - b^T t + c from the prior, l2 and delta (_make_penalty)
 //   start: theta0 (masked prior mean), m = X theta0 + offset, f, g, status_after(f, g, 0)
 //   step:  H = X^T diag(c) X + A; mu = sqrt(eps) max diag H + eps; L = chol(sym(H) + mu I);
 //          p = -L^-T L^-1 g (NaN if H is non-finite or not positive definite); Armijo backtracking
 //          t = 2^-k with slack 16 eps (1 + |f|), at most max_backtracks halvings; accept, gradient,
 //          status_after(f, g, iteration, stalled = !accepted)
-//   end:   the precision (X^T diag(c) X + A at the final margin: full or diagonal).
+//   end:   the precision (X^T diag(c) X + A at the final margin: full or diagonal), and _finish: a
+//          non-finite precision fails the lane; a failed lane returns theta0 and its prior precision.
 // Every lane (entity) follows exactly this sequence; lanes that stopped are frozen while the others of
 // their group go on.
 
@@ -21,8 +23,46 @@
 
 static inline double vexp(double x) { return exp(x); }
 static inline float vexp(float x) { return expf(x); }
-static inline double vlog(double x) { return log(x); }
-static inline float vlog(float x) { return logf(x); }
+
+// log1p(x) for x in [0, 1] (and NaN), vectorizable, within 2 ulp: fdlibm's reduction and polynomial
+// (e_log.c / e_logf.c). 1 + x is reduced to 1 + f with 1 + f in [sqrt(2)/2, sqrt(2)]: f = x, or
+// f = (x - 1) / 2 and log(2) added; then log(1 + f) = 2 atanh(s), s = f / (2 + f), by a minimax
+// polynomial in s^2. The logistic loss needs it for exp(-|z|) in [0, 1]; replaces glibc's log of
+// 1 + x, which cost 12% of the kernel (perf, headline case).
+template <typename T>
+struct Log1pCoefficients;
+template <>
+struct Log1pCoefficients<double> {
+  static constexpr double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
+  static constexpr double c1 = 6.666666666666735130e-01, c2 = 3.999999999940941908e-01,
+                          c3 = 2.857142874366239149e-01, c4 = 2.222219843214978396e-01,
+                          c5 = 1.818357216161805012e-01, c6 = 1.531383769920937332e-01,
+                          c7 = 1.479819860511658591e-01;
+};
+template <>
+struct Log1pCoefficients<float> {
+  static constexpr float ln2_hi = 6.9313812256e-01f, ln2_lo = 9.0580006145e-06f;
+  static constexpr float c1 = 6.6666662693e-01f, c2 = 4.0000972152e-01f, c3 = 2.8498786688e-01f,
+                         c4 = 2.4279078841e-01f;
+};
+
+template <typename T>
+static inline T log1p_unit(T x) {
+  typedef Log1pCoefficients<T> K;
+  const bool high = x > T(0.41421356237309503);  // sqrt(2) - 1
+  const T f = high ? (x - T(1)) * T(0.5) : x;
+  const T k = high ? T(1) : T(0);
+  const T s = f / (T(2) + f);
+  const T z = s * s, w = z * z;
+  T R;
+  if constexpr (sizeof(T) == 8) {
+    R = z * (K::c1 + w * (K::c3 + w * (K::c5 + w * K::c7))) + w * (K::c2 + w * (K::c4 + w * K::c6));
+  } else {
+    R = z * (K::c1 + w * K::c3) + w * (K::c2 + w * K::c4);
+  }
+  const T hfsq = T(0.5) * f * f;
+  return k * K::ln2_hi - ((hfsq - (s * (hfsq + R) + k * K::ln2_lo)) - f);
+}
 
 template <typename T>
 struct Eps;
@@ -48,13 +88,10 @@ static void row_values(int loss, int64_t n, const T* __restrict y, const T* __re
   if (loss == kLogistic) {
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) {
-      // logaddexp(0, z) = max(z, 0) + log1p(exp(-|z|)); log1p(u - 1) = log(u) (u - 1 exact) / (u - 1).
+      // logaddexp(0, z) = max(z, 0) + log1p(exp(-|z|)).
       const T z = -y[i] * m[i];
       const T ez = vexp(-__builtin_fabs(z));
-      const T u = T(1) + ez;
-      const T d = u - T(1);
-      const T lp = d == T(0) ? ez : vlog(u) * (ez / d);
-      const T val = (z > T(0) ? z : T(0)) + lp;
+      const T val = (z > T(0) ? z : T(0)) + log1p_unit(ez);
       e[i] = ez;
       v[i] = w[i] > T(0) ? w[i] * val : T(0);
     }
@@ -117,6 +154,29 @@ static void row_derivatives(int loss, int64_t n, bool unit_labels, const T* __re
   }
 }
 
+// Prefetches the next group's inputs into L2 a cache line at a time, a few lines per row of the
+// current group's Hessian (so that the loads overlap with its solve instead of stalling the next load).
+struct Ahead {
+  const char* base[8];
+  int64_t lines[8];
+  int regions = 0, region = 0;
+  int64_t line = 0;
+
+  void clear() { regions = region = 0, line = 0; }
+  void add(const void* p, int64_t bytes) {
+    if (regions < 8 && bytes > 0) {
+      base[regions] = static_cast<const char*>(p);
+      lines[regions++] = (bytes + 63) / 64;
+    }
+  }
+  inline void next() {
+    if (region < regions) {
+      __builtin_prefetch(base[region] + 64 * line, 0, 2);
+      if (++line == lines[region]) line = 0, region++;
+    }
+  }
+};
+
 template <typename T, int W>
 struct Group {
   int64_t N, D, Dp;
@@ -124,9 +184,12 @@ struct Group {
   int loss;
   // (N, Dp, W): X and X scaled by the curvature; (N, W): rows; (Dp, Dp, W): X^T diag(c) X (lower);
   // (D, D, W) or (D, W): A; (D, D, W): Cholesky factor; (D, W): vectors.
-  T *x, *xc, *y, *w, *m, *mt, *xp, *e, *et, *r, *c, *v, *S, *A, *L, *b, *th, *tt, *g, *gn, *p, *Ap;
+  // ath, att: A theta at th and at the trial point tt (kept with them so that the penalty costs one
+  // D x D product per trial and none per gradient).
+  T *x, *xc, *y, *w, *m, *mt, *xp, *e, *et, *r, *c, *v, *S, *A, *L, *b, *th, *tt, *g, *gn, *p, *Ap, *ath, *att, *th0;
   T cst[W];
   bool unit_labels;
+  Ahead ahead;
 
   void carve(T* ws) {
     // 64-byte aligned pieces.
@@ -159,40 +222,141 @@ struct Group {
     gn = take(D * W);
     p = take(D * W);
     Ap = take(D * W);
+    ath = take(D * W);
+    att = take(D * W);
+    th0 = take(D * W);
   }
 
-  // s = (A theta)_i per lane, for a full or a diagonal A.
-  inline void penalty_row(const T* __restrict theta, int64_t i, T* __restrict s) const {
-    if (full_A) {
-      LLJAX_LANES s[l] = T(0);
-      for (int64_t j = 0; j < D; j++) {
-        LLJAX_LANES s[l] += A[(i * D + j) * W + l] * theta[j * W + l];
+  // Lane l's penalty from entity e's prior, as lljax._solve._make_penalty: theta0 = mu on the mask, 0
+  // elsewhere; P0 = the prior precision on the mask; A = delta P0 + (1 - delta) l2 I on the mask, the
+  // identity elsewhere; b = delta P0 theta0; c = delta/2 theta0 . P0 theta0. The start point is theta0.
+  __attribute__((optimize("fp-contract=off"))) void load_penalty(const Problem<T>& P, int64_t e, int l) {
+    const int32_t* mask = P.mask + e * D;
+    const T* mu = P.prior_mean + e * D;
+    const T delta = P.delta[e], ridge = (T(1) - delta) * P.l2[e];
+    for (int64_t j = 0; j < D; j++) th0[j * W + l] = th[j * W + l] = mask[j] ? mu[j] : T(0);
+    T quad = T(0);
+    for (int64_t i = 0; i < D; i++) {
+      T p0t0 = T(0);  // (P0 theta0)_i
+      if (full_A) {
+        const T* row = P.prior_precision + (e * D + i) * D;
+        for (int64_t j = 0; j < D; j++) {
+          const bool pair = mask[i] && mask[j];
+          const T p0 = pair ? row[j] : T(0);
+          p0t0 += p0 * th0[j * W + l];
+          A[(i * D + j) * W + l] = pair ? delta * p0 + (i == j ? ridge : T(0)) : (i == j ? T(1) : T(0));
+        }
+      } else {
+        const T p0 = mask[i] ? P.prior_precision[e * D + i] : T(0);
+        p0t0 = p0 * th0[i * W + l];
+        A[i * W + l] = mask[i] ? delta * p0 + ridge : T(1);
+      }
+      b[i * W + l] = delta * p0t0;
+      quad += th0[i * W + l] * p0t0;
+    }
+    cst[l] = T(0.5) * delta * quad;
+  }
+
+  // Entity e's results from lane l, as lljax._solve._finish: the precision X^T diag(c) X + A at the
+  // final margin (from data_hessian()); a lane whose precision is not finite becomes NON_FINITE, and a
+  // NON_FINITE lane returns its start theta0 and its prior precision (in the output's form).
+  void finish(const Problem<T>& P, int64_t e, int l, T value, T grad_norm, int32_t iterations, int32_t status) {
+    T nonfinite = T(0);  // sum of p * 0 over the precision: NaN once any p is not finite
+    if (P.precision_mode == kPrecisionFull) {
+      T* out = P.precision + e * D * D;
+      for (int64_t i = 0; i < D; i++) {
+        for (int64_t j = 0; j < D; j++) {
+          const T s = i >= j ? S[(i * Dp + j) * W + l] : S[(j * Dp + i) * W + l];
+          const T p = s + (full_A ? A[(i * D + j) * W + l] : (i == j ? A[i * W + l] : T(0)));
+          nonfinite += p * T(0);
+          out[i * D + j] = p;
+        }
+      }
+    } else if (P.precision_mode == kPrecisionDiagonal) {
+      T* out = P.precision + e * D;
+      for (int64_t i = 0; i < D; i++) {
+        const T p = S[(i * Dp + i) * W + l] + (full_A ? A[(i * D + i) * W + l] : A[i * W + l]);
+        nonfinite += p * T(0);
+        out[i] = p;
+      }
+    }
+    if (nonfinite != T(0)) status = kNonFinite;
+    const bool failed = status == kNonFinite;
+    for (int64_t i = 0; i < D; i++) P.theta[e * D + i] = failed ? th0[i * W + l] : th[i * W + l];
+    P.value[e] = value;
+    P.grad_norm[e] = grad_norm;
+    P.iterations[e] = iterations;
+    P.status[e] = status;
+    if (!failed || P.precision_mode == kPrecisionNone) return;
+    const T* prior = P.prior_precision + e * (full_A ? D * D : D);
+    if (P.precision_mode == kPrecisionFull) {
+      T* out = P.precision + e * D * D;
+      for (int64_t i = 0; i < D; i++) {
+        for (int64_t j = 0; j < D; j++) out[i * D + j] = full_A ? prior[i * D + j] : (i == j ? prior[i] : T(0));
       }
     } else {
-      LLJAX_LANES s[l] = A[i * W + l] * theta[i * W + l];
+      T* out = P.precision + e * D;
+      for (int64_t i = 0; i < D; i++) out[i] = full_A ? prior[i * D + i] : prior[i];
     }
   }
 
-  // Sum over rows of the per-row values v, per lane, plus the penalty 1/2 t^T A t - b^T t + c.
-  LLJAX_HOT void objective(const T* __restrict theta, T* __restrict out) const {
-    T acc[W];
-    LLJAX_LANES acc[l] = T(0);
-    for (int64_t n = 0; n < N; n++) {
-      LLJAX_LANES acc[l] += v[n * W + l];
+  // out = A theta per lane, for a full or a diagonal A. Full A: rows in blocks of 4 with their
+  // accumulators in registers (independent chains; a single running sum per row was latency-bound).
+  LLJAX_HOT void penalty(const T* __restrict theta, T* __restrict out) const {
+    typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));
+    const V* tv = reinterpret_cast<const V*>(theta);
+    const V* av = reinterpret_cast<const V*>(A);
+    V* ov = reinterpret_cast<V*>(out);
+    if (!full_A) {
+      for (int64_t i = 0; i < D; i++) ov[i] = av[i] * tv[i];
+      return;
     }
+    int64_t i = 0;
+    for (; i + 4 <= D; i += 4) {
+      V s0 = {}, s1 = {}, s2 = {}, s3 = {};
+      const V* a = av + i * D;
+      for (int64_t j = 0; j < D; j++) {
+        const V t = tv[j];
+        s0 += a[j] * t;
+        s1 += a[D + j] * t;
+        s2 += a[2 * D + j] * t;
+        s3 += a[3 * D + j] * t;
+      }
+      ov[i] = s0;
+      ov[i + 1] = s1;
+      ov[i + 2] = s2;
+      ov[i + 3] = s3;
+    }
+    for (; i < D; i++) {
+      V s0 = {};
+      for (int64_t j = 0; j < D; j++) s0 += av[i * D + j] * tv[j];
+      ov[i] = s0;
+    }
+  }
+
+  // Sum over rows of the per-row values v, per lane, plus the penalty 1/2 t^T A t - b^T t + c, with
+  // atheta = A theta (from penalty()).
+  LLJAX_HOT void objective(const T* __restrict theta, const T* __restrict atheta, T* __restrict out) const {
+    typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));
+    const V* vv = reinterpret_cast<const V*>(v);
+    V s0 = {}, s1 = {}, s2 = {}, s3 = {};  // 4 partial sums: independent add chains
+    int64_t n = 0;
+    for (; n + 4 <= N; n += 4) s0 += vv[n], s1 += vv[n + 1], s2 += vv[n + 2], s3 += vv[n + 3];
+    for (; n < N; n++) s0 += vv[n];
+    const V sum = (s0 + s1) + (s2 + s3);
+    T acc[W];
+    LLJAX_LANES acc[l] = sum[l];
     T quad[W], lin[W];
     LLJAX_LANES quad[l] = lin[l] = T(0);
     for (int64_t i = 0; i < D; i++) {
-      T s[W];
-      penalty_row(theta, i, s);
-      LLJAX_LANES quad[l] += theta[i * W + l] * s[l];
+      LLJAX_LANES quad[l] += theta[i * W + l] * atheta[i * W + l];
       LLJAX_LANES lin[l] += b[i * W + l] * theta[i * W + l];
     }
     LLJAX_LANES out[l] = acc[l] + (T(0.5) * quad[l] - lin[l] + cst[l]);
   }
 
-  // gout = X^T r + A theta - b (X^T r in blocks of 8 or 4 features kept in registers).
-  LLJAX_HOT void gradient(const T* __restrict theta, T* __restrict gout) const {
+  // gout = X^T r + A theta - b (X^T r in blocks of 8 or 4 features kept in registers; atheta = A theta).
+  LLJAX_HOT void gradient(const T* __restrict atheta, T* __restrict gout) const {
     typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));
     const V* rv = reinterpret_cast<const V*>(r);
     V* go = reinterpret_cast<V*>(gout);
@@ -228,53 +392,33 @@ struct Group {
       for (int q = 0; q < 4 && i0 + q < D; q++) go[i0 + q] = acc[q];
     }
     for (int64_t i = 0; i < D; i++) {
-      T s[W];
-      penalty_row(theta, i, s);
-      LLJAX_LANES gout[i * W + l] = (gout[i * W + l] + s[l]) - b[i * W + l];
+      LLJAX_LANES gout[i * W + l] = (gout[i * W + l] + atheta[i * W + l]) - b[i * W + l];
     }
   }
 
-  // out (N, W) = X v (+ base).
+  // out (N, W) = X v (+ base), 8 rows at a time: 8 independent accumulators in registers (4 were
+  // bound by the latency of their FMA chains).
   LLJAX_HOT void matvec(const T* __restrict vec, const T* __restrict base, T* __restrict out) const {
+    typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));
+    const V* vv = reinterpret_cast<const V*>(vec);
+    const V* xv = reinterpret_cast<const V*>(x);
+    const V* bv = reinterpret_cast<const V*>(base);
+    V* ov = reinterpret_cast<V*>(out);
+    constexpr int R = 8;
     int64_t n = 0;
-    for (; n + 4 <= N; n += 4) {
-      T s0[W], s1[W], s2[W], s3[W];
-      LLJAX_LANES s0[l] = s1[l] = s2[l] = s3[l] = T(0);
-      const T* x0 = x + n * Dp * W;
+    for (; n + R <= N; n += R) {
+      V s[R] = {};
+      const V* x0 = xv + n * Dp;
       for (int64_t j = 0; j < D; j++) {
-        LLJAX_LANES {
-          const T vj = vec[j * W + l];
-          s0[l] += x0[j * W + l] * vj;
-          s1[l] += x0[(Dp + j) * W + l] * vj;
-          s2[l] += x0[(2 * Dp + j) * W + l] * vj;
-          s3[l] += x0[(3 * Dp + j) * W + l] * vj;
-        }
+        const V vj = vv[j];
+        for (int q = 0; q < R; q++) s[q] += x0[q * Dp + j] * vj;
       }
-      if (base) {
-        LLJAX_LANES {
-          s0[l] += base[n * W + l];
-          s1[l] += base[(n + 1) * W + l];
-          s2[l] += base[(n + 2) * W + l];
-          s3[l] += base[(n + 3) * W + l];
-        }
-      }
-      LLJAX_LANES {
-        out[n * W + l] = s0[l];
-        out[(n + 1) * W + l] = s1[l];
-        out[(n + 2) * W + l] = s2[l];
-        out[(n + 3) * W + l] = s3[l];
-      }
+      for (int q = 0; q < R; q++) ov[n + q] = base ? s[q] + bv[n + q] : s[q];
     }
     for (; n < N; n++) {
-      T s[W];
-      LLJAX_LANES s[l] = T(0);
-      for (int64_t j = 0; j < D; j++) {
-        LLJAX_LANES s[l] += x[(n * Dp + j) * W + l] * vec[j * W + l];
-      }
-      if (base) {
-        LLJAX_LANES s[l] += base[n * W + l];
-      }
-      LLJAX_LANES out[n * W + l] = s[l];
+      V s0 = {};
+      for (int64_t j = 0; j < D; j++) s0 += xv[n * Dp + j] * vv[j];
+      ov[n] = base ? s0 + bv[n] : s0;
     }
   }
 
@@ -291,6 +435,7 @@ struct Group {
       V d00 = {}, d10 = {}, d11 = {}, d20 = {}, d21 = {}, d22 = {}, d30 = {}, d31 = {}, d32 = {}, d33 = {};
       const V* xi = reinterpret_cast<const V*>(x) + ib;
       for (int64_t n = 0; n < N; n++, xi += Dp) {
+        ahead.next();
         const V cc = cv[n];
         const V b0 = xi[0], b1 = xi[1], b2 = xi[2], b3 = xi[3];
         const V u0 = b0 * cc, u1 = b1 * cc, u2 = b2 * cc, u3 = b3 * cc;
@@ -350,7 +495,7 @@ struct Group {
   }
 
   // p = -(sym(H) + mu I)^-1 g by Cholesky, H = S + A; p = NaN for lanes where H is non-finite or the
-  // factorization fails. Right-looking factorization and column-oriented solves: the inner loops are
+  // factorization fails. Right-looking (panel) factorization and column-oriented solves: the inner loops are
   // independent vector updates (no dependency chains).
   LLJAX_HOT void direction() {
     typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));
@@ -362,44 +507,74 @@ struct Group {
     V* pv = reinterpret_cast<V*>(p);
     V* inv = reinterpret_cast<V*>(Ap);  // (D,) inverse diagonal of the factor
     const V* gv = reinterpret_cast<const V*>(g);
-    M ok = zero == zero;
     V hmax = zero - __builtin_inf();
-    // L <- lower triangle of sym(H); finiteness over the full H = S + A; max of diag H (NaN propagates).
+    // L <- lower triangle of sym(H); finiteness over the full H = S + A, as one sum of h * 0 (0 for every
+    // finite h, NaN once any h is infinite or NaN); max of diag H (NaN propagates).
+    V nonfinite = zero;
     for (int64_t i = 0; i < D; i++) {
       for (int64_t j = 0; j < i; j++) {
         const V s = Sv[i * Dp + j];
         if (full_A) {
           const V aij = Av[i * D + j], aji = Av[j * D + i];
-          const V hij = s + aij, hji = s + aji;
-          ok &= (hij - hij == zero) & (hji - hji == zero);
+          nonfinite += (s + aij) * zero + (s + aji) * zero;
           Lv[i * D + j] = s + T(0.5) * (aij + aji);
         } else {
-          ok &= s - s == zero;
+          nonfinite += s * zero;
           Lv[i * D + j] = s;
         }
       }
       const V h = Sv[i * Dp + i] + (full_A ? Av[i * D + i] : Av[i]);
-      ok &= h - h == zero;
+      nonfinite += h * zero;
       Lv[i * D + i] = h;
       hmax = (h > hmax) | (h != h) ? h : hmax;
     }
+    M ok = nonfinite == zero;
     const V mu = T(__builtin_sqrt(Eps<T>::value)) * hmax + Eps<T>::value;
     for (int64_t i = 0; i < D; i++) Lv[i * D + i] += mu;
-    for (int64_t k = 0; k < D; k++) {
-      const V d = Lv[k * D + k];  // a pivot that is not > 0 (or NaN) fails the lane
-      const M pos = d > zero;
-      ok &= pos;
-      const V dd = pos ? d : one;
-      V sq;
-      for (int l = 0; l < W; l++) sq[l] = __builtin_sqrt(dd[l]);
-      Lv[k * D + k] = sq;
-      const V ik = one / sq;
-      inv[k] = ik;
-      for (int64_t i = k + 1; i < D; i++) Lv[i * D + k] *= ik;
-      for (int64_t i = k + 1; i < D; i++) {
-        const V lik = Lv[i * D + k];
-        for (int64_t j = k + 1; j <= i; j++) {
-          Lv[i * D + j] -= lik * Lv[j * D + k];
+    // Right-looking Cholesky in panels of 4 columns: each panel is factored column by column, then the
+    // trailing matrix gets the panel's 4 rank-1 updates in one pass (each element loaded and stored once
+    // per panel instead of once per column; the same operations in the same order as column by column).
+    constexpr int64_t kPanel = 4;
+    for (int64_t kb = 0; kb < D; kb += kPanel) {
+      const int64_t ke = kb + kPanel < D ? kb + kPanel : D;
+      for (int64_t k = kb; k < ke; k++) {
+        const V d = Lv[k * D + k];  // a pivot that is not > 0 (or NaN) fails the lane
+        const M pos = d > zero;
+        ok &= pos;
+        const V dd = pos ? d : one;
+        V sq;
+        for (int l = 0; l < W; l++) sq[l] = __builtin_sqrt(dd[l]);
+        Lv[k * D + k] = sq;
+        const V ik = one / sq;
+        inv[k] = ik;
+        for (int64_t i = k + 1; i < D; i++) Lv[i * D + k] *= ik;
+        for (int64_t i = k + 1; i < D; i++) {  // the rest of the panel's columns
+          const V lik = Lv[i * D + k];
+          const int64_t je = i < ke - 1 ? i : ke - 1;
+          for (int64_t j = k + 1; j <= je; j++) Lv[i * D + j] -= lik * Lv[j * D + k];
+        }
+      }
+      const int64_t width = ke - kb;
+      for (int64_t i = ke; i < D; i++) {  // trailing rows and columns (>= ke)
+        const V* li = Lv + i * D + kb;
+        if (width == kPanel) {
+          const V l0 = li[0], l1 = li[1], l2 = li[2], l3 = li[3];
+          for (int64_t j = ke; j <= i; j++) {
+            const V* lj = Lv + j * D + kb;
+            V a = Lv[i * D + j];
+            a -= l0 * lj[0];
+            a -= l1 * lj[1];
+            a -= l2 * lj[2];
+            a -= l3 * lj[3];
+            Lv[i * D + j] = a;
+          }
+        } else {
+          for (int64_t j = ke; j <= i; j++) {
+            const V* lj = Lv + j * D + kb;
+            V a = Lv[i * D + j];
+            for (int64_t q = 0; q < width; q++) a -= li[q] * lj[q];
+            Lv[i * D + j] = a;
+          }
         }
       }
     }
@@ -419,26 +594,50 @@ struct Group {
   }
 };
 
-template <typename T>
-static inline T grad_max(const T* g, int64_t D, int l, int W) {  // max |g|, NaN propagating, initial 0
-  T mx = T(0);
-  for (int64_t i = 0; i < D; i++) {
-    const T a = __builtin_fabs(g[i * W + l]);
-    mx = (a > mx || a != a) ? a : mx;
+// Per lane: max |g_i| (NaN propagating, 0 for D = 0) and whether every g_i is finite; one pass over
+// the W lanes at once.
+template <typename T, int W>
+struct GradSummary {
+  T max_abs[W];
+  bool finite[W];
+
+  GradSummary(const T* __restrict g, int64_t D) {
+    typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));
+    typedef decltype(V{} > V{}) M;
+    const V* gv = reinterpret_cast<const V*>(g);
+    const V zero = {};
+    V mx = zero;
+    M fin = zero == zero;
+    for (int64_t i = 0; i < D; i++) {
+      const V a = gv[i] < zero ? -gv[i] : gv[i];
+      mx = (a > mx) | (a != a) ? a : mx;
+      fin &= gv[i] - gv[i] == zero;
+    }
+    for (int l = 0; l < W; l++) {
+      max_abs[l] = mx[l];
+      finite[l] = fin[l] != 0;
+    }
   }
-  return mx;
-}
+};
 
 template <typename T>
-static inline int32_t status_after(T value, const T* g, int64_t D, int l, int W, int32_t iteration, T tol,
+static inline int32_t status_after(T value, T grad_max_abs, bool grad_finite, int32_t iteration, T tol,
                                    int32_t max_iter, bool stalled) {
-  bool fin = finite(value);
-  for (int64_t i = 0; i < D; i++) fin = fin && finite(g[i * W + l]);
-  const bool converged = grad_max(g, D, l, W) <= tol;
+  const bool fin = finite(value) && grad_finite;
+  const bool converged = grad_max_abs <= tol;
   int32_t status = iteration >= max_iter ? kMaxIterations : kRunning;
   if (stalled) status = kStalled;
   if (converged) status = kConverged;
   return fin ? status : kNonFinite;
+}
+
+// dst[k * W + l] = src[l * stride + k] for k < count and the W lanes l: W entities' arrays, read
+// contiguously, written with the entity axis last.
+template <typename T, int W>
+static inline void interleave(const T* __restrict src, int64_t stride, int64_t count, T* __restrict dst) {
+  for (int64_t k = 0; k < count; k++) {
+    for (int l = 0; l < W; l++) dst[k * W + l] = src[l * stride + k];
+  }
 }
 
 template <typename T, int W>
@@ -458,27 +657,32 @@ static void solve_group(const Problem<T>& P, int64_t g0, Group<T, W>& G) {
     ent[l] = g0 * W + l;
     valid[l] = ent[l] < P.E;
   }
+  if (valid[W - 1]) {  // a full group: the W entities' rows read row by row, written lane-interleaved
+    const int64_t e0 = ent[0];
+    for (int64_t n = 0; n < N; n++) {
+      interleave<T, W>(P.X + (e0 * N + n) * D, N * D, D, G.x + n * Dp * W);
+      for (int64_t j = D; j < Dp; j++) {
+        LLJAX_LANES G.x[(n * Dp + j) * W + l] = T(0);
+      }
+    }
+    interleave<T, W>(P.y + e0 * N, N, N, G.y);
+    interleave<T, W>(P.w + e0 * N, N, N, G.w);
+    interleave<T, W>(P.offset + e0 * N, N, N, G.mt);
+  }
   for (int l = 0; l < W; l++) {
     const int64_t e = ent[l];
     if (valid[l]) {
-      const T* X = P.X + e * N * D;
-      for (int64_t n = 0; n < N; n++) {
-        for (int64_t j = 0; j < D; j++) G.x[(n * Dp + j) * W + l] = X[n * D + j];
-        for (int64_t j = D; j < Dp; j++) G.x[(n * Dp + j) * W + l] = T(0);
-        G.y[n * W + l] = P.y[e * N + n];
-        G.w[n * W + l] = P.w[e * N + n];
-        G.mt[n * W + l] = P.offset[e * N + n];
+      if (!valid[W - 1]) {
+        const T* X = P.X + e * N * D;
+        for (int64_t n = 0; n < N; n++) {
+          for (int64_t j = 0; j < D; j++) G.x[(n * Dp + j) * W + l] = X[n * D + j];
+          for (int64_t j = D; j < Dp; j++) G.x[(n * Dp + j) * W + l] = T(0);
+          G.y[n * W + l] = P.y[e * N + n];
+          G.w[n * W + l] = P.w[e * N + n];
+          G.mt[n * W + l] = P.offset[e * N + n];
+        }
       }
-      if (P.full_A) {
-        for (int64_t k = 0; k < D * D; k++) G.A[k * W + l] = P.A[e * D * D + k];
-      } else {
-        for (int64_t k = 0; k < D; k++) G.A[k * W + l] = P.A[e * D + k];
-      }
-      for (int64_t k = 0; k < D; k++) {
-        G.b[k * W + l] = P.b[e * D + k];
-        G.th[k * W + l] = P.theta0[e * D + k];
-      }
-      G.cst[l] = P.c[e];
+      G.load_penalty(P, e, l);
       tol[l] = P.tol[e];
       max_iter[l] = P.max_iter[e];
     } else {
@@ -486,33 +690,35 @@ static void solve_group(const Problem<T>& P, int64_t g0, Group<T, W>& G) {
         for (int64_t j = 0; j < Dp; j++) G.x[(n * Dp + j) * W + l] = T(0);
         G.y[n * W + l] = G.w[n * W + l] = G.mt[n * W + l] = T(0);
       }
-      const int64_t na = P.full_A ? D * D : D;
+      const int64_t na = G.full_A ? D * D : D;
       for (int64_t k = 0; k < na; k++) G.A[k * W + l] = T(0);
       for (int64_t k = 0; k < D; k++) {
-        if (P.full_A) G.A[(k * D + k) * W + l] = T(1);
+        if (G.full_A) G.A[(k * D + k) * W + l] = T(1);
         else G.A[k * W + l] = T(1);
-        G.b[k * W + l] = G.th[k * W + l] = T(0);
+        G.b[k * W + l] = G.th[k * W + l] = G.th0[k * W + l] = T(0);
       }
       G.cst[l] = T(0);
       tol[l] = T(1);
       max_iter[l] = 0;
     }
   }
-  G.unit_labels = true;
-  for (int64_t i = 0; i < NW; i++) {
-    if (G.w[i] > T(0) && __builtin_fabs(G.y[i]) != T(1)) G.unit_labels = false;
-  }
+  int other_labels = 0;
+#pragma omp simd reduction(| : other_labels)
+  for (int64_t i = 0; i < NW; i++) other_labels |= (G.w[i] > T(0)) & (__builtin_fabs(G.y[i]) != T(1));
+  G.unit_labels = other_labels == 0;
 
   // Start: margins, objective, gradient, status.
   G.matvec(G.th, G.mt, G.m);
   row_values(P.loss, NW, G.y, G.w, G.m, G.e, G.v);
-  G.objective(G.th, f);
+  G.penalty(G.th, G.ath);
+  G.objective(G.th, G.ath, f);
   row_derivatives(P.loss, NW, G.unit_labels, G.y, G.w, G.m, G.e, G.r, G.c);
-  G.gradient(G.th, G.g);
+  G.gradient(G.ath, G.g);
   bool any = false;
+  const GradSummary<T, W> g0s(G.g, D);
   for (int l = 0; l < W; l++) {
     iter[l] = 0;
-    status[l] = status_after(f[l], G.g, D, l, W, 0, tol[l], max_iter[l], false);
+    status[l] = status_after(f[l], g0s.max_abs[l], g0s.finite[l], 0, tol[l], max_iter[l], false);
     running[l] = valid[l] && status[l] == kRunning;
     any = any || running[l];
   }
@@ -543,7 +749,8 @@ static void solve_group(const Problem<T>& P, int64_t g0, Group<T, W>& G) {
         LLJAX_LANES G.mt[n * W + l] = G.m[n * W + l] + t * G.xp[n * W + l];
       }
       row_values(P.loss, NW, G.y, G.w, G.mt, G.et, G.v);
-      G.objective(G.tt, fv);
+      G.penalty(G.tt, G.att);
+      G.objective(G.tt, G.att, fv);
       searching_any = false;
       bool take_any = false;
       M take = {};
@@ -566,7 +773,12 @@ static void solve_group(const Problem<T>& P, int64_t g0, Group<T, W>& G) {
       if (take_any) {  // move the lanes that accepted this trial to the trial point
         V* th = reinterpret_cast<V*>(G.th);
         const V* tt = reinterpret_cast<const V*>(G.tt);
-        for (int64_t i = 0; i < D; i++) th[i] = take ? tt[i] : th[i];
+        V* ath = reinterpret_cast<V*>(G.ath);
+        const V* att = reinterpret_cast<const V*>(G.att);
+        for (int64_t i = 0; i < D; i++) {
+          th[i] = take ? tt[i] : th[i];
+          ath[i] = take ? att[i] : ath[i];
+        }
         V* m = reinterpret_cast<V*>(G.m);
         V* e = reinterpret_cast<V*>(G.e);
         const V* mt = reinterpret_cast<const V*>(G.mt);
@@ -581,16 +793,19 @@ static void solve_group(const Problem<T>& P, int64_t g0, Group<T, W>& G) {
     for (int l = 0; l < W; l++) any_accepted = any_accepted || accepted[l];
     if (any_accepted) {  // lanes that did not move get the same r, c as before
       row_derivatives(P.loss, NW, G.unit_labels, G.y, G.w, G.m, G.e, G.r, G.c);
-      G.gradient(G.th, G.gn);
+      G.gradient(G.ath, G.gn);
     }
     any = false;
     for (int l = 0; l < W; l++) {
-      if (!running[l]) continue;
-      if (accepted[l]) {
+      if (running[l] && accepted[l]) {
         for (int64_t i = 0; i < D; i++) G.g[i * W + l] = G.gn[i * W + l];
       }
+    }
+    const GradSummary<T, W> gs(G.g, D);
+    for (int l = 0; l < W; l++) {
+      if (!running[l]) continue;
       iter[l] += 1;
-      status[l] = status_after(f[l], G.g, D, l, W, iter[l], tol[l], max_iter[l], !accepted[l]);
+      status[l] = status_after(f[l], gs.max_abs[l], gs.finite[l], iter[l], tol[l], max_iter[l], !accepted[l]);
       running[l] = status[l] == kRunning;
       any = any || running[l];
     }
@@ -598,28 +813,9 @@ static void solve_group(const Problem<T>& P, int64_t g0, Group<T, W>& G) {
 
   // Results; the precision is X^T diag(c) X + A at the final margin (c is current for every lane).
   if (P.precision_mode != kPrecisionNone) G.data_hessian();
+  const GradSummary<T, W> gs(G.g, D);
   for (int l = 0; l < W; l++) {
-    if (!valid[l]) continue;
-    const int64_t e = ent[l];
-    for (int64_t i = 0; i < D; i++) P.theta[e * D + i] = G.th[i * W + l];
-    P.value[e] = f[l];
-    P.grad_norm[e] = grad_max(G.g, D, l, W);
-    P.iterations[e] = iter[l];
-    P.status[e] = status[l];
-    if (P.precision_mode == kPrecisionFull) {
-      T* out = P.precision + e * D * D;
-      for (int64_t i = 0; i < D; i++) {
-        for (int64_t j = 0; j < D; j++) {
-          const T s = i >= j ? G.S[(i * Dp + j) * W + l] : G.S[(j * Dp + i) * W + l];
-          out[i * D + j] = s + (P.full_A ? G.A[(i * D + j) * W + l] : (i == j ? G.A[i * W + l] : T(0)));
-        }
-      }
-    } else if (P.precision_mode == kPrecisionDiagonal) {
-      T* out = P.precision + e * D;
-      for (int64_t i = 0; i < D; i++) {
-        out[i] = G.S[(i * Dp + i) * W + l] + (P.full_A ? G.A[(i * D + i) * W + l] : G.A[i * W + l]);
-      }
-    }
+    if (valid[l]) G.finish(P, ent[l], l, f[l], gs.max_abs[l], iter[l], status[l]);
   }
 }
 
@@ -630,10 +826,25 @@ static void solve_groups_impl(const Problem<T>& P, int64_t g0, int64_t g1, T* wo
   G.N = P.N;
   G.D = P.D;
   G.Dp = (P.D + 3) / 4 * 4;
-  G.full_A = P.full_A;
+  G.full_A = P.full_prior;
   G.loss = P.loss;
   G.carve(workspace);
-  for (int64_t gi = g0; gi < g1; gi++) solve_group<T, W>(P, gi, G);
+  const int64_t na = P.full_prior ? P.D * P.D : P.D;
+  for (int64_t gi = g0; gi < g1; gi++) {
+    G.ahead.clear();
+    const int64_t e1 = (gi + 1) * W, e2 = e1 + W < P.E ? e1 + W : P.E;  // the next group's entities
+    if (gi + 1 < g1 && e1 < e2) {
+      const int64_t k = e2 - e1, s = sizeof(T);
+      G.ahead.add(P.X + e1 * P.N * P.D, k * P.N * P.D * s);
+      G.ahead.add(P.y + e1 * P.N, k * P.N * s);
+      G.ahead.add(P.w + e1 * P.N, k * P.N * s);
+      G.ahead.add(P.offset + e1 * P.N, k * P.N * s);
+      G.ahead.add(P.prior_precision + e1 * na, k * na * s);
+      G.ahead.add(P.prior_mean + e1 * P.D, k * P.D * s);
+      G.ahead.add(P.mask + e1 * P.D, k * P.D * 4);
+    }
+    solve_group<T, W>(P, gi, G);
+  }
 }
 
 void solve_groups(const Problem<double>& p, int64_t g0, int64_t g1, double* workspace) {
