@@ -339,11 +339,11 @@ class RandomEffectModel:
         with timer("prepare"):
             slots = store.lookup(dataset.entity_keys)
             prior = store.gather_pairs(slots)
-            subspaces = local_subspaces(dataset, prior.owner, prior.feature_ids)
             rows_per_entity = np.bincount(dataset.entity, minlength=U)
             row_order = np.argsort(dataset.entity, kind="stable")
             row_start = np.zeros(U + 1, np.int64)
             np.cumsum(rows_per_entity, out=row_start[1:])
+            subspaces = local_subspaces(dataset, prior.owner, prior.feature_ids, rows=(row_order, row_start))
             labels = encode_labels(self.loss, dataset.label)
             plans = plan_blocks(rows_per_entity, subspaces.sizes, dtype.itemsize, store.precision == "full",
                                 self._block_budget())

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _native
 from ._arrays import concat_ranges, next_pow2, segments
 from ._dataset import Dataset
 from ._lbfgs import MEMORY_SIZE
@@ -35,6 +36,8 @@ __all__ = ["Subspaces", "BlockPlan", "local_subspaces", "plan_blocks", "build_bl
 _MIN_ROWS = 4
 _MIN_LANES = 8
 
+# local_subspaces' native path keeps a mark per feature id (4 bytes each) up to this many ids.
+_NATIVE_MARK_MAX = 1 << 25
 # local_subspaces marks keys in a table (1 byte per possible (entity, feature) key) instead of sorting
 # them when the key space is at most _TABLE_PER_KEY times the number of keys (or _TABLE_MIN); it reads
 # the nonzeros _KEY_CHUNK at a time.
@@ -113,19 +116,29 @@ class Subspaces(NamedTuple):
         return out
 
 
-def local_subspaces(dataset: Dataset, prior_owner: np.ndarray, prior_feature_ids: np.ndarray) -> Subspaces:
+def local_subspaces(dataset: Dataset, prior_owner: np.ndarray, prior_feature_ids: np.ndarray,
+                    rows: tuple[np.ndarray, np.ndarray] | None = None) -> Subspaces:
     """Union of each entity's data features and prior features, sorted by global id.
 
-    The (entity, feature) keys of the nonzeros are deduplicated a cache-sized chunk of rows at a
-    time (rows of one entity mostly repeat its features), so no ``(nnz,)`` key array is sorted; or,
-    when the key space is small, marked in a table (no sort at all).
+    With ``rows`` (and the native helper built and enabled, and a feature space of at most
+    ``_NATIVE_MARK_MAX`` ids): entity by entity in one pass over the nonzeros
+    (:func:`lljax._native.subspace_keys`). Else by NumPy: the (entity, feature) keys of the
+    nonzeros are deduplicated a cache-sized chunk of rows at a time (rows of one entity mostly
+    repeat its features), so no ``(nnz,)`` key array is sorted; or, when the key space is small,
+    marked in a table (no sort at all). All paths give the same keys.
 
     Args:
       dataset: the examples.
       prior_owner: ``(k,)`` entity code (into ``dataset.entity_keys``) of each stored prior pair.
       prior_feature_ids: ``(k,)`` feature id of each stored prior pair.
+      rows: optional ``(row_order, row_start)``: the examples grouped by entity code, and each
+        entity's offset in ``row_order`` (``(U + 1,)``).
     """
     stride = max(dataset.num_features, int(prior_feature_ids.max()) + 1 if prior_feature_ids.size else 0, 1)
+    if rows is not None and stride <= _NATIVE_MARK_MAX and _native.enabled():
+        keys = _native.subspace_keys(dataset.indptr, dataset.feature_ids, rows[0], rows[1], prior_owner,
+                                     prior_feature_ids, stride)
+        return Subspaces.from_keys(keys, dataset.num_entities, stride)
     space = dataset.num_entities * stride
     nnz = len(dataset.feature_ids)
     prior_keys = prior_owner * stride + prior_feature_ids
@@ -256,18 +269,34 @@ def build_block(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, subspaces
     rows, lane, row_cell, y, w, offset = _block_rows(dataset, labels, plan, row_order, row_start)
 
     local = subspaces.restrict(ents)
-    nnz_per_row = dataset.indptr[rows + 1] - dataset.indptr[rows]
-    nz = concat_ranges(dataset.indptr[rows], nnz_per_row)
-    nz_cell = np.repeat(row_cell, nnz_per_row)
-    nz_lane, rank_in_row = segments(nnz_per_row)
-    col = local.local_index(lane[nz_lane], dataset.feature_ids[nz], guess=rank_in_row)
-    X = np.bincount(nz_cell * D + col, weights=dataset.values[nz], minlength=E * N * D).astype(dtype)
+    X = _scatter_rows(dataset, rows, lane, row_cell, local, E * N, D).astype(dtype, copy=False)
 
     feature_ids = np.full((E, D), -1, np.int64)
     feature_ids[: len(ents)] = local.feature_ids(D)
     prior_mean, prior_precision = _priors(ents, E, D, local, store, slots, l2, dtype)
     return Block(X.reshape(E, N, D), y.reshape(E, N), w.reshape(E, N), offset.reshape(E, N),
                  feature_ids, prior_mean, prior_precision)
+
+
+def _scatter_rows(dataset: Dataset, rows: np.ndarray, lane: np.ndarray, row_cell: np.ndarray, local: Subspaces,
+                  cells: int, D: int) -> np.ndarray:
+    """``(cells * D,)`` float64: each row's nonzeros added at ``row_cell * D + local column``.
+
+    By the native helper (:func:`lljax._native.pack_rows`, one pass) when it is built and enabled, else
+    by NumPy (local columns by :meth:`Subspaces.local_index` with the rank-in-row guess, then a
+    ``bincount``); both add repeated (row, feature) values in float64 and give the same array.
+    """
+    if _native.enabled():
+        out = np.zeros(cells * D, np.float64)
+        _native.pack_rows(dataset.indptr, dataset.feature_ids, dataset.values, rows.astype(np.int64, copy=False),
+                          row_cell.astype(np.int64, copy=False), lane.astype(np.int64, copy=False), local, D, out)
+        return out
+    nnz_per_row = dataset.indptr[rows + 1] - dataset.indptr[rows]
+    nz = concat_ranges(dataset.indptr[rows], nnz_per_row)
+    nz_cell = np.repeat(row_cell, nnz_per_row)
+    nz_lane, rank_in_row = segments(nnz_per_row)
+    col = local.local_index(lane[nz_lane], dataset.feature_ids[nz], guess=rank_in_row)
+    return np.bincount(nz_cell * D + col, weights=dataset.values[nz], minlength=cells * D)
 
 
 def _block_rows(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, row_order: np.ndarray,

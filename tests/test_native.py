@@ -304,3 +304,109 @@ def test_generic_isa_variant():
     out = subprocess.run([sys.executable, "-c", _GENERIC_SCRIPT], env=env, capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parent.parent, timeout=600)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------------------------
+# Host-side packing helper (pack_rows) against the NumPy path of build_block
+# --------------------------------------------------------------------------------------------
+
+def _mixed_rows_dataset(rng, fid_dtype, dtype, entities=40, vocabulary=300, shuffle=False):
+    """Rows that list their entity's whole subspace in order (every rank-in-row guess right), subsets,
+    shuffled rows and a repeated feature (values add up); with ``shuffle`` the entities' rows interleave."""
+    from lljax import Dataset
+
+    rows = []
+    for entity in range(entities):
+        subspace = np.sort(rng.choice(vocabulary, rng.integers(1, 10), replace=False))
+        for _ in range(rng.integers(1, 7)):
+            kind = rng.integers(4)
+            if kind == 0:
+                row = subspace
+            elif kind == 1:
+                row = np.sort(rng.choice(subspace, rng.integers(1, len(subspace) + 1), replace=False))
+            elif kind == 2:
+                row = rng.permutation(subspace)
+            else:
+                row = np.concatenate([subspace, subspace[-1:]])
+            rows.append((entity, row))
+    if shuffle:
+        rows = [rows[i] for i in rng.permutation(len(rows))]
+    lengths = [len(r) for _, r in rows]
+    return Dataset.from_arrays([e for e, _ in rows], np.zeros(len(rows)), indptr=np.r_[0, np.cumsum(lengths)],
+                               feature_ids=np.concatenate([r for _, r in rows]).astype(fid_dtype),
+                               values=rng.normal(size=sum(lengths)), num_features=vocabulary, intercept_id=None,
+                               dtype=dtype)
+
+
+@needs_native
+@pytest.mark.parametrize("fid_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_pack_rows_equals_the_numpy_scatter(monkeypatch, fid_dtype, dtype):
+    from lljax._arrays import concat_ranges, segments
+    from lljax._packing import _scatter_rows, local_subspaces
+
+    rng = np.random.default_rng(11)
+    data = _mixed_rows_dataset(rng, fid_dtype, dtype, shuffle=True)
+    assert data.feature_ids.dtype == fid_dtype and data.values.dtype == dtype
+    sub = local_subspaces(data, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    order = np.argsort(data.entity, kind="stable")
+    start = np.r_[0, np.cumsum(np.bincount(data.entity, minlength=len(data.entity_keys)))]
+    ents = rng.permutation(len(data.entity_keys))[:25]  # a block's lanes, in any order
+    n_rows = start[ents + 1] - start[ents]
+    rows = order[concat_ranges(start[ents], n_rows)]
+    lane, rank = segments(n_rows)
+    N, D = int(n_rows.max()), int(sub.sizes[ents].max())
+    local = sub.restrict(ents)
+    assert _native.enabled()  # the first call takes the native helper
+    native = _scatter_rows(data, rows, lane, lane * N + rank, local, len(ents) * N, D)
+    monkeypatch.setenv("LLJAX_NATIVE", "0")
+    plain = _scatter_rows(data, rows, lane, lane * N + rank, local, len(ents) * N, D)
+    np.testing.assert_array_equal(native, plain)
+    assert np.count_nonzero(plain) > 0.5 * len(rows)
+
+
+@needs_native
+def test_pack_rows_names_a_feature_outside_the_subspace():
+    from lljax._packing import Subspaces
+
+    indptr = np.array([0, 2, 4], np.int64)
+    fids = np.array([3, 7, 3, 9], np.int64)
+    values = np.ones(4)
+    # lane 0's subspace is {3, 7}; row 1 (lane 0 too) also has feature 9
+    local = Subspaces.from_keys(np.array([3, 7], np.int64), 1, 100)
+    out = np.zeros(2 * 2)
+    rows = np.array([0, 1], np.int64)
+    with pytest.raises(ValueError, match="feature 9 of dataset row 1"):
+        _native.pack_rows(indptr, fids, values, rows, np.array([0, 1], np.int64), np.zeros(2, np.int64), local, 2,
+                          out)
+    with pytest.raises(IndexError, match="out of range"):
+        _native.pack_rows(indptr, fids, values, np.array([5], np.int64), np.zeros(1, np.int64),
+                          np.zeros(1, np.int64), local, 2, out)
+
+
+@needs_native
+@pytest.mark.parametrize("fid_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("with_priors", [False, True])
+def test_subspace_keys_equal_the_numpy_dedupe(fid_dtype, with_priors):
+    from lljax._packing import local_subspaces
+
+    rng = np.random.default_rng(12)
+    data = _mixed_rows_dataset(rng, fid_dtype, np.float64, shuffle=True)
+    U = len(data.entity_keys)
+    if with_priors:  # stored pairs in no particular order: some repeat data features, some are new, one id past
+        k = 120          # the data's feature space widens the stride
+        owner = rng.integers(0, U, k)
+        fids = rng.integers(0, 310, k)
+        fids[0] = 5000
+    else:
+        owner, fids = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    row_order = np.argsort(data.entity, kind="stable")
+    row_start = np.r_[0, np.cumsum(np.bincount(data.entity, minlength=U))].astype(np.int64)
+    assert _native.enabled()
+    native = local_subspaces(data, owner, fids, rows=(row_order, row_start))
+    plain = local_subspaces(data, owner, fids)
+    assert native.stride == plain.stride
+    np.testing.assert_array_equal(native.pair_keys, plain.pair_keys)
+    np.testing.assert_array_equal(native.start, plain.start)
+    np.testing.assert_array_equal(native.sizes, plain.sizes)
+    assert len(plain.pair_keys) > U

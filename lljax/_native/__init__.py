@@ -10,7 +10,8 @@ per loss). :func:`lljax.solve_block` uses it automatically on the CPU backend; w
 
 - :func:`available` says whether the extension was built and registered; :func:`build_error` why not.
 - ``LLJAX_NATIVE=0`` in the environment (read when a block shape is first compiled) forces the
-  pure-JAX path; ``SolverConfig(native=False/True)`` does so per call.
+  pure-JAX path; ``SolverConfig(native=False/True)`` does so per call. It also turns off
+  :func:`pack_rows`, the host-side helper that scatters a block's sparse rows (then NumPy does it).
 - ``LLJAX_REQUIRE_NATIVE=1`` makes the test suite fail when the extension is missing (set by ``.ci/run``).
 - ``LLJAX_NATIVE_THREADS=k`` caps the threads the kernel uses (default: XLA's CPU thread pool).
 - ``LLJAX_NATIVE_ISA=generic`` (read once per process) runs the baseline-ISA variant on an AVX2 CPU.
@@ -25,7 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["available", "build_error", "enabled", "isa", "newton_solve", "LOSS_CODES", "PRECISION_CODES"]
+__all__ = ["available", "build_error", "enabled", "isa", "newton_solve", "pack_rows", "subspace_keys",
+           "LOSS_CODES",
+           "PRECISION_CODES"]
 
 LOSS_CODES = {"linear": 0, "logistic": 1, "poisson": 2}
 PRECISION_CODES = {"diagonal": 0, "full": 1, "none": 2}
@@ -112,3 +115,48 @@ def newton_solve(X, y, w, offset, mask, prior_mean, prior_precision, l2, delta, 
         max_iter.astype(jnp.int32), loss=np.int32(LOSS_CODES[loss]), max_backtracks=np.int32(max_backtracks),
         precision_mode=np.int32(mode))
     return theta, value, grad_norm, (None if mode == 2 else prec), iterations, status
+
+
+def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, D: int, out) -> None:
+    """Add each row's nonzeros into its block cell: ``out[row_cell[i] * D + col] += value``.
+
+    The host-side half of :func:`lljax._packing.build_block` in one pass (C++, see ``pack.cc``): ``col``
+    is the nonzero's local column in its lane's subspace, its rank in the row when that is right
+    (checked), else found by binary search.
+
+    Args:
+      indptr, feature_ids, values: the dataset's CSR rows (int64; int32 or int64; float32 or float64).
+      rows, row_cell, row_lane: ``(R,)`` int64: the dataset rows of the block, each one's flat cell
+        ``lane * N + rank`` and its lane.
+      subspaces: the block's :class:`lljax._packing.Subspaces` (lane-numbered, see ``restrict``).
+      D: padded features.
+      out: ``(E * N * D,)`` float64, C-contiguous, written in place (zeros where nothing is added).
+    Raises:
+      ValueError: a nonzero's feature is not in its entity's subspace (names the feature and the row).
+    """
+    _module.pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces.pair_keys, subspaces.start,
+                      subspaces.sizes, int(subspaces.stride), int(D), out)
+
+
+def subspace_keys(indptr, feature_ids, row_order, row_start, prior_owner, prior_feature_ids, stride: int) -> np.ndarray:
+    """Sorted distinct ``entity * stride + feature_id`` keys of every entity's nonzeros and prior features.
+
+    What :func:`lljax._packing.local_subspaces` computes, entity by entity in one pass over the
+    nonzeros (C++, see ``pack.cc``; a mark array of ``stride`` uint32).
+
+    Args:
+      indptr, feature_ids: the dataset's CSR rows (int64; int32 or int64).
+      row_order: ``(n,)`` int64 rows grouped by entity; row_start: ``(U + 1,)`` int64 offsets of each
+        entity's rows in ``row_order``.
+      prior_owner, prior_feature_ids: ``(k,)`` stored prior pairs (entity code, feature id).
+      stride: > every feature id.
+    Returns:
+      ``(K,)`` int64, writable.
+    """
+    U = len(row_start) - 1
+    order = np.argsort(prior_owner, kind="stable")
+    prior_start = np.zeros(U + 1, np.int64)
+    np.cumsum(np.bincount(prior_owner, minlength=U), out=prior_start[1:])
+    keys = _module.subspace_keys(indptr, feature_ids, row_order, row_start,
+                                 np.asarray(prior_feature_ids, np.int64)[order], prior_start, int(stride))
+    return np.frombuffer(keys, np.int64)

@@ -217,7 +217,16 @@ static PyObject* lanes(PyObject*, PyObject*) {
                        lljax_native::kLanes<float>);
 }
 
+PyObject* lljax_pack_rows(PyObject*, PyObject* args);  // pack.cc
+PyObject* lljax_subspace_keys(PyObject*, PyObject* args);  // pack.cc
+
 static PyMethodDef methods[] = {
+    {"pack_rows", lljax_pack_rows, METH_VARARGS,
+     "pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, keys, start, sizes, stride, D, out): "
+     "add each row's nonzeros into out[row_cell * D + local column] (see pack.cc)."},
+    {"subspace_keys", lljax_subspace_keys, METH_VARARGS,
+     "subspace_keys(indptr, feature_ids, row_order, row_start, prior_feature_ids, prior_start, stride): "
+     "sorted distinct entity * stride + feature id keys, as a bytearray of int64 (see pack.cc)."},
     {"registrations", registrations, METH_NOARGS, "FFI target name -> PyCapsule of the XLA FFI handler."},
     {"isa", isa, METH_NOARGS, "The kernel variant this CPU runs: 'avx2+fma' or 'generic'."},
     {"lanes", lanes, METH_NOARGS, "Entities per SIMD group, by dtype."},

@@ -1,0 +1,242 @@
+// Host-side packing helpers of lljax (plain CPython through the buffer protocol; no XLA, no NumPy C API).
+//
+// pack_rows scatters a block's sparse rows into its padded dense design matrix in one pass over the
+// nonzeros. It does what lljax/_packing.py's NumPy path does for a block (build_block: Subspaces.local_index with
+// the rank-in-row guess, then a bincount of the values into (E * N * D) cells), without its dozen
+// temporaries of the block's nonzero count: each nonzero's local column is its rank in its row when the
+// entity's subspace has that feature there (checked), else a binary search of the entity's sorted keys.
+// Values of repeated (row, feature) pairs add up, as bincount does; the sum is in float64.
+#include <Python.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+// A C-contiguous buffer of one of the expected element formats, released on scope exit.
+struct View {
+  Py_buffer buffer{};
+  bool held = false;
+  ~View() {
+    if (held) PyBuffer_Release(&buffer);
+  }
+  // Format code ('q' int64, 'i' int32, 'd' float64, 'f' float32) or 0 with a Python error set.
+  char get(PyObject* obj, const char* name, const char* allowed, bool writable) {
+    const int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, &buffer, flags) != 0) return 0;
+    held = true;
+    const char* f = buffer.format ? buffer.format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') f++;
+    char code = *f;
+    if (code == 'l' && buffer.itemsize == 8) code = 'q';  // int64 on LP64
+    if (code == 'l' && buffer.itemsize == 4) code = 'i';
+    if (f[0] == 0 || f[1] != 0 || std::strchr(allowed, code) == nullptr) {
+      PyErr_Format(PyExc_TypeError, "pack_rows: %s has element format '%s', expected one of '%s'", name,
+                   buffer.format ? buffer.format : "B", allowed);
+      return 0;
+    }
+    return code;
+  }
+  Py_ssize_t size() const { return buffer.len / buffer.itemsize; }
+  template <typename T>
+  T* data() const {
+    return static_cast<T*>(buffer.buf);
+  }
+};
+
+// Column of feature `fid` in lane `lane`'s subspace (keys lane * stride + feature id, sorted), or -1.
+inline int64_t search(const int64_t* keys, int64_t lo, int64_t hi, int64_t key) {
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (keys[mid] < key) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// Returns -1 on success, else the position (in rows) of a row with a feature outside its subspace.
+template <typename F, typename V>
+int64_t scatter(const int64_t* indptr, const F* feature_ids, const V* values, const int64_t* rows,
+                const int64_t* row_cell, const int64_t* row_lane, int64_t n_rows, const int64_t* keys,
+                const int64_t* start, const int64_t* sizes, int64_t stride, int64_t D, double* out,
+                int64_t* bad_feature) {
+  for (int64_t i = 0; i < n_rows; i++) {
+    const int64_t r = rows[i], lane = row_lane[i];
+    const int64_t lo = start[lane], size = sizes[lane], base = lane * stride;
+    double* cell = out + row_cell[i] * D;
+    const int64_t k0 = indptr[r], k1 = indptr[r + 1];
+    for (int64_t k = k0; k < k1; k++) {
+      const int64_t key = base + static_cast<int64_t>(feature_ids[k]);
+      int64_t col = k - k0;  // the guess: the nonzero's rank in its row
+      if (col >= size || keys[lo + col] != key) {
+        const int64_t at = search(keys, lo, lo + size, key);
+        if (at == lo + size || keys[at] != key) {
+          *bad_feature = static_cast<int64_t>(feature_ids[k]);
+          return i;
+        }
+        col = at - lo;
+      }
+      cell[col] += static_cast<double>(values[k]);
+    }
+  }
+  return -1;
+}
+
+}  // namespace
+
+// pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, keys, start, sizes, stride, D, out)
+PyObject* lljax_pack_rows(PyObject*, PyObject* args) {
+  PyObject *o_indptr, *o_fids, *o_values, *o_rows, *o_cell, *o_lane, *o_keys, *o_start, *o_sizes, *o_out;
+  long long stride, D;
+  if (!PyArg_ParseTuple(args, "OOOOOOOOOLLO", &o_indptr, &o_fids, &o_values, &o_rows, &o_cell, &o_lane, &o_keys,
+                        &o_start, &o_sizes, &stride, &D, &o_out)) {
+    return nullptr;
+  }
+  View indptr, fids, values, rows, cell, lane, keys, start, sizes, out;
+  if (!indptr.get(o_indptr, "indptr", "q", false) || !fids.get(o_fids, "feature_ids", "iq", false) ||
+      !values.get(o_values, "values", "df", false) || !rows.get(o_rows, "rows", "q", false) ||
+      !cell.get(o_cell, "row_cell", "q", false) || !lane.get(o_lane, "row_lane", "q", false) ||
+      !keys.get(o_keys, "keys", "q", false) || !start.get(o_start, "start", "q", false) ||
+      !sizes.get(o_sizes, "sizes", "q", false) || !out.get(o_out, "out", "d", true)) {
+    return nullptr;
+  }
+  const int64_t n_rows = rows.size();
+  if (cell.size() != n_rows || lane.size() != n_rows || fids.size() != values.size() ||
+      start.size() < sizes.size() || D < 1 || stride < 1) {
+    PyErr_SetString(PyExc_ValueError, "pack_rows: inconsistent argument sizes");
+    return nullptr;
+  }
+  // Bounds, checked once so that the loop cannot read or write outside the buffers.
+  const int64_t n_data = indptr.size() - 1, n_lanes = sizes.size(), n_cells = out.size() / D;
+  for (int64_t i = 0; i < n_rows; i++) {
+    const int64_t r = rows.data<int64_t>()[i], l = lane.data<int64_t>()[i], c = cell.data<int64_t>()[i];
+    if (r < 0 || r >= n_data || l < 0 || l >= n_lanes || c < 0 || c >= n_cells) {
+      PyErr_Format(PyExc_IndexError, "pack_rows: row %lld (lane %lld, cell %lld) out of range", (long long)r,
+                   (long long)l, (long long)c);
+      return nullptr;
+    }
+    const int64_t* ip = indptr.data<int64_t>();
+    if (ip[r] < 0 || ip[r] > ip[r + 1] || ip[r + 1] > fids.size()) {
+      PyErr_Format(PyExc_IndexError, "pack_rows: indptr of row %lld out of range", (long long)r);
+      return nullptr;
+    }
+  }
+  for (int64_t l = 0; l < n_lanes; l++) {
+    const int64_t s = start.data<int64_t>()[l], z = sizes.data<int64_t>()[l];
+    if (s < 0 || z < 0 || z > D || s + z > keys.size()) {
+      PyErr_Format(PyExc_IndexError, "pack_rows: subspace of lane %lld out of range", (long long)l);
+      return nullptr;
+    }
+  }
+  int64_t bad = -1, bad_feature = 0;
+  Py_BEGIN_ALLOW_THREADS;
+  const int64_t* a[] = {indptr.data<int64_t>(), rows.data<int64_t>(), cell.data<int64_t>(), lane.data<int64_t>(),
+                        keys.data<int64_t>(), start.data<int64_t>(), sizes.data<int64_t>()};
+  double* o = out.data<double>();
+  const bool f32 = fids.buffer.itemsize == 4, v32 = values.buffer.itemsize == 4;
+  if (f32 && v32) {
+    bad = scatter(a[0], fids.data<int32_t>(), values.data<float>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
+                  stride, D, o, &bad_feature);
+  } else if (f32) {
+    bad = scatter(a[0], fids.data<int32_t>(), values.data<double>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
+                  stride, D, o, &bad_feature);
+  } else if (v32) {
+    bad = scatter(a[0], fids.data<int64_t>(), values.data<float>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
+                  stride, D, o, &bad_feature);
+  } else {
+    bad = scatter(a[0], fids.data<int64_t>(), values.data<double>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
+                  stride, D, o, &bad_feature);
+  }
+  Py_END_ALLOW_THREADS;
+  if (bad >= 0) {
+    PyErr_Format(PyExc_ValueError, "pack_rows: feature %lld of dataset row %lld is not in its entity's subspace",
+                 (long long)bad_feature, (long long)rows.data<int64_t>()[bad]);
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+// subspace_keys(indptr, feature_ids, row_order, row_start, prior_feature_ids, prior_start, stride)
+//   -> bytearray of int64: the sorted distinct keys entity * stride + feature id over every entity's
+// nonzeros and its prior features, as lljax/_packing.py's local_subspaces (NumPy: chunked sort).
+// Entity by entity (rows in row_order, grouped by row_start; prior features grouped by prior_start), a
+// feature is taken once by stamping mark[feature] with the entity; each entity's few features are then
+// sorted. One pass over the nonzeros, a mark array of `stride` uint32.
+PyObject* lljax_subspace_keys(PyObject*, PyObject* args) {
+  PyObject *o_indptr, *o_fids, *o_order, *o_start, *o_pfids, *o_pstart;
+  long long stride;
+  if (!PyArg_ParseTuple(args, "OOOOOOL", &o_indptr, &o_fids, &o_order, &o_start, &o_pfids, &o_pstart, &stride)) {
+    return nullptr;
+  }
+  View indptr, fids, order, start, pfids, pstart;
+  if (!indptr.get(o_indptr, "indptr", "q", false) ||
+      !fids.get(o_fids, "feature_ids", "iq", false) || !order.get(o_order, "row_order", "q", false) ||
+      !start.get(o_start, "row_start", "q", false) || !pfids.get(o_pfids, "prior_feature_ids", "q", false) ||
+      !pstart.get(o_pstart, "prior_start", "q", false)) {
+    return nullptr;
+  }
+  const int64_t n = order.size(), U = start.size() - 1;
+  if (stride < 1 || stride > (int64_t(1) << 30) || U < 0 || U >= (int64_t(1) << 32) - 1 || indptr.size() != n + 1 ||
+      pstart.size() != U + 1) {
+    PyErr_SetString(PyExc_ValueError, "subspace_keys: inconsistent argument sizes");
+    return nullptr;
+  }
+  const int64_t *ip = indptr.data<int64_t>(), *ord = order.data<int64_t>(), *st = start.data<int64_t>();
+  const int64_t *pf = pfids.data<int64_t>(), *ps = pstart.data<int64_t>();
+  const bool f32 = fids.buffer.itemsize == 4;
+  // Bounds once: row_start and prior_start increasing within their arrays, rows and features in range.
+  if (st[0] != 0 || st[U] != n || ps[0] != 0 || ps[U] != pfids.size() || ip[0] < 0 || ip[n] > fids.size()) {
+    PyErr_SetString(PyExc_ValueError, "subspace_keys: offsets out of range");
+    return nullptr;
+  }
+  for (int64_t u = 0; u < U; u++) {
+    if (st[u] > st[u + 1] || ps[u] > ps[u + 1]) {
+      PyErr_SetString(PyExc_ValueError, "subspace_keys: offsets not increasing");
+      return nullptr;
+    }
+  }
+  for (int64_t i = 0; i < n; i++) {
+    if (ord[i] < 0 || ord[i] >= n || ip[i] > ip[i + 1]) {
+      PyErr_SetString(PyExc_ValueError, "subspace_keys: row_order or indptr out of range");
+      return nullptr;
+    }
+  }
+  std::vector<int64_t> keys;
+  bool bad = false;
+  Py_BEGIN_ALLOW_THREADS;
+  std::vector<uint32_t> mark(static_cast<size_t>(stride), 0);
+  std::vector<int64_t> mine;
+  keys.reserve(static_cast<size_t>(n));
+  for (int64_t u = 0; u < U && !bad; u++) {
+    const uint32_t stamp = static_cast<uint32_t>(u + 1);
+    mine.clear();
+    auto take = [&](int64_t f) {
+      if (f < 0 || f >= stride) {
+        bad = true;
+      } else if (mark[f] != stamp) {
+        mark[f] = stamp;
+        mine.push_back(f);
+      }
+    };
+    for (int64_t i = st[u]; i < st[u + 1]; i++) {
+      const int64_t r = ord[i];
+      for (int64_t k = ip[r]; k < ip[r + 1]; k++) {
+        take(f32 ? static_cast<int64_t>(fids.data<int32_t>()[k]) : fids.data<int64_t>()[k]);
+      }
+    }
+    for (int64_t k = ps[u]; k < ps[u + 1]; k++) take(pf[k]);
+    std::sort(mine.begin(), mine.end());
+    for (const int64_t f : mine) keys.push_back(u * stride + f);
+  }
+  Py_END_ALLOW_THREADS;
+  if (bad) {
+    PyErr_SetString(PyExc_ValueError, "subspace_keys: a feature id is outside [0, stride)");
+    return nullptr;
+  }
+  PyObject* out = PyByteArray_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(keys.size() * sizeof(int64_t)));
+  if (out == nullptr) return nullptr;
+  if (!keys.empty()) std::memcpy(PyByteArray_AS_STRING(out), keys.data(), keys.size() * sizeof(int64_t));
+  return out;
+}
