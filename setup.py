@@ -57,7 +57,7 @@ def _extensions() -> list[Extension]:
     return [Extension(
         "lljax._native._newton",
         sources=[str(NATIVE / f) for f in ("newton.cc", "newton_avx2.cc", "newton_generic.cc", "pack.cc")],
-        depends=[str(NATIVE / f) for f in ("newton_common.h", "newton_kernel.h")],
+        depends=[str(NATIVE / f) for f in ("newton_common.h", "newton_kernel.h", "wide_kernel.h")],
         include_dirs=[include, str(NATIVE)],
         extra_compile_args=COMPILE_ARGS,
         libraries=["mvec"],

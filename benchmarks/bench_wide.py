@@ -12,7 +12,8 @@ Timed kernels, on prebuilt blocks already on the device (warm jit, ``block_until
 
 - ``wide``: ``lljax._wide.solve_block_wide`` on :class:`~lljax._wide.SparseBlock` s (each row's
   nonzeros as column + value) of ``--wide-lanes`` entities, all entities; what ``RandomEffectModel``
-  runs for these blocks;
+  runs for these blocks: on CPU the native wide kernel (``lljax/_native/wide_kernel.h``) when built;
+- ``wide jax``: the same call with ``SolverConfig(native=False)``: the pure-JAX wide path;
 - ``lbfgs``: ``lljax._lbfgs.solve_block_lbfgs`` (optax L-BFGS, the previous wide path, still used when
   a block has more rows than features) on dense blocks of ``--lanes`` entities, all entities;
 - ``newton``: ``lljax.solve_block`` (``hessian="diagonal"``, which forms and factors the D x D
@@ -60,7 +61,7 @@ from lljax._wide import solve_block_wide, sparse_from_dense  # noqa: E402
 
 L2, DELTA = 1.0, 0.8
 TIGHT_TOL = 1e-12
-METHODS = ("wide", "lbfgs", "newton", "lambda learner", "update")
+METHODS = ("wide", "wide jax", "lbfgs", "newton", "lambda learner", "update")
 STATUS_NAMES = ("converged", "max_iterations", "non_finite", "stalled")
 
 
@@ -178,8 +179,10 @@ def run_case(D: int, E: int, args) -> dict:
     newton_blocks = blocks[: newton_count // lanes]
     sparse = [jax.device_put(sparse_from_dense(b)) for b in blocks_of(data, wide_lanes, E)]
 
+    jax_config = config._replace(native=False)
     solvers = {
         "wide": (lambda b, c=config: solve_block_wide(b, l2, delta, c), sparse),
+        "wide jax": (lambda b, c=jax_config: solve_block_wide(b, l2, delta, c), sparse),
         "lbfgs": (lambda b, c=config: solve_block_lbfgs(b, l2, delta, c), blocks),
         "newton": (lambda b, c=config: lljax.solve_block(b, l2, delta, c), newton_blocks),
     }
@@ -194,6 +197,10 @@ def run_case(D: int, E: int, args) -> dict:
         print(f"  D={D} {name}: {count / np.median(times):,.0f} entities/s", flush=True)
 
     acc = out["accuracy"] = {}
+    if "wide" in results and "wide jax" in results:
+        acc["wide_native_vs_jax_theta"] = rel_diff(results["wide"].theta, results["wide jax"].theta)
+        acc["wide_native_vs_jax_iterations_equal"] = bool(np.array_equal(results["wide"].iterations,
+                                                                          results["wide jax"].iterations))
     if "newton" in results:
         k = newton_count
         tight = config._replace(tol=TIGHT_TOL)
@@ -264,6 +271,9 @@ def print_table(cases: list[dict]) -> None:
                       f"{a[f'{name}_vs_newton_precision_tol_1e-12']:.1e}; iters {name} "
                       f"{a[f'tol_1e-12_{name}']['iterations_mean']:.1f}, Newton "
                       f"{a['tol_1e-12_newton']['iterations_mean']:.1f})")
+        if "wide_native_vs_jax_theta" in a:
+            print(f"{'':<30}wide (native kernel) vs wide jax: theta {a['wide_native_vs_jax_theta']:.1e}, "
+                  f"iterations equal: {a['wide_native_vs_jax_iterations_equal']}")
         if "lambda_learner_vs_wide_theta" in a:
             print(f"{'':<30}Lambda Learner vs wide theta {a['lambda_learner_vs_wide_theta']:.1e}; "
                   f"update vs wide kernel theta {a.get('update_vs_wide_kernel_theta', float('nan')):.1e}")

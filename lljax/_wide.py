@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import cho_solve
 
+from . import _native
 from ._lbfgs import solve_block_lbfgs
 from ._losses import get_loss
 from ._solve import (
@@ -221,10 +222,55 @@ def solve_block_wide(block: SparseBlock, l2, delta, config: SolverConfig, *, lan
 
 @partial(jax.jit, static_argnames=("config", "lanes"))
 def _solve_block(block: SparseBlock, l2, delta, limits: _Limits, config: SolverConfig, lanes: str) -> SolveResult:
+    plain = partial(_solve_block_jax, config=config, lanes=lanes)
+    if not _use_native_wide(block, config):
+        return plain(block, l2, delta, limits)
+    # The native kernel is a CPU custom call: other platforms lower the pure-JAX branch only.
+    native = partial(_solve_block_native, config=config)
+    return jax.lax.platform_dependent(block, l2, delta, limits, cpu=native, default=plain)
+
+
+def _solve_block_jax(block: SparseBlock, l2, delta, limits: _Limits, *, config: SolverConfig,
+                     lanes: str) -> SolveResult:
     solve = partial(_solve_one, config=config)
     if lanes == "map":
         return jax.lax.map(lambda lane: solve(*lane, l2, delta, limits), tuple(block))
     return jax.vmap(solve, in_axes=(0,) * len(block) + (None, None, None))(*block, l2, delta, limits)
+
+
+def _use_native_wide(block: SparseBlock, config: SolverConfig) -> bool:
+    """Whether :func:`_solve_block` calls the native wide kernel (decided at trace time), as
+    :func:`lljax._solve._use_native` decides for the Newton kernel."""
+    if config.native is False:
+        return False
+    ok = _native.supports(block.vals.dtype) and block.cols.ndim == 3 and config.loss in _native.LOSS_CODES
+    if config.native is True:
+        if not _native.available():
+            raise RuntimeError(f"SolverConfig(native=True) but the native kernel is not built: {_native.build_error()}")
+        if not ok:
+            raise ValueError(f"the native wide kernel does not support {block.vals.dtype} blocks of shape "
+                             f"{block.cols.shape}")
+        return True
+    return ok and _native.enabled()
+
+
+def _solve_block_native(block: SparseBlock, l2, delta, limits: _Limits, *, config: SolverConfig) -> SolveResult:
+    """:func:`_solve_block_jax` by the native wide kernel (``lljax/_native/wide_kernel.h``): the same
+    penalty, iterations, line search, statuses and finish, one entity at a time in C++."""
+    E = block.cols.shape[0]
+
+    def per_entity(x):
+        return jnp.broadcast_to(x, (E,))
+
+    kind = "diagonal" if config.hessian == "diagonal" else "none"
+    theta, value, grad_norm, precision, iterations, status = _native.wide_solve(
+        block.cols, block.vals, block.y, block.w, block.offset, block.feature_ids >= 0, block.prior_mean,
+        block.prior_precision, per_entity(l2), per_entity(delta), per_entity(limits.tol),
+        per_entity(limits.max_iter), loss=config.loss, max_backtracks=config.max_backtracks, precision=kind)
+    if config.hessian == "identity":
+        precision = jnp.ones_like(theta)
+    return SolveResult(theta=theta, precision=precision, loss=value, grad_norm=grad_norm, iterations=iterations,
+                       status=status)
 
 
 def sparse_from_dense(block: Block) -> SparseBlock:

@@ -410,3 +410,135 @@ def test_subspace_keys_equal_the_numpy_dedupe(fid_dtype, with_priors):
     np.testing.assert_array_equal(native.start, plain.start)
     np.testing.assert_array_equal(native.sizes, plain.sizes)
     assert len(plain.pair_keys) > U
+
+
+@needs_native
+def test_host_helpers_take_strided_arrays():
+    """Dataset arrays may be views (e.g. a column of a wider array): the helpers take them as they are."""
+    from lljax._packing import Subspaces
+
+    wide = np.zeros((4, 2), np.int64)
+    wide[:, 0] = [3, 7, 3, 9]
+    fids = wide[:, 0]  # strided
+    assert not fids.flags.c_contiguous
+    indptr = np.array([0, 2, 4], np.int64)
+    keys = _native.subspace_keys(indptr, fids, np.array([0, 1], np.int64), np.array([0, 1, 2], np.int64),
+                                 np.zeros(0, np.int64), np.zeros(0, np.int64), 10)
+    np.testing.assert_array_equal(keys, [3, 7, 13, 19])
+    local = Subspaces.from_keys(keys, 2, 10)
+    out = np.zeros(2 * 1 * 2)
+    _native.pack_rows(indptr, fids, np.arange(4.0), np.array([0, 1], np.int64), np.array([0, 1], np.int64),
+                      np.array([0, 1], np.int64), local, 2, out)
+    np.testing.assert_array_equal(out, [0.0, 1.0, 2.0, 3.0])
+
+
+
+# --------------------------------------------------------------------------------------------
+# The native wide kernel (Newton in the span of the rows) against the pure-JAX wide path
+# --------------------------------------------------------------------------------------------
+
+def _with_repeated_columns(sparse, rng):
+    """Give some rows a second slot on a column they already have (values add up, as in X)."""
+    from lljax._wide import SparseBlock
+
+    cols, vals = np.array(sparse.cols), np.array(sparse.vals)
+    E, N, K = cols.shape
+    extra_c = np.zeros((E, N, 1), cols.dtype)
+    extra_v = np.zeros((E, N, 1), vals.dtype)
+    for e in range(E):
+        for n in range(0, N, 3):
+            if vals[e, n, 0] != 0:
+                extra_c[e, n, 0] = cols[e, n, 0]
+                extra_v[e, n, 0] = rng.normal()
+    return SparseBlock(np.concatenate([cols, extra_c], -1), np.concatenate([vals, extra_v], -1), *sparse[2:])
+
+
+def solve_wide_both(sparse, config, l2=0.8, delta=0.6):
+    from lljax._wide import solve_block_wide
+
+    dtype = sparse.vals.dtype
+    args = (sparse, np.asarray(l2, dtype), np.asarray(delta, dtype))
+    plain = solve_block_wide(*args, config._replace(native=False))
+    native = solve_block_wide(*args, config._replace(native=True))
+    return plain, native
+
+
+@needs_native
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("hessian", ["none", "identity", "diagonal"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(12, 40), (24, 10)], ids=["N<D", "N>D"])
+def test_wide_native_equals_wide_jax(loss, hessian, dtype, shape):
+    from lljax._wide import sparse_from_dense
+    from tests.test_wide import block_of
+
+    for cold in (True, False):
+        rng = np.random.default_rng(21 if cold else 22)
+        sparse = _with_repeated_columns(sparse_from_dense(block_of(rng, loss, dtype, cold, *shape)), rng)
+        config = SolverConfig(loss=loss, hessian=hessian, tol=1e-10 if dtype == np.float64 else 1e-4)
+        plain, native = solve_wide_both(sparse, config)
+        assert_same(plain, native, RTOL[dtype], exact_counts=dtype == np.float64)
+        assert np.asarray(native.status)[:4].tolist() == [Status.CONVERGED] * 4
+
+
+@needs_native
+@pytest.mark.parametrize("max_iter", [0, 1, 3])
+def test_wide_native_iteration_caps(max_iter):
+    from lljax._wide import sparse_from_dense
+    from tests.test_wide import block_of
+
+    sparse = sparse_from_dense(block_of(np.random.default_rng(23), "logistic", np.float64, True, 12, 40))
+    plain, native = solve_wide_both(sparse, SolverConfig(loss="logistic", hessian="diagonal", tol=1e-14,
+                                                         max_iter=max_iter))
+    assert_same(plain, native, 1e-9)
+    if max_iter < 3:
+        assert np.asarray(native.status)[:4].tolist() == [Status.MAX_ITERATIONS] * 4
+        assert np.asarray(native.iterations)[:4].tolist() == [max_iter] * 4
+
+
+@needs_native
+@pytest.mark.parametrize("case", ["nan value", "overflowing K", "overflowing exp"])
+def test_wide_native_non_finite_lanes(case):
+    """A lane that meets NaN/inf ends NON_FINITE with its prior mean and prior precision, as in JAX."""
+    from lljax._wide import SparseBlock, sparse_from_dense
+    from tests.test_wide import block_of
+
+    loss = "poisson" if case == "overflowing exp" else "linear"
+    sparse = sparse_from_dense(block_of(np.random.default_rng(24), loss, np.float64, False, 12, 40))
+    vals, offset = np.array(sparse.vals), np.array(sparse.offset)
+    if case == "nan value":
+        vals[1, 0, 0] = np.nan
+    elif case == "overflowing K":
+        vals[1] *= 1e200
+    else:
+        offset[1] = 800.0
+    sparse = SparseBlock(sparse.cols, vals, sparse.y, sparse.w, offset, *sparse[5:])
+    plain, native = solve_wide_both(sparse, SolverConfig(loss=loss, hessian="diagonal", tol=1e-10))
+    assert int(native.status[1]) == Status.NON_FINITE
+    assert_same(plain, native, 1e-9)
+    np.testing.assert_array_equal(native.theta[1], np.where(np.asarray(sparse.feature_ids[1]) >= 0,
+                                                            sparse.prior_mean[1], 0.0))
+
+
+@needs_native
+def test_wide_native_is_what_the_model_runs(monkeypatch):
+    """RandomEffectModel.update solves wide blocks by the native kernel on CPU (and by JAX without it),
+    with the same coefficients."""
+    import lljax._wide as wide_module
+    from tests.test_wide import wide_batches
+
+    batches = wide_batches(np.random.default_rng(25), 12, 10, 300)
+    calls = []
+    real = wide_module._solve_block_native
+    monkeypatch.setattr(wide_module, "_solve_block_native", lambda *a, **k: calls.append(1) or real(*a, **k))
+    from lljax import RandomEffectModel
+
+    native = RandomEffectModel("logistic", l2=1.0, hessian="diagonal")
+    native.update(batches[0], progress=False)
+    assert calls, "the native wide kernel was not traced"
+    monkeypatch.setenv("LLJAX_NATIVE", "0")
+    plain = RandomEffectModel("logistic", l2=1.0, hessian="diagonal")
+    plain.update(batches[0], progress=False)
+    a, b = native.to_table(), plain.to_table()
+    np.testing.assert_array_equal(a["feature_id"], b["feature_id"])
+    np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-9, atol=1e-12)

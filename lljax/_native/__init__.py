@@ -26,13 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["available", "build_error", "enabled", "isa", "newton_solve", "pack_rows", "subspace_keys",
+__all__ = ["available", "build_error", "enabled", "isa", "newton_solve", "wide_solve", "pack_rows", "subspace_keys",
            "LOSS_CODES",
            "PRECISION_CODES"]
 
 LOSS_CODES = {"linear": 0, "logistic": 1, "poisson": 2}
 PRECISION_CODES = {"diagonal": 0, "full": 1, "none": 2}
 _TARGETS = {np.dtype(np.float64): "lljax_newton_f64", np.dtype(np.float32): "lljax_newton_f32"}
+_WIDE_TARGETS = {np.dtype(np.float64): "lljax_wide_f64", np.dtype(np.float32): "lljax_wide_f32"}
 
 _module = None
 _error: str | None = None
@@ -117,6 +118,42 @@ def newton_solve(X, y, w, offset, mask, prior_mean, prior_precision, l2, delta, 
     return theta, value, grad_norm, (None if mode == 2 else prec), iterations, status
 
 
+def wide_solve(cols, vals, y, w, offset, mask, prior_mean, prior_precision, l2, delta, tol, max_iter, *, loss: str,
+               max_backtracks: int, precision: str):
+    """Run the wide kernel (Newton in the span of the rows, :mod:`lljax._wide`) on a sparse block.
+
+    Args:
+      cols: ``(E, N, K)`` int32 local columns; vals: ``(E, N, K)``; y, w, offset: ``(E, N)``; mask:
+        ``(E, D)``; prior_mean, prior_precision: ``(E, D)`` (diagonal); l2, delta, tol: ``(E,)``;
+        max_iter: ``(E,)`` int32.
+      loss: ``"linear"``, ``"logistic"`` or ``"poisson"``; max_backtracks: line-search halvings.
+      precision: ``"diagonal"`` or ``"none"``.
+    Returns:
+      ``(theta, value, grad_norm, precision, iterations, status)`` as in :class:`lljax.SolveResult`,
+      finished as :func:`lljax._solve._finish` (``precision`` ``None`` for ``"none"``).
+    """
+    if not available():
+        raise RuntimeError(f"lljax native kernel not available: {_error}")
+    dtype = np.dtype(vals.dtype)
+    batch, D = cols.shape[:-2], mask.shape[-1]
+    mode = PRECISION_CODES[precision]
+    if mode not in (0, 2):
+        raise ValueError(f"the wide kernel gives a diagonal precision or none, not {precision!r}")
+    out_types = (
+        jax.ShapeDtypeStruct(batch + (D,), dtype),
+        jax.ShapeDtypeStruct(batch, dtype),
+        jax.ShapeDtypeStruct(batch, dtype),
+        jax.ShapeDtypeStruct(batch + ((D,) if mode == 0 else (1,)), dtype),
+        jax.ShapeDtypeStruct(batch, jnp.int32),
+        jax.ShapeDtypeStruct(batch, jnp.int32),
+    )
+    call = jax.ffi.ffi_call(_WIDE_TARGETS[dtype], out_types, vmap_method="broadcast_all")
+    theta, value, grad_norm, prec, iterations, status = call(
+        cols.astype(jnp.int32), vals, y, w, offset, mask.astype(jnp.int32), prior_mean, prior_precision, l2, delta,
+        tol, max_iter.astype(jnp.int32), loss=np.int32(LOSS_CODES[loss]), max_backtracks=np.int32(max_backtracks),
+        precision_mode=np.int32(mode))
+    return theta, value, grad_norm, (None if mode == 2 else prec), iterations, status
+
 def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, D: int, out) -> None:
     """Add each row's nonzeros into its block cell: ``out[row_cell[i] * D + col] += value``.
 
@@ -134,8 +171,9 @@ def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, 
     Raises:
       ValueError: a nonzero's feature is not in its entity's subspace (names the feature and the row).
     """
-    _module.pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces.pair_keys, subspaces.start,
-                      subspaces.sizes, int(subspaces.stride), int(D), out)
+    c = np.ascontiguousarray  # the helper reads C-contiguous buffers (no copy when they already are)
+    _module.pack_rows(c(indptr), c(feature_ids), c(values), c(rows), c(row_cell), c(row_lane), c(subspaces.pair_keys),
+                      c(subspaces.start), c(subspaces.sizes), int(subspaces.stride), int(D), out)
 
 
 def subspace_keys(indptr, feature_ids, row_order, row_start, prior_owner, prior_feature_ids, stride: int) -> np.ndarray:
@@ -157,6 +195,7 @@ def subspace_keys(indptr, feature_ids, row_order, row_start, prior_owner, prior_
     order = np.argsort(prior_owner, kind="stable")
     prior_start = np.zeros(U + 1, np.int64)
     np.cumsum(np.bincount(prior_owner, minlength=U), out=prior_start[1:])
-    keys = _module.subspace_keys(indptr, feature_ids, row_order, row_start,
+    c = np.ascontiguousarray  # the helper reads C-contiguous buffers (no copy when they already are)
+    keys = _module.subspace_keys(c(indptr), c(feature_ids), c(row_order), c(row_start),
                                  np.asarray(prior_feature_ids, np.int64)[order], prior_start, int(stride))
     return np.frombuffer(keys, np.int64)

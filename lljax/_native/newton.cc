@@ -66,6 +66,42 @@ void run_groups(const Problem<T>* P, int64_t groups, Pool* pool) {
   std::free(ws);
 }
 
+// Runs worker(pool) on the calling thread and on up to (XLA's CPU threads - 1) helpers, capped by
+// LLJAX_NATIVE_THREADS; the workers claim jobs from pool->next. Helpers that start after the caller is
+// done (pool busy) find the pool closed and return without calling worker; the caller waits only for
+// the helpers that did start. Returns the pool (pool->next >= jobs unless a worker ran out of memory).
+template <typename Worker>
+std::shared_ptr<Pool> run_parallel(ffi::ThreadPool& thread_pool, int64_t jobs, Worker worker) {
+  int64_t helpers = std::min<int64_t>(thread_pool.num_threads(), jobs) - 1;
+  if (const char* env = std::getenv("LLJAX_NATIVE_THREADS")) {
+    const long cap = std::atol(env);
+    if (cap > 0) helpers = std::min<int64_t>(helpers, cap - 1);
+  }
+  auto pool = std::make_shared<Pool>();
+  for (int64_t h = 0; h < helpers; h++) {
+    thread_pool.Schedule([pool, worker]() {
+      {
+        std::lock_guard<std::mutex> lock(pool->mu);
+        if (pool->closed) return;
+        pool->active++;
+      }
+      worker(pool.get());
+      {
+        std::lock_guard<std::mutex> lock(pool->mu);
+        pool->active--;
+      }
+      pool->cv.notify_all();
+    });
+  }
+  worker(pool.get());
+  {
+    std::unique_lock<std::mutex> lock(pool->mu);
+    pool->closed = true;
+    pool->cv.wait(lock, [&pool] { return pool->active == 0; });
+  }
+  return pool;
+}
+
 int64_t rows_of(const ffi::Span<const int64_t>& dims, size_t back) { return dims[dims.size() - back]; }
 
 template <ffi::DataType DT>
@@ -120,37 +156,77 @@ ffi::Error Newton(ffi::ThreadPool thread_pool, ffi::Buffer<DT> X, ffi::Buffer<DT
   if (E == 0) return ffi::Error::Success();
 
   const int64_t groups = (E + kLanes<T> - 1) / kLanes<T>;
-  int64_t helpers = std::min<int64_t>(thread_pool.num_threads(), groups) - 1;
-  if (const char* env = std::getenv("LLJAX_NATIVE_THREADS")) {
-    const long cap = std::atol(env);
-    if (cap > 0) helpers = std::min<int64_t>(helpers, cap - 1);
-  }
-  // Helpers that start after the caller is done (pool busy) find the pool closed and return without
-  // touching P; the caller waits only for the helpers that did start.
-  auto pool = std::make_shared<Pool>();
-  for (int64_t h = 0; h < helpers; h++) {
-    const Problem<T>* Pp = &P;
-    thread_pool.Schedule([pool, Pp, groups]() {
-      {
-        std::lock_guard<std::mutex> lock(pool->mu);
-        if (pool->closed) return;
-        pool->active++;
-      }
-      run_groups<T>(Pp, groups, pool.get());
-      {
-        std::lock_guard<std::mutex> lock(pool->mu);
-        pool->active--;
-      }
-      pool->cv.notify_all();
-    });
-  }
-  run_groups<T>(&P, groups, pool.get());
-  {
-    std::unique_lock<std::mutex> lock(pool->mu);
-    pool->closed = true;
-    pool->cv.wait(lock, [&pool] { return pool->active == 0; });
-  }
+  const Problem<T>* Pp = &P;
+  auto pool = run_parallel(thread_pool, groups, [Pp, groups](Pool* pool) { run_groups<T>(Pp, groups, pool); });
   if (pool->next.load() < groups) return ffi::Error::Internal("lljax_newton: out of memory for the workspace");
+  return ffi::Error::Success();
+}
+
+
+// The wide kernel (wide_kernel.h) on entities claimed kClaim at a time; per-thread workspace.
+template <typename T>
+void run_wide(const WideProblem<T>* P, Pool* pool) {
+  const int64_t nf = wide_workspace_floats(P->N, P->K, P->D), ni = wide_workspace_ints(P->N, P->K, P->D);
+  std::unique_ptr<T[]> f(new (std::nothrow) T[nf]);
+  std::unique_ptr<int64_t[]> i(new (std::nothrow) int64_t[ni]);
+  if (!f || !i) return;
+  const bool avx2 = use_avx2();
+  constexpr int64_t kClaim = 4;
+  for (;;) {
+    const int64_t e = pool->next.fetch_add(kClaim);
+    if (e >= P->E) break;
+    const int64_t e1 = std::min(e + kClaim, P->E);
+    if (avx2) {
+      avx2::solve_wide(*P, e, e1, f.get(), i.get());
+    } else {
+      generic::solve_wide(*P, e, e1, f.get(), i.get());
+    }
+  }
+}
+
+template <ffi::DataType DT>
+ffi::Error Wide(ffi::ThreadPool thread_pool, ffi::Buffer<ffi::S32> cols, ffi::Buffer<DT> vals, ffi::Buffer<DT> y,
+                ffi::Buffer<DT> w, ffi::Buffer<DT> offset, ffi::Buffer<ffi::S32> mask, ffi::Buffer<DT> prior_mean,
+                ffi::Buffer<DT> prior_precision, ffi::Buffer<DT> l2, ffi::Buffer<DT> delta, ffi::Buffer<DT> tol,
+                ffi::Buffer<ffi::S32> max_iter, int32_t loss, int32_t max_backtracks, int32_t precision_mode,
+                ffi::ResultBuffer<DT> theta, ffi::ResultBuffer<DT> value, ffi::ResultBuffer<DT> grad_norm,
+                ffi::ResultBuffer<DT> precision, ffi::ResultBuffer<ffi::S32> iterations,
+                ffi::ResultBuffer<ffi::S32> status) {
+  using T = ffi::NativeType<DT>;
+  const auto dims = cols.dimensions();
+  if (dims.size() < 3) return ffi::Error::InvalidArgument("lljax_wide: cols must be (..., N, K)");
+  const int64_t N = rows_of(dims, 2), K = rows_of(dims, 1);
+  const int64_t E = static_cast<int64_t>(tol.element_count());
+  const int64_t D = E > 0 ? static_cast<int64_t>(mask.element_count()) / E : 0;
+  const auto count = [](const auto& buffer) { return static_cast<int64_t>(buffer.element_count()); };
+  if (count(cols) != E * N * K || count(vals) != E * N * K || count(y) != E * N || count(w) != E * N ||
+      count(offset) != E * N || count(mask) != E * D || count(prior_mean) != E * D ||
+      count(prior_precision) != E * D || count(l2) != E || count(delta) != E || count(max_iter) != E) {
+    return ffi::Error::InvalidArgument("lljax_wide: inconsistent shapes");
+  }
+  if (loss < kLinear || loss > kPoisson) return ffi::Error::InvalidArgument("lljax_wide: unknown loss");
+  if (precision_mode != kPrecisionDiagonal && precision_mode != kPrecisionNone) {
+    return ffi::Error::InvalidArgument("lljax_wide: precision must be diagonal or none");
+  }
+  const int32_t* c = cols.typed_data();
+  for (int64_t i = 0; i < E * N * K; i++) {
+    if (c[i] < 0 || c[i] >= D) return ffi::Error::InvalidArgument("lljax_wide: a column is outside [0, D)");
+  }
+  if (E == 0) return ffi::Error::Success();
+  WideProblem<T> P;
+  P.E = E, P.N = N, P.K = K, P.D = D;
+  P.cols = c;
+  P.vals = vals.typed_data(), P.y = y.typed_data(), P.w = w.typed_data(), P.offset = offset.typed_data();
+  P.mask = mask.typed_data();
+  P.prior_mean = prior_mean.typed_data(), P.prior_precision = prior_precision.typed_data();
+  P.l2 = l2.typed_data(), P.delta = delta.typed_data(), P.tol = tol.typed_data();
+  P.max_iter = max_iter.typed_data();
+  P.loss = loss, P.max_backtracks = max_backtracks, P.precision_mode = precision_mode;
+  P.theta = theta->typed_data(), P.value = value->typed_data(), P.grad_norm = grad_norm->typed_data();
+  P.precision = precision->typed_data(), P.iterations = iterations->typed_data(), P.status = status->typed_data();
+  const WideProblem<T>* Pp = &P;
+  auto pool = run_parallel(thread_pool, E, [Pp](Pool* pool) { run_wide<T>(Pp, pool); });
+  if (pool->next.load() < E) return ffi::Error::Internal("lljax_wide: out of memory for the workspace");
   return ffi::Error::Success();
 }
 
@@ -178,6 +254,33 @@ ffi::Error Newton(ffi::ThreadPool thread_pool, ffi::Buffer<DT> X, ffi::Buffer<DT
       .Ret<ffi::Buffer<ffi::S32>>()                \
       .Ret<ffi::Buffer<ffi::S32>>()
 
+#define LLJAX_BIND_WIDE(DT)                        \
+  ffi::Ffi::Bind()                                 \
+      .Ctx<ffi::ThreadPool>()                      \
+      .Arg<ffi::Buffer<ffi::S32>>() /* cols */     \
+      .Arg<ffi::Buffer<DT>>()       /* vals */     \
+      .Arg<ffi::Buffer<DT>>()       /* y */        \
+      .Arg<ffi::Buffer<DT>>()       /* w */        \
+      .Arg<ffi::Buffer<DT>>()       /* offset */   \
+      .Arg<ffi::Buffer<ffi::S32>>() /* mask */     \
+      .Arg<ffi::Buffer<DT>>()       /* mean */     \
+      .Arg<ffi::Buffer<DT>>()       /* precision */\
+      .Arg<ffi::Buffer<DT>>()       /* l2 */       \
+      .Arg<ffi::Buffer<DT>>()       /* delta */    \
+      .Arg<ffi::Buffer<DT>>()       /* tol */      \
+      .Arg<ffi::Buffer<ffi::S32>>() /* max_iter */ \
+      .Attr<int32_t>("loss")                       \
+      .Attr<int32_t>("max_backtracks")             \
+      .Attr<int32_t>("precision_mode")             \
+      .Ret<ffi::Buffer<DT>>()                      \
+      .Ret<ffi::Buffer<DT>>()                      \
+      .Ret<ffi::Buffer<DT>>()                      \
+      .Ret<ffi::Buffer<DT>>()                      \
+      .Ret<ffi::Buffer<ffi::S32>>()                \
+      .Ret<ffi::Buffer<ffi::S32>>()
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(WideF64, Wide<ffi::F64>, LLJAX_BIND_WIDE(ffi::F64));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(WideF32, Wide<ffi::F32>, LLJAX_BIND_WIDE(ffi::F32));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NewtonF64, Newton<ffi::F64>, LLJAX_BIND(ffi::F64));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NewtonF32, Newton<ffi::F32>, LLJAX_BIND(ffi::F32));
 
@@ -195,7 +298,9 @@ static PyObject* registrations(PyObject*, PyObject*) {
     const char* name;
     void* fn;
   } targets[] = {{"lljax_newton_f64", reinterpret_cast<void*>(lljax_native::NewtonF64)},
-                 {"lljax_newton_f32", reinterpret_cast<void*>(lljax_native::NewtonF32)}};
+                 {"lljax_newton_f32", reinterpret_cast<void*>(lljax_native::NewtonF32)},
+                 {"lljax_wide_f64", reinterpret_cast<void*>(lljax_native::WideF64)},
+                 {"lljax_wide_f32", reinterpret_cast<void*>(lljax_native::WideF32)}};
   for (const auto& t : targets) {
     PyObject* capsule = PyCapsule_New(t.fn, nullptr, nullptr);
     if (capsule == nullptr || PyDict_SetItemString(out, t.name, capsule) != 0) {

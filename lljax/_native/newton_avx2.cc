@@ -7,6 +7,7 @@
 namespace lljax_native {
 namespace avx2 {
 #include "newton_kernel.h"
+#include "wide_kernel.h"
 }  // namespace avx2
 }  // namespace lljax_native
 #pragma GCC pop_options
@@ -16,6 +17,8 @@ namespace lljax_native {
 namespace avx2 {  // never dispatched to on other architectures
 void solve_groups(const Problem<double>&, int64_t, int64_t, double*) {}
 void solve_groups(const Problem<float>&, int64_t, int64_t, float*) {}
+void solve_wide(const WideProblem<double>&, int64_t, int64_t, double*, int64_t*) {}
+void solve_wide(const WideProblem<float>&, int64_t, int64_t, float*, int64_t*) {}
 }  // namespace avx2
 }  // namespace lljax_native
 #endif

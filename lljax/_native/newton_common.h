@@ -46,6 +46,26 @@ struct Problem {
   int32_t *iterations, *status;
 };
 
+// The wide kernel's problem (lljax/_wide.py): E entities of N sparse rows, each of K (column, value)
+// slots, D local features, a diagonal prior.
+template <typename T>
+struct WideProblem {
+  int64_t E, N, K, D;
+  const int32_t* cols;                   // (E, N, K) local columns in [0, D)
+  const T *vals, *y, *w, *offset;        // (E, N, K), (E, N) x 3
+  const int32_t* mask;                   // (E, D)
+  const T *prior_mean, *prior_precision;  // (E, D) each
+  const T *l2, *delta, *tol;             // (E,) each
+  const int32_t* max_iter;               // (E,)
+  int32_t loss, max_backtracks, precision_mode;  // precision_mode: kPrecisionDiagonal or kPrecisionNone
+  T *theta, *value, *grad_norm, *precision;      // (E, D), (E,), (E,), (E, D) (diagonal) or unused
+  int32_t *iterations, *status;
+};
+
+// Workspace of the wide kernel per thread (one entity at a time): elements of T, and int64 indices.
+inline int64_t wide_workspace_floats(int64_t N, int64_t K, int64_t D) { return 2 * N * K + 2 * N * N + 15 * N + 9 * D; }
+inline int64_t wide_workspace_ints(int64_t N, int64_t K, int64_t D) { return D + 1 + N * K; }
+
 // Elements of T the kernel needs as workspace per thread (one group at a time).
 inline int64_t workspace_size(int64_t N, int64_t D, int lanes) {
   const int64_t Dp = (D + 3) / 4 * 4;
@@ -56,6 +76,8 @@ inline int64_t workspace_size(int64_t N, int64_t D, int lanes) {
   namespace ns {                                                                                       \
   void solve_groups(const Problem<double>& p, int64_t g0, int64_t g1, double* workspace);              \
   void solve_groups(const Problem<float>& p, int64_t g0, int64_t g1, float* workspace);                \
+  void solve_wide(const WideProblem<double>& p, int64_t e0, int64_t e1, double* f, int64_t* i);        \
+  void solve_wide(const WideProblem<float>& p, int64_t e0, int64_t e1, float* f, int64_t* i);          \
   }
 LLJAX_DECLARE_ISA(avx2)
 LLJAX_DECLARE_ISA(generic)

@@ -4,5 +4,6 @@
 namespace lljax_native {
 namespace generic {
 #include "newton_kernel.h"
+#include "wide_kernel.h"
 }  // namespace generic
 }  // namespace lljax_native
