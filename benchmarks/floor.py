@@ -21,8 +21,9 @@ What the floor is for the native CPU kernel (``lljax/_native``, the ``lljax nati
 4.72 Newton steps per entity) the work model counts ~143,000 flops and ~1,100 exp/log evaluations per
 entity and ~14 KB of compulsory memory traffic, so the case is compute-bound: the floor is the
 symmetric-Hessian, Cholesky, solve, line-search and gradient flops at the rate of a large NumPy
-dgemm on all cores (27-39 GFLOP/s measured on the shared 2-core machine) plus the transcendentals
-at JAX's ``exp`` rate: ~6-7 us per entity, ~150,000-165,000 entities/s. That rate is not reachable
+dgemm on all cores (24-88 GFLOP/s measured on the shared 2-core machine, depending on the load; 75-88
+in the quieter runs) plus the transcendentals at JAX's ``exp`` rate (0.8-0.9 G/s): ~2.8-3.3 us per
+entity, ~300,000-360,000 entities/s in those runs. That rate is not reachable
 by any exact implementation of the algorithm: a dgemm runs at its peak on large cache-blocked
 matrices, while the kernel's products are 64 x 16 x 16 per entity (the kernel computes the
 Hessian's lower triangle as register blocks at ~25 GFLOP/s per core, measured in isolation), and

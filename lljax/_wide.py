@@ -29,6 +29,13 @@ formed on the device by scattering one lane's nonzeros into a dense ``(D, N)`` `
 ``D = 256``, 200 us at ``D = 1024``, ``N = 64``; an all-pairs comparison of the stored columns was
 4x slower at ``D = 256``).
 
+Native kernel: on the CPU backend, when :mod:`lljax._native` is built (and not turned off by
+``SolverConfig(native=False)`` or ``LLJAX_NATIVE=0``), the same algorithm runs in C++
+(``lljax/_native/wide_kernel.h``), one entity at a time, with ``K`` built from the nonzeros grouped by
+column (about ``sum_j c_j^2`` products for a column met by ``c_j`` rows, instead of a dense product):
+3.7-4.6x the pure-JAX path (``benchmarks/bench_wide.py``), the same iterations, agreement to rounding
+(``tests/test_native.py``). The pure-JAX path below is the reference and the path on accelerators.
+
 Lanes: on CPU the block's entities are solved one after the other (``lax.map``), each stopping at
 its own iteration count; on accelerators they are ``vmap``-ped. Measured on CPU at ``N = 64``:
 ``lax.map`` 1.6-2.2x faster than ``vmap`` (a ``vmap``-ped ``while_loop`` runs every lane until the

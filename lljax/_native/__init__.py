@@ -1,17 +1,27 @@
-"""lljax's native CPU Newton kernel: an XLA FFI custom call (``jax.ffi``), optional.
+"""lljax's native CPU kernels: XLA FFI custom calls (``jax.ffi``) and host-side packing helpers, optional.
 
 The compiled extension ``lljax._native._newton`` (C++, built by ``pip install`` when a C++ compiler
-is available; see ``setup.py``) solves a whole block of entities by damped Newton, the same algorithm
-and stopping rule as :func:`lljax._solve._solve_one`, with the entity axis in the SIMD lanes (4
-float64 or 8 float32 entities per group, AVX2 + FMA when the CPU has them, chosen at run time) and
-each group's whole solve fused in cache. Every loss goes through the same kernel (one row function
-per loss). :func:`lljax.solve_block` uses it automatically on the CPU backend; without the extension
-(or with ``LLJAX_NATIVE=0``) the pure-JAX path runs. Results of the two paths agree to rounding.
+is available; see ``setup.py``) holds:
+
+- the **Newton kernel** (``newton_kernel.h``): a whole block of entities by damped Newton, the same
+  algorithm, penalty, stopping rule and finish as :func:`lljax._solve._solve_one`, with the entity axis
+  in the SIMD lanes (4 float64 or 8 float32 entities per group, AVX2 + FMA when the CPU has them,
+  chosen at run time) and each group's whole solve fused in cache. Every loss goes through the same
+  kernel (one row function per loss). :func:`lljax.solve_block` uses it on the CPU backend;
+- the **wide kernel** (``wide_kernel.h``): Newton in the span of the rows on sparse blocks, the
+  same iterates as :mod:`lljax._wide` (which uses it on the CPU backend), one entity at a time with
+  ``K = X A^-1 X^T`` built from the nonzeros grouped by column;
+- **host helpers** (``pack.cc``, plain CPython): :func:`pack_rows` scatters a block's sparse rows into
+  its dense design matrix and :func:`subspace_keys` finds every entity's distinct features, each in
+  one pass, for :mod:`lljax._packing` (which keeps its NumPy paths as the fallback).
+
+Without the extension (or with ``LLJAX_NATIVE=0``) the pure-JAX / NumPy paths run; results of the
+two agree to rounding (the host helpers exactly).
 
 - :func:`available` says whether the extension was built and registered; :func:`build_error` why not.
 - ``LLJAX_NATIVE=0`` in the environment (read when a block shape is first compiled) forces the
-  pure-JAX path; ``SolverConfig(native=False/True)`` does so per call. It also turns off
-  :func:`pack_rows`, the host-side helper that scatters a block's sparse rows (then NumPy does it).
+  pure-JAX path for both kernels; ``SolverConfig(native=False/True)`` does so per call. It also turns
+  off the host helpers (then NumPy packs).
 - ``LLJAX_REQUIRE_NATIVE=1`` makes the test suite fail when the extension is missing (set by ``.ci/run``).
 - ``LLJAX_NATIVE_THREADS=k`` caps the threads the kernel uses (default: XLA's CPU thread pool).
 - ``LLJAX_NATIVE_ISA=generic`` (read once per process) runs the baseline-ISA variant on an AVX2 CPU.
