@@ -370,13 +370,20 @@ def build_sparse_block(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, su
 
     nnz_per_row = dataset.indptr[rows + 1] - dataset.indptr[rows]
     K = int(next_pow2(max(int(nnz_per_row.max(initial=0)), 1)))
-    nz = concat_ranges(dataset.indptr[rows], nnz_per_row)
-    slot = np.repeat(row_cell * K, nnz_per_row) + segments(nnz_per_row)[1]
     local = subspaces.restrict(ents)
     cols = np.zeros(E * N * K, np.int32)
-    vals = np.zeros(E * N * K, dtype)
-    cols[slot] = local.local_index(np.repeat(lane, nnz_per_row), dataset.feature_ids[nz])
-    vals[slot] = dataset.values[nz]
+    if _native.enabled():  # one pass (see _scatter_rows)
+        vals = np.zeros(E * N * K, np.float64)
+        _native.pack_rows(dataset.indptr, dataset.feature_ids, dataset.values, rows.astype(np.int64, copy=False),
+                          row_cell.astype(np.int64, copy=False), lane.astype(np.int64, copy=False), local, D, vals,
+                          slot_cols=cols, K=K)
+        vals = vals.astype(dtype, copy=False)
+    else:
+        nz = concat_ranges(dataset.indptr[rows], nnz_per_row)
+        slot = np.repeat(row_cell * K, nnz_per_row) + segments(nnz_per_row)[1]
+        vals = np.zeros(E * N * K, dtype)
+        cols[slot] = local.local_index(np.repeat(lane, nnz_per_row), dataset.feature_ids[nz])
+        vals[slot] = dataset.values[nz]
 
     feature_ids = np.full((E, D), -1, np.int64)
     feature_ids[: len(ents)] = local.feature_ids(D)

@@ -542,3 +542,31 @@ def test_wide_native_is_what_the_model_runs(monkeypatch):
     a, b = native.to_table(), plain.to_table()
     np.testing.assert_array_equal(a["feature_id"], b["feature_id"])
     np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-9, atol=1e-12)
+
+
+@needs_native
+@pytest.mark.parametrize("fid_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sparse_block_packing_equals_numpy(monkeypatch, fid_dtype, dtype):
+    """build_sparse_block's slots (column, value) by the native helper equal the NumPy path's, repeated
+    columns and shuffled rows included."""
+    from lljax._packing import BlockPlan, build_sparse_block, local_subspaces
+
+    rng = np.random.default_rng(13)
+    data = _mixed_rows_dataset(rng, fid_dtype, dtype, shuffle=True)
+    U = len(data.entity_keys)
+    sub = local_subspaces(data, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    row_order = np.argsort(data.entity, kind="stable")
+    row_start = np.r_[0, np.cumsum(np.bincount(data.entity, minlength=U))].astype(np.int64)
+    ents = rng.permutation(U)[:20]
+    plan = BlockPlan(ents, 32, int(np.diff(row_start)[ents].max()), int(sub.sizes[ents].max()))
+    args = (data, np.zeros(data.num_examples), plan, sub, row_order, row_start, None, np.full(U, -1), 1.0)
+    assert _native.enabled()
+    native = build_sparse_block(*args)
+    monkeypatch.setenv("LLJAX_NATIVE", "0")
+    plain = build_sparse_block(*args)
+    for name in native._fields:
+        a, b = np.asarray(getattr(native, name)), np.asarray(getattr(plain, name))
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert np.count_nonzero(plain.vals) > 0

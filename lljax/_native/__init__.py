@@ -164,12 +164,16 @@ def wide_solve(cols, vals, y, w, offset, mask, prior_mean, prior_precision, l2, 
         precision_mode=np.int32(mode))
     return theta, value, grad_norm, (None if mode == 2 else prec), iterations, status
 
-def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, D: int, out) -> None:
-    """Add each row's nonzeros into its block cell: ``out[row_cell[i] * D + col] += value``.
+def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, D: int, out, *,
+              slot_cols=None, K: int = 0) -> None:
+    """Place each row's nonzeros in its block cell, in one pass (C++, see ``pack.cc``).
 
-    The host-side half of :func:`lljax._packing.build_block` in one pass (C++, see ``pack.cc``): ``col``
-    is the nonzero's local column in its lane's subspace, its rank in the row when that is right
-    (checked), else found by binary search.
+    Dense (``slot_cols`` None): ``out[row_cell[i] * D + col] += value``. Slots (a
+    :class:`~lljax._wide.SparseBlock`'s layout, ``K`` slots per row): the row's ``j``-th nonzero goes to
+    slot ``row_cell[i] * K + j`` as ``slot_cols = col``, ``out = value``. ``col`` is the nonzero's local
+    column in its lane's subspace: its rank in the row when that is right (checked), else found by
+    binary search. This is the host-side half of :func:`lljax._packing.build_block` /
+    :func:`~lljax._packing.build_sparse_block`.
 
     Args:
       indptr, feature_ids, values: the dataset's CSR rows (int64; int32 or int64; float32 or float64).
@@ -177,13 +181,19 @@ def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, 
         ``lane * N + rank`` and its lane.
       subspaces: the block's :class:`lljax._packing.Subspaces` (lane-numbered, see ``restrict``).
       D: padded features.
-      out: ``(E * N * D,)`` float64, C-contiguous, written in place (zeros where nothing is added).
+      out: float64, C-contiguous, written in place: ``(E * N * D,)`` (dense, zeros where nothing is
+        added) or ``(E * N * K,)`` values (slots).
+      slot_cols: ``(E * N * K,)`` int32, C-contiguous, written in place (slots), or ``None`` (dense).
+      K: slots per row (slots; at least the most nonzeros of a row).
     Raises:
       ValueError: a nonzero's feature is not in its entity's subspace (names the feature and the row).
     """
     c = np.ascontiguousarray  # the helper reads C-contiguous buffers (no copy when they already are)
+    if (slot_cols is None) != (K == 0):
+        raise ValueError("pack_rows: give slot_cols and K > 0 together (slots), or neither (dense)")
     _module.pack_rows(c(indptr), c(feature_ids), c(values), c(rows), c(row_cell), c(row_lane), c(subspaces.pair_keys),
-                      c(subspaces.start), c(subspaces.sizes), int(subspaces.stride), int(D), out)
+                      c(subspaces.start), c(subspaces.sizes), int(subspaces.stride), int(D), out, int(K),
+                      slot_cols)
 
 
 def subspace_keys(indptr, feature_ids, row_order, row_start, prior_owner, prior_feature_ids, stride: int) -> np.ndarray:

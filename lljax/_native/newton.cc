@@ -327,8 +327,8 @@ PyObject* lljax_subspace_keys(PyObject*, PyObject* args);  // pack.cc
 
 static PyMethodDef methods[] = {
     {"pack_rows", lljax_pack_rows, METH_VARARGS,
-     "pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, keys, start, sizes, stride, D, out): "
-     "add each row's nonzeros into out[row_cell * D + local column] (see pack.cc)."},
+     "pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, keys, start, sizes, stride, D, out, K, "
+     "slot_cols): each row's nonzeros into its dense cell (K = 0) or its K (column, value) slots (see pack.cc)."},
     {"subspace_keys", lljax_subspace_keys, METH_VARARGS,
      "subspace_keys(indptr, feature_ids, row_order, row_start, prior_feature_ids, prior_start, stride): "
      "sorted distinct entity * stride + feature id keys, as a bytearray of int64 (see pack.cc)."},

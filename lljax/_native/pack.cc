@@ -56,16 +56,31 @@ inline int64_t search(const int64_t* keys, int64_t lo, int64_t hi, int64_t key) 
   return lo;
 }
 
+// Where a nonzero goes. Dense: out[cell * D + col] += value (repeated columns add up, in float64).
+// Slots: the row's rank-th slot gets (col, value) (a SparseBlock's layout; K slots per row).
+struct DenseSink {
+  double* out;
+  int64_t D;
+  void operator()(int64_t cell, int64_t, int64_t col, double value) const { out[cell * D + col] += value; }
+};
+struct SlotSink {
+  double* vals;
+  int32_t* cols;
+  int64_t K;
+  void operator()(int64_t cell, int64_t rank, int64_t col, double value) const {
+    cols[cell * K + rank] = static_cast<int32_t>(col);
+    vals[cell * K + rank] = value;
+  }
+};
+
 // Returns -1 on success, else the position (in rows) of a row with a feature outside its subspace.
-template <typename F, typename V>
+template <typename F, typename V, typename Sink>
 int64_t scatter(const int64_t* indptr, const F* feature_ids, const V* values, const int64_t* rows,
                 const int64_t* row_cell, const int64_t* row_lane, int64_t n_rows, const int64_t* keys,
-                const int64_t* start, const int64_t* sizes, int64_t stride, int64_t D, double* out,
-                int64_t* bad_feature) {
+                const int64_t* start, const int64_t* sizes, int64_t stride, const Sink& sink, int64_t* bad_feature) {
   for (int64_t i = 0; i < n_rows; i++) {
-    const int64_t r = rows[i], lane = row_lane[i];
+    const int64_t r = rows[i], lane = row_lane[i], cell = row_cell[i];
     const int64_t lo = start[lane], size = sizes[lane], base = lane * stride;
-    double* cell = out + row_cell[i] * D;
     const int64_t k0 = indptr[r], k1 = indptr[r + 1];
     for (int64_t k = k0; k < k1; k++) {
       const int64_t key = base + static_cast<int64_t>(feature_ids[k]);
@@ -78,38 +93,60 @@ int64_t scatter(const int64_t* indptr, const F* feature_ids, const V* values, co
         }
         col = at - lo;
       }
-      cell[col] += static_cast<double>(values[k]);
+      sink(cell, k - k0, col, static_cast<double>(values[k]));
     }
   }
   return -1;
 }
 
+template <typename Sink>
+int64_t scatter_any(const View& fids, const View& values, const int64_t* const* a, int64_t n_rows, int64_t stride,
+                    const Sink& sink, int64_t* bad_feature) {
+  const bool f32 = fids.buffer.itemsize == 4, v32 = values.buffer.itemsize == 4;
+  if (f32 && v32) {
+    return scatter(a[0], fids.data<int32_t>(), values.data<float>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
+                   stride, sink, bad_feature);
+  } else if (f32) {
+    return scatter(a[0], fids.data<int32_t>(), values.data<double>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
+                   stride, sink, bad_feature);
+  } else if (v32) {
+    return scatter(a[0], fids.data<int64_t>(), values.data<float>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
+                   stride, sink, bad_feature);
+  }
+  return scatter(a[0], fids.data<int64_t>(), values.data<double>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
+                 stride, sink, bad_feature);
+}
+
 }  // namespace
 
-// pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, keys, start, sizes, stride, D, out)
+// pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, keys, start, sizes, stride, D, out,
+//           K, slot_cols): K = 0: out (cells * D float64) += the dense rows; K > 0: out (cells * K float64)
+// and slot_cols (cells * K int32) get each row's nonzeros as (local column, value) slots.
 PyObject* lljax_pack_rows(PyObject*, PyObject* args) {
-  PyObject *o_indptr, *o_fids, *o_values, *o_rows, *o_cell, *o_lane, *o_keys, *o_start, *o_sizes, *o_out;
-  long long stride, D;
-  if (!PyArg_ParseTuple(args, "OOOOOOOOOLLO", &o_indptr, &o_fids, &o_values, &o_rows, &o_cell, &o_lane, &o_keys,
-                        &o_start, &o_sizes, &stride, &D, &o_out)) {
+  PyObject *o_indptr, *o_fids, *o_values, *o_rows, *o_cell, *o_lane, *o_keys, *o_start, *o_sizes, *o_out, *o_cols;
+  long long stride, D, K;
+  if (!PyArg_ParseTuple(args, "OOOOOOOOOLLOLO", &o_indptr, &o_fids, &o_values, &o_rows, &o_cell, &o_lane, &o_keys,
+                        &o_start, &o_sizes, &stride, &D, &o_out, &K, &o_cols)) {
     return nullptr;
   }
-  View indptr, fids, values, rows, cell, lane, keys, start, sizes, out;
+  View indptr, fids, values, rows, cell, lane, keys, start, sizes, out, slot_cols;
   if (!indptr.get(o_indptr, "indptr", "q", false) || !fids.get(o_fids, "feature_ids", "iq", false) ||
       !values.get(o_values, "values", "df", false) || !rows.get(o_rows, "rows", "q", false) ||
       !cell.get(o_cell, "row_cell", "q", false) || !lane.get(o_lane, "row_lane", "q", false) ||
       !keys.get(o_keys, "keys", "q", false) || !start.get(o_start, "start", "q", false) ||
-      !sizes.get(o_sizes, "sizes", "q", false) || !out.get(o_out, "out", "d", true)) {
+      !sizes.get(o_sizes, "sizes", "q", false) || !out.get(o_out, "out", "d", true) ||
+      (K > 0 && !slot_cols.get(o_cols, "slot_cols", "i", true))) {
     return nullptr;
   }
-  const int64_t n_rows = rows.size();
+  const int64_t n_rows = rows.size(), width = K > 0 ? K : D;
   if (cell.size() != n_rows || lane.size() != n_rows || fids.size() != values.size() ||
-      start.size() < sizes.size() || D < 1 || stride < 1) {
+      start.size() < sizes.size() || D < 1 || stride < 1 || K < 0 || (K > 0 && slot_cols.size() != out.size())) {
     PyErr_SetString(PyExc_ValueError, "pack_rows: inconsistent argument sizes");
     return nullptr;
   }
   // Bounds, checked once so that the loop cannot read or write outside the buffers.
-  const int64_t n_data = indptr.size() - 1, n_lanes = sizes.size(), n_cells = out.size() / D;
+  const int64_t n_data = indptr.size() - 1, n_lanes = sizes.size(), n_cells = out.size() / width;
+  const int64_t* ip = indptr.data<int64_t>();
   for (int64_t i = 0; i < n_rows; i++) {
     const int64_t r = rows.data<int64_t>()[i], l = lane.data<int64_t>()[i], c = cell.data<int64_t>()[i];
     if (r < 0 || r >= n_data || l < 0 || l >= n_lanes || c < 0 || c >= n_cells) {
@@ -117,8 +154,7 @@ PyObject* lljax_pack_rows(PyObject*, PyObject* args) {
                    (long long)l, (long long)c);
       return nullptr;
     }
-    const int64_t* ip = indptr.data<int64_t>();
-    if (ip[r] < 0 || ip[r] > ip[r + 1] || ip[r + 1] > fids.size()) {
+    if (ip[r] < 0 || ip[r] > ip[r + 1] || ip[r + 1] > fids.size() || (K > 0 && ip[r + 1] - ip[r] > K)) {
       PyErr_Format(PyExc_IndexError, "pack_rows: indptr of row %lld out of range", (long long)r);
       return nullptr;
     }
@@ -131,23 +167,14 @@ PyObject* lljax_pack_rows(PyObject*, PyObject* args) {
     }
   }
   int64_t bad = -1, bad_feature = 0;
-  Py_BEGIN_ALLOW_THREADS;
-  const int64_t* a[] = {indptr.data<int64_t>(), rows.data<int64_t>(), cell.data<int64_t>(), lane.data<int64_t>(),
+  const int64_t* a[] = {ip, rows.data<int64_t>(), cell.data<int64_t>(), lane.data<int64_t>(),
                         keys.data<int64_t>(), start.data<int64_t>(), sizes.data<int64_t>()};
-  double* o = out.data<double>();
-  const bool f32 = fids.buffer.itemsize == 4, v32 = values.buffer.itemsize == 4;
-  if (f32 && v32) {
-    bad = scatter(a[0], fids.data<int32_t>(), values.data<float>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
-                  stride, D, o, &bad_feature);
-  } else if (f32) {
-    bad = scatter(a[0], fids.data<int32_t>(), values.data<double>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
-                  stride, D, o, &bad_feature);
-  } else if (v32) {
-    bad = scatter(a[0], fids.data<int64_t>(), values.data<float>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
-                  stride, D, o, &bad_feature);
+  Py_BEGIN_ALLOW_THREADS;
+  if (K > 0) {
+    bad = scatter_any(fids, values, a, n_rows, stride, SlotSink{out.data<double>(), slot_cols.data<int32_t>(), K},
+                      &bad_feature);
   } else {
-    bad = scatter(a[0], fids.data<int64_t>(), values.data<double>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
-                  stride, D, o, &bad_feature);
+    bad = scatter_any(fids, values, a, n_rows, stride, DenseSink{out.data<double>(), D}, &bad_feature);
   }
   Py_END_ALLOW_THREADS;
   if (bad >= 0) {
