@@ -274,6 +274,9 @@ class Dataset:
             if not 0 <= intercept_id < num_features:
                 raise input_error("intercept_id", intercept_id, f"must be in [0, {num_features})")
             indptr_a, fids_a, vals_a = _prepend_intercept(indptr_a, fids_a, vals_a, intercept_id)
+        # C-contiguous (a copy only for strided views, e.g. a column of a wider array): the packing
+        # helpers read the CSR arrays as flat buffers, once per block.
+        indptr_a, fids_a, vals_a = (np.ascontiguousarray(a) for a in (indptr_a, fids_a, vals_a))
         return cls(keys, codes, y, w, o, indptr_a, fids_a, vals_a, int(num_features), intercept_id)
 
     @classmethod
