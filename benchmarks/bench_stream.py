@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             "entities_in_batch": int(batch.num_entities), "entities_seen_before": known,
             "entities_stored": len(model), "blocks": report.blocks,
             "iterations_mean": float(report.iterations.mean()), "iterations_max": int(report.iterations.max()),
-            "status_counts": report.status_counts,
+            "status_counts": report.status_counts, "phase_seconds": dict(report.phase_seconds),
         })
         if b > 0:
             scores.append(score)
@@ -203,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{slope * span:+.3f}s across the run); Theil-Sen b = {ts_slope * 1e6:+.3f} s per million "
           f"(a = {ts_intercept:.3f}s, {ts_slope * span:+.3f}s across the run)")
     print(f"median update: first half {first_half:.3f}s, second half {second_half:.3f}s")
+    half = len(timed) // 2
+    phases = sorted({k for r in timed for k in r["phase_seconds"]})
+    medians = [[np.median([r["phase_seconds"].get(k, 0.0) for r in part]) for k in phases]
+               for part in (timed[:half], timed[half:])]
+    print("median phase seconds (first half -> second half): " + ", ".join(
+        f"{k} {a:.3f} -> {b:.3f}" for k, a, b in zip(phases, *medians)))
     for r in slow:
         why = []
         if r["compiles"]:
