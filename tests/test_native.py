@@ -289,13 +289,21 @@ for loss, dtype, shape in [("logistic", np.float64, (9, 13, 5)), ("poisson", np.
     block = make_block(np.random.default_rng(1), loss, *shape, dtype=dtype)
     plain, native = solve_both(block, SolverConfig(loss=loss, tol=1e-8 if dtype == np.float64 else 1e-3))
     assert_same(plain, native, 1e-9 if dtype == np.float64 else 2e-4, exact_counts=dtype == np.float64)
+from lljax._wide import sparse_from_dense
+from tests.test_native import solve_wide_both
+from tests.test_wide import block_of
+for loss, dtype in [("logistic", np.float64), ("poisson", np.float32)]:
+    sparse = sparse_from_dense(block_of(np.random.default_rng(2), loss, dtype, False, 12, 40))
+    plain, native = solve_wide_both(sparse, SolverConfig(loss=loss, hessian="diagonal",
+                                                         tol=1e-10 if dtype == np.float64 else 1e-4))
+    assert_same(plain, native, 1e-9 if dtype == np.float64 else 1e-3, exact_counts=dtype == np.float64)
 print("ok")
 """
 
 
 @needs_native
 def test_generic_isa_variant():
-    """The baseline-ISA build of the kernel (what CPUs without AVX2 + FMA run), forced by LLJAX_NATIVE_ISA."""
+    """The baseline-ISA build of the kernels (what CPUs without AVX2 + FMA run), forced by LLJAX_NATIVE_ISA."""
     import subprocess
     import sys
     from pathlib import Path
