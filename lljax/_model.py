@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from . import _native
 from ._arrays import group_rank
 from ._dataset import Dataset
 from ._errors import input_error
@@ -345,8 +346,9 @@ class RandomEffectModel:
             np.cumsum(rows_per_entity, out=row_start[1:])
             subspaces = local_subspaces(dataset, prior.owner, prior.feature_ids, rows=(row_order, row_start))
             labels = encode_labels(self.loss, dataset.label)
+            native_wide = _native.enabled() and jax.default_backend() == "cpu"
             plans = plan_blocks(rows_per_entity, subspaces.sizes, dtype.itemsize, store.precision == "full",
-                                self._block_budget())
+                                self._block_budget(), native_wide)
 
         config = self.solver_config(dtype)
         l2, delta = np.asarray(self.l2, dtype), np.asarray(delta, dtype)

@@ -180,9 +180,11 @@ class BlockPlan(NamedTuple):
     features: int
 
 
-def _bytes_per_lane(rows: int, features: int, itemsize: int, full_precision: bool) -> int:
+def _bytes_per_lane(rows: int, features: int, itemsize: int, full_precision: bool, native_wide: bool = False) -> int:
     solver = block_solver(rows, features, full_precision)
-    if solver == "wide":  # sparse rows (~rows * 16 stored values), the dense X^T of the gram, N x N matrices
+    if solver == "wide" and native_wide:  # sparse rows (~rows * 32 slots) and vectors; the native kernel's
+        floats = 48 * rows + 8 * features  # N x N workspace is per thread, not per lane
+    elif solver == "wide":  # sparse rows (~rows * 16 stored values), the dense X^T of the gram, N x N matrices
         floats = rows * features + 3 * rows * rows + 24 * rows + 8 * features
     elif solver == "lbfgs":  # no D x D matrix: X, X^2 and the L-BFGS history
         floats = 2 * rows * features + 3 * rows + (2 * MEMORY_SIZE + 12) * features
@@ -216,7 +218,7 @@ def padded_features(features: np.ndarray) -> np.ndarray:
 
 
 def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, itemsize: int,
-                full_precision: bool, memory_budget: int) -> list[BlockPlan]:
+                full_precision: bool, memory_budget: int, native_wide: bool = False) -> list[BlockPlan]:
     """Bucket entities by ``(next_pow2(rows), padded_features(features))`` and cut buckets into blocks.
 
     Args:
@@ -224,6 +226,9 @@ def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, it
       itemsize: bytes per float.
       full_precision: whether the prior precision is ``(D, D)``.
       memory_budget: bytes a block (with solver workspace) may use.
+      native_wide: wide blocks run on the native kernel (CPU), whose workspace is per thread, not per
+        entity: their blocks hold more entities (fewer, larger blocks; 128 blocks of 4 entities made the
+        per-block host work most of an update at D = 1024).
     Returns:
       Blocks ordered by bucket, each with at most ``max_lanes`` entities, a power of two.
     """
@@ -237,7 +242,7 @@ def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, it
         if members.size == 0:
             continue
         rows, features = int(rows_b[members[0]]), int(feats_b[members[0]])
-        per_lane = _bytes_per_lane(rows, features, itemsize, full_precision)
+        per_lane = _bytes_per_lane(rows, features, itemsize, full_precision, native_wide)
         max_lanes = int(next_pow2(max(1, memory_budget // per_lane) + 1) // 2)  # largest pow2 <= budget
         # A bucket that fits one block gets the smallest power of two that holds it; a bucket cut into
         # several blocks pads its last one to full size too, so each bucket compiles one shape.

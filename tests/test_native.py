@@ -325,7 +325,7 @@ def _mixed_rows_dataset(rng, fid_dtype, dtype, entities=40, vocabulary=300, shuf
 
     rows = []
     for entity in range(entities):
-        subspace = np.sort(rng.choice(vocabulary, rng.integers(1, 10), replace=False))
+        subspace = np.unique(rng.integers(0, vocabulary, rng.integers(1, 10)))
         for _ in range(rng.integers(1, 7)):
             kind = rng.integers(4)
             if kind == 0:
@@ -349,12 +349,15 @@ def _mixed_rows_dataset(rng, fid_dtype, dtype, entities=40, vocabulary=300, shuf
 @needs_native
 @pytest.mark.parametrize("fid_dtype", [np.int32, np.int64])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_pack_rows_equals_the_numpy_scatter(monkeypatch, fid_dtype, dtype):
+@pytest.mark.parametrize("vocabulary", [300, 5_000_000], ids=["column-table", "binary-search"])
+def test_pack_rows_equals_the_numpy_scatter(monkeypatch, fid_dtype, dtype, vocabulary):
+    """Both ways the helper finds a column the rank-in-row guess misses: a per-lane table (feature
+    spaces up to 2^22 ids) and a binary search of the lane's keys (larger ones)."""
     from lljax._arrays import concat_ranges, segments
     from lljax._packing import _scatter_rows, local_subspaces
 
     rng = np.random.default_rng(11)
-    data = _mixed_rows_dataset(rng, fid_dtype, dtype, shuffle=True)
+    data = _mixed_rows_dataset(rng, fid_dtype, dtype, vocabulary=vocabulary, shuffle=True)
     assert data.feature_ids.dtype == fid_dtype and data.values.dtype == dtype
     sub = local_subspaces(data, np.zeros(0, np.int64), np.zeros(0, np.int64))
     order = np.argsort(data.entity, kind="stable")

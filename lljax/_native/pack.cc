@@ -73,25 +73,59 @@ struct SlotSink {
   }
 };
 
+// Local columns of the current lane's features, for lanes whose rows do not list their subspace in
+// order (wide entities: each row has a few of many features, so the rank-in-row guess misses and a
+// binary search costs ~100 ns per nonzero): tag[feature] = generation << 24 | column, set when the lane
+// changes; a tag of an older generation means "not in this lane's subspace". One table per thread,
+// kept between calls (8 bytes per feature id, for feature spaces up to kTableMax ids).
+struct ColumnTable {
+  static constexpr int64_t kTableMax = int64_t(1) << 22;
+  std::vector<uint64_t> tag;
+  uint64_t generation = 0;
+  int64_t lane = -1;
+
+  bool usable(int64_t stride, int64_t D) const { return stride <= kTableMax && D < (int64_t(1) << 24); }
+  void enter(int64_t new_lane, const int64_t* keys, int64_t lo, int64_t size, int64_t base, int64_t stride) {
+    if (static_cast<int64_t>(tag.size()) < stride) tag.assign(static_cast<size_t>(stride), 0);
+    generation++;
+    lane = new_lane;
+    for (int64_t c = 0; c < size; c++) tag[keys[lo + c] - base] = generation << 24 | static_cast<uint64_t>(c);
+  }
+  int64_t find(int64_t feature) const {
+    const uint64_t t = tag[feature];
+    return (t >> 24) == generation ? static_cast<int64_t>(t & ((uint64_t(1) << 24) - 1)) : -1;
+  }
+};
+
 // Returns -1 on success, else the position (in rows) of a row with a feature outside its subspace.
 template <typename F, typename V, typename Sink>
 int64_t scatter(const int64_t* indptr, const F* feature_ids, const V* values, const int64_t* rows,
                 const int64_t* row_cell, const int64_t* row_lane, int64_t n_rows, const int64_t* keys,
-                const int64_t* start, const int64_t* sizes, int64_t stride, const Sink& sink, int64_t* bad_feature) {
+                const int64_t* start, const int64_t* sizes, int64_t stride, int64_t D, const Sink& sink,
+                int64_t* bad_feature) {
+  thread_local ColumnTable table;
+  const bool use_table = table.usable(stride, D);
+  table.lane = -1;
   for (int64_t i = 0; i < n_rows; i++) {
     const int64_t r = rows[i], lane = row_lane[i], cell = row_cell[i];
     const int64_t lo = start[lane], size = sizes[lane], base = lane * stride;
     const int64_t k0 = indptr[r], k1 = indptr[r + 1];
     for (int64_t k = k0; k < k1; k++) {
-      const int64_t key = base + static_cast<int64_t>(feature_ids[k]);
+      const int64_t feature = static_cast<int64_t>(feature_ids[k]);
+      const int64_t key = base + feature;
       int64_t col = k - k0;  // the guess: the nonzero's rank in its row
       if (col >= size || keys[lo + col] != key) {
-        const int64_t at = search(keys, lo, lo + size, key);
-        if (at == lo + size || keys[at] != key) {
-          *bad_feature = static_cast<int64_t>(feature_ids[k]);
+        if (use_table && feature >= 0 && feature < stride) {
+          if (table.lane != lane) table.enter(lane, keys, lo, size, base, stride);
+          col = table.find(feature);
+        } else {
+          const int64_t at = search(keys, lo, lo + size, key);
+          col = at < lo + size && keys[at] == key ? at - lo : -1;
+        }
+        if (col < 0) {
+          *bad_feature = feature;
           return i;
         }
-        col = at - lo;
       }
       sink(cell, k - k0, col, static_cast<double>(values[k]));
     }
@@ -101,20 +135,20 @@ int64_t scatter(const int64_t* indptr, const F* feature_ids, const V* values, co
 
 template <typename Sink>
 int64_t scatter_any(const View& fids, const View& values, const int64_t* const* a, int64_t n_rows, int64_t stride,
-                    const Sink& sink, int64_t* bad_feature) {
+                    int64_t D, const Sink& sink, int64_t* bad_feature) {
   const bool f32 = fids.buffer.itemsize == 4, v32 = values.buffer.itemsize == 4;
   if (f32 && v32) {
     return scatter(a[0], fids.data<int32_t>(), values.data<float>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
-                   stride, sink, bad_feature);
+                   stride, D, sink, bad_feature);
   } else if (f32) {
     return scatter(a[0], fids.data<int32_t>(), values.data<double>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
-                   stride, sink, bad_feature);
+                   stride, D, sink, bad_feature);
   } else if (v32) {
     return scatter(a[0], fids.data<int64_t>(), values.data<float>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
-                   stride, sink, bad_feature);
+                   stride, D, sink, bad_feature);
   }
   return scatter(a[0], fids.data<int64_t>(), values.data<double>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
-                 stride, sink, bad_feature);
+                 stride, D, sink, bad_feature);
 }
 
 }  // namespace
@@ -171,10 +205,10 @@ PyObject* lljax_pack_rows(PyObject*, PyObject* args) {
                         keys.data<int64_t>(), start.data<int64_t>(), sizes.data<int64_t>()};
   Py_BEGIN_ALLOW_THREADS;
   if (K > 0) {
-    bad = scatter_any(fids, values, a, n_rows, stride, SlotSink{out.data<double>(), slot_cols.data<int32_t>(), K},
+    bad = scatter_any(fids, values, a, n_rows, stride, D, SlotSink{out.data<double>(), slot_cols.data<int32_t>(), K},
                       &bad_feature);
   } else {
-    bad = scatter_any(fids, values, a, n_rows, stride, DenseSink{out.data<double>(), D}, &bad_feature);
+    bad = scatter_any(fids, values, a, n_rows, stride, D, DenseSink{out.data<double>(), D}, &bad_feature);
   }
   Py_END_ALLOW_THREADS;
   if (bad >= 0) {
