@@ -230,10 +230,9 @@ ffi::Error Wide(ffi::ThreadPool thread_pool, ffi::Buffer<ffi::S32> cols, ffi::Bu
   return ffi::Error::Success();
 }
 
-#define LLJAX_BIND(DT)                             \
-  ffi::Ffi::Bind()                                 \
-      .Ctx<ffi::ThreadPool>()                      \
-      .Arg<ffi::Buffer<DT>>()       /* X */        \
+// The arguments after the design matrix, shared by both kernels: the rows, the prior, the scalars,
+// the attributes and the six results.
+#define LLJAX_BIND_TAIL(DT)                        \
       .Arg<ffi::Buffer<DT>>()       /* y */        \
       .Arg<ffi::Buffer<DT>>()       /* w */        \
       .Arg<ffi::Buffer<DT>>()       /* offset */   \
@@ -254,30 +253,12 @@ ffi::Error Wide(ffi::ThreadPool thread_pool, ffi::Buffer<ffi::S32> cols, ffi::Bu
       .Ret<ffi::Buffer<ffi::S32>>()                \
       .Ret<ffi::Buffer<ffi::S32>>()
 
-#define LLJAX_BIND_WIDE(DT)                        \
-  ffi::Ffi::Bind()                                 \
-      .Ctx<ffi::ThreadPool>()                      \
-      .Arg<ffi::Buffer<ffi::S32>>() /* cols */     \
-      .Arg<ffi::Buffer<DT>>()       /* vals */     \
-      .Arg<ffi::Buffer<DT>>()       /* y */        \
-      .Arg<ffi::Buffer<DT>>()       /* w */        \
-      .Arg<ffi::Buffer<DT>>()       /* offset */   \
-      .Arg<ffi::Buffer<ffi::S32>>() /* mask */     \
-      .Arg<ffi::Buffer<DT>>()       /* mean */     \
-      .Arg<ffi::Buffer<DT>>()       /* precision */\
-      .Arg<ffi::Buffer<DT>>()       /* l2 */       \
-      .Arg<ffi::Buffer<DT>>()       /* delta */    \
-      .Arg<ffi::Buffer<DT>>()       /* tol */      \
-      .Arg<ffi::Buffer<ffi::S32>>() /* max_iter */ \
-      .Attr<int32_t>("loss")                       \
-      .Attr<int32_t>("max_backtracks")             \
-      .Attr<int32_t>("precision_mode")             \
-      .Ret<ffi::Buffer<DT>>()                      \
-      .Ret<ffi::Buffer<DT>>()                      \
-      .Ret<ffi::Buffer<DT>>()                      \
-      .Ret<ffi::Buffer<DT>>()                      \
-      .Ret<ffi::Buffer<ffi::S32>>()                \
-      .Ret<ffi::Buffer<ffi::S32>>()
+// Newton: the dense X (E, N, D); wide: the sparse rows' columns and values (E, N, K).
+#define LLJAX_BIND(DT) \
+  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<DT>>() /* X */ LLJAX_BIND_TAIL(DT)
+#define LLJAX_BIND_WIDE(DT)                                                                      \
+  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::S32>>() /* cols */                \
+      .Arg<ffi::Buffer<DT>>() /* vals */ LLJAX_BIND_TAIL(DT)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(WideF64, Wide<ffi::F64>, LLJAX_BIND_WIDE(ffi::F64));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(WideF32, Wide<ffi::F32>, LLJAX_BIND_WIDE(ffi::F32));
