@@ -293,8 +293,7 @@ def _scatter_rows(dataset: Dataset, rows: np.ndarray, lane: np.ndarray, row_cell
     """
     if _native.enabled():
         out = np.zeros(cells * D, np.float64)
-        _native.pack_rows(dataset.indptr, dataset.feature_ids, dataset.values, rows.astype(np.int64, copy=False),
-                          row_cell.astype(np.int64, copy=False), lane.astype(np.int64, copy=False), local, D, out)
+        _native.pack_rows(dataset.indptr, dataset.feature_ids, dataset.values, rows, row_cell, lane, local, D, out)
         return out
     nnz_per_row = dataset.indptr[rows + 1] - dataset.indptr[rows]
     nz = concat_ranges(dataset.indptr[rows], nnz_per_row)
@@ -379,8 +378,7 @@ def build_sparse_block(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, su
     cols = np.zeros(E * N * K, np.int32)
     if _native.enabled():  # one pass (see _scatter_rows)
         vals = np.zeros(E * N * K, np.float64)
-        _native.pack_rows(dataset.indptr, dataset.feature_ids, dataset.values, rows.astype(np.int64, copy=False),
-                          row_cell.astype(np.int64, copy=False), lane.astype(np.int64, copy=False), local, D, vals,
+        _native.pack_rows(dataset.indptr, dataset.feature_ids, dataset.values, rows, row_cell, lane, local, D, vals,
                           slot_cols=cols, K=K)
         vals = vals.astype(dtype, copy=False)
     else:

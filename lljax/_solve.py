@@ -408,36 +408,50 @@ _NATIVE_MAX_FEATURES = 512  # per-thread workspace ~ D^2 x lanes; beyond this th
 
 def _use_native(block: Block, config: SolverConfig) -> bool:
     """Whether :func:`_solve_block` calls the native kernel (decided at trace time)."""
-    if config.native is False:
-        return False
     ok = (_native.supports(block.X.dtype) and block.X.ndim == 3 and block.X.shape[-1] <= _NATIVE_MAX_FEATURES
           and config.loss in _native.LOSS_CODES)
+    return native_dispatch(config, ok, f"{block.X.dtype} blocks of shape {block.X.shape}")
+
+
+def native_dispatch(config: SolverConfig, supported: bool, what: str) -> bool:
+    """Whether a block solver calls its native kernel (at trace time), for a block the kernel ``supported``:
+    ``config.native`` False: never; True: always (an error if the extension is not built or the block,
+    described by ``what``, is not supported); None: when supported and :func:`lljax._native.enabled`."""
+    if config.native is False:
+        return False
     if config.native is True:
         if not _native.available():
             raise RuntimeError(f"SolverConfig(native=True) but the native kernel is not built: {_native.build_error()}")
-        if not ok:
-            raise ValueError(f"the native kernel does not support {block.X.dtype} blocks of shape {block.X.shape}")
+        if not supported:
+            raise ValueError(f"the native kernel does not support {what}")
         return True
-    return ok and _native.enabled()
+    return supported and _native.enabled()
+
+
+def native_per_entity(E: int, l2, delta, limits: _Limits) -> tuple:
+    """``(l2, delta, tol, max_iter)`` broadcast to ``(E,)``: the native kernels take them per entity."""
+    return tuple(jnp.broadcast_to(x, (E,)) for x in (l2, delta, limits.tol, limits.max_iter))
+
+
+def native_result(outputs: tuple, hessian: str) -> SolveResult:
+    """A :class:`SolveResult` from a native kernel's ``(theta, value, grad_norm, precision, iterations,
+    status)`` (already finished as :func:`_finish`); ``"identity"`` precision is a vector of ones."""
+    theta, value, grad_norm, precision, iterations, status = outputs
+    if hessian == "identity":
+        precision = jnp.ones_like(theta)
+    return SolveResult(theta=theta, precision=precision, loss=value, grad_norm=grad_norm, iterations=iterations,
+                       status=status)
 
 
 def _solve_block_native(block: Block, l2, delta, limits: _Limits, *, config: SolverConfig) -> SolveResult:
     """:func:`_solve_block_jax` by the native kernel: the same penalty, Newton loop and finish, in C++ (the
     kernel builds each entity's penalty in cache, so no ``(E, D, D)`` array is made around it)."""
-    E = block.X.shape[0]
     kind = config.hessian if config.hessian in ("full", "diagonal") else "none"
-
-    def per_entity(x):
-        return jnp.broadcast_to(x, (E,))
-
-    theta, value, grad_norm, precision, iterations, status = _native.newton_solve(
+    outputs = _native.newton_solve(
         block.X, block.y, block.w, block.offset, block.feature_ids >= 0, block.prior_mean, block.prior_precision,
-        per_entity(l2), per_entity(delta), per_entity(limits.tol), per_entity(limits.max_iter), loss=config.loss,
+        *native_per_entity(block.X.shape[0], l2, delta, limits), loss=config.loss,
         max_backtracks=config.max_backtracks, precision=kind)
-    if config.hessian == "identity":
-        precision = jnp.ones_like(theta)
-    return SolveResult(theta=theta, precision=precision, loss=value, grad_norm=grad_norm, iterations=iterations,
-                       status=status)
+    return native_result(outputs, config.hessian)
 
 
 def _entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, loss: str) -> _Entity:

@@ -72,6 +72,9 @@ from ._solve import (
     _weighted,
     backtracking_line_search,
     check_diagonal_solver,
+    native_dispatch,
+    native_per_entity,
+    native_result,
     solve_block,
     traced_arguments,
 )
@@ -246,38 +249,20 @@ def _solve_block_jax(block: SparseBlock, l2, delta, limits: _Limits, *, config: 
 
 
 def _use_native_wide(block: SparseBlock, config: SolverConfig) -> bool:
-    """Whether :func:`_solve_block` calls the native wide kernel (decided at trace time), as
-    :func:`lljax._solve._use_native` decides for the Newton kernel."""
-    if config.native is False:
-        return False
+    """Whether :func:`_solve_block` calls the native wide kernel (decided at trace time)."""
     ok = _native.supports(block.vals.dtype) and block.cols.ndim == 3 and config.loss in _native.LOSS_CODES
-    if config.native is True:
-        if not _native.available():
-            raise RuntimeError(f"SolverConfig(native=True) but the native kernel is not built: {_native.build_error()}")
-        if not ok:
-            raise ValueError(f"the native wide kernel does not support {block.vals.dtype} blocks of shape "
-                             f"{block.cols.shape}")
-        return True
-    return ok and _native.enabled()
+    return native_dispatch(config, ok, f"{block.vals.dtype} sparse blocks of shape {block.cols.shape}")
 
 
 def _solve_block_native(block: SparseBlock, l2, delta, limits: _Limits, *, config: SolverConfig) -> SolveResult:
     """:func:`_solve_block_jax` by the native wide kernel (``lljax/_native/wide_kernel.h``): the same
     penalty, iterations, line search, statuses and finish, one entity at a time in C++."""
-    E = block.cols.shape[0]
-
-    def per_entity(x):
-        return jnp.broadcast_to(x, (E,))
-
     kind = "diagonal" if config.hessian == "diagonal" else "none"
-    theta, value, grad_norm, precision, iterations, status = _native.wide_solve(
+    outputs = _native.wide_solve(
         block.cols, block.vals, block.y, block.w, block.offset, block.feature_ids >= 0, block.prior_mean,
-        block.prior_precision, per_entity(l2), per_entity(delta), per_entity(limits.tol),
-        per_entity(limits.max_iter), loss=config.loss, max_backtracks=config.max_backtracks, precision=kind)
-    if config.hessian == "identity":
-        precision = jnp.ones_like(theta)
-    return SolveResult(theta=theta, precision=precision, loss=value, grad_norm=grad_norm, iterations=iterations,
-                       status=status)
+        block.prior_precision, *native_per_entity(block.cols.shape[0], l2, delta, limits), loss=config.loss,
+        max_backtracks=config.max_backtracks, precision=kind)
+    return native_result(outputs, config.hessian)
 
 
 def sparse_from_dense(block: Block) -> SparseBlock:

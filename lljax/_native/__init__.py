@@ -177,7 +177,7 @@ def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, 
 
     Args:
       indptr, feature_ids, values: the dataset's CSR rows (int64; int32 or int64; float32 or float64).
-      rows, row_cell, row_lane: ``(R,)`` int64: the dataset rows of the block, each one's flat cell
+      rows, row_cell, row_lane: ``(R,)`` integers: the dataset rows of the block, each one's flat cell
         ``lane * N + rank`` and its lane.
       subspaces: the block's :class:`lljax._packing.Subspaces` (lane-numbered, see ``restrict``).
       D: padded features.
@@ -191,9 +191,9 @@ def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, 
     c = np.ascontiguousarray  # the helper reads C-contiguous buffers (no copy when they already are)
     if (slot_cols is None) != (K == 0):
         raise ValueError("pack_rows: give slot_cols and K > 0 together (slots), or neither (dense)")
-    _module.pack_rows(c(indptr), c(feature_ids), c(values), c(rows), c(row_cell), c(row_lane), c(subspaces.pair_keys),
-                      c(subspaces.start), c(subspaces.sizes), int(subspaces.stride), int(D), out, int(K),
-                      slot_cols)
+    _module.pack_rows(c(indptr), c(feature_ids), c(values), c(rows, np.int64), c(row_cell, np.int64),
+                      c(row_lane, np.int64), c(subspaces.pair_keys), c(subspaces.start), c(subspaces.sizes),
+                      int(subspaces.stride), int(D), out, int(K), slot_cols)
 
 
 def subspace_keys(indptr, feature_ids, row_order, row_start, prior_owner, prior_feature_ids, stride: int) -> np.ndarray:
