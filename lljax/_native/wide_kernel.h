@@ -146,8 +146,8 @@ struct WideEntity {
     }
   }
 
-  // p = A^-1 X^T dbeta with dbeta = -rr + s (I + s K s)^-1 (s K rr); false if M is not finite.
-  bool direction() {
+  // p = A^-1 X^T dbeta with dbeta = -rr + s (I + s K s)^-1 (s K rr); NaN if M is not finite.
+  void direction() {
     T nonfinite = T(0);
     for (int64_t a = 0; a < N; a++) {
       for (int64_t z = 0; z < N; z++) {
@@ -189,7 +189,6 @@ struct WideEntity {
     scatter(S.dbeta, S.p);
     const bool finite_m = nonfinite == T(0);
     for (int64_t j = 0; j < D; j++) S.p[j] = finite_m ? S.ainv[j] * S.p[j] : __builtin_nan("");
-    return finite_m;
   }
 
   void run(int64_t e) {
