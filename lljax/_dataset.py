@@ -259,16 +259,10 @@ class Dataset:
             num_features = max(candidates)
 
         _check_csr(indptr_a, fids_a, vals_a, n, num_features, keys, codes)
-        entity_of_example = keys[codes] if n else keys
         for field, arr in (("label", y), ("weight", w), ("offset", o)):
-            check_finite(field, arr, entity_of_example, "example")
-        check_nonnegative("weight", w, entity_of_example, "example")
-        bad = ~np.isfinite(vals_a)
-        if bad.any():
-            k = int(np.argmax(bad))
-            row = int(np.searchsorted(indptr_a, k, side="right") - 1)
-            raise input_error("values", float(vals_a[k]), "must be finite", entity=keys[codes[row]],
-                              where=f"example {row}, feature id {int(fids_a[k])}")
+            check_finite(field, arr, entity_of, "example")
+        check_nonnegative("weight", w, entity_of, "example")
+        _check_values_finite(indptr_a, fids_a, vals_a, entity_of)
 
         if intercept_id is not None:
             if not 0 <= intercept_id < num_features:
@@ -408,11 +402,27 @@ def _check_csr(indptr, fids, vals, n, num_features, keys, codes) -> None:
         raise input_error("indptr", int(indptr[-1]), f"must end at nnz={fids.shape[0]} (the length of feature_ids)",
                           where=f"position {n}")
     check_length("values", vals, fids.shape[0], "feature_ids")
+    if fids.size == 0 or (int(fids.min()) >= 0 and int(fids.max()) < num_features):
+        return  # two passes with no temporary array: the (nnz,) masks below are built only to name a bad id
     bad = (fids < 0) | (fids >= num_features)
     if bad.any():
         k = int(np.argmax(bad))
         row = int(np.searchsorted(indptr, k, side="right") - 1)
         raise input_error("feature_ids", int(fids[k]), f"is outside [0, {num_features})", entity=keys[codes[row]])
+
+
+def _check_values_finite(indptr, fids, vals, entity_of) -> None:
+    """``ValueError`` naming the example, the entity and the feature id of the first non-finite value
+    (scanned only when the sum of ``vals`` is not finite, as in :func:`check_finite`)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.sum(vals)):
+            return
+    bad = ~np.isfinite(vals)
+    if bad.any():
+        k = int(np.argmax(bad))
+        row = int(np.searchsorted(indptr, k, side="right") - 1)
+        raise input_error("values", float(vals[k]), "must be finite", entity=entity_of(row),
+                          where=f"example {row}, feature id {int(fids[k])}")
 
 
 def _prepend_intercept(indptr, fids, vals, intercept_id):

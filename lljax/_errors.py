@@ -55,7 +55,10 @@ def _raise_at_first(bad: np.ndarray, field: str, values: np.ndarray, reason: str
                     row_word: str | None) -> None:
     if bad.any():
         i = int(np.argmax(bad))
-        entity = entity_keys if entity_keys is None or np.ndim(entity_keys) == 0 else entity_keys[i]
+        if callable(entity_keys):
+            entity = entity_keys(i)
+        else:
+            entity = entity_keys if entity_keys is None or np.ndim(entity_keys) == 0 else entity_keys[i]
         where = None if row_word is None else f"{row_word} {i}"
         raise input_error(field, float(values[i]), reason, entity=entity, where=where)
 
@@ -63,17 +66,30 @@ def _raise_at_first(bad: np.ndarray, field: str, values: np.ndarray, reason: str
 def check_finite(field: str, values: np.ndarray, entity_keys: Any = None, row_word: str | None = None) -> None:
     """Raise ``ValueError`` at the first NaN/inf in ``values``.
 
+    The scan is skipped when the sum of ``values`` is finite (a NaN or an infinity makes it NaN or
+    infinite): one pass with no temporary array on the usual, clean input.
+
     Args:
       field: field name for the message.
       values: ``(n,)`` float array.
-      entity_keys: ``(n,)`` entity key of each element, one key for all, or ``None``.
+      entity_keys: ``(n,)`` entity key of each element, one key for all, a function of the element's
+        index (called only to build the message), or ``None``.
       row_word: if given, the message also says ``"{row_word} {i}"`` (e.g. ``"example 3"``).
     """
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.sum(values)):
+                return
     _raise_at_first(~np.isfinite(values), field, values, "must be finite", entity_keys, row_word)
 
 
 def check_nonnegative(field: str, values: np.ndarray, entity_keys: Any = None, row_word: str | None = None) -> None:
-    """Raise ``ValueError`` at the first negative element of ``values`` (arguments as :func:`check_finite`)."""
+    """Raise ``ValueError`` at the first negative element of ``values`` (arguments as :func:`check_finite`).
+    The scan is skipped when the minimum is non-negative (one pass, no temporary array)."""
+    values = np.asarray(values)
+    if values.size == 0 or np.min(values) >= 0:
+        return
     _raise_at_first(values < 0, field, values, "must be non-negative", entity_keys, row_word)
 
 

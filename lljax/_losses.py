@@ -97,5 +97,6 @@ def encode_labels(loss: str, labels: np.ndarray) -> np.ndarray:
       ``(n,)`` labels of the same dtype.
     """
     if loss == "logistic":
-        return np.where(labels == 1, 1, -1).astype(labels.dtype)
+        one = labels.dtype.type(1)
+        return np.where(labels == 1, one, -one)  # scalars of the labels' dtype: no int64 temporary
     return labels

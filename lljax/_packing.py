@@ -309,17 +309,22 @@ def _block_rows(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, row_order
 
     Returns ``(rows, lane, row_cell, y, w, offset)``: ``rows`` the dataset examples, entity by entity;
     ``lane`` and ``row_cell = lane * N + rank`` their lane and flat ``(E * N)`` position; ``y``, ``w``,
-    ``offset`` ``(E * N,)`` with zeros in padding rows (weight 0 marks them).
+    ``offset`` ``(E * N,)`` with zeros in padding rows (weight 0 marks them). By the native helper
+    (:func:`lljax._native.block_rows`, one pass) when it is built and enabled, else by NumPy: the same arrays.
     """
     E, N = plan.lanes, plan.rows
     dtype = dataset.dtype
+    y = np.zeros(E * N, dtype)
+    w = np.zeros(E * N, dtype)
+    offset = np.zeros(E * N, dtype)
+    if _native.enabled():
+        rows, lane, row_cell = _native.block_rows(row_order, row_start, plan.entities, N,
+                                                  (labels, dataset.weight, dataset.offset), (y, w, offset))
+        return rows, lane, row_cell, y, w, offset
     n_rows = row_start[plan.entities + 1] - row_start[plan.entities]
     rows = row_order[concat_ranges(row_start[plan.entities], n_rows)]
     lane, rank = segments(n_rows)
     row_cell = lane * N + rank
-    y = np.zeros(E * N, dtype)
-    w = np.zeros(E * N, dtype)
-    offset = np.zeros(E * N, dtype)
     y[row_cell] = labels[rows]
     w[row_cell] = dataset.weight[rows]
     offset[row_cell] = dataset.offset[rows]

@@ -11,6 +11,7 @@ stored, and every read and write is a vectorized gather / scatter over a few sla
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -100,11 +101,11 @@ class _Slab:
     def __init__(self, width: int, dtype: np.dtype, precision: str | None):
         self.width = width
         self.size = 0
-        self._shapes = {"feature_ids": ((width,), np.dtype(np.int64), -1), "means": ((width,), dtype, 0)}
+        self._shapes = {"feature_ids": ((width,), np.dtype(np.int64)), "means": ((width,), dtype)}
         if precision is not None:
             shape = (width * (width + 1) // 2,) if precision == "full" else (width,)
-            self._shapes["precision"] = (shape, dtype, 0)
-        row_bytes = sum(int(np.prod(shape)) * dt.itemsize for shape, dt, _ in self._shapes.values())
+            self._shapes["precision"] = (shape, dtype)
+        row_bytes = sum(int(np.prod(shape)) * dt.itemsize for shape, dt in self._shapes.values())
         self._max_chunk_rows = max(1, _CHUNK_BYTES // row_bytes)
         self._chunks: list[dict[str, np.ndarray]] = []
         self._chunk_start = np.zeros(1, np.int64)  # first row of each chunk, then the capacity
@@ -118,8 +119,9 @@ class _Slab:
         needed = self.size + count
         while self._chunk_start[-1] < needed:
             rows = min(self._max_chunk_rows, _FIRST_CHUNK_ROWS << len(self._chunks))
-            self._chunks.append({name: np.full((rows,) + shape, fill, dt)
-                                 for name, (shape, dt, fill) in self._shapes.items()})
+            # Uninitialized: a row is written whole (by put) before any read of it, and rows past
+            # ``size`` are never read. Filling here would touch every page twice.
+            self._chunks.append({name: np.empty((rows,) + shape, dt) for name, (shape, dt) in self._shapes.items()})
             self._chunk_start = np.append(self._chunk_start, self._chunk_start[-1] + rows)
         rows = np.arange(self.size, needed, dtype=np.int64)
         self.size = needed
@@ -138,7 +140,7 @@ class _Slab:
 
     def take(self, field: str, rows: np.ndarray) -> np.ndarray:
         """``(len(rows), ...)`` copy of ``field`` at ``rows``."""
-        shape, dt, _ = self._shapes[field]
+        shape, dt = self._shapes[field]
         out = np.empty((len(rows),) + shape, dt)
         if len(rows):
             for chunk, selected, offset in self._by_chunk(rows):
@@ -221,8 +223,7 @@ class EntityStore:
         if self.key_kind is not None and kind is not None and kind != self.key_kind:
             reason = f"has key type {kind}, but the model's entity keys have type {self.key_kind}"
             raise input_error("entity", keys[0], reason, error=TypeError)
-        get = self._slot_of.get
-        return np.fromiter((get(k, -1) for k in np.asarray(keys).tolist()), np.int64, count=len(keys))
+        return np.fromiter(map(self._slot_of.get, keys.tolist(), repeat(-1)), np.int64, count=len(keys))
 
     def _groups(self, slots: np.ndarray):
         """Yield ``(slab, positions, rows)`` for the stored entries of ``slots``, one group per width."""
@@ -285,17 +286,21 @@ class EntityStore:
         """Split padded solver output into exact-width groups in the store's layout (compact: a full
         precision keeps its upper triangle). ``feature_ids (e, W)``: valid ids first, then -1 padding;
         ``means (e, W)``; ``precision (e, W, W)``, ``(e, W)`` or ``None``."""
+        e, W = feature_ids.shape
         d = (feature_ids >= 0).sum(axis=1)
         groups = []
         for width in np.unique(d):
-            members = np.flatnonzero(d == width)
             w = int(width)
+            members = np.flatnonzero(d == width)
+            # One gather per array (all rows are taken as they are when the block has one width).
+            take = slice(None) if len(members) == e else members
             prec = None
             if self.precision == "full":
-                prec = pack_upper(precision[members, :w, :w])
+                i, j = np.triu_indices(w)
+                prec = precision.reshape(e, W * W)[take][:, i * W + j]
             elif self.precision == "diagonal":
-                prec = precision[members, :w]
-            groups.append(WidthRows(members, feature_ids[members, :w], means[members, :w], prec))
+                prec = precision[take, :w]
+            groups.append(WidthRows(members, feature_ids[take, :w], means[take, :w], prec))
         return groups
 
     def write(self, keys: np.ndarray, slots: np.ndarray, feature_ids: np.ndarray, means: np.ndarray,

@@ -479,3 +479,18 @@ def test_object_arrays_of_numbers_and_big_integer_keys_are_accepted() -> None:
     assert ds.label.dtype == np.float64 and ds.entity_keys.tolist() == [1, 2**70]
     mixed_int_types = Dataset.from_arrays(np.array([1, np.int64(2), 2], dtype=object), LAB, X=XD)
     assert mixed_int_types.num_entities == 2
+
+
+def test_finite_values_whose_sum_overflows_are_accepted_and_a_hidden_nan_is_not() -> None:
+    # The finiteness checks skip their scan when a column's sum is finite; an overflowing sum of finite
+    # values must fall back to the scan (and pass), and a NaN or an infinity is never hidden by the sum.
+    big = [1e308, 1e308, 1e308]
+    ds = Dataset.from_arrays(ENT, big, offset=big, indptr=[0, 1, 2, 3], feature_ids=[1, 1, 1], values=big,
+                             intercept_id=None)
+    assert np.all(np.isfinite(ds.values)) and ds.offset[0] == 1e308
+    assert Dataset.from_arrays(ENT, LAB, X=XD, weight=big).weight[2] == 1e308
+    for bad in ([np.inf, -np.inf, 1.0], [1e308, 1e308, np.nan], [1.0, -np.inf, 2.0]):
+        with pytest.raises(ValueError, match="field 'values'.*must be finite"):
+            Dataset.from_arrays(ENT, LAB, indptr=[0, 1, 2, 3], feature_ids=[1, 1, 1], values=bad)
+        with pytest.raises(ValueError, match="field 'offset'.*must be finite"):
+            Dataset.from_arrays(ENT, LAB, X=XD, offset=bad)

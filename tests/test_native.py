@@ -12,6 +12,7 @@ without it they fail with the reason the build gave. They run on the CPU device 
 is the default.
 """
 
+import dataclasses
 import functools
 import os
 
@@ -374,6 +375,48 @@ def test_pack_rows_equals_the_numpy_scatter(monkeypatch, fid_dtype, dtype, vocab
     plain = _scatter_rows(data, rows, lane, lane * N + rank, local, len(ents) * N, D)
     np.testing.assert_array_equal(native, plain)
     assert np.count_nonzero(plain) > 0.5 * len(rows)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_block_rows_equals_numpy(monkeypatch, dtype):
+    """A block's rows, lanes, cells and padded label / weight / offset columns: the native helper and the
+    NumPy path give identical arrays (shuffled rows, lanes in any order, padding lanes)."""
+    from lljax._packing import BlockPlan, _block_rows
+
+    rng = np.random.default_rng(17)
+    data = _mixed_rows_dataset(rng, np.int64, dtype, shuffle=True)
+    U = len(data.entity_keys)
+    data = dataclasses.replace(data, weight=rng.random(data.num_examples).astype(dtype),
+                               offset=rng.normal(size=data.num_examples).astype(dtype))
+    labels = np.where(rng.random(data.num_examples) < 0.5, 1, -1).astype(dtype)
+    row_order = np.argsort(data.entity, kind="stable")
+    row_start = np.r_[0, np.cumsum(np.bincount(data.entity, minlength=U))].astype(np.int64)
+    ents = rng.permutation(U)[:23]
+    plan = BlockPlan(ents, 32, int(np.diff(row_start)[ents].max()) + 1, 4)
+    assert _native.enabled()
+    native = _block_rows(data, labels, plan, row_order, row_start)
+    monkeypatch.setenv("LLJAX_NATIVE", "0")
+    plain = _block_rows(data, labels, plan, row_order, row_start)
+    for name, a, b in zip(("rows", "lane", "row_cell", "y", "w", "offset"), native, plain):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert np.count_nonzero(plain[3]) == len(plain[0])  # every row's label landed (labels are +-1)
+
+
+@needs_native
+def test_block_rows_rejects_out_of_range_input():
+    order, start = np.arange(5, dtype=np.int64), np.array([0, 2, 5], np.int64)
+    cols = tuple(np.ones(5) for _ in range(3))
+    outs = tuple(np.zeros(2 * 3) for _ in range(3))
+    rows, lane, cell = _native.block_rows(order, start, np.array([1, 0]), 3, cols, outs)
+    assert rows.tolist() == [2, 3, 4, 0, 1] and lane.tolist() == [0, 0, 0, 1, 1] and cell.tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(IndexError, match="entity 1 .*more than N rows"):
+        _native.block_rows(order, start, np.array([1]), 2, cols, tuple(np.zeros(2 * 2) for _ in range(3)))
+    with pytest.raises(IndexError, match="entity 7"):
+        _native.block_rows(order, start, np.array([7]), 3, cols, outs)
+    with pytest.raises(ValueError, match="one dtype"):
+        _native.block_rows(order, start, np.array([0]), 3, cols, (outs[0], outs[1], np.zeros(6, np.float32)))
 
 
 @needs_native

@@ -196,6 +196,35 @@ def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, 
                       int(subspaces.stride), int(D), out, int(K), slot_cols)
 
 
+def block_rows(row_order, row_start, entities, N: int, columns, outputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A block's rows and their padded cells, in one pass (C++, see ``pack.cc``).
+
+    What :func:`lljax._packing._block_rows` computes with NumPy: ``rows`` the dataset rows of
+    ``entities``, entity by entity (in ``row_order``'s order), ``lane`` each row's position of its
+    entity in ``entities``, ``cell = lane * N + rank``; and ``outputs[c][cell] = columns[c][row]``.
+
+    Args:
+      row_order: ``(n,)`` int64 rows grouped by entity; row_start: ``(U + 1,)`` int64 offsets.
+      entities: ``(e,)`` int64 entity codes of the block's lanes (at most ``N`` rows each).
+      N: padded rows per lane.
+      columns: three ``(n,)`` float arrays (label, weight, offset), cast to the outputs' dtype.
+      outputs: three ``(E * N,)`` float32 or float64 arrays of one dtype (``E >= e``), C-contiguous,
+        written in place.
+    Returns:
+      ``(rows, lane, cell)``, each ``(R,)`` int64.
+    """
+    c = np.ascontiguousarray
+    row_start, entities = c(row_start, np.int64), c(entities, np.int64)
+    outside = (entities < 0) | (entities >= len(row_start) - 1)
+    if outside.any():
+        raise IndexError(f"block_rows: entity {int(entities[np.argmax(outside)])} out of range")
+    total = int(np.sum(row_start[entities + 1] - row_start[entities]))
+    rows, lane, cell = (np.empty(total, np.int64) for _ in range(3))
+    _module.block_rows(c(row_order, np.int64), row_start, entities, int(N),
+                       *(c(col, outputs[0].dtype) for col in columns), *outputs, rows, lane, cell)
+    return rows, lane, cell
+
+
 def subspace_keys(indptr, feature_ids, row_order, row_start, prior_owner, prior_feature_ids, stride: int) -> np.ndarray:
     """Sorted distinct ``entity * stride + feature_id`` keys of every entity's nonzeros and prior features.
 

@@ -305,6 +305,7 @@ static PyObject* lanes(PyObject*, PyObject*) {
 
 PyObject* lljax_pack_rows(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_subspace_keys(PyObject*, PyObject* args);  // pack.cc
+PyObject* lljax_block_rows(PyObject*, PyObject* args);  // pack.cc
 
 static PyMethodDef methods[] = {
     {"pack_rows", lljax_pack_rows, METH_VARARGS,
@@ -313,6 +314,9 @@ static PyMethodDef methods[] = {
     {"subspace_keys", lljax_subspace_keys, METH_VARARGS,
      "subspace_keys(indptr, feature_ids, row_order, row_start, prior_feature_ids, prior_start, stride): "
      "sorted distinct entity * stride + feature id keys, as a bytearray of int64 (see pack.cc)."},
+    {"block_rows", lljax_block_rows, METH_VARARGS,
+     "block_rows(row_order, row_start, entities, N, label, weight, offset, y, w, o, rows, lane, cell): a block's "
+     "rows, lanes and cells; y, w, o filled at the cells (see pack.cc)."},
     {"registrations", registrations, METH_NOARGS, "FFI target name -> PyCapsule of the XLA FFI handler."},
     {"isa", isa, METH_NOARGS, "The kernel variant this CPU runs: 'avx2+fma' or 'generic'."},
     {"lanes", lanes, METH_NOARGS, "Entities per SIMD group, by dtype."},

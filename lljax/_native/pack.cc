@@ -33,7 +33,7 @@ struct View {
     if (code == 'l' && buffer.itemsize == 8) code = 'q';  // int64 on LP64
     if (code == 'l' && buffer.itemsize == 4) code = 'i';
     if (f[0] == 0 || f[1] != 0 || std::strchr(allowed, code) == nullptr) {
-      PyErr_Format(PyExc_TypeError, "pack_rows: %s has element format '%s', expected one of '%s'", name,
+      PyErr_Format(PyExc_TypeError, "lljax._native: %s has element format '%s', expected one of '%s'", name,
                    buffer.format ? buffer.format : "B", allowed);
       return 0;
     }
@@ -300,4 +300,98 @@ PyObject* lljax_subspace_keys(PyObject*, PyObject* args) {
   if (out == nullptr) return nullptr;
   if (!keys.empty()) std::memcpy(PyByteArray_AS_STRING(out), keys.data(), keys.size() * sizeof(int64_t));
   return out;
+}
+
+namespace {
+
+// The loop of block_rows (arguments checked by the caller). A block's entities lie anywhere in the
+// dataset, so each lane's first rows are cache misses: a few lanes ahead are prefetched, one level of
+// indirection per distance (row_start, then row_order, then the three columns). False if a row is out of range.
+template <typename T>
+bool gather_block_rows(const int64_t* ord, int64_t n, const int64_t* st, const int64_t* en, int64_t E, int64_t N,
+                       const View* sources, const View* dests, int64_t* rows, int64_t* lane, int64_t* cell) {
+  const T* src[3] = {sources[0].data<T>(), sources[1].data<T>(), sources[2].data<T>()};
+  T* dst[3] = {dests[0].data<T>(), dests[1].data<T>(), dests[2].data<T>()};
+  int64_t i = 0;
+  for (int64_t l = 0; l < E; l++) {
+    if (l + 16 < E) __builtin_prefetch(st + en[l + 16]);
+    if (l + 8 < E) __builtin_prefetch(ord + st[en[l + 8]]);
+    if (l + 4 < E) {
+      const int64_t r = ord[st[en[l + 4]]];
+      for (int c = 0; c < 3; c++) __builtin_prefetch(src[c] + (r >= 0 && r < n ? r : 0));
+    }
+    const int64_t u = en[l];
+    for (int64_t k = st[u]; k < st[u + 1]; k++, i++) {
+      const int64_t r = ord[k], at = l * N + (k - st[u]);
+      if (r < 0 || r >= n) return false;
+      rows[i] = r;
+      lane[i] = l;
+      cell[i] = at;
+      for (int c = 0; c < 3; c++) dst[c][at] = src[c][r];
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+// block_rows(row_order, row_start, entities, N, label, weight, offset, y, w, o, rows, lane, cell): the dataset
+// rows of the block's entities, entity by entity (in row_order's order), into `rows`; the lane of each (its
+// entity's position in `entities`) into `lane` and its cell lane * N + rank into `cell` (int64, as many as the
+// entities have rows); y, w, o (E * N) get each row's label, weight and offset at its cell. lljax/_packing.py's
+// _block_rows in one pass.
+PyObject* lljax_block_rows(PyObject*, PyObject* args) {
+  PyObject *o_order, *o_start, *o_ents, *o_src[3], *o_dst[3], *o_idx[3];
+  long long N;
+  if (!PyArg_ParseTuple(args, "OOOLOOOOOOOOO", &o_order, &o_start, &o_ents, &N, &o_src[0], &o_src[1], &o_src[2],
+                        &o_dst[0], &o_dst[1], &o_dst[2], &o_idx[0], &o_idx[1], &o_idx[2])) {
+    return nullptr;
+  }
+  static const char* names[] = {"label", "weight", "offset", "y", "w", "o", "rows", "lane", "cell"};
+  View order, start, ents, src[3], dst[3], idx[3];
+  if (!order.get(o_order, "row_order", "q", false) || !start.get(o_start, "row_start", "q", false) ||
+      !ents.get(o_ents, "entities", "q", false)) {
+    return nullptr;
+  }
+  char code = 0;
+  for (int c = 0; c < 3; c++) {
+    const char s = src[c].get(o_src[c], names[c], "df", false), d = dst[c].get(o_dst[c], names[3 + c], "df", true);
+    if (s == 0 || d == 0 || !idx[c].get(o_idx[c], names[6 + c], "q", true)) return nullptr;
+    if ((code != 0 && s != code) || d != s || src[c].size() != order.size() || dst[c].size() != dst[0].size()) {
+      PyErr_SetString(PyExc_ValueError, "block_rows: the row columns and outputs must share one dtype and size");
+      return nullptr;
+    }
+    code = s;
+  }
+  const int64_t n = order.size(), U = start.size() - 1, E = ents.size();
+  const int64_t *ord = order.data<int64_t>(), *st = start.data<int64_t>(), *en = ents.data<int64_t>();
+  if (N < 1 || U < 0 || dst[0].size() % N != 0 || E > dst[0].size() / N) {
+    PyErr_SetString(PyExc_ValueError, "block_rows: inconsistent argument sizes");
+    return nullptr;
+  }
+  int64_t total = 0;
+  for (int64_t l = 0; l < E; l++) {  // bounds once, so that the copies cannot leave their buffers
+    const int64_t u = en[l];
+    if (u < 0 || u >= U || st[u] < 0 || st[u] > st[u + 1] || st[u + 1] > n || st[u + 1] - st[u] > N) {
+      PyErr_Format(PyExc_IndexError, "block_rows: entity %lld (lane %lld) out of range or with more than N rows",
+                   (long long)u, (long long)l);
+      return nullptr;
+    }
+    total += st[u + 1] - st[u];
+  }
+  if (idx[0].size() != total || idx[1].size() != total || idx[2].size() != total) {
+    PyErr_SetString(PyExc_ValueError, "block_rows: rows, lane and cell must hold the entities' row count");
+    return nullptr;
+  }
+  int64_t *rows = idx[0].data<int64_t>(), *lane = idx[1].data<int64_t>(), *cell = idx[2].data<int64_t>();
+  bool ok = true;
+  Py_BEGIN_ALLOW_THREADS;
+  ok = code == 'd' ? gather_block_rows<double>(ord, n, st, en, E, N, src, dst, rows, lane, cell)
+                   : gather_block_rows<float>(ord, n, st, en, E, N, src, dst, rows, lane, cell);
+  Py_END_ALLOW_THREADS;
+  if (!ok) {
+    PyErr_SetString(PyExc_IndexError, "block_rows: row_order out of range");
+    return nullptr;
+  }
+  Py_RETURN_NONE;
 }
