@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import concat_ranges
-from ._errors import check_finite, check_length, check_nonnegative, input_error, number_column
+from ._errors import all_finite, check_finite, check_length, check_nonnegative, input_error, number_column
 
 __all__ = ["Dataset"]
 
@@ -412,11 +412,9 @@ def _check_csr(indptr, fids, vals, n, num_features, keys, codes) -> None:
 
 
 def _check_values_finite(indptr, fids, vals, entity_of) -> None:
-    """``ValueError`` naming the example, the entity and the feature id of the first non-finite value
-    (scanned only when the sum of ``vals`` is not finite, as in :func:`check_finite`)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.sum(vals)):
-            return
+    """``ValueError`` naming the example, the entity and the feature id of the first non-finite value."""
+    if all_finite(vals):
+        return
     bad = ~np.isfinite(vals)
     if bad.any():
         k = int(np.argmax(bad))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["input_error", "check_finite", "check_nonnegative", "check_length", "number_column"]
+__all__ = ["input_error", "all_finite", "check_finite", "check_nonnegative", "check_length", "number_column"]
 
 
 def input_error(
@@ -66,8 +66,7 @@ def _raise_at_first(bad: np.ndarray, field: str, values: np.ndarray, reason: str
 def check_finite(field: str, values: np.ndarray, entity_keys: Any = None, row_word: str | None = None) -> None:
     """Raise ``ValueError`` at the first NaN/inf in ``values``.
 
-    The scan is skipped when the sum of ``values`` is finite (a NaN or an infinity makes it NaN or
-    infinite): one pass with no temporary array on the usual, clean input.
+    Clean input costs one pass with no temporary array (:func:`all_finite`).
 
     Args:
       field: field name for the message.
@@ -77,11 +76,19 @@ def check_finite(field: str, values: np.ndarray, entity_keys: Any = None, row_wo
       row_word: if given, the message also says ``"{row_word} {i}"`` (e.g. ``"example 3"``).
     """
     values = np.asarray(values)
+    if not all_finite(values):
+        _raise_at_first(~np.isfinite(values), field, values, "must be finite", entity_keys, row_word)
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether every element of ``values`` is finite. A float array's sum is finite unless an element is
+    NaN or infinite (or the sum overflows, and then the elements are checked): on clean input, one pass
+    with no temporary array the size of ``values``."""
     if values.dtype.kind == "f":
         with np.errstate(over="ignore", invalid="ignore"):
             if np.isfinite(np.sum(values)):
-                return
-    _raise_at_first(~np.isfinite(values), field, values, "must be finite", entity_keys, row_word)
+                return True
+    return bool(np.isfinite(values).all())
 
 
 def check_nonnegative(field: str, values: np.ndarray, entity_keys: Any = None, row_word: str | None = None) -> None:

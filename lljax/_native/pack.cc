@@ -58,10 +58,16 @@ inline int64_t search(const int64_t* keys, int64_t lo, int64_t hi, int64_t key) 
 
 // Where a nonzero goes. Dense: out[cell * D + col] += value (repeated columns add up, in float64).
 // Slots: the row's rank-th slot gets (col, value) (a SparseBlock's layout; K slots per row).
+// `row` places a whole row whose j-th nonzero is in column j (the checked common case).
 struct DenseSink {
   double* out;
   int64_t D;
   void operator()(int64_t cell, int64_t, int64_t col, double value) const { out[cell * D + col] += value; }
+  template <typename V>
+  void row(int64_t cell, const V* values, int64_t m) const {
+    double* to = out + cell * D;
+    for (int64_t j = 0; j < m; j++) to[j] += static_cast<double>(values[j]);
+  }
 };
 struct SlotSink {
   double* vals;
@@ -70,6 +76,10 @@ struct SlotSink {
   void operator()(int64_t cell, int64_t rank, int64_t col, double value) const {
     cols[cell * K + rank] = static_cast<int32_t>(col);
     vals[cell * K + rank] = value;
+  }
+  template <typename V>
+  void row(int64_t cell, const V* values, int64_t m) const {
+    for (int64_t j = 0; j < m; j++) (*this)(cell, j, j, static_cast<double>(values[j]));
   }
 };
 
@@ -110,6 +120,14 @@ int64_t scatter(const int64_t* indptr, const F* feature_ids, const V* values, co
     const int64_t r = rows[i], lane = row_lane[i], cell = row_cell[i];
     const int64_t lo = start[lane], size = sizes[lane], base = lane * stride;
     const int64_t k0 = indptr[r], k1 = indptr[r + 1];
+    if (k1 - k0 <= size) {  // the usual layout: the row lists the first features of its subspace, in order
+      bool in_order = true;
+      for (int64_t k = k0; k < k1; k++) in_order &= keys[lo + (k - k0)] == base + static_cast<int64_t>(feature_ids[k]);
+      if (in_order) {
+        sink.row(cell, values + k0, k1 - k0);
+        continue;
+      }
+    }
     for (int64_t k = k0; k < k1; k++) {
       const int64_t feature = static_cast<int64_t>(feature_ids[k]);
       const int64_t key = base + feature;
