@@ -73,6 +73,7 @@ from ._solve import (
     backtracking_line_search,
     check_diagonal_solver,
     native_dispatch,
+    native_on_cpu,
     native_per_entity,
     native_result,
     solve_block,
@@ -235,9 +236,7 @@ def _solve_block(block: SparseBlock, l2, delta, limits: _Limits, config: SolverC
     plain = partial(_solve_block_jax, config=config, lanes=lanes)
     if not _use_native_wide(block, config):
         return plain(block, l2, delta, limits)
-    # The native kernel is a CPU custom call: other platforms lower the pure-JAX branch only.
-    native = partial(_solve_block_native, config=config)
-    return jax.lax.platform_dependent(block, l2, delta, limits, cpu=native, default=plain)
+    return native_on_cpu(partial(_solve_block_native, config=config), plain, block, l2, delta, limits)
 
 
 def _solve_block_jax(block: SparseBlock, l2, delta, limits: _Limits, *, config: SolverConfig,

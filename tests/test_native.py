@@ -269,13 +269,24 @@ def test_native_true_without_build_raises(monkeypatch):
 
 
 @needs_native
-def test_other_platforms_lower_the_jax_path():
-    """The custom call is a CPU target: a lowering for GPU contains only the pure-JAX solver (and a CPU
-    lowering only the kernel)."""
+def test_other_platforms_lower_the_jax_path(monkeypatch):
+    """The custom call is a CPU target: in a process with an accelerator, a lowering for GPU contains only
+    the pure-JAX solver (and a CPU lowering only the kernel); in a CPU-only process the pure-JAX solver
+    is not even traced."""
+    import lljax._solve
+
     block = make_block(np.random.default_rng(9), "logistic", E=3, N=4, D=2)
-    traced = jax.jit(lambda b: solve_block(b, 0.8, 0.6, SolverConfig())).trace(block)
-    cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
-    gpu = traced.lower(lowering_platforms=("cuda",)).as_text()
+    only_cpu = jax.jit(lambda b: solve_block(b, 0.8, 0.6, SolverConfig())).trace(block)
+    assert "while" not in str(only_cpu.jaxpr) and "lljax_newton" in only_cpu.lower().as_text()
+    monkeypatch.setattr(lljax._solve, "_cpu_only_process", lambda: False)  # as with a GPU backend
+    lljax._solve._solve_block.clear_cache()  # the jitted solver's traces are cached per shape
+    try:
+        traced = jax.jit(lambda b: solve_block(b, 0.8, 0.6, SolverConfig())).trace(block)
+        assert "while" in str(traced.jaxpr)
+        cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
+        gpu = traced.lower(lowering_platforms=("cuda",)).as_text()
+    finally:
+        lljax._solve._solve_block.clear_cache()
     assert "lljax_newton" in cpu and "while" not in cpu
     assert "lljax_newton" not in gpu and "while" in gpu
 
