@@ -393,7 +393,7 @@ def _check_csr(indptr, fids, vals, n, num_features, keys, codes) -> None:
     check_length("indptr", indptr, n + 1, "examples + 1")
     if indptr[0] != 0:
         raise input_error("indptr", int(indptr[0]), "must start at 0", where="position 0")
-    drops = np.flatnonzero(np.diff(indptr) < 0)
+    drops = np.flatnonzero(indptr[1:] < indptr[:-1])  # no (n,) int64 temporary, as np.diff would make
     if drops.size:
         i = int(drops[0]) + 1
         raise input_error("indptr", int(indptr[i]), f"must be non-decreasing (previous value {int(indptr[i - 1])})",

@@ -309,19 +309,20 @@ class RandomEffectModel:
         U = dataset.num_entities
         with timer("validate"):
             rows = np.bincount(dataset.entity, minlength=U)
-            active = np.bincount(dataset.entity, weights=dataset.weight > 0, minlength=U)
+            if dataset.weight.min() > 0:  # the usual case: no (n,) float temporary for the weights
+                active = rows
+            else:
+                active = np.bincount(dataset.entity, weights=dataset.weight > 0, minlength=U)
             trained = active >= self.min_rows
             report = _EntityReport.skipped(U, dtype)
             skipped = np.flatnonzero(~trained)
             report.features[skipped] = self._store.sizes(self._store.lookup(dataset.entity_keys[skipped]))
             keep = trained[dataset.entity]
-            if self.max_rows is None:
-                round_of_row = np.zeros(dataset.num_examples, np.int64)
-            else:
-                round_of_row = group_rank(dataset.entity, U) // self.max_rows
+            round_of_row = None if self.max_rows is None else group_rank(dataset.entity, U) // self.max_rows
+            rounds = 0 if not keep.any() else 1 if round_of_row is None else int(round_of_row[keep].max()) + 1
         blocks = 0
-        for r in range(int(round_of_row[keep].max()) + 1 if keep.any() else 0):
-            rows_in_round = keep & (round_of_row == r)
+        for r in range(rounds):
+            rows_in_round = keep if round_of_row is None else keep & (round_of_row == r)
             part = dataset if rows_in_round.all() else dataset.take(rows_in_round)
             codes = np.searchsorted(dataset.entity_keys, part.entity_keys)
             delta = self.delta if r == 0 else 1.0
