@@ -10,7 +10,7 @@ Offsets N(0, 1), logistic labels from random true coefficients N(0, 0.5^2), unit
 Bayesian logistic model keeps every entity's full posterior precision), cold start, ``--dtype``
 (default float64).
 
-Timed (one process, wall clock): ``Dataset.from_arrays`` (validation, intercept) and
+Timed (one process, wall clock): ``Dataset.from_arrays`` (validation) and
 ``model.update`` (lookup, local subspaces, block planning, host packing, device solves, store writes),
 with the update's own phase breakdown (``UpdateReport.phase_seconds``). Memory: the process's peak
 resident set (``ru_maxrss``, which includes the generated input arrays) and the resident set before
@@ -144,8 +144,8 @@ def parse_args(argv):
     p.add_argument("--hessian", default="full", choices=["full", "diagonal"])
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     p.add_argument("--intercept", default="dataset", choices=["dataset", "data"],
-                   help="who adds the intercept: Dataset.from_arrays (a copy of the CSR arrays) or the input data "
-                        "(intercept_id=None: the Dataset keeps the caller's arrays, no copy)")
+                   help="who adds the intercept: the Dataset (intercept_id=0, implicit: the rows are kept as given) "
+                        "or the input data (each row lists it; intercept_id=None)")
     p.add_argument("--keep-input", action="store_true",
                    help="keep a reference to the generated arrays during the update (default: drop it once the "
                         "Dataset is built, as a pipeline that loaded them for training would)")
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     host = sum(v for k, v in phases.items() if k not in ("dispatch", "device_wait"))
     packing = phases.get("prepare", 0.0) + phases.get("pack", 0.0)  # the "host-side packing"
     result = {
-        "entities": args.entities, "rows": int(len(dataset)), "nonzeros": int(len(dataset.values)),
+        "entities": args.entities, "rows": int(len(dataset)), "nonzeros": dataset.num_nonzeros,
         "alpha": alpha, "rows_max": int(rows_per.max()), "rows_mean": float(rows_per.mean()),
         "generate_s": generate_s, "compile_warmup_s": compile_s, "dataset_s": dataset_s, "update_s": update_s,
         "total_s": total_s, "entities_per_s": args.entities / total_s, "phase_seconds": phases,

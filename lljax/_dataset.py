@@ -6,7 +6,10 @@ A :class:`Dataset` holds, for ``n`` examples over ``U`` distinct entities:
 - ``label``, ``weight``, ``offset``: ``(n,)`` floats;
 - the sparse features as CSR: ``indptr (n+1,)``, ``feature_ids (nnz,)`` global feature
   indices, ``values (nnz,)``. When ``intercept_id`` is not ``None`` every row carries the
-  intercept feature (value 1.0) as its first entry, as Lambda Learner adds it.
+  intercept feature (value 1.0) as its first entry, as Lambda Learner adds it. The intercept is
+  implicit: the dataset keeps the rows as given (``given_indptr``, ``given_feature_ids``,
+  ``given_values``, the caller's arrays when they need no conversion) and packing and scoring add
+  it; ``indptr``, ``feature_ids`` and ``values`` write it out, on first access.
 
 Construction validates everything (finite numbers, non-negative weights, lengths, feature
 ids in range, one type of entity key) with vectorized checks, and raises a ``ValueError`` /
@@ -16,6 +19,7 @@ example, except :meth:`Dataset.from_records`, the NTV edge.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -129,12 +133,16 @@ class Dataset:
       entity_keys: ``(U,)`` distinct entity keys (sorted).
       entity: ``(n,)`` int64 index into ``entity_keys`` of each example.
       label, weight, offset: ``(n,)`` float arrays (raw labels; the loss encodes them).
-      indptr: ``(n+1,)`` int64 CSR row pointers.
-      feature_ids: ``(nnz,)`` global feature index of each stored value: int32 when they were given
-        as int32 (halving the largest array of a big dataset), else int64.
-      values: ``(nnz,)`` feature values.
+      given_indptr: ``(n+1,)`` int64 CSR row pointers of the rows as given (no intercept).
+      given_feature_ids: ``(k,)`` global feature index of each given value: int32 when they were
+        given as int32 (halving the largest array of a big dataset), else int64.
+      given_values: ``(k,)`` feature values.
       num_features: size of the global feature space (ids are in ``[0, num_features)``).
-      intercept_id: global id of the intercept feature, or ``None`` when there is none.
+      intercept_id: global id of the intercept feature, or ``None`` when there is none. When set,
+        every row has the intercept (value 1.0) before its given features, implicitly.
+      indptr, feature_ids, values: the rows with the intercept written out (``(n+1,)``, ``(nnz,)``,
+        ``(nnz,)``, ``nnz = k + n``; the given arrays when there is no intercept), built on first
+        access and kept.
     """
 
     entity_keys: np.ndarray
@@ -142,11 +150,39 @@ class Dataset:
     label: np.ndarray
     weight: np.ndarray
     offset: np.ndarray
-    indptr: np.ndarray
-    feature_ids: np.ndarray
-    values: np.ndarray
+    given_indptr: np.ndarray
+    given_feature_ids: np.ndarray
+    given_values: np.ndarray
     num_features: int
     intercept_id: int | None = 0
+
+    @functools.cached_property
+    def _explicit(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.explicit_rows()
+
+    @property
+    def indptr(self) -> np.ndarray:
+        return self._explicit[0]
+
+    @property
+    def feature_ids(self) -> np.ndarray:
+        return self._explicit[1]
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._explicit[2]
+
+    def explicit_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(indptr, feature_ids, values)`` with the intercept written out as each row's first entry
+        (a new copy each call; the given arrays when there is no intercept)."""
+        if self.intercept_id is None:
+            return self.given_indptr, self.given_feature_ids, self.given_values
+        return _prepend_intercept(self.given_indptr, self.given_feature_ids, self.given_values, self.intercept_id)
+
+    @property
+    def num_nonzeros(self) -> int:
+        """Entries of the rows, the implicit intercept included (``len(values)``, without building it)."""
+        return int(self.given_values.shape[0]) + (0 if self.intercept_id is None else self.num_examples)
 
     @property
     def num_examples(self) -> int:
@@ -165,11 +201,12 @@ class Dataset:
 
     def __repr__(self) -> str:
         return (f"Dataset(examples={self.num_examples}, entities={self.num_entities}, "
-                f"nnz={self.values.shape[0]}, num_features={self.num_features}, dtype={self.dtype})")
+                f"nnz={self.num_nonzeros}, num_features={self.num_features}, dtype={self.dtype})")
 
     def row_of_nonzero(self) -> np.ndarray:
-        """``(nnz,)`` example index of each stored feature value."""
-        return np.repeat(np.arange(self.num_examples, dtype=np.int64), np.diff(self.indptr))
+        """``(nnz,)`` example index of each entry of :attr:`values` (the intercept's included)."""
+        lengths = np.diff(self.given_indptr) + (0 if self.intercept_id is None else 1)
+        return np.repeat(np.arange(self.num_examples, dtype=np.int64), lengths)
 
     def entity_key_of_example(self, i: int) -> Any:
         return self.entity_keys[self.entity[i]]
@@ -194,9 +231,9 @@ class Dataset:
 
         Features are given either densely as ``X (n, F)`` (zeros are dropped) or as CSR
         ``indptr (n+1,)``, ``feature_ids (nnz,)``, ``values (nnz,)``. With
-        ``intercept_id`` set (default 0), an intercept of value 1.0 is prepended to every row,
-        so column ``intercept_id`` of ``X`` should be left free for it (a value there is
-        summed with the intercept, as in Lambda Learner).
+        ``intercept_id`` set (default 0), an intercept of value 1.0 is prepended to every row
+        (implicitly: the given arrays are kept, not copied), so column ``intercept_id`` of ``X``
+        should be left free for it (a value there is summed with the intercept, as in Lambda Learner).
 
         Args:
           entity: ``(n,)`` entity key of each example (all ints or all strings).
@@ -264,12 +301,10 @@ class Dataset:
         check_nonnegative("weight", w, entity_of, "example")
         _check_values_finite(indptr_a, fids_a, vals_a, entity_of)
 
-        if intercept_id is not None:
-            if not 0 <= intercept_id < num_features:
-                raise input_error("intercept_id", intercept_id, f"must be in [0, {num_features})")
-            indptr_a, fids_a, vals_a = _prepend_intercept(indptr_a, fids_a, vals_a, intercept_id)
-        # C-contiguous (a copy only for strided views, e.g. a column of a wider array): the packing
-        # helpers read the CSR arrays as flat buffers, once per block.
+        if intercept_id is not None and not 0 <= intercept_id < num_features:
+            raise input_error("intercept_id", intercept_id, f"must be in [0, {num_features})")
+        # The intercept stays implicit (inserting it copied the CSR arrays). C-contiguous (a copy only for
+        # strided views, e.g. a column of a wider array): the packing helpers read them as flat buffers.
         indptr_a, fids_a, vals_a = (np.ascontiguousarray(a) for a in (indptr_a, fids_a, vals_a))
         return cls(keys, codes, y, w, o, indptr_a, fids_a, vals_a, int(num_features), intercept_id)
 
@@ -356,12 +391,12 @@ class Dataset:
             raise input_error("examples", int(bad), f"is outside [0, {self.num_examples})")
         idx = np.where(idx < 0, idx + self.num_examples, idx)
         present, codes = np.unique(self.entity[idx], return_inverse=True)
-        lengths = np.diff(self.indptr)[idx]
+        lengths = np.diff(self.given_indptr)[idx]
         indptr = np.zeros(len(idx) + 1, np.int64)
         np.cumsum(lengths, out=indptr[1:])
-        nz = concat_ranges(self.indptr[idx], lengths)
+        nz = concat_ranges(self.given_indptr[idx], lengths)
         return Dataset(self.entity_keys[present], codes.astype(np.int64).reshape(-1), self.label[idx],
-                       self.weight[idx], self.offset[idx], indptr, self.feature_ids[nz], self.values[nz],
+                       self.weight[idx], self.offset[idx], indptr, self.given_feature_ids[nz], self.given_values[nz],
                        self.num_features, self.intercept_id)
 
 

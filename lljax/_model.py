@@ -412,12 +412,13 @@ class RandomEffectModel:
         stored_keys = pairs.owner * stride + pairs.feature_ids
         order = np.argsort(stored_keys)
         stored_keys, stored_means = stored_keys[order], pairs.means[order]
+        _, feature_ids, values = dataset.explicit_rows()  # written out here only (not kept on the dataset)
         row = dataset.row_of_nonzero()
-        wanted = dataset.entity[row] * stride + dataset.feature_ids
+        wanted = dataset.entity[row] * stride + feature_ids
         pos = np.minimum(np.searchsorted(stored_keys, wanted), max(len(stored_keys) - 1, 0))
         found = stored_keys[pos] == wanted if len(stored_keys) else np.zeros(len(wanted), bool)
         coef = np.where(found, stored_means[pos] if len(stored_keys) else 0.0, 0.0)
-        return margins + np.bincount(row, weights=dataset.values * coef, minlength=dataset.num_examples)
+        return margins + np.bincount(row, weights=values * coef, minlength=dataset.num_examples)
 
 
 class _EntityReport(NamedTuple):
@@ -471,4 +472,4 @@ def _cast(dataset: Dataset, dtype: np.dtype) -> Dataset:
     from dataclasses import replace
 
     return replace(dataset, label=dataset.label.astype(dtype), weight=dataset.weight.astype(dtype),
-                   offset=dataset.offset.astype(dtype), values=dataset.values.astype(dtype))
+                   offset=dataset.offset.astype(dtype), given_values=dataset.given_values.astype(dtype))

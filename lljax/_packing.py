@@ -135,12 +135,16 @@ def local_subspaces(dataset: Dataset, prior_owner: np.ndarray, prior_feature_ids
         entity's offset in ``row_order`` (``(U + 1,)``).
     """
     stride = max(dataset.num_features, int(prior_feature_ids.max()) + 1 if prior_feature_ids.size else 0, 1)
+    if dataset.intercept_id is not None:  # every entity's rows have the (implicit) intercept
+        prior_owner = np.concatenate([prior_owner, np.arange(dataset.num_entities, dtype=np.int64)])
+        prior_feature_ids = np.concatenate([prior_feature_ids,
+                                            np.full(dataset.num_entities, dataset.intercept_id, np.int64)])
     if rows is not None and stride <= _NATIVE_MARK_MAX and _native.enabled():
-        keys = _native.subspace_keys(dataset.indptr, dataset.feature_ids, rows[0], rows[1], prior_owner,
+        keys = _native.subspace_keys(dataset.given_indptr, dataset.given_feature_ids, rows[0], rows[1], prior_owner,
                                      prior_feature_ids, stride)
         return Subspaces.from_keys(keys, dataset.num_entities, stride)
     space = dataset.num_entities * stride
-    nnz = len(dataset.feature_ids)
+    nnz = len(dataset.given_feature_ids)
     prior_keys = prior_owner * stride + prior_feature_ids
     if space <= max(_TABLE_MIN, _TABLE_PER_KEY * (nnz + len(prior_keys))):
         marks = np.zeros(space, bool)
@@ -153,14 +157,15 @@ def local_subspaces(dataset: Dataset, prior_owner: np.ndarray, prior_feature_ids
 
 
 def _nonzero_keys(dataset: Dataset, stride: int):
-    """Yield ``entity * stride + feature_id`` of the dataset's nonzeros, about ``_KEY_CHUNK`` at a time."""
-    indptr = dataset.indptr
+    """Yield ``entity * stride + feature_id`` of the dataset's given nonzeros (not the implicit intercept),
+    about ``_KEY_CHUNK`` at a time."""
+    indptr = dataset.given_indptr
     n = dataset.num_examples
     bounds = np.searchsorted(indptr, np.arange(0, indptr[-1], _KEY_CHUNK), side="right") - 1
     bounds = np.unique(np.concatenate([bounds, [n]]))
     for r0, r1 in zip(bounds[:-1], bounds[1:]):
         keys = np.repeat(dataset.entity[r0:r1] * stride, np.diff(indptr[r0: r1 + 1]))
-        keys += dataset.feature_ids[indptr[r0]: indptr[r1]]
+        keys += dataset.given_feature_ids[indptr[r0]: indptr[r1]]
         yield keys
 
 
@@ -293,14 +298,28 @@ def _scatter_rows(dataset: Dataset, rows: np.ndarray, lane: np.ndarray, row_cell
     """
     if _native.enabled():
         out = np.zeros(cells * D, np.float64)
-        _native.pack_rows(dataset.indptr, dataset.feature_ids, dataset.values, rows, row_cell, lane, local, D, out)
+        _native.pack_rows(dataset.given_indptr, dataset.given_feature_ids, dataset.given_values, rows, row_cell, lane,
+                          local, D, out, leading=dataset.intercept_id)
         return out
-    nnz_per_row = dataset.indptr[rows + 1] - dataset.indptr[rows]
-    nz = concat_ranges(dataset.indptr[rows], nnz_per_row)
+    nnz_per_row, feature_ids, values = _row_entries(dataset, rows)
     nz_cell = np.repeat(row_cell, nnz_per_row)
     nz_lane, rank_in_row = segments(nnz_per_row)
-    col = local.local_index(lane[nz_lane], dataset.feature_ids[nz], guess=rank_in_row)
-    return np.bincount(nz_cell * D + col, weights=dataset.values[nz], minlength=cells * D)
+    col = local.local_index(lane[nz_lane], feature_ids, guess=rank_in_row)
+    return np.bincount(nz_cell * D + col, weights=values, minlength=cells * D)
+
+
+def _row_entries(dataset: Dataset, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entries of the dataset rows ``rows``, row after row, the implicit intercept first in each:
+    ``(entries per row (R,), feature ids, values)`` (the NumPy packing paths)."""
+    indptr = dataset.given_indptr
+    nnz_per_row = indptr[rows + 1] - indptr[rows]
+    nz = concat_ranges(indptr[rows], nnz_per_row)
+    feature_ids, values = dataset.given_feature_ids[nz].astype(np.int64), dataset.given_values[nz]
+    if dataset.intercept_id is None:
+        return nnz_per_row, feature_ids, values
+    starts = np.cumsum(nnz_per_row) - nnz_per_row
+    return (nnz_per_row + 1, np.insert(feature_ids, starts, dataset.intercept_id),
+            np.insert(values, starts, values.dtype.type(1)))
 
 
 def _block_rows(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, row_order: np.ndarray,
@@ -377,21 +396,21 @@ def build_sparse_block(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, su
     dtype = dataset.dtype
     rows, lane, row_cell, y, w, offset = _block_rows(dataset, labels, plan, row_order, row_start)
 
-    nnz_per_row = dataset.indptr[rows + 1] - dataset.indptr[rows]
-    K = int(next_pow2(max(int(nnz_per_row.max(initial=0)), 1)))
+    entries = dataset.given_indptr[rows + 1] - dataset.given_indptr[rows] + (dataset.intercept_id is not None)
+    K = int(next_pow2(max(int(entries.max(initial=0)), 1)))
     local = subspaces.restrict(ents)
     cols = np.zeros(E * N * K, np.int32)
     if _native.enabled():  # one pass (see _scatter_rows)
         vals = np.zeros(E * N * K, np.float64)
-        _native.pack_rows(dataset.indptr, dataset.feature_ids, dataset.values, rows, row_cell, lane, local, D, vals,
-                          slot_cols=cols, K=K)
+        _native.pack_rows(dataset.given_indptr, dataset.given_feature_ids, dataset.given_values, rows, row_cell, lane,
+                          local, D, vals, slot_cols=cols, K=K, leading=dataset.intercept_id)
         vals = vals.astype(dtype, copy=False)
     else:
-        nz = concat_ranges(dataset.indptr[rows], nnz_per_row)
+        nnz_per_row, feature_ids, values = _row_entries(dataset, rows)
         slot = np.repeat(row_cell * K, nnz_per_row) + segments(nnz_per_row)[1]
         vals = np.zeros(E * N * K, dtype)
-        cols[slot] = local.local_index(np.repeat(lane, nnz_per_row), dataset.feature_ids[nz])
-        vals[slot] = dataset.values[nz]
+        cols[slot] = local.local_index(np.repeat(lane, nnz_per_row), feature_ids)
+        vals[slot] = values
 
     feature_ids = np.full((E, D), -1, np.int64)
     feature_ids[: len(ents)] = local.feature_ids(D)

@@ -330,14 +330,20 @@ def test_generic_isa_variant():
 # Host-side packing helper (pack_rows) against the NumPy path of build_block
 # --------------------------------------------------------------------------------------------
 
-def _mixed_rows_dataset(rng, fid_dtype, dtype, entities=40, vocabulary=300, shuffle=False):
+def _mixed_rows_dataset(rng, fid_dtype, dtype, entities=40, vocabulary=300, shuffle=False, intercept_id=None,
+                        explicit=False):
     """Rows that list their entity's whole subspace in order (every rank-in-row guess right), subsets,
-    shuffled rows and a repeated feature (values add up); with ``shuffle`` the entities' rows interleave."""
+    shuffled rows and a repeated feature (values add up); with ``shuffle`` the entities' rows interleave.
+    ``intercept_id``: the dataset's implicit intercept (some rows also list that id: its values add to
+    the intercept's 1); ``explicit``: the same rows with the intercept written first instead, and no
+    implicit one."""
     from lljax import Dataset
 
     rows = []
     for entity in range(entities):
         subspace = np.unique(rng.integers(0, vocabulary, rng.integers(1, 10)))
+        if intercept_id is not None and entity % 3 == 0:
+            subspace = np.union1d(subspace, [intercept_id])
         for _ in range(rng.integers(1, 7)):
             kind = rng.integers(4)
             if kind == 0:
@@ -351,26 +357,34 @@ def _mixed_rows_dataset(rng, fid_dtype, dtype, entities=40, vocabulary=300, shuf
             rows.append((entity, row))
     if shuffle:
         rows = [rows[i] for i in rng.permutation(len(rows))]
-    lengths = [len(r) for _, r in rows]
+    lengths = np.array([len(r) for _, r in rows])
+    feature_ids = np.concatenate([r for _, r in rows]).astype(fid_dtype)
+    values = rng.normal(size=lengths.sum())
+    if explicit:
+        starts = np.r_[0, np.cumsum(lengths)[:-1]]
+        feature_ids = np.insert(feature_ids, starts, intercept_id)
+        values = np.insert(values, starts, 1.0)
+        lengths = lengths + 1
     return Dataset.from_arrays([e for e, _ in rows], np.zeros(len(rows)), indptr=np.r_[0, np.cumsum(lengths)],
-                               feature_ids=np.concatenate([r for _, r in rows]).astype(fid_dtype),
-                               values=rng.normal(size=sum(lengths)), num_features=vocabulary, intercept_id=None,
-                               dtype=dtype)
+                               feature_ids=feature_ids, values=values, num_features=vocabulary,
+                               intercept_id=None if explicit else intercept_id, dtype=dtype)
 
 
 @needs_native
 @pytest.mark.parametrize("fid_dtype", [np.int32, np.int64])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("vocabulary", [300, 5_000_000], ids=["column-table", "binary-search"])
-def test_pack_rows_equals_the_numpy_scatter(monkeypatch, fid_dtype, dtype, vocabulary):
+@pytest.mark.parametrize("intercept_id", [None, 0, 137])
+def test_pack_rows_equals_the_numpy_scatter(monkeypatch, fid_dtype, dtype, vocabulary, intercept_id):
     """Both ways the helper finds a column the rank-in-row guess misses: a per-lane table (feature
-    spaces up to 2^22 ids) and a binary search of the lane's keys (larger ones)."""
+    spaces up to 2^22 ids) and a binary search of the lane's keys (larger ones); without an intercept,
+    with an implicit one first in the subspaces (id 0) and one in their middle."""
     from lljax._arrays import concat_ranges, segments
     from lljax._packing import _scatter_rows, local_subspaces
 
     rng = np.random.default_rng(11)
-    data = _mixed_rows_dataset(rng, fid_dtype, dtype, vocabulary=vocabulary, shuffle=True)
-    assert data.feature_ids.dtype == fid_dtype and data.values.dtype == dtype
+    data = _mixed_rows_dataset(rng, fid_dtype, dtype, vocabulary=vocabulary, shuffle=True, intercept_id=intercept_id)
+    assert data.given_feature_ids.dtype == fid_dtype and data.given_values.dtype == dtype
     sub = local_subspaces(data, np.zeros(0, np.int64), np.zeros(0, np.int64))
     order = np.argsort(data.entity, kind="stable")
     start = np.r_[0, np.cumsum(np.bincount(data.entity, minlength=len(data.entity_keys)))]
@@ -386,6 +400,12 @@ def test_pack_rows_equals_the_numpy_scatter(monkeypatch, fid_dtype, dtype, vocab
     plain = _scatter_rows(data, rows, lane, lane * N + rank, local, len(ents) * N, D)
     np.testing.assert_array_equal(native, plain)
     assert np.count_nonzero(plain) > 0.5 * len(rows)
+    if intercept_id is not None:  # every row's intercept cell holds 1 (+ the row's own value for that id)
+        column = local.local_index(np.arange(len(ents)), np.full(len(ents), intercept_id))
+        cells = plain.reshape(len(ents) * N, D)[lane * N + rank, column[lane]]
+        listed = np.array([intercept_id in data.given_feature_ids[data.given_indptr[r]: data.given_indptr[r + 1]]
+                           for r in rows])
+        assert np.all(cells[~listed] == 1.0) and listed.any() and np.any(cells[listed] != 1.0)
 
 
 @needs_native
@@ -612,13 +632,14 @@ def test_wide_native_is_what_the_model_runs(monkeypatch):
 @needs_native
 @pytest.mark.parametrize("fid_dtype", [np.int32, np.int64])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_sparse_block_packing_equals_numpy(monkeypatch, fid_dtype, dtype):
+@pytest.mark.parametrize("intercept_id", [None, 0])
+def test_sparse_block_packing_equals_numpy(monkeypatch, fid_dtype, dtype, intercept_id):
     """build_sparse_block's slots (column, value) by the native helper equal the NumPy path's, repeated
-    columns and shuffled rows included."""
+    columns, shuffled rows and an implicit intercept included."""
     from lljax._packing import BlockPlan, build_sparse_block, local_subspaces
 
     rng = np.random.default_rng(13)
-    data = _mixed_rows_dataset(rng, fid_dtype, dtype, shuffle=True)
+    data = _mixed_rows_dataset(rng, fid_dtype, dtype, shuffle=True, intercept_id=intercept_id)
     U = len(data.entity_keys)
     sub = local_subspaces(data, np.zeros(0, np.int64), np.zeros(0, np.int64))
     row_order = np.argsort(data.entity, kind="stable")
@@ -635,3 +656,50 @@ def test_sparse_block_packing_equals_numpy(monkeypatch, fid_dtype, dtype):
         assert a.dtype == b.dtype and a.shape == b.shape, name
         np.testing.assert_array_equal(a, b, err_msg=name)
     assert np.count_nonzero(plain.vals) > 0
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "numpy"])
+@pytest.mark.parametrize("hessian", ["full", "diagonal"])
+def test_an_implicit_intercept_trains_and_scores_like_a_written_one(monkeypatch, native, hessian):
+    """``from_arrays`` keeps the given rows and adds the intercept implicitly; the model and the scores
+    are exactly (bit for bit) those of the same rows with the intercept written first and no implicit
+    one, which is how the intercept used to be stored. Some rows also list the intercept's id."""
+    from lljax import RandomEffectModel
+
+    if native:
+        assert _native.available(), f"the native kernel is not built: {_native.build_error()}"
+    else:
+        monkeypatch.setenv("LLJAX_NATIVE", "0")
+    implicit, explicit = (_mixed_rows_dataset(np.random.default_rng(5), np.int32, np.float64, shuffle=True,
+                                              intercept_id=0, explicit=flag) for flag in (False, True))
+    labels = (np.random.default_rng(6).random(implicit.num_examples) < 0.5).astype(np.float64)
+    implicit, explicit = (dataclasses.replace(d, label=labels) for d in (implicit, explicit))
+    assert implicit.num_nonzeros == explicit.num_nonzeros == len(implicit.values) > len(implicit.given_values)
+    for name in ("indptr", "feature_ids", "values"):
+        np.testing.assert_array_equal(getattr(implicit, name), getattr(explicit, name))
+    np.testing.assert_array_equal(implicit.row_of_nonzero(), explicit.row_of_nonzero())
+    part = np.arange(0, implicit.num_examples, 3)
+    np.testing.assert_array_equal(implicit.take(part).values, explicit.take(part).values)
+
+    models = [RandomEffectModel("logistic", hessian=hessian) for _ in range(2)]
+    for model, data in zip(models, (implicit, explicit)):
+        model.update(data)
+    a, b = (m._store.to_flat() for m in models)
+    assert len(a.keys) == implicit.num_entities
+    for name in ("keys", "indptr", "feature_ids", "means", "precision"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    np.testing.assert_array_equal(models[0].score(implicit), models[1].score(explicit))
+    np.testing.assert_array_equal(models[0].score(implicit), models[0].score(explicit))
+
+
+def test_from_arrays_keeps_the_given_rows_with_an_intercept():
+    """No copy of the CSR arrays to add the intercept (it made the peak memory of a big build about
+    twice the input's): the dataset holds the caller's arrays."""
+    from lljax import Dataset
+
+    fids, values = np.array([1, 2, 2], np.int32), np.array([0.5, -1.0, 2.0])
+    data = Dataset.from_arrays(["a", "b", "b"], [1.0, 0.0, 1.0], indptr=np.array([0, 1, 2, 3]), feature_ids=fids,
+                               values=values, num_features=3)
+    assert data.given_feature_ids is fids and data.given_values is values and data.intercept_id == 0
+    assert data.feature_ids.tolist() == [0, 1, 0, 2, 0, 2] and data.values.tolist() == [1, 0.5, 1, -1, 1, 2]
+    assert data.indptr.tolist() == [0, 2, 4, 6] and data.num_nonzeros == 6 and "nnz=6" in repr(data)

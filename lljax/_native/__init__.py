@@ -165,7 +165,7 @@ def wide_solve(cols, vals, y, w, offset, mask, prior_mean, prior_precision, l2, 
     return theta, value, grad_norm, (None if mode == 2 else prec), iterations, status
 
 def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, D: int, out, *,
-              slot_cols=None, K: int = 0) -> None:
+              slot_cols=None, K: int = 0, leading: int | None = None) -> None:
     """Place each row's nonzeros in its block cell, in one pass (C++, see ``pack.cc``).
 
     Dense (``slot_cols`` None): ``out[row_cell[i] * D + col] += value``. Slots (a
@@ -184,7 +184,9 @@ def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, 
       out: float64, C-contiguous, written in place: ``(E * N * D,)`` (dense, zeros where nothing is
         added) or ``(E * N * K,)`` values (slots).
       slot_cols: ``(E * N * K,)`` int32, C-contiguous, written in place (slots), or ``None`` (dense).
-      K: slots per row (slots; at least the most nonzeros of a row).
+      K: slots per row (slots; at least the most entries of a row, the leading one included).
+      leading: a feature id every row starts with, of value 1, before its stored nonzeros (the
+        dataset's implicit intercept), or ``None``. The stored nonzeros then have ranks 1, 2, ...
     Raises:
       ValueError: a nonzero's feature is not in its entity's subspace (names the feature and the row).
     """
@@ -193,7 +195,7 @@ def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, 
         raise ValueError("pack_rows: give slot_cols and K > 0 together (slots), or neither (dense)")
     _module.pack_rows(c(indptr), c(feature_ids), c(values), c(rows, np.int64), c(row_cell, np.int64),
                       c(row_lane, np.int64), c(subspaces.pair_keys), c(subspaces.start), c(subspaces.sizes),
-                      int(subspaces.stride), int(D), out, int(K), slot_cols)
+                      int(subspaces.stride), int(D), out, int(K), slot_cols, -1 if leading is None else int(leading))
 
 
 def block_rows(row_order, row_start, entities, N: int, columns, outputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -310,7 +310,8 @@ PyObject* lljax_block_rows(PyObject*, PyObject* args);  // pack.cc
 static PyMethodDef methods[] = {
     {"pack_rows", lljax_pack_rows, METH_VARARGS,
      "pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, keys, start, sizes, stride, D, out, K, "
-     "slot_cols): each row's nonzeros into its dense cell (K = 0) or its K (column, value) slots (see pack.cc)."},
+     "slot_cols, leading): each row's nonzeros (after feature `leading` of value 1 if >= 0) into its dense cell "
+     "(K = 0) or its K (column, value) slots (see pack.cc)."},
     {"subspace_keys", lljax_subspace_keys, METH_VARARGS,
      "subspace_keys(indptr, feature_ids, row_order, row_start, prior_feature_ids, prior_start, stride): "
      "sorted distinct entity * stride + feature id keys, as a bytearray of int64 (see pack.cc)."},

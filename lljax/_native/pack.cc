@@ -64,8 +64,8 @@ struct DenseSink {
   int64_t D;
   void operator()(int64_t cell, int64_t, int64_t col, double value) const { out[cell * D + col] += value; }
   template <typename V>
-  void row(int64_t cell, const V* values, int64_t m) const {
-    double* to = out + cell * D;
+  void row(int64_t cell, int64_t first, const V* values, int64_t m) const {
+    double* to = out + cell * D + first;
     for (int64_t j = 0; j < m; j++) to[j] += static_cast<double>(values[j]);
   }
 };
@@ -78,8 +78,8 @@ struct SlotSink {
     vals[cell * K + rank] = value;
   }
   template <typename V>
-  void row(int64_t cell, const V* values, int64_t m) const {
-    for (int64_t j = 0; j < m; j++) (*this)(cell, j, j, static_cast<double>(values[j]));
+  void row(int64_t cell, int64_t first, const V* values, int64_t m) const {
+    for (int64_t j = 0; j < m; j++) (*this)(cell, first + j, first + j, static_cast<double>(values[j]));
   }
 };
 
@@ -108,44 +108,59 @@ struct ColumnTable {
 };
 
 // Returns -1 on success, else the position (in rows) of a row with a feature outside its subspace.
+// `leading` >= 0: every row also has feature `leading` (value 1) as its first entry, before the stored
+// nonzeros (the dataset's implicit intercept); the stored ones then have ranks 1, 2, ... in the row.
 template <typename F, typename V, typename Sink>
 int64_t scatter(const int64_t* indptr, const F* feature_ids, const V* values, const int64_t* rows,
                 const int64_t* row_cell, const int64_t* row_lane, int64_t n_rows, const int64_t* keys,
-                const int64_t* start, const int64_t* sizes, int64_t stride, int64_t D, const Sink& sink,
-                int64_t* bad_feature) {
+                const int64_t* start, const int64_t* sizes, int64_t stride, int64_t D, int64_t leading,
+                const Sink& sink, int64_t* bad_feature) {
   thread_local ColumnTable table;
   const bool use_table = table.usable(stride, D);
   table.lane = -1;
+  const int64_t shift = leading >= 0 ? 1 : 0;
   for (int64_t i = 0; i < n_rows; i++) {
     const int64_t r = rows[i], lane = row_lane[i], cell = row_cell[i];
     const int64_t lo = start[lane], size = sizes[lane], base = lane * stride;
     const int64_t k0 = indptr[r], k1 = indptr[r + 1];
-    if (k1 - k0 <= size) {  // the usual layout: the row lists the first features of its subspace, in order
+    // Local column of `feature`: its rank in the row when the subspace has it there, else looked up.
+    auto column = [&](int64_t feature, int64_t rank) -> int64_t {
+      const int64_t key = base + feature;
+      if (rank < size && keys[lo + rank] == key) return rank;
+      if (use_table && feature >= 0 && feature < stride) {
+        if (table.lane != lane) table.enter(lane, keys, lo, size, base, stride);
+        return table.find(feature);
+      }
+      const int64_t at = search(keys, lo, lo + size, key);
+      return at < lo + size && keys[at] == key ? at - lo : -1;
+    };
+    if (shift) {
+      const int64_t col = column(leading, 0);
+      if (col < 0) {
+        *bad_feature = leading;
+        return i;
+      }
+      sink(cell, 0, col, 1.0);
+    }
+    // The usual layout: the row lists the first features of its subspace, in order.
+    if (k1 - k0 + shift <= size && (shift == 0 || keys[lo] == base + leading)) {
       bool in_order = true;
-      for (int64_t k = k0; k < k1; k++) in_order &= keys[lo + (k - k0)] == base + static_cast<int64_t>(feature_ids[k]);
+      for (int64_t k = k0; k < k1; k++) {
+        in_order &= keys[lo + shift + (k - k0)] == base + static_cast<int64_t>(feature_ids[k]);
+      }
       if (in_order) {
-        sink.row(cell, values + k0, k1 - k0);
+        sink.row(cell, shift, values + k0, k1 - k0);
         continue;
       }
     }
     for (int64_t k = k0; k < k1; k++) {
       const int64_t feature = static_cast<int64_t>(feature_ids[k]);
-      const int64_t key = base + feature;
-      int64_t col = k - k0;  // the guess: the nonzero's rank in its row
-      if (col >= size || keys[lo + col] != key) {
-        if (use_table && feature >= 0 && feature < stride) {
-          if (table.lane != lane) table.enter(lane, keys, lo, size, base, stride);
-          col = table.find(feature);
-        } else {
-          const int64_t at = search(keys, lo, lo + size, key);
-          col = at < lo + size && keys[at] == key ? at - lo : -1;
-        }
-        if (col < 0) {
-          *bad_feature = feature;
-          return i;
-        }
+      const int64_t col = column(feature, shift + k - k0);
+      if (col < 0) {
+        *bad_feature = feature;
+        return i;
       }
-      sink(cell, k - k0, col, static_cast<double>(values[k]));
+      sink(cell, shift + k - k0, col, static_cast<double>(values[k]));
     }
   }
   return -1;
@@ -153,32 +168,33 @@ int64_t scatter(const int64_t* indptr, const F* feature_ids, const V* values, co
 
 template <typename Sink>
 int64_t scatter_any(const View& fids, const View& values, const int64_t* const* a, int64_t n_rows, int64_t stride,
-                    int64_t D, const Sink& sink, int64_t* bad_feature) {
+                    int64_t D, int64_t leading, const Sink& sink, int64_t* bad_feature) {
   const bool f32 = fids.buffer.itemsize == 4, v32 = values.buffer.itemsize == 4;
   if (f32 && v32) {
     return scatter(a[0], fids.data<int32_t>(), values.data<float>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
-                   stride, D, sink, bad_feature);
+                   stride, D, leading, sink, bad_feature);
   } else if (f32) {
     return scatter(a[0], fids.data<int32_t>(), values.data<double>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
-                   stride, D, sink, bad_feature);
+                   stride, D, leading, sink, bad_feature);
   } else if (v32) {
     return scatter(a[0], fids.data<int64_t>(), values.data<float>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
-                   stride, D, sink, bad_feature);
+                   stride, D, leading, sink, bad_feature);
   }
   return scatter(a[0], fids.data<int64_t>(), values.data<double>(), a[1], a[2], a[3], n_rows, a[4], a[5], a[6],
-                 stride, D, sink, bad_feature);
+                 stride, D, leading, sink, bad_feature);
 }
 
 }  // namespace
 
 // pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, keys, start, sizes, stride, D, out,
-//           K, slot_cols): K = 0: out (cells * D float64) += the dense rows; K > 0: out (cells * K float64)
-// and slot_cols (cells * K int32) get each row's nonzeros as (local column, value) slots.
+//           K, slot_cols, leading): K = 0: out (cells * D float64) += the dense rows; K > 0: out (cells * K
+// float64) and slot_cols (cells * K int32) get each row's nonzeros as (local column, value) slots.
+// leading >= 0: each row starts with feature `leading` of value 1 (the implicit intercept), then its nonzeros.
 PyObject* lljax_pack_rows(PyObject*, PyObject* args) {
   PyObject *o_indptr, *o_fids, *o_values, *o_rows, *o_cell, *o_lane, *o_keys, *o_start, *o_sizes, *o_out, *o_cols;
-  long long stride, D, K;
-  if (!PyArg_ParseTuple(args, "OOOOOOOOOLLOLO", &o_indptr, &o_fids, &o_values, &o_rows, &o_cell, &o_lane, &o_keys,
-                        &o_start, &o_sizes, &stride, &D, &o_out, &K, &o_cols)) {
+  long long stride, D, K, leading;
+  if (!PyArg_ParseTuple(args, "OOOOOOOOOLLOLOL", &o_indptr, &o_fids, &o_values, &o_rows, &o_cell, &o_lane, &o_keys,
+                        &o_start, &o_sizes, &stride, &D, &o_out, &K, &o_cols, &leading)) {
     return nullptr;
   }
   View indptr, fids, values, rows, cell, lane, keys, start, sizes, out, slot_cols;
@@ -192,7 +208,8 @@ PyObject* lljax_pack_rows(PyObject*, PyObject* args) {
   }
   const int64_t n_rows = rows.size(), width = K > 0 ? K : D;
   if (cell.size() != n_rows || lane.size() != n_rows || fids.size() != values.size() ||
-      start.size() < sizes.size() || D < 1 || stride < 1 || K < 0 || (K > 0 && slot_cols.size() != out.size())) {
+      start.size() < sizes.size() || D < 1 || stride < 1 || K < 0 || (K > 0 && slot_cols.size() != out.size()) ||
+      leading >= stride) {
     PyErr_SetString(PyExc_ValueError, "pack_rows: inconsistent argument sizes");
     return nullptr;
   }
@@ -206,7 +223,8 @@ PyObject* lljax_pack_rows(PyObject*, PyObject* args) {
                    (long long)l, (long long)c);
       return nullptr;
     }
-    if (ip[r] < 0 || ip[r] > ip[r + 1] || ip[r + 1] > fids.size() || (K > 0 && ip[r + 1] - ip[r] > K)) {
+    if (ip[r] < 0 || ip[r] > ip[r + 1] || ip[r + 1] > fids.size() ||
+        (K > 0 && ip[r + 1] - ip[r] + (leading >= 0 ? 1 : 0) > K)) {
       PyErr_Format(PyExc_IndexError, "pack_rows: indptr of row %lld out of range", (long long)r);
       return nullptr;
     }
@@ -223,10 +241,10 @@ PyObject* lljax_pack_rows(PyObject*, PyObject* args) {
                         keys.data<int64_t>(), start.data<int64_t>(), sizes.data<int64_t>()};
   Py_BEGIN_ALLOW_THREADS;
   if (K > 0) {
-    bad = scatter_any(fids, values, a, n_rows, stride, D, SlotSink{out.data<double>(), slot_cols.data<int32_t>(), K},
-                      &bad_feature);
+    bad = scatter_any(fids, values, a, n_rows, stride, D, leading,
+                      SlotSink{out.data<double>(), slot_cols.data<int32_t>(), K}, &bad_feature);
   } else {
-    bad = scatter_any(fids, values, a, n_rows, stride, D, DenseSink{out.data<double>(), D}, &bad_feature);
+    bad = scatter_any(fids, values, a, n_rows, stride, D, leading, DenseSink{out.data<double>(), D}, &bad_feature);
   }
   Py_END_ALLOW_THREADS;
   if (bad >= 0) {
