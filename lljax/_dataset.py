@@ -177,7 +177,7 @@ class Dataset:
         (a new copy each call; the given arrays when there is no intercept)."""
         if self.intercept_id is None:
             return self.given_indptr, self.given_feature_ids, self.given_values
-        return _prepend_intercept(self.given_indptr, self.given_feature_ids, self.given_values, self.intercept_id)
+        return prepend_intercept(self.given_indptr, self.given_feature_ids, self.given_values, self.intercept_id)
 
     @property
     def num_nonzeros(self) -> int:
@@ -458,7 +458,7 @@ def _check_values_finite(indptr, fids, vals, entity_of) -> None:
                           where=f"example {row}, feature id {int(fids[k])}")
 
 
-def _prepend_intercept(indptr, fids, vals, intercept_id):
+def prepend_intercept(indptr, fids, vals, intercept_id):
     """Insert ``(intercept_id, 1.0)`` at the start of every CSR row (``np.insert``: one pass, no mask).
     int32 ids stay int32 unless the intercept id does not fit."""
     n = indptr.shape[0] - 1

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _native
 from ._arrays import concat_ranges, next_pow2, segments
-from ._dataset import Dataset
+from ._dataset import Dataset, prepend_intercept
 from ._lbfgs import MEMORY_SIZE
 from ._solve import Block
 from ._store import EntityStore
@@ -317,9 +317,9 @@ def _row_entries(dataset: Dataset, rows: np.ndarray) -> tuple[np.ndarray, np.nda
     feature_ids, values = dataset.given_feature_ids[nz].astype(np.int64), dataset.given_values[nz]
     if dataset.intercept_id is None:
         return nnz_per_row, feature_ids, values
-    starts = np.cumsum(nnz_per_row) - nnz_per_row
-    return (nnz_per_row + 1, np.insert(feature_ids, starts, dataset.intercept_id),
-            np.insert(values, starts, values.dtype.type(1)))
+    _, feature_ids, values = prepend_intercept(np.r_[0, np.cumsum(nnz_per_row)], feature_ids, values,
+                                               dataset.intercept_id)
+    return nnz_per_row + 1, feature_ids, values
 
 
 def _block_rows(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, row_order: np.ndarray,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lljax import Dataset, RandomEffectModel, _store
-from lljax._dataset import _encode_entities, _prepend_intercept
+from lljax._dataset import _encode_entities, prepend_intercept
 from lljax._packing import local_subspaces, padded_features
 from lljax._store import EntityStore, pack_upper, unpack_upper
 
@@ -33,7 +33,7 @@ def test_prepend_intercept_equals_a_row_by_row_insert(id_dtype):
     indptr = np.concatenate([[0], np.cumsum(lengths)])
     fids = rng.integers(1, 50, indptr[-1]).astype(id_dtype)
     vals = rng.standard_normal(indptr[-1])
-    new_indptr, new_fids, new_vals = _prepend_intercept(indptr, fids, vals, 0)
+    new_indptr, new_fids, new_vals = prepend_intercept(indptr, fids, vals, 0)
     assert new_fids.dtype == id_dtype
     for r in range(len(lengths)):
         row = slice(new_indptr[r], new_indptr[r + 1])
