@@ -33,9 +33,14 @@ def _ffi_include() -> str | None:
 
 class OptionalBuildExt(build_ext):
     """Build the native kernel if possible: retry without libmvec (scalar exp/log) and, if that fails too,
-    warn and install without it (``Extension(optional=True)``)."""
+    warn and install without it (``Extension(optional=True)``).
+
+    A library left by an earlier build is removed first: otherwise a failed rebuild in a development
+    checkout (``pip install -e .``) would keep the old one, and its tests would run stale native code."""
 
     def build_extension(self, ext):
+        if self.inplace or getattr(self, "editable_mode", False):  # the copy in the source tree
+            Path(self.get_ext_filename(ext.name)).unlink(missing_ok=True)
         try:
             super().build_extension(ext)
         except Exception as exc:
