@@ -12,8 +12,9 @@ is available; see ``setup.py``) holds:
   same iterates as :mod:`lljax._wide` (which uses it on the CPU backend), one entity at a time with
   ``K = X A^-1 X^T`` built from the nonzeros grouped by column;
 - **host helpers** (``pack.cc``, plain CPython): :func:`pack_rows` scatters a block's sparse rows into
-  its dense design matrix and :func:`subspace_keys` finds every entity's distinct features, each in
-  one pass, for :mod:`lljax._packing` (which keeps its NumPy paths as the fallback).
+  its dense design matrix or sparse slots, :func:`block_rows` gathers a block's rows and their
+  label / weight / offset columns, and :func:`subspace_keys` finds every entity's distinct features,
+  each in one pass, for :mod:`lljax._packing` (which keeps its NumPy paths as the fallback).
 
 Without the extension (or with ``LLJAX_NATIVE=0``) the pure-JAX / NumPy paths run; results of the
 two agree to rounding (the host helpers exactly).
@@ -36,9 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["available", "build_error", "enabled", "isa", "newton_solve", "wide_solve", "pack_rows", "subspace_keys",
-           "LOSS_CODES",
-           "PRECISION_CODES"]
+__all__ = ["available", "build_error", "enabled", "isa", "newton_solve", "wide_solve", "pack_rows", "block_rows",
+           "subspace_keys", "LOSS_CODES", "PRECISION_CODES"]
 
 LOSS_CODES = {"linear": 0, "logistic": 1, "poisson": 2}
 PRECISION_CODES = {"diagonal": 0, "full": 1, "none": 2}
@@ -164,6 +164,7 @@ def wide_solve(cols, vals, y, w, offset, mask, prior_mean, prior_precision, l2, 
         precision_mode=np.int32(mode))
     return theta, value, grad_norm, (None if mode == 2 else prec), iterations, status
 
+
 def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, D: int, out, *,
               slot_cols=None, K: int = 0, leading: int | None = None) -> None:
     """Place each row's nonzeros in its block cell, in one pass (C++, see ``pack.cc``).
@@ -171,9 +172,9 @@ def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, 
     Dense (``slot_cols`` None): ``out[row_cell[i] * D + col] += value``. Slots (a
     :class:`~lljax._wide.SparseBlock`'s layout, ``K`` slots per row): the row's ``j``-th nonzero goes to
     slot ``row_cell[i] * K + j`` as ``slot_cols = col``, ``out = value``. ``col`` is the nonzero's local
-    column in its lane's subspace: its rank in the row when that is right (checked), else found by
-    binary search. This is the host-side half of :func:`lljax._packing.build_block` /
-    :func:`~lljax._packing.build_sparse_block`.
+    column in its lane's subspace: its rank in the row when that is right (checked), else found in a
+    per-lane feature table (feature spaces up to 2^22 ids) or by binary search. This is the host-side
+    half of :func:`lljax._packing.build_block` / :func:`~lljax._packing.build_sparse_block`.
 
     Args:
       indptr, feature_ids, values: the dataset's CSR rows (int64; int32 or int64; float32 or float64).
