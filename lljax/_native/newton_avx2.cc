@@ -4,6 +4,7 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#define LLJAX_REGISTER_BARRIER 1  // the kernel may pin vectors in (AVX) registers: see LLJAX_IN_REGISTER
 namespace lljax_native {
 namespace avx2 {
 #include "newton_kernel.h"

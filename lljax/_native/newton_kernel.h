@@ -15,6 +15,13 @@
 // their group go on.
 
 #define LLJAX_LANES _Pragma("omp simd") for (int l = 0; l < W; l++)
+// Keeps vector v in a register at this point. Without it GCC folds the loads of a block's operands into
+// each FMA that uses them (a second load of the same vector), and the loop becomes bound by loads.
+#ifdef LLJAX_REGISTER_BARRIER
+#define LLJAX_IN_REGISTER(v) asm("" : "+x"(v))
+#else
+#define LLJAX_IN_REGISTER(v) (void)0
+#endif
 #ifdef LLJAX_PROFILE
 #define LLJAX_HOT __attribute__((noinline))
 #else
@@ -86,13 +93,14 @@ template <typename T>
 static void row_values(int loss, int64_t n, const T* __restrict y, const T* __restrict w, const T* __restrict m,
                        T* __restrict e, T* __restrict v) {
   if (loss == kLogistic) {
+    // logaddexp(0, z) = max(z, 0) + log1p(exp(-|z|)), z = -y m. Two loops: the exponentials (calls
+    // into libmvec), then the rest, whose iterations the CPU overlaps (no call between them).
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) e[i] = vexp(-__builtin_fabs(y[i] * m[i]));
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) {
-      // logaddexp(0, z) = max(z, 0) + log1p(exp(-|z|)).
       const T z = -y[i] * m[i];
-      const T ez = vexp(-__builtin_fabs(z));
-      const T val = (z > T(0) ? z : T(0)) + log1p_unit(ez);
-      e[i] = ez;
+      const T val = (z > T(0) ? z : T(0)) + log1p_unit(e[i]);
       v[i] = w[i] > T(0) ? w[i] * val : T(0);
     }
   } else if (loss == kPoisson) {
@@ -214,7 +222,7 @@ struct Group {
     v = take(NW);
     S = take(Dp * Dp * W);
     A = take(D * D * W);
-    L = take(D * D * W);
+    L = take((D + 1) * D * W);  // the factor, and the forward solve in row D
     b = take(D * W);
     th = take(D * W);
     tt = take(D * W);
@@ -432,13 +440,16 @@ struct Group {
     const V* cv = reinterpret_cast<const V*>(c);
     V* uc = reinterpret_cast<V*>(xc);  // (N, 4) vectors: c x_i for the current block
     for (int64_t ib = 0; ib < Dp; ib += 4) {
-      V d00 = {}, d10 = {}, d11 = {}, d20 = {}, d21 = {}, d22 = {}, d30 = {}, d31 = {}, d32 = {}, d33 = {};
+      // The diagonal block in two passes, so that accumulators and operands fit the 16 registers (with
+      // all 10 pairs in one pass, GCC spilled two accumulators to the stack): the scaled columns and the 7
+      // pairs with a column ib or ib + 1, then the 3 pairs of columns ib + 2 and ib + 3.
+      V d00 = {}, d10 = {}, d11 = {}, d20 = {}, d21 = {}, d30 = {}, d31 = {};
       const V* xi = reinterpret_cast<const V*>(x) + ib;
       for (int64_t n = 0; n < N; n++, xi += Dp) {
         ahead.next();
         const V cc = cv[n];
-        const V b0 = xi[0], b1 = xi[1], b2 = xi[2], b3 = xi[3];
-        const V u0 = b0 * cc, u1 = b1 * cc, u2 = b2 * cc, u3 = b3 * cc;
+        const V b0 = xi[0], b1 = xi[1];
+        const V u0 = b0 * cc, u1 = b1 * cc, u2 = xi[2] * cc, u3 = xi[3] * cc;
         uc[4 * n] = u0;
         uc[4 * n + 1] = u1;
         uc[4 * n + 2] = u2;
@@ -448,9 +459,14 @@ struct Group {
         d11 += u1 * b1;
         d20 += u2 * b0;
         d21 += u2 * b1;
-        d22 += u2 * b2;
         d30 += u3 * b0;
         d31 += u3 * b1;
+      }
+      V d22 = {}, d32 = {}, d33 = {};
+      xi = reinterpret_cast<const V*>(x) + ib;
+      for (int64_t n = 0; n < N; n++, xi += Dp) {
+        const V b2 = xi[2], b3 = xi[3], u2 = uc[4 * n + 2], u3 = uc[4 * n + 3];
+        d22 += u2 * b2;
         d32 += u3 * b2;
         d33 += u3 * b3;
       }
@@ -471,7 +487,11 @@ struct Group {
         const V* un = uc;
         for (int64_t n = 0; n < N; n++, xj += Dp, un += 4) {
           const V b0 = xj[0], b1 = xj[1];
-          const V u0 = un[0], u1 = un[1], u2 = un[2], u3 = un[3];
+          V u0 = un[0], u1 = un[1], u2 = un[2], u3 = un[3];
+          LLJAX_IN_REGISTER(u0);
+          LLJAX_IN_REGISTER(u1);
+          LLJAX_IN_REGISTER(u2);
+          LLJAX_IN_REGISTER(u3);
           a00 += u0 * b0;
           a01 += u0 * b1;
           a10 += u1 * b0;
@@ -531,6 +551,9 @@ struct Group {
     M ok = nonfinite == zero;
     const V mu = T(__builtin_sqrt(Eps<T>::value)) * hmax + Eps<T>::value;
     for (int64_t i = 0; i < D; i++) Lv[i * D + i] += mu;
+    // g as row D of L: the factorization's updates of that row are the forward solve L z = g (the same
+    // operations in the same order as a separate column-oriented solve), off its critical path.
+    for (int64_t j = 0; j < D; j++) Lv[D * D + j] = gv[j];
     // Right-looking Cholesky in panels of 4 columns: each panel is factored column by column, then the
     // trailing matrix gets the panel's 4 rank-1 updates in one pass (each element loaded and stored once
     // per panel instead of once per column; the same operations in the same order as column by column).
@@ -547,19 +570,20 @@ struct Group {
         Lv[k * D + k] = sq;
         const V ik = one / sq;
         inv[k] = ik;
-        for (int64_t i = k + 1; i < D; i++) Lv[i * D + k] *= ik;
-        for (int64_t i = k + 1; i < D; i++) {  // the rest of the panel's columns
+        for (int64_t i = k + 1; i <= D; i++) Lv[i * D + k] *= ik;
+        for (int64_t i = k + 1; i <= D; i++) {  // the rest of the panel's columns
           const V lik = Lv[i * D + k];
           const int64_t je = i < ke - 1 ? i : ke - 1;
           for (int64_t j = k + 1; j <= je; j++) Lv[i * D + j] -= lik * Lv[j * D + k];
         }
       }
       const int64_t width = ke - kb;
-      for (int64_t i = ke; i < D; i++) {  // trailing rows and columns (>= ke)
+      for (int64_t i = ke; i <= D; i++) {  // trailing rows and columns (>= ke)
         const V* li = Lv + i * D + kb;
+        const int64_t je = i < D ? i : D - 1;
         if (width == kPanel) {
           const V l0 = li[0], l1 = li[1], l2 = li[2], l3 = li[3];
-          for (int64_t j = ke; j <= i; j++) {
+          for (int64_t j = ke; j <= je; j++) {
             const V* lj = Lv + j * D + kb;
             V a = Lv[i * D + j];
             a -= l0 * lj[0];
@@ -569,7 +593,7 @@ struct Group {
             Lv[i * D + j] = a;
           }
         } else {
-          for (int64_t j = ke; j <= i; j++) {
+          for (int64_t j = ke; j <= je; j++) {
             const V* lj = Lv + j * D + kb;
             V a = Lv[i * D + j];
             for (int64_t q = 0; q < width; q++) a -= li[q] * lj[q];
@@ -578,16 +602,13 @@ struct Group {
         }
       }
     }
-    for (int64_t i = 0; i < D; i++) pv[i] = gv[i];
-    for (int64_t k = 0; k < D; k++) {  // L z = g
-      const V zk = pv[k] * inv[k];
-      pv[k] = zk;
-      for (int64_t i = k + 1; i < D; i++) pv[i] -= Lv[i * D + k] * zk;
-    }
-    for (int64_t i = D - 1; i >= 0; i--) {  // L^T q = z
-      const V qi = pv[i] * inv[i];
-      pv[i] = qi;
-      for (int64_t k = 0; k < i; k++) pv[k] -= Lv[i * D + k] * qi;
+    // L^T q = z, z = row D; row-oriented (each q_i one chain of updates, in the order of a column-oriented
+    // solve: q_{D-1} first), so that the rows' chains overlap.
+    const V* z = Lv + D * D;
+    for (int64_t i = D - 1; i >= 0; i--) {
+      V a = z[i];
+      for (int64_t k = D - 1; k > i; k--) a -= Lv[k * D + i] * pv[k];
+      pv[i] = a * inv[i];
     }
     const V nan = zero + __builtin_nan("");
     for (int64_t i = 0; i < D; i++) pv[i] = ok ? -pv[i] : nan;
@@ -855,4 +876,5 @@ void solve_groups(const Problem<float>& p, int64_t g0, int64_t g1, float* worksp
 }
 
 #undef LLJAX_LANES
+#undef LLJAX_IN_REGISTER
 #undef LLJAX_HOT
