@@ -26,7 +26,8 @@ in the quieter runs) plus the transcendentals at JAX's ``exp`` rate (0.8-0.9 G/s
 entity, ~300,000-360,000 entities/s in those runs. That rate is not reachable
 by any exact implementation of the algorithm: a dgemm runs at its peak on large cache-blocked
 matrices, while the kernel's products are 64 x 16 x 16 per entity (the kernel computes the
-Hessian's lower triangle as register blocks at ~25 GFLOP/s per core, measured in isolation), and
+Hessian's lower triangle as register blocks at ~40 GFLOP/s per core, about 80% of one core's FMA
+peak, measured in isolation), and
 the Cholesky, the triangular solves, the sqrt/divisions and the per-lane control of the line
 search have no dgemm-rate equivalent. The model counts no work for lanes that wait on their group:
 the kernel runs the 4 entities of a group in lockstep, ~6% more Newton steps at this shape (mean of
