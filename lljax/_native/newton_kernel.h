@@ -515,8 +515,8 @@ struct Group {
   }
 
   // p = -(sym(H) + mu I)^-1 g by Cholesky, H = S + A; p = NaN for lanes where H is non-finite or the
-  // factorization fails. Right-looking (panel) factorization and column-oriented solves: the inner loops are
-  // independent vector updates (no dependency chains).
+  // factorization fails. Right-looking (panel) factorization, which also performs the forward solve (g as an
+  // extra row), then a row-oriented back solve; every vector op covers the W lanes.
   LLJAX_HOT void direction() {
     typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));
     typedef decltype(V{} > V{}) M;
