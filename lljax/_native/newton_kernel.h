@@ -87,6 +87,76 @@ static inline bool finite(T x) {
   return __builtin_isfinite(x);
 }
 
+// Transposes W vectors of W lanes in registers, r[i][k] -> r[k][i], in log2(W) stages of lane shuffles
+// (unpacks, then 128-bit permutes with AVX2): stage h pairs vectors i and i + h and swaps their h-blocks.
+template <typename V, int W>
+static inline void transpose_in_registers(V* r) {
+  typedef decltype(V{} > V{}) M;
+  const auto stage = [r](int h, M lo, M hi) {
+    for (int i = 0; i < W; i++) {
+      if (i & h) continue;
+      const V a = r[i], b = r[i + h];
+      r[i] = __builtin_shuffle(a, b, lo);
+      r[i + h] = __builtin_shuffle(a, b, hi);
+    }
+  };
+  if constexpr (W == 4) {
+    stage(1, M{0, 4, 2, 6}, M{1, 5, 3, 7});
+    stage(2, M{0, 1, 4, 5}, M{2, 3, 6, 7});
+  } else {
+    static_assert(W == 8, "4 or 8 lanes");
+    stage(1, M{0, 8, 2, 10, 4, 12, 6, 14}, M{1, 9, 3, 11, 5, 13, 7, 15});
+    stage(2, M{0, 1, 8, 9, 4, 5, 12, 13}, M{2, 3, 10, 11, 6, 7, 14, 15});
+    stage(4, M{0, 1, 2, 3, 8, 9, 10, 11}, M{4, 5, 6, 7, 12, 13, 14, 15});
+  }
+}
+
+// dst[k * W + l] = src[l * stride + k] for k < count and the W lanes l: W entities' arrays, read
+// contiguously, written with the entity axis last; W x W blocks transposed in registers.
+template <typename T, int W>
+static inline void interleave(const T* __restrict src, int64_t stride, int64_t count, T* __restrict dst) {
+  typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));
+  int64_t k = 0;
+  for (; k + W <= count; k += W) {
+    V r[W];
+    for (int l = 0; l < W; l++) r[l] = *reinterpret_cast<const V*>(src + l * stride + k);
+    transpose_in_registers<V, W>(r);
+    for (int q = 0; q < W; q++) reinterpret_cast<V*>(dst)[k + q] = r[q];
+  }
+  for (; k < count; k++) {
+    for (int l = 0; l < W; l++) dst[k * W + l] = src[l * stride + k];
+  }
+}
+
+// out[l][k] = vec(k)[l] for k < count and the lanes l whose out[l] is not null: the inverse of
+// interleave(), W x W blocks transposed in registers; vec(k) returns lane vector k. Returns the lanes'
+// sums of vec(k) * 0: 0 where every value is finite, NaN where one is not.
+template <typename T, int W, typename F>
+static inline auto deinterleave(F vec, int64_t count, T* const* out) {
+  typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));  // unaligned stores
+  V nonfinite = {};
+  int64_t k = 0;
+  for (; k + W <= count; k += W) {
+    V r[W];
+    for (int q = 0; q < W; q++) {
+      r[q] = vec(k + q);
+      nonfinite += r[q] * T(0);
+    }
+    transpose_in_registers<V, W>(r);
+    for (int l = 0; l < W; l++) {
+      if (out[l]) *reinterpret_cast<V*>(out[l] + k) = r[l];
+    }
+  }
+  for (; k < count; k++) {
+    const V v = vec(k);
+    nonfinite += v * T(0);
+    for (int l = 0; l < W; l++) {
+      if (out[l]) out[l][k] = v[l];
+    }
+  }
+  return nonfinite;
+}
+
 // Per-row loss values (weighted, padding rows 0) into v; e keeps the row's exponential for the derivatives:
 // logistic exp(-|z|) with z = -y m, poisson exp(m).
 template <typename T>
@@ -265,44 +335,60 @@ struct Group {
     cst[l] = T(0.5) * delta * quad;
   }
 
-  // Entity e's results from lane l, as lljax._solve._finish: the precision X^T diag(c) X + A at the
-  // final margin (from data_hessian()); a lane whose precision is not finite becomes NON_FINITE, and a
-  // NON_FINITE lane returns its start theta0 and its prior precision (in the output's form).
-  void finish(const Problem<T>& P, int64_t e, int l, T value, T grad_norm, int32_t iterations, int32_t status) {
-    T nonfinite = T(0);  // sum of p * 0 over the precision: NaN once any p is not finite
+  // The results of the group's entities (lane l: entity ent[l], if valid[l]), as lljax._solve._finish:
+  // the precision X^T diag(c) X + A at the final margin (from data_hessian()); a lane whose precision is
+  // not finite becomes NON_FINITE, and a NON_FINITE lane returns its start theta0 and its prior precision
+  // (in the output's form).
+  void finish(const Problem<T>& P, const int64_t* ent, const bool* valid, const T* value, const T* grad_norm,
+              const int32_t* iterations, int32_t* status) const {
+    typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));
+    const V* Sv = reinterpret_cast<const V*>(S);
+    const V* Av = reinterpret_cast<const V*>(A);
+    const auto hessian = [this, Sv, Av](int64_t i, int64_t j) {  // (S + A)_ij, S from its lower triangle
+      const V s = i >= j ? Sv[i * Dp + j] : Sv[j * Dp + i];
+      return s + (full_A ? Av[i * D + j] : (i == j ? Av[i] : V{}));
+    };
+    T* out[W];
+    V nonfinite = {};
     if (P.precision_mode == kPrecisionFull) {
-      T* out = P.precision + e * D * D;
       for (int64_t i = 0; i < D; i++) {
-        for (int64_t j = 0; j < D; j++) {
-          const T s = i >= j ? S[(i * Dp + j) * W + l] : S[(j * Dp + i) * W + l];
-          const T p = s + (full_A ? A[(i * D + j) * W + l] : (i == j ? A[i * W + l] : T(0)));
-          nonfinite += p * T(0);
-          out[i * D + j] = p;
-        }
+        for (int l = 0; l < W; l++) out[l] = valid[l] ? P.precision + (ent[l] * D + i) * D : nullptr;
+        nonfinite += deinterleave<T, W>([&hessian, i](int64_t j) { return hessian(i, j); }, D, out);
       }
     } else if (P.precision_mode == kPrecisionDiagonal) {
-      T* out = P.precision + e * D;
-      for (int64_t i = 0; i < D; i++) {
-        const T p = S[(i * Dp + i) * W + l] + (full_A ? A[(i * D + i) * W + l] : A[i * W + l]);
-        nonfinite += p * T(0);
-        out[i] = p;
-      }
+      for (int l = 0; l < W; l++) out[l] = valid[l] ? P.precision + ent[l] * D : nullptr;
+      nonfinite += deinterleave<T, W>([&hessian](int64_t i) { return hessian(i, i); }, D, out);
     }
-    if (nonfinite != T(0)) status = kNonFinite;
-    const bool failed = status == kNonFinite;
-    for (int64_t i = 0; i < D; i++) P.theta[e * D + i] = failed ? th0[i * W + l] : th[i * W + l];
-    P.value[e] = value;
-    P.grad_norm[e] = grad_norm;
-    P.iterations[e] = iterations;
-    P.status[e] = status;
-    if (!failed || P.precision_mode == kPrecisionNone) return;
+    bool failed[W];
+    decltype(V{} > V{}) failed_mask;
+    for (int l = 0; l < W; l++) {
+      failed[l] = status[l] == kNonFinite || nonfinite[l] != T(0);
+      failed_mask[l] = failed[l] ? -1 : 0;
+    }
+    const V* th0v = reinterpret_cast<const V*>(th0);
+    const V* thv = reinterpret_cast<const V*>(th);
+    for (int l = 0; l < W; l++) out[l] = valid[l] ? P.theta + ent[l] * D : nullptr;
+    deinterleave<T, W>([failed_mask, th0v, thv](int64_t i) { return failed_mask ? th0v[i] : thv[i]; }, D, out);
+    for (int l = 0; l < W; l++) {
+      if (!valid[l]) continue;
+      const int64_t e = ent[l];
+      P.value[e] = value[l];
+      P.grad_norm[e] = grad_norm[l];
+      P.iterations[e] = iterations[l];
+      P.status[e] = failed[l] ? kNonFinite : status[l];
+      if (failed[l]) restore_prior_precision(P, e);
+    }
+  }
+
+  // Entity e's prior precision, in the output's form, as the precision of a failed solve.
+  void restore_prior_precision(const Problem<T>& P, int64_t e) const {
     const T* prior = P.prior_precision + e * (full_A ? D * D : D);
     if (P.precision_mode == kPrecisionFull) {
       T* out = P.precision + e * D * D;
       for (int64_t i = 0; i < D; i++) {
         for (int64_t j = 0; j < D; j++) out[i * D + j] = full_A ? prior[i * D + j] : (i == j ? prior[i] : T(0));
       }
-    } else {
+    } else if (P.precision_mode == kPrecisionDiagonal) {
       T* out = P.precision + e * D;
       for (int64_t i = 0; i < D; i++) out[i] = full_A ? prior[i * D + i] : prior[i];
     }
@@ -364,6 +450,8 @@ struct Group {
   }
 
   // gout = X^T r + A theta - b (X^T r in blocks of 8 or 4 features kept in registers; atheta = A theta).
+  // Used where no Hessian follows at the same point (precision "none"); otherwise data_hessian() computes
+  // X^T r in the same pass over X.
   LLJAX_HOT void gradient(const T* __restrict atheta, T* __restrict gout) const {
     typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));
     const V* rv = reinterpret_cast<const V*>(r);
@@ -399,6 +487,11 @@ struct Group {
       const V acc[4] = {a0, a1, a2, a3};
       for (int q = 0; q < 4 && i0 + q < D; q++) go[i0 + q] = acc[q];
     }
+    add_penalty_gradient(atheta, gout);
+  }
+
+  // gout += A theta - b: the penalty's part of the gradient (atheta = A theta), after X^T r.
+  void add_penalty_gradient(const T* __restrict atheta, T* __restrict gout) const {
     for (int64_t i = 0; i < D; i++) {
       LLJAX_LANES gout[i * W + l] = (gout[i * W + l] + atheta[i * W + l]) - b[i * W + l];
     }
@@ -434,8 +527,9 @@ struct Group {
   // (N x 4 lanes, in L1), then the 10 pairs of the diagonal block and the 4 x 2 blocks left of it. Each
   // block keeps its accumulators and operands in (16 AVX2) registers: written with GCC vector types (one
   // vector = the W lanes), which the compiler keeps in registers where the auto-vectorized loop spilled
-  // and re-loaded (2x slower, measured).
-  LLJAX_HOT void data_hessian() {
+  // and re-loaded (2x slower, measured). With xtr non-null, also xtr (D, W) = X^T r, in the second pass
+  // of each diagonal block (its registers have room): the same sums, in the same order, as gradient().
+  LLJAX_HOT void data_hessian(T* __restrict xtr) {
     typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));
     const V* cv = reinterpret_cast<const V*>(c);
     V* uc = reinterpret_cast<V*>(xc);  // (N, 4) vectors: c x_i for the current block
@@ -464,11 +558,30 @@ struct Group {
       }
       V d22 = {}, d32 = {}, d33 = {};
       xi = reinterpret_cast<const V*>(x) + ib;
-      for (int64_t n = 0; n < N; n++, xi += Dp) {
-        const V b2 = xi[2], b3 = xi[3], u2 = uc[4 * n + 2], u3 = uc[4 * n + 3];
-        d22 += u2 * b2;
-        d32 += u3 * b2;
-        d33 += u3 * b3;
+      if (xtr) {
+        const V* rv = reinterpret_cast<const V*>(r);
+        V g0 = {}, g1 = {}, g2 = {}, g3 = {};
+        for (int64_t n = 0; n < N; n++, xi += Dp) {
+          const V b0 = xi[0], b1 = xi[1], b2 = xi[2], b3 = xi[3], u2 = uc[4 * n + 2], u3 = uc[4 * n + 3];
+          const V rn = rv[n];
+          d22 += u2 * b2;
+          d32 += u3 * b2;
+          d33 += u3 * b3;
+          g0 += b0 * rn;
+          g1 += b1 * rn;
+          g2 += b2 * rn;
+          g3 += b3 * rn;
+        }
+        const V acc[4] = {g0, g1, g2, g3};
+        V* go = reinterpret_cast<V*>(xtr);
+        for (int q = 0; q < 4 && ib + q < D; q++) go[ib + q] = acc[q];
+      } else {
+        for (int64_t n = 0; n < N; n++, xi += Dp) {
+          const V b2 = xi[2], b3 = xi[3], u2 = uc[4 * n + 2], u3 = uc[4 * n + 3];
+          d22 += u2 * b2;
+          d32 += u3 * b2;
+          d33 += u3 * b3;
+        }
       }
       V* out = reinterpret_cast<V*>(S + (ib * Dp + ib) * W);
       out[0] = d00;
@@ -652,15 +765,6 @@ static inline int32_t status_after(T value, T grad_max_abs, bool grad_finite, in
   return fin ? status : kNonFinite;
 }
 
-// dst[k * W + l] = src[l * stride + k] for k < count and the W lanes l: W entities' arrays, read
-// contiguously, written with the entity axis last.
-template <typename T, int W>
-static inline void interleave(const T* __restrict src, int64_t stride, int64_t count, T* __restrict dst) {
-  for (int64_t k = 0; k < count; k++) {
-    for (int l = 0; l < W; l++) dst[k * W + l] = src[l * stride + k];
-  }
-}
-
 template <typename T, int W>
 static void solve_group(const Problem<T>& P, int64_t g0, Group<T, W>& G) {
   typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));
@@ -728,13 +832,26 @@ static void solve_group(const Problem<T>& P, int64_t g0, Group<T, W>& G) {
   for (int64_t i = 0; i < NW; i++) other_labels |= (G.w[i] > T(0)) & (__builtin_fabs(G.y[i]) != T(1));
   G.unit_labels = other_labels == 0;
 
+  // The gradient at the current margins into gout. Where a precision is returned, every gradient is
+  // followed by a Hessian at the same point (the next step's, or the final precision), so both come from
+  // one pass over X; S then stays current until the next accepted step.
+  const bool fused = P.precision_mode != kPrecisionNone;
+  const auto gradient_at_margins = [&G, &P, fused, NW](T* gout) {
+    row_derivatives(P.loss, NW, G.unit_labels, G.y, G.w, G.m, G.e, G.r, G.c);
+    if (fused) {
+      G.data_hessian(gout);
+      G.add_penalty_gradient(G.ath, gout);
+    } else {
+      G.gradient(G.ath, gout);
+    }
+  };
+
   // Start: margins, objective, gradient, status.
   G.matvec(G.th, G.mt, G.m);
   row_values(P.loss, NW, G.y, G.w, G.m, G.e, G.v);
   G.penalty(G.th, G.ath);
   G.objective(G.th, G.ath, f);
-  row_derivatives(P.loss, NW, G.unit_labels, G.y, G.w, G.m, G.e, G.r, G.c);
-  G.gradient(G.ath, G.g);
+  gradient_at_margins(G.g);
   bool any = false;
   const GradSummary<T, W> g0s(G.g, D);
   for (int l = 0; l < W; l++) {
@@ -745,7 +862,7 @@ static void solve_group(const Problem<T>& P, int64_t g0, Group<T, W>& G) {
   }
 
   while (any) {
-    G.data_hessian();
+    if (!fused) G.data_hessian(nullptr);
     G.direction();
     G.matvec(G.p, nullptr, G.xp);
     LLJAX_LANES {
@@ -812,10 +929,7 @@ static void solve_group(const Problem<T>& P, int64_t g0, Group<T, W>& G) {
     }
     bool any_accepted = false;
     for (int l = 0; l < W; l++) any_accepted = any_accepted || accepted[l];
-    if (any_accepted) {  // lanes that did not move get the same r, c as before
-      row_derivatives(P.loss, NW, G.unit_labels, G.y, G.w, G.m, G.e, G.r, G.c);
-      G.gradient(G.ath, G.gn);
-    }
+    if (any_accepted) gradient_at_margins(G.gn);  // lanes that did not move get the same r, c (and S) as before
     any = false;
     for (int l = 0; l < W; l++) {
       if (running[l] && accepted[l]) {
@@ -832,12 +946,9 @@ static void solve_group(const Problem<T>& P, int64_t g0, Group<T, W>& G) {
     }
   }
 
-  // Results; the precision is X^T diag(c) X + A at the final margin (c is current for every lane).
-  if (P.precision_mode != kPrecisionNone) G.data_hessian();
+  // Results; the precision is X^T diag(c) X + A at the final margin (S is current for every lane).
   const GradSummary<T, W> gs(G.g, D);
-  for (int l = 0; l < W; l++) {
-    if (valid[l]) G.finish(P, ent[l], l, f[l], gs.max_abs[l], iter[l], status[l]);
-  }
+  G.finish(P, ent, valid, f, gs.max_abs, iter, status);
 }
 
 template <typename T>
