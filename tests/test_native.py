@@ -145,12 +145,13 @@ def test_odd_shapes(E, N, D, full_prior, dtype):
 @needs_native
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("case", ["nan_x", "inf_offset", "nan_label", "huge_features", "nan_in_padding_row",
-                                  "inf_weight", "nan_prior_precision", "indefinite_prior"])
+                                  "inf_weight", "nan_prior_precision", "indefinite_prior", "nan_prior_of_absent_feature"])
 def test_non_finite_inputs(loss, case):
-    """Non-finite numbers in one entity give the same statuses (NON_FINITE, prior kept) as the JAX path."""
+    """Non-finite numbers in one entity give the same statuses (NON_FINITE, prior kept) as the JAX path;
+    those in the prior of an absent feature are ignored by both."""
     rng = np.random.default_rng(3)
     b = make_block(rng, loss, E=6, N=10, D=4)
-    X, y, w, offset, P0 = (np.array(a) for a in (b.X, b.y, b.w, b.offset, b.prior_precision))
+    X, y, w, offset, P0, ids = (np.array(a) for a in (b.X, b.y, b.w, b.offset, b.prior_precision, b.feature_ids))
     if case == "nan_x":
         X[2, 3, 1] = np.nan
     elif case == "inf_offset":
@@ -168,12 +169,17 @@ def test_non_finite_inputs(loss, case):
         P0[5, 1, 2] = P0[5, 2, 1] = np.nan
     elif case == "indefinite_prior":
         P0[2] = -10.0 * np.eye(4)
+    elif case == "nan_prior_of_absent_feature":
+        ids[3, 2], X[3, :, 2] = -1, 0.0
+        P0[3, 2, :] = P0[3, :, 2] = np.nan
     block = b._replace(X=jnp.asarray(X), y=jnp.asarray(y), w=jnp.asarray(w), offset=jnp.asarray(offset),
-                       prior_precision=jnp.asarray(P0))
+                       prior_precision=jnp.asarray(P0), feature_ids=jnp.asarray(ids))
     for hessian in ("full", "diagonal"):
         plain, native = solve_both(block, SolverConfig(loss=loss, hessian=hessian, tol=1e-8))
         assert_same(plain, native, 1e-9)
-        if case not in ("nan_in_padding_row", "inf_weight", "indefinite_prior"):
+        if case == "nan_prior_of_absent_feature":
+            assert (plain.status == Status.CONVERGED).all()
+        elif case not in ("nan_in_padding_row", "inf_weight", "indefinite_prior"):
             assert (plain.status == Status.NON_FINITE).sum() >= 1
 
 

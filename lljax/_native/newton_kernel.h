@@ -128,6 +128,20 @@ static inline void interleave(const T* __restrict src, int64_t stride, int64_t c
   }
 }
 
+// dst[k * W + l] = src[ent[l] * stride + k] for k < count and the W lanes l, 0 in the lanes that are not
+// valid: interleave() for a full group of consecutive entities, else lane by lane.
+template <typename T, int W>
+static inline void load_lanes(const T* __restrict src, int64_t stride, int64_t count, const int64_t* ent,
+                              const bool* valid, T* __restrict dst) {
+  if (valid[W - 1]) {
+    interleave<T, W>(src + ent[0] * stride, stride, count, dst);
+    return;
+  }
+  for (int64_t k = 0; k < count; k++) {
+    for (int l = 0; l < W; l++) dst[k * W + l] = valid[l] ? src[ent[l] * stride + k] : T(0);
+  }
+}
+
 // out[l][k] = vec(k)[l] for k < count and the lanes l whose out[l] is not null: the inverse of
 // interleave(), W x W blocks transposed in registers; vec(k) returns lane vector k. Returns the lanes'
 // sums of vec(k) * 0: 0 where every value is finite, NaN where one is not.
@@ -265,6 +279,7 @@ struct Group {
   // ath, att: A theta at th and at the trial point tt (kept with them so that the penalty costs one
   // D x D product per trial and none per gradient).
   T *x, *xc, *y, *w, *m, *mt, *xp, *e, *et, *r, *c, *v, *S, *A, *L, *b, *th, *tt, *g, *gn, *p, *Ap, *ath, *att, *th0;
+  T* present;  // (D, W): 1 for a feature on the lane's mask, else 0
   T cst[W];
   bool unit_labels;
   Ahead ahead;
@@ -303,36 +318,61 @@ struct Group {
     ath = take(D * W);
     att = take(D * W);
     th0 = take(D * W);
+    present = take(D * W);
   }
 
-  // Lane l's penalty from entity e's prior, as lljax._solve._make_penalty: theta0 = mu on the mask, 0
-  // elsewhere; P0 = the prior precision on the mask; A = delta P0 + (1 - delta) l2 I on the mask, the
-  // identity elsewhere; b = delta P0 theta0; c = delta/2 theta0 . P0 theta0. The start point is theta0.
-  __attribute__((optimize("fp-contract=off"))) void load_penalty(const Problem<T>& P, int64_t e, int l) {
-    const int32_t* mask = P.mask + e * D;
-    const T* mu = P.prior_mean + e * D;
-    const T delta = P.delta[e], ridge = (T(1) - delta) * P.l2[e];
-    for (int64_t j = 0; j < D; j++) th0[j * W + l] = th[j * W + l] = mask[j] ? mu[j] : T(0);
-    T quad = T(0);
+  // The lanes' penalties from their entities' priors (lane l: entity ent[l], if valid[l]), as
+  // lljax._solve._make_penalty: theta0 = mu on the mask, 0 elsewhere; P0 = the prior precision on the
+  // mask; A = delta P0 + (1 - delta) l2 I on the mask, the identity elsewhere; b = delta P0 theta0;
+  // c = delta/2 theta0 . P0 theta0. The start point is theta0. A missing lane gets an empty mask (A = I,
+  // b = 0, c = 0, theta0 = 0). Without contraction: each product rounded as in the JAX path.
+  __attribute__((optimize("fp-contract=off"))) void load_penalties(const Problem<T>& P, const int64_t* ent,
+                                                                    const bool* valid) {
+    typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));
+    const V zero = {}, one = zero + T(1);
+    V delta = zero, l2 = zero;
+    for (int l = 0; l < W; l++) {
+      if (!valid[l]) continue;
+      delta[l] = P.delta[ent[l]];
+      l2[l] = P.l2[ent[l]];
+      for (int64_t j = 0; j < D; j++) present[j * W + l] = P.mask[ent[l] * D + j] ? T(1) : T(0);
+    }
+    for (int l = 0; l < W; l++) {
+      if (valid[l]) continue;
+      for (int64_t j = 0; j < D; j++) present[j * W + l] = T(0);
+    }
+    const V ridge = (one - delta) * l2;
+    load_lanes<T, W>(P.prior_mean, D, D, ent, valid, th0);
+    load_lanes<T, W>(P.prior_precision, full_A ? D * D : D, full_A ? D * D : D, ent, valid, A);  // P0, in place
+    const V* on = reinterpret_cast<const V*>(present);
+    V* Av = reinterpret_cast<V*>(A);
+    V* t0 = reinterpret_cast<V*>(th0);
+    V* bv = reinterpret_cast<V*>(b);
+    for (int64_t j = 0; j < D; j++) {
+      t0[j] = on[j] != zero ? t0[j] : zero;
+      reinterpret_cast<V*>(th)[j] = t0[j];
+    }
+    V quad = zero;
     for (int64_t i = 0; i < D; i++) {
-      T p0t0 = T(0);  // (P0 theta0)_i
+      V p0t0 = zero;  // (P0 theta0)_i
       if (full_A) {
-        const T* row = P.prior_precision + (e * D + i) * D;
         for (int64_t j = 0; j < D; j++) {
-          const bool pair = mask[i] && mask[j];
-          const T p0 = pair ? row[j] : T(0);
-          p0t0 += p0 * th0[j * W + l];
-          A[(i * D + j) * W + l] = pair ? delta * p0 + (i == j ? ridge : T(0)) : (i == j ? T(1) : T(0));
+          const auto pair = (on[i] != zero) & (on[j] != zero);
+          const V p0 = pair ? Av[i * D + j] : zero;
+          p0t0 += p0 * t0[j];
+          Av[i * D + j] = pair ? delta * p0 + (i == j ? ridge : zero) : (i == j ? one : zero);
         }
       } else {
-        const T p0 = mask[i] ? P.prior_precision[e * D + i] : T(0);
-        p0t0 = p0 * th0[i * W + l];
-        A[i * W + l] = mask[i] ? delta * p0 + ridge : T(1);
+        const auto on_i = on[i] != zero;
+        const V p0 = on_i ? Av[i] : zero;
+        p0t0 = p0 * t0[i];
+        Av[i] = on_i ? delta * p0 + ridge : one;
       }
-      b[i * W + l] = delta * p0t0;
-      quad += th0[i * W + l] * p0t0;
+      bv[i] = delta * p0t0;
+      quad += t0[i] * p0t0;
     }
-    cst[l] = T(0.5) * delta * quad;
+    const V c = T(0.5) * delta * quad;
+    for (int l = 0; l < W; l++) cst[l] = c[l];
   }
 
   // The results of the group's entities (lane l: entity ent[l], if valid[l]), as lljax._solve._finish:
@@ -781,52 +821,19 @@ static void solve_group(const Problem<T>& P, int64_t g0, Group<T, W>& G) {
   for (int l = 0; l < W; l++) {
     ent[l] = g0 * W + l;
     valid[l] = ent[l] < P.E;
+    tol[l] = valid[l] ? P.tol[ent[l]] : T(1);
+    max_iter[l] = valid[l] ? P.max_iter[ent[l]] : 0;
   }
-  if (valid[W - 1]) {  // a full group: the W entities' rows read row by row, written lane-interleaved
-    const int64_t e0 = ent[0];
-    for (int64_t n = 0; n < N; n++) {
-      interleave<T, W>(P.X + (e0 * N + n) * D, N * D, D, G.x + n * Dp * W);
-      for (int64_t j = D; j < Dp; j++) {
-        LLJAX_LANES G.x[(n * Dp + j) * W + l] = T(0);
-      }
-    }
-    interleave<T, W>(P.y + e0 * N, N, N, G.y);
-    interleave<T, W>(P.w + e0 * N, N, N, G.w);
-    interleave<T, W>(P.offset + e0 * N, N, N, G.mt);
-  }
-  for (int l = 0; l < W; l++) {
-    const int64_t e = ent[l];
-    if (valid[l]) {
-      if (!valid[W - 1]) {
-        const T* X = P.X + e * N * D;
-        for (int64_t n = 0; n < N; n++) {
-          for (int64_t j = 0; j < D; j++) G.x[(n * Dp + j) * W + l] = X[n * D + j];
-          for (int64_t j = D; j < Dp; j++) G.x[(n * Dp + j) * W + l] = T(0);
-          G.y[n * W + l] = P.y[e * N + n];
-          G.w[n * W + l] = P.w[e * N + n];
-          G.mt[n * W + l] = P.offset[e * N + n];
-        }
-      }
-      G.load_penalty(P, e, l);
-      tol[l] = P.tol[e];
-      max_iter[l] = P.max_iter[e];
-    } else {
-      for (int64_t n = 0; n < N; n++) {
-        for (int64_t j = 0; j < Dp; j++) G.x[(n * Dp + j) * W + l] = T(0);
-        G.y[n * W + l] = G.w[n * W + l] = G.mt[n * W + l] = T(0);
-      }
-      const int64_t na = G.full_A ? D * D : D;
-      for (int64_t k = 0; k < na; k++) G.A[k * W + l] = T(0);
-      for (int64_t k = 0; k < D; k++) {
-        if (G.full_A) G.A[(k * D + k) * W + l] = T(1);
-        else G.A[k * W + l] = T(1);
-        G.b[k * W + l] = G.th[k * W + l] = G.th0[k * W + l] = T(0);
-      }
-      G.cst[l] = T(0);
-      tol[l] = T(1);
-      max_iter[l] = 0;
+  for (int64_t n = 0; n < N; n++) {
+    load_lanes<T, W>(P.X + n * D, N * D, D, ent, valid, G.x + n * Dp * W);
+    for (int64_t j = D; j < Dp; j++) {
+      LLJAX_LANES G.x[(n * Dp + j) * W + l] = T(0);
     }
   }
+  load_lanes<T, W>(P.y, N, N, ent, valid, G.y);
+  load_lanes<T, W>(P.w, N, N, ent, valid, G.w);
+  load_lanes<T, W>(P.offset, N, N, ent, valid, G.mt);
+  G.load_penalties(P, ent, valid);
   int other_labels = 0;
 #pragma omp simd reduction(| : other_labels)
   for (int64_t i = 0; i < NW; i++) other_labels |= (G.w[i] > T(0)) & (__builtin_fabs(G.y[i]) != T(1));
