@@ -681,23 +681,25 @@ struct Group {
     V* inv = reinterpret_cast<V*>(Ap);  // (D,) inverse diagonal of the factor
     const V* gv = reinterpret_cast<const V*>(g);
     V hmax = zero - __builtin_inf();
-    // L <- lower triangle of sym(H); finiteness over the full H = S + A, as one sum of h * 0 (0 for every
-    // finite h, NaN once any h is infinite or NaN); max of diag H (NaN propagates).
+    // L <- lower triangle of sym(H); finiteness over the full H = S + A, as sums of h * 0 (0 for every
+    // finite h, NaN once any h is infinite or NaN), one per row so that the rows' add chains overlap;
+    // max of diag H (NaN propagates).
     V nonfinite = zero;
     for (int64_t i = 0; i < D; i++) {
+      const V h = Sv[i * Dp + i] + (full_A ? Av[i * D + i] : Av[i]);
+      V row = h * zero;
       for (int64_t j = 0; j < i; j++) {
         const V s = Sv[i * Dp + j];
         if (full_A) {
           const V aij = Av[i * D + j], aji = Av[j * D + i];
-          nonfinite += (s + aij) * zero + (s + aji) * zero;
+          row += (s + aij) * zero + (s + aji) * zero;
           Lv[i * D + j] = s + T(0.5) * (aij + aji);
         } else {
-          nonfinite += s * zero;
+          row += s * zero;
           Lv[i * D + j] = s;
         }
       }
-      const V h = Sv[i * Dp + i] + (full_A ? Av[i * D + i] : Av[i]);
-      nonfinite += h * zero;
+      nonfinite += row;
       Lv[i * D + i] = h;
       hmax = (h > hmax) | (h != h) ? h : hmax;
     }
