@@ -725,9 +725,9 @@ struct Group {
         Lv[k * D + k] = sq;
         const V ik = one / sq;
         inv[k] = ik;
-        for (int64_t i = k + 1; i <= D; i++) Lv[i * D + k] *= ik;
-        for (int64_t i = k + 1; i <= D; i++) {  // the rest of the panel's columns
-          const V lik = Lv[i * D + k];
+        for (int64_t i = k + 1; i <= D; i++) {  // column k scaled, and its update of the panel's other columns
+          const V lik = Lv[i * D + k] * ik;
+          Lv[i * D + k] = lik;
           const int64_t je = i < ke - 1 ? i : ke - 1;
           for (int64_t j = k + 1; j <= je; j++) Lv[i * D + j] -= lik * Lv[j * D + k];
         }
