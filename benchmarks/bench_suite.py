@@ -169,7 +169,7 @@ def model_theta(model: lljax.RandomEffectModel, E: int, D: int) -> np.ndarray:
 # One case
 # --------------------------------------------------------------------------------------------
 
-def run_case(case: dict, floor: dict, args, ll_cache: dict) -> dict:
+def run_case(case: dict, args, ll_cache: dict) -> dict:
     E, N, D = case["entities"], case["rows"], case["features"]
     dtype, loss, hessian = case["dtype"], case["loss"], case["hessian"]
     full_prior = hessian == "full"
@@ -257,24 +257,30 @@ def run_case(case: dict, floor: dict, args, ll_cache: dict) -> dict:
                                  max_rel_diff_theta_vs_lljax=rel_diff(run.theta, theta_kernel[sample]))
         out["methods"]["lambda learner"] = dict(ll_cache[key])
 
-    # Floor and derived numbers.
+    # Rates and ratios (the floor's numbers come later, from apply_floor).
     itemsize = np.dtype(dtype).itemsize
     work = floor_mod.work_per_entity(N, D, loss, hessian, out["iterations_mean"], itemsize, trials_per_step,
                                      full_prior=full_prior)
-    fl = floor_mod.floor_seconds(work, floor, dtype)
     out["work_per_entity"] = work._asdict()
-    out["floor"] = fl
-    out["floor_entities_per_s"] = 1.0 / fl["floor_s"]
     for m in out["methods"].values():
         t = float(np.median(m["times"]))
         rate = m["entities"] / t
-        m.update(median_s=t, entities_per_s=rate, gflops=rate * work.flops / 1e9, gbs=rate * work.bytes / 1e9,
-                 fraction_of_floor=rate * fl["floor_s"])
+        m.update(median_s=t, entities_per_s=rate, gflops=rate * work.flops / 1e9, gbs=rate * work.bytes / 1e9)
     for m in out["methods"].values():
         for peer in ("lambda learner", "numpy newton", "lljax kernel"):
             if peer in out["methods"]:
                 m[f"ratio_vs_{peer.replace(' ', '_')}"] = m["entities_per_s"] / out["methods"][peer]["entities_per_s"]
     return out
+
+
+def apply_floor(result: dict, floor: dict) -> None:
+    """The case's floor (``floor.floor_seconds`` of its work per entity) and each method's fraction of it."""
+    work = floor_mod.Work(**result["work_per_entity"])
+    fl = floor_mod.floor_seconds(work, floor, result["case"]["dtype"])
+    result["floor"] = fl
+    result["floor_entities_per_s"] = 1.0 / fl["floor_s"]
+    for m in result["methods"].values():
+        m["fraction_of_floor"] = m["entities_per_s"] * fl["floor_s"]
 
 
 def case_label(case: dict) -> str:
@@ -286,8 +292,8 @@ def case_label(case: dict) -> str:
 # Output
 # --------------------------------------------------------------------------------------------
 
-def print_floor(floor: dict) -> None:
-    print("machine floor (measured, best of repeats):")
+def print_floor(floor: dict, when: str) -> None:
+    print(f"machine floor (measured, best of repeats; {when}):")
     for dtype in floor["gemm_gflops"]:
         print(f"  {dtype}: gemm {floor['gemm_gflops'][dtype]:.1f} GFLOP/s (NumPy {floor['gemm_n']}^2), "
               f"batched X^T diag(c) X {floor['batched_gflops'][dtype]:.2f} GFLOP/s (JAX, "
@@ -446,18 +452,26 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(cases)} case(s) | l2={L2}, delta={DELTA}, cold start | load avg {load_before[0]:.2f} | "
           f"native kernel: {native.isa() if native.available() else 'not built (' + str(native.build_error()) + ')'}")
     t = time.perf_counter()
-    floor = floor_mod.measure(repeats=args.floor_repeats, quick=args.quick)
-    floor["measure_s"] = time.perf_counter() - t
-    print_floor(floor)
+    floor_before = floor_mod.measure(repeats=args.floor_repeats, quick=args.quick)
+    floor_before["measure_s"] = time.perf_counter() - t
+    print_floor(floor_before, "before the cases")
     print()
 
     results, ll_cache = [], {}
     for case in cases:
         t = time.perf_counter()
-        r = run_case(case, floor, args, ll_cache)
+        r = run_case(case, args, ll_cache)
         r["case_s"] = time.perf_counter() - t
         results.append(r)
         print(f"[{len(results)}/{len(cases)}] {case_label(case)}: {r['case_s']:.1f}s", flush=True)
+    t = time.perf_counter()
+    floor_after = floor_mod.measure(repeats=args.floor_repeats, quick=args.quick)
+    floor_after["measure_s"] = time.perf_counter() - t
+    floor = floor_mod.best_of(floor_before, floor_after)
+    print()
+    print_floor(floor, "best of before and after the cases: the floor used below")
+    for r in results:
+        apply_floor(r, floor)
     print()
     print_table(results)
     load_after = os.getloadavg()

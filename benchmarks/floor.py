@@ -154,6 +154,21 @@ def measure(repeats: int = 5, quick: bool = False) -> dict:
     return out
 
 
+def best_of(*measurements: dict) -> dict:
+    """The highest of each rate over several ``measure()`` results (e.g. before and after a run's cases):
+    on a shared machine a rate measured once can be depressed by a neighbour's load, and the floor is
+    what the machine can do. The inputs are kept under ``"measurements"``."""
+    out = dict(measurements[0])
+    for key in ("gemm_gflops", "batched_gflops", "exp_per_s"):
+        out[key] = {dt: max(m[key][dt] for m in measurements) for dt in measurements[0][key]}
+    out["read_gbs_by_method"] = {k: max(m["read_gbs_by_method"][k] for m in measurements)
+                                 for k in measurements[0]["read_gbs_by_method"]}
+    out["read_gbs"] = max(out["read_gbs_by_method"].values())
+    out["copy_gbs"] = max(m["copy_gbs"] for m in measurements)
+    out["measurements"] = [dict(m) for m in measurements]
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Work model
 # --------------------------------------------------------------------------------------------

@@ -377,7 +377,7 @@ def main(argv=None):
     print(f"jax {jax.__version__} on {jax.default_backend()} | {os.cpu_count()} CPUs | float64 logistic full | "
           f"E={E} N={N} D={D} | load avg {os.getloadavg()[0]:.2f}")
     floor = floor_mod.measure(repeats=args.floor_repeats)
-    bench_suite.print_floor(floor)
+    bench_suite.print_floor(floor, "before the profile")
 
     arr, inp = make_inputs(E, N, D)
     config = lljax.RandomEffectModel("logistic", l2=bench_suite.L2, delta=bench_suite.DELTA,
