@@ -143,6 +143,21 @@ def test_odd_shapes(E, N, D, full_prior, dtype):
 
 
 @needs_native
+@pytest.mark.parametrize("D", [8, 12, 16, 24, 32])
+@pytest.mark.parametrize("hessian", ["full", "diagonal"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_feature_counts_with_their_own_variant(D, hessian, dtype):
+    """The padded feature counts that the AVX2 build compiles with a constant D (newton_avx2.cc) give
+    the JAX path's results, in full and partial groups of lanes."""
+    rng = np.random.default_rng(D)
+    block = make_block(rng, "logistic", E=13, N=2 * D + 3, D=D, dtype=dtype, full_prior=hessian == "full")
+    config = SolverConfig(loss="logistic", hessian=hessian, tol=1e-8 if dtype == np.float64 else 1e-3)
+    plain, native = solve_both(block, config)
+    assert (plain.status == Status.CONVERGED).all()
+    assert_same(plain, native, RTOL[dtype], exact_counts=dtype == np.float64)
+
+
+@needs_native
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("case", ["nan_x", "inf_offset", "nan_label", "huge_features", "nan_in_padding_row",
                                   "inf_weight", "nan_prior_precision", "indefinite_prior", "nan_prior_of_absent_feature"])
