@@ -613,32 +613,26 @@ struct Group : Features<kD> {
         d30 += u3 * b0;
         d31 += u3 * b1;
       }
-      V d22 = {}, d32 = {}, d33 = {};
+      V d22 = {}, d32 = {}, d33 = {}, g0 = {}, g1 = {}, g2 = {}, g3 = {};
+      const V* rv = reinterpret_cast<const V*>(r);
       xi = reinterpret_cast<const V*>(x) + ib;
-      if (xtr) {
-        const V* rv = reinterpret_cast<const V*>(r);
-        V g0 = {}, g1 = {}, g2 = {}, g3 = {};
-        for (int64_t n = 0; n < N; n++, xi += Dp) {
-          const V b0 = xi[0], b1 = xi[1], b2 = xi[2], b3 = xi[3], u2 = uc[4 * n + 2], u3 = uc[4 * n + 3];
+      for (int64_t n = 0; n < N; n++, xi += Dp) {  // (GCC unswitches the loop on xtr)
+        const V b2 = xi[2], b3 = xi[3], u2 = uc[4 * n + 2], u3 = uc[4 * n + 3];
+        d22 += u2 * b2;
+        d32 += u3 * b2;
+        d33 += u3 * b3;
+        if (xtr) {
           const V rn = rv[n];
-          d22 += u2 * b2;
-          d32 += u3 * b2;
-          d33 += u3 * b3;
-          g0 += b0 * rn;
-          g1 += b1 * rn;
+          g0 += xi[0] * rn;
+          g1 += xi[1] * rn;
           g2 += b2 * rn;
           g3 += b3 * rn;
         }
+      }
+      if (xtr) {
         const V acc[4] = {g0, g1, g2, g3};
         V* go = reinterpret_cast<V*>(xtr);
         for (int q = 0; q < 4 && ib + q < D; q++) go[ib + q] = acc[q];
-      } else {
-        for (int64_t n = 0; n < N; n++, xi += Dp) {
-          const V b2 = xi[2], b3 = xi[3], u2 = uc[4 * n + 2], u3 = uc[4 * n + 3];
-          d22 += u2 * b2;
-          d32 += u3 * b2;
-          d33 += u3 * b3;
-        }
       }
       V* out = reinterpret_cast<V*>(S + (ib * Dp + ib) * W);
       out[0] = d00;
