@@ -293,12 +293,13 @@ def case_label(case: dict) -> str:
 # --------------------------------------------------------------------------------------------
 
 def print_floor(floor: dict, when: str) -> None:
-    print(f"machine floor (measured, best of repeats; {when}):")
+    print(f"machine floor (measured on the {floor['backend']} ({floor['device_kind']}), best of repeats; {when}):")
     for dtype in floor["gemm_gflops"]:
-        print(f"  {dtype}: gemm {floor['gemm_gflops'][dtype]:.1f} GFLOP/s (NumPy {floor['gemm_n']}^2), "
+        gemm = f"{floor['gemm_library']} {floor['gemm_n']}^2"
+        print(f"  {dtype}: gemm {floor['gemm_gflops'][dtype]:.1f} GFLOP/s ({gemm}), "
               f"batched X^T diag(c) X {floor['batched_gflops'][dtype]:.2f} GFLOP/s (JAX, "
               f"{'x'.join(map(str, floor['batched_shape']))}), exp {floor['exp_per_s'][dtype] / 1e6:.0f} M/s (JAX)")
-    print(f"  memory: read {floor['read_gbs']:.1f} GB/s (best of threaded sum, 1-thread sum, ddot), "
+    print(f"  memory: read {floor['read_gbs']:.1f} GB/s (best of {', '.join(floor['read_gbs_by_method'])}), "
           f"copy {floor['copy_gbs']:.1f} GB/s (read + write)")
 
 

@@ -13,6 +13,9 @@ Rates (all measured on this machine when the suite runs, best of repeats, nothin
   thread per core, a one-thread sum, and a BLAS ddot) and copy bandwidth, on arrays much larger
   than the last-level cache. The floor uses the read bandwidth.
 
+On a GPU (JAX's backend not the CPU) ``measure`` takes the rates of the device instead: matrix
+multiply with JAX (cuBLAS), bandwidth as a device sum and a device ``a + 1``.
+
 Work model of one entity (``work_per_entity``): see its docstring. The floor time of an entity is
 ``max(flops / gemm rate + transcendentals / exp rate, bytes / read bandwidth)``.
 
@@ -133,24 +136,62 @@ def copy_bandwidth_gbs(size_mb: int = 256, repeats: int = 5) -> float:
     return 2 * a.nbytes / t / 1e9
 
 
-def measure(repeats: int = 5, quick: bool = False) -> dict:
-    """Every rate above, for both dtypes. ``quick`` uses smaller problems (less stable numbers)."""
-    n = 1024 if quick else 2048
+def device_gemm_gflops(dtype: str, n: int = 4096, repeats: int = 5) -> float:
+    """JAX ``A @ B`` on ``n x n`` matrices on JAX's default device: ``2 n^3 / t`` (cuBLAS on a GPU)."""
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((n, n)).astype(dtype))
+    b = jnp.asarray(rng.standard_normal((n, n)).astype(dtype))
+    f = jax.jit(jnp.matmul)
+    t = _best_time(lambda: f(a, b).block_until_ready(), repeats)
+    return 2.0 * n ** 3 / t / 1e9
+
+
+def device_read_bandwidth_gbs(size_mb: int = 1024, repeats: int = 5) -> float:
+    """JAX sum of a ``size_mb`` float32 array on the default device: bytes read / t."""
+    a = jnp.ones(size_mb * (1 << 20) // 4, jnp.float32)
+    f = jax.jit(jnp.sum)
+    t = _best_time(lambda: f(a).block_until_ready(), repeats)
+    return a.nbytes / t / 1e9
+
+
+def device_copy_bandwidth_gbs(size_mb: int = 512, repeats: int = 5) -> float:
+    """JAX ``a + 1`` of a ``size_mb`` float32 array on the default device: (read + write bytes) / t."""
+    a = jnp.ones(size_mb * (1 << 20) // 4, jnp.float32)
+    f = jax.jit(lambda a: a + 1.0)
+    t = _best_time(lambda: f(a).block_until_ready(), repeats)
+    return 2 * a.nbytes / t / 1e9
+
+
+def measure(repeats: int = 5, quick: bool = False, device: bool | None = None) -> dict:
+    """Every rate above, for both dtypes. ``quick`` uses smaller problems (less stable numbers).
+
+    ``device`` (default: whether JAX's backend is not the CPU): the rates of JAX's default device
+    instead of the host's, so that on a GPU the floor is the GPU's: matrix multiply with JAX (cuBLAS),
+    bandwidth as a device sum and a device ``a + 1``; ``exp`` and the batched Hessian are JAX's on
+    every backend. ``out["backend"]`` and ``out["device_kind"]`` say which was measured."""
+    device = jax.default_backend() != "cpu" if device is None else device
+    n = 1024 if quick else (4096 if device else 2048)
     entities = 4096 if quick else 20_000
-    out = {"gemm_n": n, "batched_shape": [entities, 64, 16], "gemm_gflops": {}, "batched_gflops": {},
-           "exp_per_s": {}}
+    out = {"backend": jax.default_backend() if device else "host",
+           "device_kind": jax.devices()[0].device_kind if device else "cpu",
+           "gemm_library": "JAX" if device else "NumPy", "gemm_n": n, "batched_shape": [entities, 64, 16],
+           "gemm_gflops": {}, "batched_gflops": {}, "exp_per_s": {}}
     for dtype in DTYPES:
         if dtype == "float64" and not jax.config.jax_enable_x64:
             continue
-        out["gemm_gflops"][dtype] = gemm_gflops(dtype, n, repeats)
+        out["gemm_gflops"][dtype] = (device_gemm_gflops if device else gemm_gflops)(dtype, n, repeats)
         out["batched_gflops"][dtype] = batched_gflops(dtype, entities, repeats=repeats)
         out["exp_per_s"][dtype] = exp_per_s(dtype, repeats=repeats)
     mb = 128 if quick else 512
-    out["read_gbs_by_method"] = {"sum_threads": read_bandwidth_gbs(mb, repeats),
-                                 "sum_1thread": read_bandwidth_gbs(mb, repeats, threads=1),
-                                 "ddot": ddot_bandwidth_gbs(mb, repeats)}
+    if device:
+        out["read_gbs_by_method"] = {"device_sum": device_read_bandwidth_gbs(2 * mb, repeats)}
+        out["copy_gbs"] = device_copy_bandwidth_gbs(mb, repeats)
+    else:
+        out["read_gbs_by_method"] = {"sum_threads": read_bandwidth_gbs(mb, repeats),
+                                     "sum_1thread": read_bandwidth_gbs(mb, repeats, threads=1),
+                                     "ddot": ddot_bandwidth_gbs(mb, repeats)}
+        out["copy_gbs"] = copy_bandwidth_gbs(128 if quick else 256, repeats)
     out["read_gbs"] = max(out["read_gbs_by_method"].values())
-    out["copy_gbs"] = copy_bandwidth_gbs(128 if quick else 256, repeats)
     return out
 
 
