@@ -441,6 +441,14 @@ def parse_args(argv):
     return args
 
 
+def measure_floor(args) -> dict:
+    """``floor.measure`` with the run's settings, and how long it took (``measure_s``)."""
+    t = time.perf_counter()
+    floor = floor_mod.measure(repeats=args.floor_repeats, quick=args.quick)
+    floor["measure_s"] = time.perf_counter() - t
+    return floor
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = dt.datetime.now(dt.timezone.utc)
@@ -452,9 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"lljax {lljax.__version__} | jax {jax.__version__} on {jax.default_backend()} | {os.cpu_count()} CPUs | "
           f"{len(cases)} case(s) | l2={L2}, delta={DELTA}, cold start | load avg {load_before[0]:.2f} | "
           f"native kernel: {native.isa() if native.available() else 'not built (' + str(native.build_error()) + ')'}")
-    t = time.perf_counter()
-    floor_before = floor_mod.measure(repeats=args.floor_repeats, quick=args.quick)
-    floor_before["measure_s"] = time.perf_counter() - t
+    floor_before = measure_floor(args)
     print_floor(floor_before, "before the cases")
     print()
 
@@ -465,10 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         r["case_s"] = time.perf_counter() - t
         results.append(r)
         print(f"[{len(results)}/{len(cases)}] {case_label(case)}: {r['case_s']:.1f}s", flush=True)
-    t = time.perf_counter()
-    floor_after = floor_mod.measure(repeats=args.floor_repeats, quick=args.quick)
-    floor_after["measure_s"] = time.perf_counter() - t
-    floor = floor_mod.best_of(floor_before, floor_after)
+    floor = floor_mod.best_of(floor_before, measure_floor(args))
     print()
     print_floor(floor, "best of before and after the cases: the floor used below")
     for r in results:
