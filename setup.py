@@ -1,8 +1,8 @@
-"""Build of lljax's optional native CPU kernel (``lljax._native._newton``, an XLA FFI custom call).
+"""Build of lljax's optional native CPU kernel (``lljax.solve.kernels._newton``, an XLA FFI custom call).
 
 Everything else is in ``pyproject.toml``. The extension is optional: without a C++ compiler, the XLA
 FFI headers (shipped in ``jaxlib/include``) or glibc's libmvec, ``pip install`` still succeeds and
-lljax runs its pure-JAX path (``lljax._native.available()`` is then False and ``build_error()`` says
+lljax runs its pure-JAX path (``lljax.solve.kernels.available()`` is then False and ``build_error()`` says
 why). The kernel is compiled for the baseline ISA and, on x86-64, a second time for AVX2 + FMA
 (chosen at run time by CPUID), so a built wheel runs on any x86-64 CPU.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-NATIVE = Path("lljax") / "_native"
+NATIVE = Path("lljax") / "solve" / "kernels"
 # No -ffast-math: the kernel must keep IEEE NaN/inf semantics (NON_FINITE status). -Wno-psabi: the
 # baseline build's internal (inlined) lambdas pass 32-byte lane vectors, which GCC notes would have another
 # ABI than in an AVX build; no function the extension exports takes or returns such a vector.
@@ -62,7 +62,7 @@ def _extensions() -> list[Extension]:
         print("lljax: jaxlib with the XLA FFI headers not found at build time; building without the native kernel")
         return []
     return [Extension(
-        "lljax._native._newton",
+        "lljax.solve.kernels._newton",
         sources=[str(NATIVE / f) for f in ("newton.cc", "newton_avx2.cc", "newton_generic.cc", "pack.cc")],
         depends=[str(NATIVE / f) for f in ("newton_common.h", "newton_kernel.h", "wide_kernel.h")],
         include_dirs=[include, str(NATIVE)],

@@ -13,7 +13,7 @@ In one run it
    - ``lljax kernel``: ``lljax.solve_block`` on one prebuilt block of all entities (arrays already on
      the device, compiled by a warm-up call, ``block_until_ready``), forced to the pure-JAX path
      (``SolverConfig(native=False)``);
-   - ``lljax native``: the same call on the native CPU kernel (``lljax._native``, an XLA FFI custom call:
+   - ``lljax native``: the same call on the native CPU kernel (``lljax.solve.kernels``, an XLA FFI custom call:
      the whole damped-Newton solve of 4 float64 / 8 float32 entities per SIMD group fused in cache;
      ``SolverConfig(native=True)``), when it is built; what ``solve_block`` runs by default on CPU;
    - ``lljax update``: ``RandomEffectModel.update`` end to end (packing, solve, unpacking) on a
@@ -59,7 +59,7 @@ import peers  # noqa: E402
 from _common import machine_info, write_json  # noqa: E402
 
 import lljax  # noqa: E402
-from lljax import _native as native  # noqa: E402
+from lljax.solve import kernels as native  # noqa: E402
 
 L2, DELTA = 1.0, 0.8
 HEADLINE = dict(entities=20_000, rows=64, features=16, dtype="float64", loss="logistic", hessian="full")

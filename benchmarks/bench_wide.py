@@ -10,11 +10,11 @@ precision, float64, tolerance lljax's default (max |gradient| <= 1e-6).
 
 Timed kernels, on prebuilt blocks already on the device (warm jit, ``block_until_ready``):
 
-- ``wide``: ``lljax._wide.solve_block_wide`` on :class:`~lljax._wide.SparseBlock` s (each row's
+- ``wide``: ``lljax.solve.span.solve_block_wide`` on :class:`~lljax.solve.span.SparseBlock` s (each row's
   nonzeros as column + value) of ``--wide-lanes`` entities, all entities; what ``RandomEffectModel``
-  runs for these blocks: on CPU the native wide kernel (``lljax/_native/wide_kernel.h``) when built;
+  runs for these blocks: on CPU the native wide kernel (``lljax/solve/kernels/wide_kernel.h``) when built;
 - ``wide jax``: the same call with ``SolverConfig(native=False)``: the pure-JAX wide path;
-- ``lbfgs``: ``lljax._lbfgs.solve_block_lbfgs`` (optax L-BFGS, the previous wide path, still used when
+- ``lbfgs``: ``lljax.solve.lbfgs.solve_block_lbfgs`` (optax L-BFGS, the previous wide path, still used when
   a block has more rows than features) on dense blocks of ``--lanes`` entities, all entities;
 - ``newton``: ``lljax.solve_block`` (``hessian="diagonal"``, which forms and factors the D x D
   Hessian) on the first ``--newton-sample`` entities, dense blocks;
@@ -56,8 +56,8 @@ import peers  # noqa: E402
 from _common import machine_info, write_json  # noqa: E402
 
 import lljax  # noqa: E402
-from lljax._lbfgs import ITER_FACTOR, MEMORY_SIZE, solve_block_lbfgs  # noqa: E402
-from lljax._wide import solve_block_wide, sparse_from_dense  # noqa: E402
+from lljax.solve.lbfgs import ITER_FACTOR, MEMORY_SIZE, solve_block_lbfgs  # noqa: E402
+from lljax.solve.span import solve_block_wide, sparse_from_dense  # noqa: E402
 
 L2, DELTA = 1.0, 0.8
 TIGHT_TOL = 1e-12

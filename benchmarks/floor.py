@@ -19,7 +19,7 @@ multiply with JAX (cuBLAS), bandwidth as a device sum and a device ``a + 1``.
 Work model of one entity (``work_per_entity``): see its docstring. The floor time of an entity is
 ``max(flops / gemm rate + transcendentals / exp rate, bytes / read bandwidth)``.
 
-What the floor is for the native CPU kernel (``lljax/_native``, the ``lljax native`` row of
+What the floor is for the native CPU kernel (``lljax/solve/kernels``, the ``lljax native`` row of
 ``bench_suite.py``). At the headline case (64 rows, 16 features, float64, logistic, full Hessian,
 4.72 Newton steps per entity) the work model counts ~143,000 flops and ~1,100 exp/log evaluations per
 entity and ~14 KB of compulsory memory traffic, so the case is compute-bound: the floor is the

@@ -1,7 +1,7 @@
 """The peers lljax is measured against: a straightforward batched NumPy Newton and Lambda Learner's loop.
 
 - :func:`numpy_newton`: the same objective, ridge, Armijo line search and stopping rule as
-  ``lljax._solve`` (see its module docstring), written with plain batched NumPy: ``np.einsum`` for
+  ``lljax.solve.newton`` (see its module docstring), written with plain batched NumPy: ``np.einsum`` for
   the Hessian, ``np.linalg.cholesky`` and ``np.linalg.solve`` on ``(E, D, D)`` stacks. Finished
   lanes are dropped from the working set (per-lane convergence masking), so each iteration only
   computes the lanes still running.

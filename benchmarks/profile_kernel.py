@@ -17,7 +17,7 @@ C. ``solve_block`` itself on the same entities cut into blocks of different size
 D. a compiled reference kernel (``newton_lanes.c`` via ``ref_kernel.py``, if gcc is available): the same
    algorithm with 4 entities in the SIMD lanes and each group's whole solve fused in cache, i.e. the
    design an optimized kernel would follow; its entities/s and fraction of the floor, side by side
-   with ``solve_block`` and with lljax's native kernel (``lljax/_native``, the design realized as an
+   with ``solve_block`` and with lljax's native kernel (``lljax/solve/kernels``, the design realized as an
    XLA FFI custom call), when built.
 
 ``solve_block`` is the pure-JAX path throughout (``SolverConfig(native=False)``): on CPU the default
@@ -50,7 +50,7 @@ import floor as floor_mod  # noqa: E402
 import ref_kernel  # noqa: E402
 
 import lljax  # noqa: E402
-from lljax import _native as native  # noqa: E402
+from lljax.solve import kernels as native  # noqa: E402
 
 
 def timeit(fn, *args, repeats=5, budget=5.0):

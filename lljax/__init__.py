@@ -23,8 +23,9 @@ Public surface:
   :func:`solve_block`.
 """
 
-from ._dataset import Dataset
-from ._explore import (
+from lljax.data.dataset import Dataset
+from lljax.data.ntv import Feature, IndexMap, TrainingRecord, iter_ntv_jsonl, read_ntv_jsonl, write_ntv_jsonl
+from lljax.explore.scoring import (
     Posterior,
     arm_moments,
     candidate_moments,
@@ -35,14 +36,13 @@ from ._explore import (
     ucb_arms,
     ucb_candidates,
 )
-from ._metrics import auc, evaluate, log_loss, rmse
-from ._model import RandomEffectModel
-from ._ntv import Feature, IndexMap, TrainingRecord, iter_ntv_jsonl, read_ntv_jsonl, write_ntv_jsonl
-from ._persist import ModelFileError
-from ._report import UpdateReport
-from ._solve import Block, SolverConfig, SolveResult, Status, solve_block
-from ._store import EntityCoefficients
-from ._stream import StreamReport, WindowResult, run_stream
+from lljax.model.metrics import auc, evaluate, log_loss, rmse
+from lljax.model.random_effect import RandomEffectModel
+from lljax.model.report import UpdateReport
+from lljax.model.stream import StreamReport, WindowResult, run_stream
+from lljax.solve.newton import Block, SolverConfig, SolveResult, Status, solve_block
+from lljax.state.persist import ModelFileError
+from lljax.state.store import EntityCoefficients
 
 __version__ = "0.1.0"
 

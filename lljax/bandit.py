@@ -27,9 +27,9 @@ all of a user's candidates equally, so it never changes which item is picked.
 Policies (a policy's score of a candidate is ``b_i + z_i . theta_u``):
 
 - ``thompson``: ``theta_u`` drawn from the posterior ``N(mean, P^-1)`` (one draw per request, shared
-  by its candidates; :func:`~lljax._explore.thompson_candidates`), with a ``jax.random`` key split
+  by its candidates; :func:`~lljax.explore.scoring.thompson_candidates`), with a ``jax.random`` key split
   off per round;
-- ``ucb``: ``b_i + z_i . mean + alpha sqrt(z_i^T P^-1 z_i)`` (:func:`~lljax._explore.ucb_candidates`);
+- ``ucb``: ``b_i + z_i . mean + alpha sqrt(z_i^T P^-1 z_i)`` (:func:`~lljax.explore.scoring.ucb_candidates`);
 - ``greedy``: ``b_i + z_i . mean`` (the posterior mean, no exploration);
 - ``random``: a uniformly random candidate (no model).
 
@@ -224,7 +224,7 @@ def _choose(policy: str, model, key, users: np.ndarray, features: np.ndarray, of
     Args:
       features: ``(S, C, D)`` candidate item features; offset: ``(S, C)`` their popularity offsets.
     """
-    from ._explore import candidate_moments, thompson_candidates, ucb_candidates
+    from lljax.explore.scoring import candidate_moments, thompson_candidates, ucb_candidates
 
     S, C, D = features.shape
     if policy == "random":
@@ -247,8 +247,8 @@ def _warm_up(config: BanditConfig, dtype, policies: tuple[str, ...]) -> None:
     of ``(S, C, D)`` candidates) on dummy data, so that the timed rounds exclude compilation."""
     import jax
 
-    from ._dataset import Dataset
-    from ._model import RandomEffectModel
+    from lljax.data.dataset import Dataset
+    from lljax.model.random_effect import RandomEffectModel
 
     S, C, D = config.requests_per_round, config.candidates, config.features
     users = np.arange(S)
@@ -269,8 +269,8 @@ def simulate(config: BanditConfig = BanditConfig(), policies: tuple[str, ...] = 
     """
     import jax
 
-    from ._dataset import Dataset
-    from ._model import RandomEffectModel
+    from lljax.data.dataset import Dataset
+    from lljax.model.random_effect import RandomEffectModel
 
     config.validate()
     unknown = [p for p in policies if p not in POLICIES]

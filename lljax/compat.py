@@ -14,7 +14,7 @@ Every trainer here is the *same* lljax objective (see DESIGN.md) for one entity,
 
 with ``l`` the square loss (``"linear"``) or the logistic loss: the L2 trainers are
 ``delta = 0`` of it, the sequential Bayesian trainer uses the initial model as the prior
-``(theta0, P0)``. ``loss`` and ``gradient`` are :func:`lljax._solve.entity_objective`;
+``(theta0, P0)``. ``loss`` and ``gradient`` are :func:`lljax.solve.newton.entity_objective`;
 ``train`` runs :func:`lljax.solve_block` (damped Newton with Cholesky) on a one-entity
 block, padded to powers of two so that few shapes are compiled. The optimum is found to a
 max-abs gradient of 1e-9 (float64) instead of L-BFGS's ``factr``/``pgtol`` stop, so it is
@@ -63,11 +63,11 @@ import numpy as np
 import scipy.linalg
 from scipy import sparse
 
-from lljax._arrays import next_pow2
-from lljax._errors import check_finite, check_nonnegative, input_error, number_column
-from lljax._metrics import evaluate
-from lljax._ntv import Feature, IndexMap, TrainingRecord
-from lljax._solve import Block, SolverConfig, Status, entity_objective, solve_block
+from lljax.data.arrays import next_pow2
+from lljax.data.errors import check_finite, check_nonnegative, input_error, number_column
+from lljax.data.ntv import Feature, IndexMap, TrainingRecord
+from lljax.model.metrics import evaluate
+from lljax.solve.newton import Block, SolverConfig, Status, entity_objective, solve_block
 
 __all__ = [
     "Feature",

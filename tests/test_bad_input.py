@@ -19,8 +19,8 @@ import pytest
 from scipy import sparse
 
 from lljax import Dataset, Feature, IndexMap, RandomEffectModel, TrainingRecord, compat, iter_ntv_jsonl, read_ntv_jsonl
-from lljax._ntv import write_ntv_jsonl
 from lljax.compat import IndexedDataset, IndexedModel, UnknownFeatureError
+from lljax.data.ntv import write_ntv_jsonl
 
 
 @dataclass(frozen=True)

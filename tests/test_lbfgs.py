@@ -1,4 +1,4 @@
-"""The L-BFGS solver for wide entities (``lljax._lbfgs``) against Newton's ``solve_block`` and the SciPy oracle.
+"""The L-BFGS solver for wide entities (``lljax.solve.lbfgs``) against Newton's ``solve_block`` and the SciPy oracle.
 
 Both solvers minimize the same objective; solved to a tight gradient tolerance they must agree to
 1e-9 relative in float64. Statuses, padding and failed lanes follow the Newton solver's contract.
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lljax import Block, SolverConfig, Status, solve_block
-from lljax._lbfgs import solve_block_lbfgs
+from lljax.solve.lbfgs import solve_block_lbfgs
 from tests import oracles
 
 LOSSES = ["linear", "logistic", "poisson"]
@@ -214,10 +214,10 @@ def test_rejects_full_precision_and_unknown_options():
 
 def test_model_update_solves_tall_wide_entities_by_lbfgs_with_newtons_result(monkeypatch):
     """RandomEffectModel picks L-BFGS for blocks of >= WIDE_FEATURES padded features with more padded rows
-    than features (diagonal models; lljax._packing.block_solver): two sequential updates give Newton's
+    than features (diagonal models; lljax.rounds.packing.block_solver): two sequential updates give Newton's
     result to 1e-9 (both solved tightly)."""
-    import lljax._packing as packing
-    import lljax._wide as wide
+    import lljax.rounds.packing as packing
+    import lljax.solve.span as wide
     from lljax import Dataset, RandomEffectModel
 
     rng = np.random.default_rng(21)

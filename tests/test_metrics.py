@@ -1,4 +1,4 @@
-"""Tests for lljax._metrics against scikit-learn and Lambda Learner's evaluator."""
+"""Tests for lljax.model.metrics against scikit-learn and Lambda Learner's evaluator."""
 
 import math
 
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from linkedin.learner.prediction import evaluator as ll_evaluator
 from sklearn import metrics as skm
 
-from lljax._metrics import METRICS_FUNCS, auc, evaluate, log_loss, rmse
+from lljax.model.metrics import METRICS_FUNCS, auc, evaluate, log_loss, rmse
 
 # Scores from a tiny set of values so that ties are frequent; labels include
 # values other than 0/1, which count as negative (LL's rule).

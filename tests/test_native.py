@@ -1,4 +1,4 @@
-"""The native CPU Newton kernel (``lljax._native``) against the pure-JAX path of ``solve_block``.
+"""The native CPU Newton kernel (``lljax.solve.kernels``) against the pure-JAX path of ``solve_block``.
 
 Both paths run the same algorithm (same ridge, Cholesky, Armijo rule, stopping tests and status codes);
 only the order of floating-point sums differs. So in float64 every output must agree to 1e-9 relative
@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lljax import Block, SolverConfig, Status, _native, solve_block
-from lljax._solve import _use_native
+from lljax import Block, SolverConfig, Status, solve_block
+from lljax.solve import kernels
+from lljax.solve.newton import _use_native
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +37,7 @@ def needs_native(test):
     when the kernel is not built."""
 
     def run(*args, **kwargs):
-        assert _native.available(), f"the native kernel is not built: {_native.build_error()}"
+        assert kernels.available(), f"the native kernel is not built: {kernels.build_error()}"
         return test(*args, **kwargs)
 
     return functools.wraps(test)(run)
@@ -49,8 +50,8 @@ RTOL = {np.float64: 1e-9, np.float32: 2e-4}
 
 
 def test_native_kernel_is_built():
-    assert _native.available(), f"the native kernel is not built: {_native.build_error()}"
-    assert _native.isa() in ("avx2+fma", "generic")
+    assert kernels.available(), f"the native kernel is not built: {kernels.build_error()}"
+    assert kernels.isa() in ("avx2+fma", "generic")
 
 
 def make_block(rng, loss, E=7, N=13, D=5, dtype=np.float64, full_prior=True, pad_rows=True, pad_features=True):
@@ -282,7 +283,7 @@ def test_dispatch_default_and_forced_plain(monkeypatch):
 
 
 def test_native_true_without_build_raises(monkeypatch):
-    monkeypatch.setattr(_native, "_module", None)
+    monkeypatch.setattr(kernels, "_module", None)
     block = make_block(np.random.default_rng(8), "linear", E=2, N=3, D=2)
     with pytest.raises(RuntimeError, match="native kernel is not built"):
         _use_native(block, SolverConfig(native=True))
@@ -294,20 +295,20 @@ def test_other_platforms_lower_the_jax_path(monkeypatch):
     """The custom call is a CPU target: in a process with an accelerator, a lowering for GPU contains only
     the pure-JAX solver (and a CPU lowering only the kernel); in a CPU-only process the pure-JAX solver
     is not even traced."""
-    import lljax._solve
+    import lljax.solve.newton
 
     block = make_block(np.random.default_rng(9), "logistic", E=3, N=4, D=2)
     only_cpu = jax.jit(lambda b: solve_block(b, 0.8, 0.6, SolverConfig())).trace(block)
     assert "while" not in str(only_cpu.jaxpr) and "lljax_newton" in only_cpu.lower().as_text()
-    monkeypatch.setattr(lljax._solve, "_cpu_only_process", lambda: False)  # as with a GPU backend
-    lljax._solve._solve_block.clear_cache()  # the jitted solver's traces are cached per shape
+    monkeypatch.setattr(lljax.solve.newton, "_cpu_only_process", lambda: False)  # as with a GPU backend
+    lljax.solve.newton._solve_block.clear_cache()  # the jitted solver's traces are cached per shape
     try:
         traced = jax.jit(lambda b: solve_block(b, 0.8, 0.6, SolverConfig())).trace(block)
         assert "while" in str(traced.jaxpr)
         cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
         gpu = traced.lower(lowering_platforms=("cuda",)).as_text()
     finally:
-        lljax._solve._solve_block.clear_cache()
+        lljax.solve.newton._solve_block.clear_cache()
     assert "lljax_newton" in cpu and "while" not in cpu
     assert "lljax_newton" not in gpu and "while" in gpu
 
@@ -315,14 +316,15 @@ def test_other_platforms_lower_the_jax_path(monkeypatch):
 _GENERIC_SCRIPT = """
 import jax, numpy as np
 jax.config.update("jax_enable_x64", True)
-from lljax import SolverConfig, _native
+from lljax import SolverConfig
+from lljax.solve import kernels
 from tests.test_native import make_block, solve_both, assert_same
-assert _native.isa() == "generic", _native.isa()
+assert kernels.isa() == "generic", kernels.isa()
 for loss, dtype, shape in [("logistic", np.float64, (9, 13, 5)), ("poisson", np.float32, (11, 7, 17))]:
     block = make_block(np.random.default_rng(1), loss, *shape, dtype=dtype)
     plain, native = solve_both(block, SolverConfig(loss=loss, tol=1e-8 if dtype == np.float64 else 1e-3))
     assert_same(plain, native, 1e-9 if dtype == np.float64 else 2e-4, exact_counts=dtype == np.float64)
-from lljax._wide import sparse_from_dense
+from lljax.solve.span import sparse_from_dense
 from tests.test_native import solve_wide_both
 from tests.test_wide import block_of
 for loss, dtype in [("logistic", np.float64), ("poisson", np.float32)]:
@@ -400,8 +402,8 @@ def test_pack_rows_equals_the_numpy_scatter(monkeypatch, fid_dtype, dtype, vocab
     """Both ways the helper finds a column the rank-in-row guess misses: a per-lane table (feature
     spaces up to 2^22 ids) and a binary search of the lane's keys (larger ones); without an intercept,
     with an implicit one first in the subspaces (id 0) and one in their middle."""
-    from lljax._arrays import concat_ranges, segments
-    from lljax._packing import _scatter_rows, local_subspaces
+    from lljax.data.arrays import concat_ranges, segments
+    from lljax.rounds.packing import _scatter_rows, local_subspaces
 
     rng = np.random.default_rng(11)
     data = _mixed_rows_dataset(rng, fid_dtype, dtype, vocabulary=vocabulary, shuffle=True, intercept_id=intercept_id)
@@ -415,7 +417,7 @@ def test_pack_rows_equals_the_numpy_scatter(monkeypatch, fid_dtype, dtype, vocab
     lane, rank = segments(n_rows)
     N, D = int(n_rows.max()), int(sub.sizes[ents].max())
     local = sub.restrict(ents)
-    assert _native.enabled()  # the first call takes the native helper
+    assert kernels.enabled()  # the first call takes the native helper
     native = _scatter_rows(data, rows, lane, lane * N + rank, local, len(ents) * N, D)
     monkeypatch.setenv("LLJAX_NATIVE", "0")
     plain = _scatter_rows(data, rows, lane, lane * N + rank, local, len(ents) * N, D)
@@ -434,7 +436,7 @@ def test_pack_rows_equals_the_numpy_scatter(monkeypatch, fid_dtype, dtype, vocab
 def test_block_rows_equals_numpy(monkeypatch, dtype):
     """A block's rows, lanes, cells and padded label / weight / offset columns: the native helper and the
     NumPy path give identical arrays (shuffled rows, lanes in any order, padding lanes)."""
-    from lljax._packing import BlockPlan, _block_rows
+    from lljax.rounds.packing import BlockPlan, _block_rows
 
     rng = np.random.default_rng(17)
     data = _mixed_rows_dataset(rng, np.int64, dtype, shuffle=True)
@@ -446,7 +448,7 @@ def test_block_rows_equals_numpy(monkeypatch, dtype):
     row_start = np.r_[0, np.cumsum(np.bincount(data.entity, minlength=U))].astype(np.int64)
     ents = rng.permutation(U)[:23]
     plan = BlockPlan(ents, 32, int(np.diff(row_start)[ents].max()) + 1, 4)
-    assert _native.enabled()
+    assert kernels.enabled()
     native = _block_rows(data, labels, plan, row_order, row_start)
     monkeypatch.setenv("LLJAX_NATIVE", "0")
     plain = _block_rows(data, labels, plan, row_order, row_start)
@@ -461,19 +463,19 @@ def test_block_rows_rejects_out_of_range_input():
     order, start = np.arange(5, dtype=np.int64), np.array([0, 2, 5], np.int64)
     cols = tuple(np.ones(5) for _ in range(3))
     outs = tuple(np.zeros(2 * 3) for _ in range(3))
-    rows, lane, cell = _native.block_rows(order, start, np.array([1, 0]), 3, cols, outs)
+    rows, lane, cell = kernels.block_rows(order, start, np.array([1, 0]), 3, cols, outs)
     assert rows.tolist() == [2, 3, 4, 0, 1] and lane.tolist() == [0, 0, 0, 1, 1] and cell.tolist() == [0, 1, 2, 3, 4]
     with pytest.raises(IndexError, match="entity 1 .*more than N rows"):
-        _native.block_rows(order, start, np.array([1]), 2, cols, tuple(np.zeros(2 * 2) for _ in range(3)))
+        kernels.block_rows(order, start, np.array([1]), 2, cols, tuple(np.zeros(2 * 2) for _ in range(3)))
     with pytest.raises(IndexError, match="entity 7"):
-        _native.block_rows(order, start, np.array([7]), 3, cols, outs)
+        kernels.block_rows(order, start, np.array([7]), 3, cols, outs)
     with pytest.raises(ValueError, match="one dtype"):
-        _native.block_rows(order, start, np.array([0]), 3, cols, (outs[0], outs[1], np.zeros(6, np.float32)))
+        kernels.block_rows(order, start, np.array([0]), 3, cols, (outs[0], outs[1], np.zeros(6, np.float32)))
 
 
 @needs_native
 def test_pack_rows_names_a_feature_outside_the_subspace():
-    from lljax._packing import Subspaces
+    from lljax.rounds.packing import Subspaces
 
     indptr = np.array([0, 2, 4], np.int64)
     fids = np.array([3, 7, 3, 9], np.int64)
@@ -483,10 +485,10 @@ def test_pack_rows_names_a_feature_outside_the_subspace():
     out = np.zeros(2 * 2)
     rows = np.array([0, 1], np.int64)
     with pytest.raises(ValueError, match="feature 9 of dataset row 1"):
-        _native.pack_rows(indptr, fids, values, rows, np.array([0, 1], np.int64), np.zeros(2, np.int64), local, 2,
+        kernels.pack_rows(indptr, fids, values, rows, np.array([0, 1], np.int64), np.zeros(2, np.int64), local, 2,
                           out)
     with pytest.raises(IndexError, match="out of range"):
-        _native.pack_rows(indptr, fids, values, np.array([5], np.int64), np.zeros(1, np.int64),
+        kernels.pack_rows(indptr, fids, values, np.array([5], np.int64), np.zeros(1, np.int64),
                           np.zeros(1, np.int64), local, 2, out)
 
 
@@ -494,7 +496,7 @@ def test_pack_rows_names_a_feature_outside_the_subspace():
 @pytest.mark.parametrize("fid_dtype", [np.int32, np.int64])
 @pytest.mark.parametrize("with_priors", [False, True])
 def test_subspace_keys_equal_the_numpy_dedupe(fid_dtype, with_priors):
-    from lljax._packing import local_subspaces
+    from lljax.rounds.packing import local_subspaces
 
     rng = np.random.default_rng(12)
     data = _mixed_rows_dataset(rng, fid_dtype, np.float64, shuffle=True)
@@ -508,7 +510,7 @@ def test_subspace_keys_equal_the_numpy_dedupe(fid_dtype, with_priors):
         owner, fids = np.zeros(0, np.int64), np.zeros(0, np.int64)
     row_order = np.argsort(data.entity, kind="stable")
     row_start = np.r_[0, np.cumsum(np.bincount(data.entity, minlength=U))].astype(np.int64)
-    assert _native.enabled()
+    assert kernels.enabled()
     native = local_subspaces(data, owner, fids, rows=(row_order, row_start))
     plain = local_subspaces(data, owner, fids)
     assert native.stride == plain.stride
@@ -521,19 +523,19 @@ def test_subspace_keys_equal_the_numpy_dedupe(fid_dtype, with_priors):
 @needs_native
 def test_host_helpers_take_strided_arrays():
     """Dataset arrays may be views (e.g. a column of a wider array): the helpers take them as they are."""
-    from lljax._packing import Subspaces
+    from lljax.rounds.packing import Subspaces
 
     wide = np.zeros((4, 2), np.int64)
     wide[:, 0] = [3, 7, 3, 9]
     fids = wide[:, 0]  # strided
     assert not fids.flags.c_contiguous
     indptr = np.array([0, 2, 4], np.int64)
-    keys = _native.subspace_keys(indptr, fids, np.array([0, 1], np.int64), np.array([0, 1, 2], np.int64),
+    keys = kernels.subspace_keys(indptr, fids, np.array([0, 1], np.int64), np.array([0, 1, 2], np.int64),
                                  np.zeros(0, np.int64), np.zeros(0, np.int64), 10)
     np.testing.assert_array_equal(keys, [3, 7, 13, 19])
     local = Subspaces.from_keys(keys, 2, 10)
     out = np.zeros(2 * 1 * 2)
-    _native.pack_rows(indptr, fids, np.arange(4.0), np.array([0, 1], np.int64), np.array([0, 1], np.int64),
+    kernels.pack_rows(indptr, fids, np.arange(4.0), np.array([0, 1], np.int64), np.array([0, 1], np.int64),
                       np.array([0, 1], np.int64), local, 2, out)
     np.testing.assert_array_equal(out, [0.0, 1.0, 2.0, 3.0])
 
@@ -545,7 +547,7 @@ def test_host_helpers_take_strided_arrays():
 
 def _with_repeated_columns(sparse, rng):
     """Give some rows a second slot on a column they already have (values add up, as in X)."""
-    from lljax._wide import SparseBlock
+    from lljax.solve.span import SparseBlock
 
     cols, vals = np.array(sparse.cols), np.array(sparse.vals)
     E, N, K = cols.shape
@@ -560,7 +562,7 @@ def _with_repeated_columns(sparse, rng):
 
 
 def solve_wide_both(sparse, config, l2=0.8, delta=0.6):
-    from lljax._wide import solve_block_wide
+    from lljax.solve.span import solve_block_wide
 
     dtype = sparse.vals.dtype
     args = (sparse, np.asarray(l2, dtype), np.asarray(delta, dtype))
@@ -575,7 +577,7 @@ def solve_wide_both(sparse, config, l2=0.8, delta=0.6):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(12, 40), (24, 10)], ids=["N<D", "N>D"])
 def test_wide_native_equals_wide_jax(loss, hessian, dtype, shape):
-    from lljax._wide import sparse_from_dense
+    from lljax.solve.span import sparse_from_dense
     from tests.test_wide import block_of
 
     for cold in (True, False):
@@ -590,7 +592,7 @@ def test_wide_native_equals_wide_jax(loss, hessian, dtype, shape):
 @needs_native
 @pytest.mark.parametrize("max_iter", [0, 1, 3])
 def test_wide_native_iteration_caps(max_iter):
-    from lljax._wide import sparse_from_dense
+    from lljax.solve.span import sparse_from_dense
     from tests.test_wide import block_of
 
     sparse = sparse_from_dense(block_of(np.random.default_rng(23), "logistic", np.float64, True, 12, 40))
@@ -606,7 +608,7 @@ def test_wide_native_iteration_caps(max_iter):
 @pytest.mark.parametrize("case", ["nan value", "overflowing K", "overflowing exp"])
 def test_wide_native_non_finite_lanes(case):
     """A lane that meets NaN/inf ends NON_FINITE with its prior mean and prior precision, as in JAX."""
-    from lljax._wide import SparseBlock, sparse_from_dense
+    from lljax.solve.span import SparseBlock, sparse_from_dense
     from tests.test_wide import block_of
 
     loss = "poisson" if case == "overflowing exp" else "linear"
@@ -630,7 +632,7 @@ def test_wide_native_non_finite_lanes(case):
 def test_wide_native_is_what_the_model_runs(monkeypatch):
     """RandomEffectModel.update solves wide blocks by the native kernel on CPU (and by JAX without it),
     with the same coefficients."""
-    import lljax._wide as wide_module
+    import lljax.solve.span as wide_module
     from tests.test_wide import wide_batches
 
     batches = wide_batches(np.random.default_rng(25), 12, 10, 300)
@@ -657,7 +659,7 @@ def test_wide_native_is_what_the_model_runs(monkeypatch):
 def test_sparse_block_packing_equals_numpy(monkeypatch, fid_dtype, dtype, intercept_id):
     """build_sparse_block's slots (column, value) by the native helper equal the NumPy path's, repeated
     columns, shuffled rows and an implicit intercept included."""
-    from lljax._packing import BlockPlan, build_sparse_block, local_subspaces
+    from lljax.rounds.packing import BlockPlan, build_sparse_block, local_subspaces
 
     rng = np.random.default_rng(13)
     data = _mixed_rows_dataset(rng, fid_dtype, dtype, shuffle=True, intercept_id=intercept_id)
@@ -668,7 +670,7 @@ def test_sparse_block_packing_equals_numpy(monkeypatch, fid_dtype, dtype, interc
     ents = rng.permutation(U)[:20]
     plan = BlockPlan(ents, 32, int(np.diff(row_start)[ents].max()), int(sub.sizes[ents].max()))
     args = (data, np.zeros(data.num_examples), plan, sub, row_order, row_start, None, np.full(U, -1), 1.0)
-    assert _native.enabled()
+    assert kernels.enabled()
     native = build_sparse_block(*args)
     monkeypatch.setenv("LLJAX_NATIVE", "0")
     plain = build_sparse_block(*args)
@@ -688,7 +690,7 @@ def test_an_implicit_intercept_trains_and_scores_like_a_written_one(monkeypatch,
     from lljax import RandomEffectModel
 
     if native:
-        assert _native.available(), f"the native kernel is not built: {_native.build_error()}"
+        assert kernels.available(), f"the native kernel is not built: {kernels.build_error()}"
     else:
         monkeypatch.setenv("LLJAX_NATIVE", "0")
     implicit, explicit = (_mixed_rows_dataset(np.random.default_rng(5), np.int32, np.float64, shuffle=True,

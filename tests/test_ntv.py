@@ -1,4 +1,4 @@
-"""Tests for lljax._ntv: Feature, TrainingRecord, IndexMap (vs Lambda Learner) and NTV JSON lines."""
+"""Tests for lljax.data.ntv: Feature, TrainingRecord, IndexMap (vs Lambda Learner) and NTV JSON lines."""
 
 import io
 import json
@@ -12,7 +12,7 @@ from linkedin.learner.ds.feature import Feature as LLFeature
 from linkedin.learner.ds.index_map import IndexMap as LLIndexMap
 from linkedin.learner.ds.record import TrainingRecord as LLTrainingRecord
 
-from lljax._ntv import Feature, IndexMap, TrainingRecord, iter_ntv_jsonl, read_ntv_jsonl, write_ntv_jsonl
+from lljax.data.ntv import Feature, IndexMap, TrainingRecord, iter_ntv_jsonl, read_ntv_jsonl, write_ntv_jsonl
 
 # ---------------------------------------------------------------------------
 # Strategies

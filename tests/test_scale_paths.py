@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from lljax import Dataset, RandomEffectModel, _store
-from lljax._dataset import _encode_entities, prepend_intercept
-from lljax._packing import local_subspaces, padded_features
-from lljax._store import EntityStore, pack_upper, unpack_upper
+from lljax import Dataset, RandomEffectModel
+from lljax.data.dataset import _encode_entities, prepend_intercept
+from lljax.rounds.packing import local_subspaces, padded_features
+from lljax.state import store as _store
+from lljax.state.store import EntityStore, pack_upper, unpack_upper
 
 
 @pytest.mark.parametrize("keys", [

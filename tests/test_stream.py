@@ -336,7 +336,7 @@ def test_packing_paths_agree_for_small_and_huge_feature_spaces(monkeypatch, key_
     """Local subspaces come from a table of marks when the (entity, feature) key space is small and from
     chunked sorts when it is huge, reading the nonzeros ``key_chunk`` at a time; every path gives the same
     subspaces, and the same model (here: the same data declared with 10 or 10^9 features)."""
-    from lljax import _packing
+    from lljax.rounds import packing as _packing
 
     monkeypatch.setattr(_packing, "_KEY_CHUNK", key_chunk)
     rng = np.random.default_rng(11)
@@ -381,7 +381,7 @@ def test_an_update_that_fails_part_way_leaves_the_model_as_it_was(monkeypatch, h
     """Blocks are written as they finish; an error after some of them restores the round's entities (stored
     ones get their coefficients back, new ones are forgotten), and the model then updates as if it never
     happened."""
-    import lljax._model
+    import lljax.model.random_effect
 
     rng = np.random.default_rng(21)
     first = batch(rng, np.arange(60), 3, [1, 2, 3], loss="logistic")
@@ -389,7 +389,7 @@ def test_an_update_that_fails_part_way_leaves_the_model_as_it_was(monkeypatch, h
     model = RandomEffectModel("logistic", hessian=hessian, memory_budget=1)  # one entity per block
     model.update(first)
     before = model._store.to_flat()
-    real, calls = lljax._model.build_for_solver, []
+    real, calls = lljax.model.random_effect.build_for_solver, []
 
     def fail_on_the_fortieth_block(*args, **kwargs):
         calls.append(1)
@@ -401,7 +401,7 @@ def test_an_update_that_fails_part_way_leaves_the_model_as_it_was(monkeypatch, h
     real_write = type(model._store).write_rows
     monkeypatch.setattr(type(model._store), "write_rows",
                         lambda self, keys, *a: (written.append(len(keys)), real_write(self, keys, *a))[1])
-    monkeypatch.setattr(lljax._model, "build_for_solver", fail_on_the_fortieth_block)
+    monkeypatch.setattr(lljax.model.random_effect, "build_for_solver", fail_on_the_fortieth_block)
     with pytest.raises(RuntimeError, match="disk on fire"):
         model.update(second)
     assert sum(written) >= 31  # the 30 stored entities of the batch and some new ones were written before the error
@@ -413,7 +413,7 @@ def test_an_update_that_fails_part_way_leaves_the_model_as_it_was(monkeypatch, h
             assert b is None
         else:
             np.testing.assert_array_equal(a, b)
-    monkeypatch.setattr(lljax._model, "build_for_solver", real)
+    monkeypatch.setattr(lljax.model.random_effect, "build_for_solver", real)
     model.update(second)
     replay = RandomEffectModel("logistic", hessian=hessian, memory_budget=1)
     replay.update(first)

@@ -1,4 +1,4 @@
-"""The wide solver (``lljax._wide``: Newton in the span of the rows, sparse rows) against Newton's ``solve_block``.
+"""The wide solver (``lljax.solve.span``: Newton in the span of the rows, sparse rows) against Newton's ``solve_block``.
 
 Both minimize the same objective with the same stopping rule; solved to a tight gradient tolerance they
 must agree to 1e-9 relative in float64 on theta, the stored diagonal precision and the loss.
@@ -7,10 +7,10 @@ must agree to 1e-9 relative in float64 on theta, the stored diagonal precision a
 import numpy as np
 import pytest
 
-import lljax._packing as packing
-import lljax._wide as wide
+import lljax.rounds.packing as packing
+import lljax.solve.span as wide
 from lljax import Block, Dataset, RandomEffectModel, SolverConfig, Status, solve_block
-from lljax._wide import dense_from_sparse, solve_block_wide, solve_sparse_block, sparse_from_dense
+from lljax.solve.span import dense_from_sparse, solve_block_wide, solve_sparse_block, sparse_from_dense
 from tests.test_lbfgs import rel_err, sparse_entity
 
 LOSSES = ["linear", "logistic", "poisson"]
@@ -166,8 +166,8 @@ def wide_batches(rng, U, n_per, F, nnz=6, zero_weight_entity=False, loss="logist
 def test_sparse_block_is_the_dense_block():
     dataset = wide_batches(np.random.default_rng(8), 5, 9, 90)[0]
     model = RandomEffectModel("logistic", hessian="diagonal")
-    from lljax._losses import encode_labels
-    from lljax._model import EntityStore
+    from lljax.model.random_effect import EntityStore
+    from lljax.solve.losses import encode_labels
 
     U = dataset.num_entities
     subspaces = packing.local_subspaces(dataset, np.zeros(0, np.int64), np.zeros(0, np.int64))

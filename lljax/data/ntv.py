@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from lljax._errors import input_error
+from lljax.data.errors import input_error
 
 __all__ = [
     "Feature",

@@ -21,21 +21,21 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from . import _native
-from ._arrays import group_rank
-from ._dataset import Dataset
-from ._errors import input_error
-from ._explore import Posterior
-from ._export import entity_to_ntv, model_to_table, ntv_to_flat, read_parquet, table_to_flat, write_parquet
-from ._losses import LOSSES, encode_labels
-from ._ntv import Feature, IndexMap
-from ._packing import local_subspaces, plan_blocks
-from ._persist import load_model, save_model
-from ._posterior import dense_posterior
-from ._report import PhaseTimer, UpdateReport
-from ._solve import HESSIAN_TYPES, SolverConfig, Status
-from ._store import EntityCoefficients, EntityStore
-from ._wide import build_for_solver
+from lljax.data.arrays import group_rank
+from lljax.data.dataset import Dataset
+from lljax.data.errors import input_error
+from lljax.data.ntv import Feature, IndexMap
+from lljax.explore.posterior import dense_posterior
+from lljax.explore.scoring import Posterior
+from lljax.model.report import PhaseTimer, UpdateReport
+from lljax.rounds.packing import local_subspaces, plan_blocks
+from lljax.solve import kernels
+from lljax.solve.losses import LOSSES, encode_labels
+from lljax.solve.newton import HESSIAN_TYPES, SolverConfig, Status
+from lljax.solve.span import build_for_solver
+from lljax.state.export import entity_to_ntv, model_to_table, ntv_to_flat, read_parquet, table_to_flat, write_parquet
+from lljax.state.persist import load_model, save_model
+from lljax.state.store import EntityCoefficients, EntityStore
 
 __all__ = ["RandomEffectModel", "check_labels"]
 
@@ -347,7 +347,7 @@ class RandomEffectModel:
             np.cumsum(rows_per_entity, out=row_start[1:])
             subspaces = local_subspaces(dataset, prior.owner, prior.feature_ids, rows=(row_order, row_start))
             labels = encode_labels(self.loss, dataset.label)
-            native_wide = _native.enabled() and jax.default_backend() == "cpu"
+            native_wide = kernels.enabled() and jax.default_backend() == "cpu"
             plans = plan_blocks(rows_per_entity, subspaces.sizes, dtype.itemsize, store.precision == "full",
                                 self._block_budget(), native_wide)
 

@@ -1,14 +1,14 @@
 """Batched per-entity solve by L-BFGS (optax) with a diagonal posterior precision.
 
 Used for wide blocks (>= ``WIDE_FEATURES`` padded features, no full precision) with more padded rows
-than features; wide blocks with no more rows than features go to :mod:`lljax._wide` instead (see
-:func:`lljax._packing.block_solver`).
+than features; wide blocks with no more rows than features go to :mod:`lljax.solve.span` instead (see
+:func:`lljax.rounds.packing.block_solver`).
 
-:func:`solve_block_lbfgs` is a drop-in alternative to :func:`lljax._solve.solve_block` for blocks
+:func:`solve_block_lbfgs` is a drop-in alternative to :func:`lljax.solve.newton.solve_block` for blocks
 whose prior precision is diagonal (``(E, D)``) and whose posterior precision is ``"diagonal"``,
 ``"identity"`` or ``"none"``. It minimizes the *same* objective, built by the same pieces
-(:func:`lljax._solve._make_penalty`, :meth:`lljax._solve._Entity.objective` and
-:meth:`~lljax._solve._Entity.gradient`), with ``optax.lbfgs`` (memory :data:`MEMORY_SIZE`) in a
+(:func:`lljax.solve.newton._make_penalty`, :meth:`lljax.solve.newton._Entity.objective` and
+:meth:`~lljax.solve.newton._Entity.gradient`), with ``optax.lbfgs`` (memory :data:`MEMORY_SIZE`) in a
 ``jax.lax.while_loop`` per entity, ``vmap``-ped over the block and jitted. Nothing of size ``D x D``
 is formed: an iteration costs one objective + gradient evaluation (two ``(N, D)`` matrix-vector
 products) per line-search trial and ``O(memory D)`` vector work, against ``O(N D^2 + D^3)`` for a
@@ -18,14 +18,14 @@ Same contract as the Newton solver:
 
 - stopping rule ``max_j |gradient_j| <= tol`` (gradient in ``theta``); ``tol`` and the iteration
   cap are traced (no recompile when they change);
-- :class:`~lljax._solve.Status` codes as data: CONVERGED, MAX_ITERATIONS, NON_FINITE (the lane
+- :class:`~lljax.solve.newton.Status` codes as data: CONVERGED, MAX_ITERATIONS, NON_FINITE (the lane
   returns its prior mean and prior precision), STALLED (the line search found no step that
   decreases the objective beyond rounding; the last iterate is kept);
 - padded features (id -1) stay exactly 0, padded rows (weight 0) change nothing, padded lanes
   converge at iteration 0;
 - posterior precision at the solution: ``diag(X^T diag(w l'') X) + diag(A)`` computed in ``O(N D)``
   (``"diagonal"``), ones (``"identity"``) or ``None`` (``"none"``), as
-  :func:`lljax._solve._posterior_precision` defines them.
+  :func:`lljax.solve.newton._posterior_precision` defines them.
 
 Iteration cap. L-BFGS takes more (much cheaper) iterations than Newton: by default the cap is
 :data:`ITER_FACTOR` ``* config.max_iter`` L-BFGS iterations (500 for the model's default
@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._solve import (
+from lljax.solve.newton import (
     _RUNNING,
     Block,
     SolverConfig,
@@ -208,23 +208,23 @@ def solve_block_lbfgs(block: Block, l2: jax.Array, delta: jax.Array, config: Sol
                       precondition: str = "penalty", linesearch: str = "backtracking") -> SolveResult:
     """Solve every entity of a block with L-BFGS (vmap of a per-entity ``while_loop``, jitted).
 
-    A drop-in alternative to :func:`lljax._solve.solve_block` for a diagonal prior precision and
+    A drop-in alternative to :func:`lljax.solve.newton.solve_block` for a diagonal prior precision and
     ``config.hessian`` in ``("none", "identity", "diagonal")``; see the module docstring.
     ``config.loss``, ``config.hessian``, ``config.max_backtracks`` (line-search steps before
     STALLED), ``memory_size`` and ``precondition`` are compile-time constants; ``config.tol`` and
     the iteration cap are traced.
 
     Args:
-      block: a :class:`~lljax._solve.Block` with ``prior_precision`` of shape ``(E, D)``.
+      block: a :class:`~lljax.solve.newton.Block` with ``prior_precision`` of shape ``(E, D)``.
       l2: scalar L2 weight lambda.
       delta: scalar forgetting factor in [0, 1].
-      config: :class:`~lljax._solve.SolverConfig`.
+      config: :class:`~lljax.solve.newton.SolverConfig`.
       max_iter: L-BFGS iteration cap; ``None``: ``ITER_FACTOR * config.max_iter``.
       memory_size: L-BFGS memory (pairs of past steps and gradient changes).
       precondition: ``"penalty"``, ``"jacobi"`` or ``"none"`` (module docstring).
       linesearch: ``"backtracking"`` or ``"zoom"`` (module docstring).
     Returns:
-      :class:`~lljax._solve.SolveResult` with leading axis ``E`` (``iterations``: L-BFGS iterations).
+      :class:`~lljax.solve.newton.SolveResult` with leading axis ``E`` (``iterations``: L-BFGS iterations).
     Raises:
       ValueError: full prior precision, ``config.hessian == "full"``, or an unknown option.
     """

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import concat_ranges
-from ._errors import all_finite, check_finite, check_length, check_nonnegative, input_error, number_column
+from lljax.data.arrays import concat_ranges
+from lljax.data.errors import all_finite, check_finite, check_length, check_nonnegative, input_error, number_column
 
 __all__ = ["Dataset"]
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import input_error
-from ._explore import Posterior
-from ._store import EntityStore
+from lljax.data.errors import input_error
+from lljax.explore.scoring import Posterior
+from lljax.state.store import EntityStore
 
 __all__ = ["dense_posterior"]
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import packed_diagonal
-from ._errors import check_finite, input_error
-from ._ntv import Feature, IndexMap
-from ._store import FlatEntities
+from lljax.data.arrays import packed_diagonal
+from lljax.data.errors import check_finite, input_error
+from lljax.data.ntv import Feature, IndexMap
+from lljax.state.store import FlatEntities
 
 __all__ = ["model_to_table", "table_to_flat", "write_parquet", "read_parquet", "entity_to_ntv", "ntv_to_flat"]
 
@@ -116,7 +116,7 @@ def _precision_from_diagonals(diag: np.ndarray, sizes: np.ndarray, precision: st
 def write_parquet(table: Mapping[str, np.ndarray], path: str) -> None:
     """Write a column table to Parquet (needs ``pyarrow``: ``pip install "lljax[io]"``), atomically."""
     pa, pq = _pyarrow()
-    from ._persist import atomic_write
+    from lljax.state.persist import atomic_write
 
     arrow_table = pa.table({name: pa.array(values) for name, values in table.items()})
     atomic_write(path, lambda f: pq.write_table(arrow_table, f))

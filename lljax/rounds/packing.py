@@ -8,7 +8,7 @@ For the entities of a :class:`Dataset` (and their stored priors) this module
    rounded up by :func:`padded_features`, so only a few shapes are ever compiled, and cuts each
    bucket along the entity axis into blocks that fit a memory budget (the entity count of a block
    is also a power of two, at least ``_MIN_LANES``);
-3. builds a padded :class:`~lljax._solve.Block` per block with vectorized NumPy (padding
+3. builds a padded :class:`~lljax.solve.newton.Block` per block with vectorized NumPy (padding
    rows have weight 0; padding features have no data, prior mean 0 and are marked by id -1;
    padding entities are all padding), or a sparse-row block for the wide solver.
 
@@ -21,13 +21,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _native
-from ._arrays import concat_ranges, next_pow2, segments
-from ._dataset import Dataset, prepend_intercept
-from ._lbfgs import MEMORY_SIZE
-from ._solve import Block
-from ._store import EntityStore
-from ._wide import SparseBlock
+from lljax.data.arrays import concat_ranges, next_pow2, segments
+from lljax.data.dataset import Dataset, prepend_intercept
+from lljax.solve import kernels
+from lljax.solve.lbfgs import MEMORY_SIZE
+from lljax.solve.newton import Block
+from lljax.solve.span import SparseBlock
+from lljax.state.store import EntityStore
 
 __all__ = ["Subspaces", "BlockPlan", "local_subspaces", "plan_blocks", "build_block", "build_sparse_block",
            "block_solver", "WIDE_FEATURES"]
@@ -122,7 +122,7 @@ def local_subspaces(dataset: Dataset, prior_owner: np.ndarray, prior_feature_ids
 
     With ``rows`` (and the native helper built and enabled, and a feature space of at most
     ``_NATIVE_MARK_MAX`` ids): entity by entity in one pass over the nonzeros
-    (:func:`lljax._native.subspace_keys`). Else by NumPy: the (entity, feature) keys of the
+    (:func:`lljax.kernels.subspace_keys`). Else by NumPy: the (entity, feature) keys of the
     nonzeros are deduplicated a cache-sized chunk of rows at a time (rows of one entity mostly
     repeat its features), so no ``(nnz,)`` key array is sorted; or, when the key space is small,
     marked in a table (no sort at all). All paths give the same keys.
@@ -139,8 +139,8 @@ def local_subspaces(dataset: Dataset, prior_owner: np.ndarray, prior_feature_ids
         prior_owner = np.concatenate([prior_owner, np.arange(dataset.num_entities, dtype=np.int64)])
         prior_feature_ids = np.concatenate([prior_feature_ids,
                                             np.full(dataset.num_entities, dataset.intercept_id, np.int64)])
-    if rows is not None and stride <= _NATIVE_MARK_MAX and _native.enabled():
-        keys = _native.subspace_keys(dataset.given_indptr, dataset.given_feature_ids, rows[0], rows[1], prior_owner,
+    if rows is not None and stride <= _NATIVE_MARK_MAX and kernels.enabled():
+        keys = kernels.subspace_keys(dataset.given_indptr, dataset.given_feature_ids, rows[0], rows[1], prior_owner,
                                      prior_feature_ids, stride)
         return Subspaces.from_keys(keys, dataset.num_entities, stride)
     space = dataset.num_entities * stride
@@ -202,8 +202,8 @@ def _bytes_per_lane(rows: int, features: int, itemsize: int, full_precision: boo
 def block_solver(rows: int, features: int, full_precision: bool) -> str:
     """The solver of a block of ``rows`` x ``features`` padded entities: ``"newton"`` (dense, ``D x D``
     Cholesky; full precision or fewer than ``WIDE_FEATURES`` features), else ``"wide"`` (Newton in the
-    span of the rows on a sparse block, :mod:`lljax._wide`; ``rows <= features``) or ``"lbfgs"``
-    (:mod:`lljax._lbfgs`; more rows than features, where an ``N x N`` system would cost more than ``D x D``)."""
+    span of the rows on a sparse block, :mod:`lljax.solve.span`; ``rows <= features``) or ``"lbfgs"``
+    (:mod:`lljax.solve.lbfgs`; more rows than features, where an ``N x N`` system would cost more than ``D x D``)."""
     if full_precision or features < WIDE_FEATURES:
         return "newton"
     return "wide" if rows <= features else "lbfgs"
@@ -292,13 +292,13 @@ def _scatter_rows(dataset: Dataset, rows: np.ndarray, lane: np.ndarray, row_cell
                   cells: int, D: int) -> np.ndarray:
     """``(cells * D,)`` float64: each row's nonzeros added at ``row_cell * D + local column``.
 
-    By the native helper (:func:`lljax._native.pack_rows`, one pass) when it is built and enabled, else
+    By the native helper (:func:`lljax.kernels.pack_rows`, one pass) when it is built and enabled, else
     by NumPy (local columns by :meth:`Subspaces.local_index` with the rank-in-row guess, then a
     ``bincount``); both add repeated (row, feature) values in float64 and give the same array.
     """
-    if _native.enabled():
+    if kernels.enabled():
         out = np.zeros(cells * D, np.float64)
-        _native.pack_rows(dataset.given_indptr, dataset.given_feature_ids, dataset.given_values, rows, row_cell, lane,
+        kernels.pack_rows(dataset.given_indptr, dataset.given_feature_ids, dataset.given_values, rows, row_cell, lane,
                           local, D, out, leading=dataset.intercept_id)
         return out
     nnz_per_row, feature_ids, values = _row_entries(dataset, rows)
@@ -329,15 +329,15 @@ def _block_rows(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, row_order
     Returns ``(rows, lane, row_cell, y, w, offset)``: ``rows`` the dataset examples, entity by entity;
     ``lane`` and ``row_cell = lane * N + rank`` their lane and flat ``(E * N)`` position; ``y``, ``w``,
     ``offset`` ``(E * N,)`` with zeros in padding rows (weight 0 marks them). By the native helper
-    (:func:`lljax._native.block_rows`, one pass) when it is built and enabled, else by NumPy: the same arrays.
+    (:func:`lljax.kernels.block_rows`, one pass) when it is built and enabled, else by NumPy: the same arrays.
     """
     E, N = plan.lanes, plan.rows
     dtype = dataset.dtype
     y = np.zeros(E * N, dtype)
     w = np.zeros(E * N, dtype)
     offset = np.zeros(E * N, dtype)
-    if _native.enabled():
-        rows, lane, row_cell = _native.block_rows(row_order, row_start, plan.entities, N,
+    if kernels.enabled():
+        rows, lane, row_cell = kernels.block_rows(row_order, row_start, plan.entities, N,
                                                   (labels, dataset.weight, dataset.offset), (y, w, offset))
         return rows, lane, row_cell, y, w, offset
     n_rows = row_start[plan.entities + 1] - row_start[plan.entities]
@@ -386,7 +386,7 @@ def _priors(ents, E, D, subspaces, store, slots, l2, dtype):
 def build_sparse_block(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, subspaces: Subspaces,
                        row_order: np.ndarray, row_start: np.ndarray, store: EntityStore | None,
                        slots: np.ndarray, l2: float) -> SparseBlock:
-    """Build the padded NumPy :class:`~lljax._wide.SparseBlock` of ``plan`` (arguments as :func:`build_block`).
+    """Build the padded NumPy :class:`~lljax.solve.span.SparseBlock` of ``plan`` (arguments as :func:`build_block`).
 
     Each row keeps its nonzeros as (local column, value) in ``K = next_pow2(most nonzeros in a row)``
     slots; nothing of size ``N x D`` is formed. Priors are diagonal (the wide solver's case).
@@ -400,9 +400,9 @@ def build_sparse_block(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, su
     K = int(next_pow2(max(int(entries.max(initial=0)), 1)))
     local = subspaces.restrict(ents)
     cols = np.zeros(E * N * K, np.int32)
-    if _native.enabled():  # one pass (see _scatter_rows)
+    if kernels.enabled():  # one pass (see _scatter_rows)
         vals = np.zeros(E * N * K, np.float64)
-        _native.pack_rows(dataset.given_indptr, dataset.given_feature_ids, dataset.given_values, rows, row_cell, lane,
+        kernels.pack_rows(dataset.given_indptr, dataset.given_feature_ids, dataset.given_values, rows, row_cell, lane,
                           local, D, vals, slot_cols=cols, K=K, leading=dataset.intercept_id)
         vals = vals.astype(dtype, copy=False)
     else:

@@ -4,7 +4,7 @@ Everything here is a pure JAX function. One entity is solved by
 :func:`_solve_one`, written for a single entity and ``vmap``-ped once over the
 entity axis of a :class:`Block` by :func:`solve_block`, which is ``jit``-ted.
 On the CPU backend :func:`solve_block` runs the same Newton loop in the native
-kernel of :mod:`lljax._native` when it is built (``SolverConfig.native``): the
+kernel of :mod:`lljax.solve.kernels` when it is built (``SolverConfig.native``): the
 penalty, the start and the finish (:func:`_finish`) stay here, shared by both.
 
 The objective of one entity (see DESIGN.md) is
@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import cho_solve
 
-from . import _native
-from ._losses import RowLoss, get_loss
+from lljax.solve import kernels
+from lljax.solve.losses import RowLoss, get_loss
 
 __all__ = ["Status", "Block", "SolverConfig", "SolveResult", "solve_block", "entity_objective", "entity_hessian",
            "HESSIAN_TYPES"]
@@ -93,7 +93,7 @@ class SolverConfig(NamedTuple):
       max_iter: Newton iteration cap per entity.
       tol: convergence when ``max_j |gradient_j| <= tol``.
       max_backtracks: step halvings tried by the line search before declaring STALLED.
-      native: use the native CPU kernel (:mod:`lljax._native`) on the CPU backend: ``None`` (default)
+      native: use the native CPU kernel (:mod:`lljax.solve.kernels`) on the CPU backend: ``None`` (default)
         when it is built and not disabled by ``LLJAX_NATIVE=0``, ``False`` never (the pure-JAX path),
         ``True`` always (an error if it is not built). Other backends always run the pure-JAX path.
     """
@@ -424,24 +424,24 @@ _NATIVE_MAX_FEATURES = 512  # per-thread workspace ~ D^2 x lanes; beyond this th
 
 def _use_native(block: Block, config: SolverConfig) -> bool:
     """Whether :func:`_solve_block` calls the native kernel (decided at trace time)."""
-    ok = (_native.supports(block.X.dtype) and block.X.ndim == 3 and block.X.shape[-1] <= _NATIVE_MAX_FEATURES
-          and config.loss in _native.LOSS_CODES)
+    ok = (kernels.supports(block.X.dtype) and block.X.ndim == 3 and block.X.shape[-1] <= _NATIVE_MAX_FEATURES
+          and config.loss in kernels.LOSS_CODES)
     return native_dispatch(config, ok, f"{block.X.dtype} blocks of shape {block.X.shape}")
 
 
 def native_dispatch(config: SolverConfig, supported: bool, what: str) -> bool:
     """Whether a block solver calls its native kernel (at trace time), for a block the kernel ``supported``:
     ``config.native`` False: never; True: always (an error if the extension is not built or the block,
-    described by ``what``, is not supported); None: when supported and :func:`lljax._native.enabled`."""
+    described by ``what``, is not supported); None: when supported and :func:`lljax.kernels.enabled`."""
     if config.native is False:
         return False
     if config.native is True:
-        if not _native.available():
-            raise RuntimeError(f"SolverConfig(native=True) but the native kernel is not built: {_native.build_error()}")
+        if not kernels.available():
+            raise RuntimeError(f"SolverConfig(native=True) but the native kernel is not built: {kernels.build_error()}")
         if not supported:
             raise ValueError(f"the native kernel does not support {what}")
         return True
-    return supported and _native.enabled()
+    return supported and kernels.enabled()
 
 
 def native_per_entity(E: int, l2, delta, limits: _Limits) -> tuple:
@@ -463,7 +463,7 @@ def _solve_block_native(block: Block, l2, delta, limits: _Limits, *, config: Sol
     """:func:`_solve_block_jax` by the native kernel: the same penalty, Newton loop and finish, in C++ (the
     kernel builds each entity's penalty in cache, so no ``(E, D, D)`` array is made around it)."""
     kind = config.hessian if config.hessian in ("full", "diagonal") else "none"
-    outputs = _native.newton_solve(
+    outputs = kernels.newton_solve(
         block.X, block.y, block.w, block.offset, block.feature_ids >= 0, block.prior_mean, block.prior_precision,
         *native_per_entity(block.X.shape[0], l2, delta, limits), loss=config.loss,
         max_backtracks=config.max_backtracks, precision=kind)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from numpy.typing import ArrayLike
 
-from lljax._errors import check_finite, check_length, input_error
+from lljax.data.errors import check_finite, check_length, input_error
 
 __all__ = ["METRICS_FUNCS", "auc", "evaluate", "log_loss", "rmse"]
 

@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._arrays import concat_ranges
-from ._errors import input_error
+from lljax.data.arrays import concat_ranges
+from lljax.data.errors import input_error
 
 __all__ = ["EntityStore", "EntityCoefficients", "StoredPairs", "FlatEntities", "WidthRows"]
 

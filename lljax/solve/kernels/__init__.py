@@ -1,20 +1,20 @@
 """lljax's native CPU kernels: XLA FFI custom calls (``jax.ffi``) and host-side packing helpers, optional.
 
-The compiled extension ``lljax._native._newton`` (C++, built by ``pip install`` when a C++ compiler
+The compiled extension ``lljax.kernels._newton`` (C++, built by ``pip install`` when a C++ compiler
 is available; see ``setup.py``) holds:
 
 - the **Newton kernel** (``newton_kernel.h``): a whole block of entities by damped Newton, the same
-  algorithm, penalty, stopping rule and finish as :func:`lljax._solve._solve_one`, with the entity axis
+  algorithm, penalty, stopping rule and finish as :func:`lljax.solve.newton._solve_one`, with the entity axis
   in the SIMD lanes (4 float64 or 8 float32 entities per group, AVX2 + FMA when the CPU has them,
   chosen at run time) and each group's whole solve fused in cache. Every loss goes through the same
   kernel (one row function per loss). :func:`lljax.solve_block` uses it on the CPU backend;
 - the **wide kernel** (``wide_kernel.h``): Newton in the span of the rows on sparse blocks, the
-  same iterates as :mod:`lljax._wide` (which uses it on the CPU backend), one entity at a time with
+  same iterates as :mod:`lljax.solve.span` (which uses it on the CPU backend), one entity at a time with
   ``K = X A^-1 X^T`` built from the nonzeros grouped by column;
 - **host helpers** (``pack.cc``, plain CPython): :func:`pack_rows` scatters a block's sparse rows into
   its dense design matrix or sparse slots, :func:`block_rows` gathers a block's rows and their
   label / weight / offset columns, and :func:`subspace_keys` finds every entity's distinct features,
-  each in one pass, for :mod:`lljax._packing` (which keeps its NumPy paths as the fallback).
+  each in one pass, for :mod:`lljax.rounds.packing` (which keeps its NumPy paths as the fallback).
 
 Without the extension (or with ``LLJAX_NATIVE=0``) the pure-JAX / NumPy paths run; results of the
 two agree to rounding (the host helpers exactly).
@@ -48,7 +48,7 @@ _WIDE_TARGETS = {np.dtype(np.float64): "lljax_wide_f64", np.dtype(np.float32): "
 _module = None
 _error: str | None = None
 if importlib.util.find_spec(f"{__name__}._newton") is None:
-    _error = ("the compiled module lljax._native._newton is not installed (built by `pip install` when a C++ "
+    _error = ("the compiled module lljax.kernels._newton is not installed (built by `pip install` when a C++ "
               "compiler and jaxlib's XLA FFI headers are available; see setup.py)")
 else:
     try:
@@ -90,8 +90,8 @@ def newton_solve(X, y, w, offset, mask, prior_mean, prior_precision, l2, delta, 
                  max_backtracks: int, precision: str):
     """Run the kernel on a block (leading axis ``E``; any extra leading axes are batch axes).
 
-    The kernel forms each entity's penalty from its prior as :func:`lljax._solve._make_penalty` does and
-    finishes as :func:`lljax._solve._finish` does, so that no ``(E, D, D)`` temporary is made around it.
+    The kernel forms each entity's penalty from its prior as :func:`lljax.solve.newton._make_penalty` does and
+    finishes as :func:`lljax.solve.newton._finish` does, so that no ``(E, D, D)`` temporary is made around it.
 
     Args:
       X: ``(E, N, D)``; y, w, offset: ``(E, N)``; mask: ``(E, D)`` (nonzero for a real feature, 0 for
@@ -130,7 +130,7 @@ def newton_solve(X, y, w, offset, mask, prior_mean, prior_precision, l2, delta, 
 
 def wide_solve(cols, vals, y, w, offset, mask, prior_mean, prior_precision, l2, delta, tol, max_iter, *, loss: str,
                max_backtracks: int, precision: str):
-    """Run the wide kernel (Newton in the span of the rows, :mod:`lljax._wide`) on a sparse block.
+    """Run the wide kernel (Newton in the span of the rows, :mod:`lljax.solve.span`) on a sparse block.
 
     Args:
       cols: ``(E, N, K)`` int32 local columns; vals: ``(E, N, K)``; y, w, offset: ``(E, N)``; mask:
@@ -140,7 +140,7 @@ def wide_solve(cols, vals, y, w, offset, mask, prior_mean, prior_precision, l2, 
       precision: ``"diagonal"`` or ``"none"``.
     Returns:
       ``(theta, value, grad_norm, precision, iterations, status)`` as in :class:`lljax.SolveResult`,
-      finished as :func:`lljax._solve._finish` (``precision`` ``None`` for ``"none"``).
+      finished as :func:`lljax.solve.newton._finish` (``precision`` ``None`` for ``"none"``).
     """
     if not available():
         raise RuntimeError(f"lljax native kernel not available: {_error}")
@@ -170,17 +170,17 @@ def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, 
     """Place each row's nonzeros in its block cell, in one pass (C++, see ``pack.cc``).
 
     Dense (``slot_cols`` None): ``out[row_cell[i] * D + col] += value``. Slots (a
-    :class:`~lljax._wide.SparseBlock`'s layout, ``K`` slots per row): the row's ``j``-th nonzero goes to
+    :class:`~lljax.solve.span.SparseBlock`'s layout, ``K`` slots per row): the row's ``j``-th nonzero goes to
     slot ``row_cell[i] * K + j`` as ``slot_cols = col``, ``out = value``. ``col`` is the nonzero's local
     column in its lane's subspace: its rank in the row when that is right (checked), else found in a
     per-lane feature table (feature spaces up to 2^22 ids) or by binary search. This is the host-side
-    half of :func:`lljax._packing.build_block` / :func:`~lljax._packing.build_sparse_block`.
+    half of :func:`lljax.rounds.packing.build_block` / :func:`~lljax.rounds.packing.build_sparse_block`.
 
     Args:
       indptr, feature_ids, values: the dataset's CSR rows (int64; int32 or int64; float32 or float64).
       rows, row_cell, row_lane: ``(R,)`` integers: the dataset rows of the block, each one's flat cell
         ``lane * N + rank`` and its lane.
-      subspaces: the block's :class:`lljax._packing.Subspaces` (lane-numbered, see ``restrict``).
+      subspaces: the block's :class:`lljax.rounds.packing.Subspaces` (lane-numbered, see ``restrict``).
       D: padded features.
       out: float64, C-contiguous, written in place: ``(E * N * D,)`` (dense, zeros where nothing is
         added) or ``(E * N * K,)`` values (slots).
@@ -202,7 +202,7 @@ def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, 
 def block_rows(row_order, row_start, entities, N: int, columns, outputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A block's rows and their padded cells, in one pass (C++, see ``pack.cc``).
 
-    What :func:`lljax._packing._block_rows` computes with NumPy: ``rows`` the dataset rows of
+    What :func:`lljax.rounds.packing._block_rows` computes with NumPy: ``rows`` the dataset rows of
     ``entities``, entity by entity (in ``row_order``'s order), ``lane`` each row's position of its
     entity in ``entities``, ``cell = lane * N + rank``; and ``outputs[c][cell] = columns[c][row]``.
 
@@ -231,7 +231,7 @@ def block_rows(row_order, row_start, entities, N: int, columns, outputs) -> tupl
 def subspace_keys(indptr, feature_ids, row_order, row_start, prior_owner, prior_feature_ids, stride: int) -> np.ndarray:
     """Sorted distinct ``entity * stride + feature_id`` keys of every entity's nonzeros and prior features.
 
-    What :func:`lljax._packing.local_subspaces` computes, entity by entity in one pass over the
+    What :func:`lljax.rounds.packing.local_subspaces` computes, entity by entity in one pass over the
     nonzeros (C++, see ``pack.cc``; a mark array of ``stride`` uint32).
 
     Args:

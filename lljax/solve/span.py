@@ -2,7 +2,7 @@
 
 A wide entity has many local features ``D`` and few rows ``N`` (``N <= D``), and most features are
 absent from any given row. With a *diagonal* penalty ``A = delta P0 + (1 - delta) l2`` (positive;
-see :func:`lljax._solve._make_penalty`) the objective of :mod:`lljax._solve`,
+see :func:`lljax.solve.newton._make_penalty`) the objective of :mod:`lljax.solve.newton`,
 
     f(theta) = sum_n w_n l(x_n . theta + o_n, y_n) + 1/2 theta^T A theta - b^T theta + c,
 
@@ -18,8 +18,8 @@ eigenvalues are >= 1: one ``N x N`` Cholesky per iteration instead of a ``D x D`
 in the cost of an iteration beyond a gather (``X v``) and a scatter-add (``X^T r``) over the stored
 nonzeros. The iterates are primal Newton iterates (from ``theta = mu``, the prior-only optimum) with
 the same Armijo line search, rounding slack, stopping rule ``max_j |grad_j| <= tol`` on the primal
-gradient, :class:`~lljax._solve.Status` codes and posterior diagonal ``A + X^T(C) diag`` as
-:func:`lljax._solve.solve_block` with ``hessian="diagonal"``; at a tight tolerance both give the
+gradient, :class:`~lljax.solve.newton.Status` codes and posterior diagonal ``A + X^T(C) diag`` as
+:func:`lljax.solve.newton.solve_block` with ``hessian="diagonal"``; at a tight tolerance both give the
 same ``theta`` and precision to rounding (``tests/test_wide.py``, 1e-9 relative in float64).
 
 Layout: :class:`SparseBlock` stores each row's nonzeros (local column, value), ``K`` slots per row,
@@ -29,9 +29,9 @@ formed on the device by scattering one lane's nonzeros into a dense ``(D, N)`` `
 ``D = 256``, 200 us at ``D = 1024``, ``N = 64``; an all-pairs comparison of the stored columns was
 4x slower at ``D = 256``).
 
-Native kernel: on the CPU backend, when :mod:`lljax._native` is built (and not turned off by
+Native kernel: on the CPU backend, when :mod:`lljax.solve.kernels` is built (and not turned off by
 ``SolverConfig(native=False)`` or ``LLJAX_NATIVE=0``), the same algorithm runs in C++
-(``lljax/_native/wide_kernel.h``), one entity at a time, with ``K`` built from the nonzeros grouped by
+(``lljax/solve/kernels/wide_kernel.h``), one entity at a time, with ``K`` built from the nonzeros grouped by
 column (about ``sum_j c_j^2`` products for a column met by ``c_j`` rows, instead of a dense product):
 3.7-4.6x the pure-JAX path (``benchmarks/bench_wide.py``), the same iterations, agreement to rounding
 (``tests/test_native.py``). The pure-JAX path below is the reference and the path on accelerators.
@@ -44,7 +44,7 @@ slowest converges, and its dense ``(E, D, N)`` workspace is ``E`` times larger).
 Non-finite numbers follow the Newton solver: a lane whose objective, gradient, ``K`` or direction
 becomes NaN/inf ends NON_FINITE with its prior mean and prior precision. A zero penalty entry (``l2 =
 0`` with no prior precision) has no ``A^-1``; :func:`solve_sparse_block` hands such blocks to the
-L-BFGS solver (:mod:`lljax._lbfgs`) on the dense block.
+L-BFGS solver (:mod:`lljax.solve.lbfgs`) on the dense block.
 """
 
 from __future__ import annotations
@@ -57,10 +57,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import cho_solve
 
-from . import _native
-from ._lbfgs import solve_block_lbfgs
-from ._losses import get_loss
-from ._solve import (
+from lljax.solve import kernels
+from lljax.solve.lbfgs import solve_block_lbfgs
+from lljax.solve.losses import get_loss
+from lljax.solve.newton import (
     _RUNNING,
     Block,
     SolverConfig,
@@ -94,7 +94,7 @@ class SparseBlock(NamedTuple):
     Attributes:
       cols: ``(E, N, K)`` int32 local column of each stored value (padding: column 0, value 0).
       vals: ``(E, N, K)`` the values (0 on padding).
-      y, w, offset: ``(E, N)`` as in :class:`~lljax._solve.Block` (weight 0 marks a padding row).
+      y, w, offset: ``(E, N)`` as in :class:`~lljax.solve.newton.Block` (weight 0 marks a padding row).
       feature_ids: ``(E, D)`` global feature id of each local column, -1 for padding.
       prior_mean: ``(E, D)`` prior mean theta0.
       prior_precision: ``(E, D)`` diagonal prior precision P0.
@@ -192,7 +192,7 @@ def _solve_one(cols, vals, y, w, offset, feature_ids, prior_mean, prior_precisio
     final = jax.lax.while_loop(lambda it: it.status == _RUNNING, step, start)
 
     precision = None
-    if config.hessian == "diagonal":  # diag(X^T C X) + A, as lljax._solve._posterior_precision
+    if config.hessian == "diagonal":  # diag(X^T C X) + A, as lljax.solve.newton._posterior_precision
         precision = X.rmatvec(_weighted(w, loss.d2(final.margin, y)), square=True) + A
     elif config.hessian == "identity":
         precision = jnp.ones_like(mu)
@@ -204,7 +204,7 @@ def _solve_one(cols, vals, y, w, offset, feature_ids, prior_mean, prior_precisio
 def solve_block_wide(block: SparseBlock, l2, delta, config: SolverConfig, *, lanes: str | None = None) -> SolveResult:
     """Solve every entity of a :class:`SparseBlock` by Newton in the span of its rows (jitted).
 
-    A drop-in alternative to :func:`lljax._solve.solve_block` (``hessian`` in ``"none"``,
+    A drop-in alternative to :func:`lljax.solve.newton.solve_block` (``hessian`` in ``"none"``,
     ``"identity"``, ``"diagonal"``) for a diagonal prior precision and a positive penalty
     ``delta P0 + (1 - delta) l2`` on every feature; see the module docstring. ``config.loss``,
     ``config.hessian`` and ``config.max_backtracks`` are compile-time constants; ``tol`` and
@@ -214,11 +214,11 @@ def solve_block_wide(block: SparseBlock, l2, delta, config: SolverConfig, *, lan
       block: the entities.
       l2: scalar L2 weight lambda.
       delta: scalar forgetting factor in [0, 1].
-      config: :class:`~lljax._solve.SolverConfig`.
+      config: :class:`~lljax.solve.newton.SolverConfig`.
       lanes: ``"map"`` (entities one after the other) or ``"vmap"``; ``None``: ``"map"`` on CPU,
         ``"vmap"`` on accelerators.
     Returns:
-      :class:`~lljax._solve.SolveResult` with leading axis ``E``.
+      :class:`~lljax.solve.newton.SolveResult` with leading axis ``E``.
     Raises:
       ValueError: ``config.hessian == "full"``, a prior precision that is not ``(E, D)``, or an unknown ``lanes``.
     """
@@ -249,15 +249,15 @@ def _solve_block_jax(block: SparseBlock, l2, delta, limits: _Limits, *, config: 
 
 def _use_native_wide(block: SparseBlock, config: SolverConfig) -> bool:
     """Whether :func:`_solve_block` calls the native wide kernel (decided at trace time)."""
-    ok = _native.supports(block.vals.dtype) and block.cols.ndim == 3 and config.loss in _native.LOSS_CODES
+    ok = kernels.supports(block.vals.dtype) and block.cols.ndim == 3 and config.loss in kernels.LOSS_CODES
     return native_dispatch(config, ok, f"{block.vals.dtype} sparse blocks of shape {block.cols.shape}")
 
 
 def _solve_block_native(block: SparseBlock, l2, delta, limits: _Limits, *, config: SolverConfig) -> SolveResult:
-    """:func:`_solve_block_jax` by the native wide kernel (``lljax/_native/wide_kernel.h``): the same
+    """:func:`_solve_block_jax` by the native wide kernel (``lljax/solve/kernels/wide_kernel.h``): the same
     penalty, iterations, line search, statuses and finish, one entity at a time in C++."""
     kind = "diagonal" if config.hessian == "diagonal" else "none"
-    outputs = _native.wide_solve(
+    outputs = kernels.wide_solve(
         block.cols, block.vals, block.y, block.w, block.offset, block.feature_ids >= 0, block.prior_mean,
         block.prior_precision, *native_per_entity(block.cols.shape[0], l2, delta, limits), loss=config.loss,
         max_backtracks=config.max_backtracks, precision=kind)
@@ -265,7 +265,7 @@ def _solve_block_native(block: SparseBlock, l2, delta, limits: _Limits, *, confi
 
 
 def sparse_from_dense(block: Block) -> SparseBlock:
-    """The :class:`SparseBlock` of a dense :class:`~lljax._solve.Block` (NumPy; ``K`` = most nonzeros in a row)."""
+    """The :class:`SparseBlock` of a dense :class:`~lljax.Block` (NumPy; ``K``: most nonzeros in a row)."""
     X = np.asarray(block.X)
     E, N, D = X.shape
     count = (X != 0).sum(axis=-1)
@@ -281,7 +281,7 @@ def sparse_from_dense(block: Block) -> SparseBlock:
 
 
 def dense_from_sparse(block: SparseBlock) -> Block:
-    """The dense :class:`~lljax._solve.Block` of a :class:`SparseBlock` (NumPy; repeated columns add up)."""
+    """The dense :class:`~lljax.solve.newton.Block` of a :class:`SparseBlock` (NumPy; repeated columns add up)."""
     cols, vals = np.asarray(block.cols), np.asarray(block.vals)
     E, N, K = cols.shape
     D = block.feature_ids.shape[1]
@@ -307,11 +307,11 @@ def solve_sparse_block(block: SparseBlock, l2, delta, config: SolverConfig) -> S
 def build_for_solver(dataset, labels, plan, subspaces, row_order, row_start, store, slots, l2: float,
                      full_precision: bool):
     """The block of ``plan`` and the function that solves it (``solve(block, l2, delta, config)``), as
-    :func:`lljax._packing.block_solver` picks: dense Newton, the wide solver on a sparse block, or L-BFGS.
+    :func:`lljax.rounds.packing.block_solver` picks: dense Newton, the wide solver on a sparse block, or L-BFGS.
 
-    Arguments as :func:`lljax._packing.build_block`; ``full_precision``: the model keeps ``(D, D)`` precisions.
+    Arguments as :func:`lljax.rounds.packing.build_block`; ``full_precision``: the model keeps ``(D, D)`` precisions.
     """
-    from ._packing import block_solver, build_block, build_sparse_block
+    from lljax.rounds.packing import block_solver, build_block, build_sparse_block
 
     solver = block_solver(plan.rows, plan.features, full_precision)
     if solver == "wide":

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._solve import Status
+from lljax.solve.newton import Status
 
 __all__ = ["UpdateReport", "PhaseTimer"]
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from ._dataset import Dataset
-from ._errors import input_error
-from ._metrics import METRICS_FUNCS
-from ._report import UpdateReport
+from lljax.data.dataset import Dataset
+from lljax.data.errors import input_error
+from lljax.model.metrics import METRICS_FUNCS
+from lljax.model.report import UpdateReport
 
 __all__ = ["WindowResult", "StreamReport", "run_stream", "DEFAULT_METRICS"]
 

@@ -7,7 +7,7 @@ Layout (NumPy ``.npz``, a zip of ``.npy`` arrays, no pickles):
   ``index_map`` (or ``null``) and ``num_entities``;
 - ``keys (U,)`` (int64 or unicode), ``indptr (U+1,)``, ``feature_ids (P,)``, ``means (P,)``
   and, unless the model keeps no precision, ``precision`` (``(P,)`` diagonals, or the
-  ``(d_u, d_u)`` full matrices flattened one after the other): :class:`~lljax._store.FlatEntities`.
+  ``(d_u, d_u)`` full matrices flattened one after the other): :class:`~lljax.state.store.FlatEntities`.
 
 Atomicity: the file is written under a temporary name in the target's directory, flushed
 and fsync-ed, then renamed over the target with :func:`os.replace` (atomic on POSIX and
@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import input_error
-from ._ntv import IndexMap
-from ._store import EntityStore, FlatEntities
+from lljax.data.errors import input_error
+from lljax.data.ntv import IndexMap
+from lljax.state.store import EntityStore, FlatEntities
 
 __all__ = ["ModelFileError", "FORMAT_NAME", "FORMAT_VERSION", "save_model", "load_model", "atomic_write"]
 
@@ -46,7 +46,7 @@ class ModelFileError(ValueError):
 
 def save_model(model: Any, path: str | os.PathLike) -> None:
     """Write ``model`` to ``path`` atomically (see the module docstring)."""
-    from . import __version__
+    from lljax import __version__
 
     path = os.fspath(path)
     store = model._store
