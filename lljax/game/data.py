@@ -149,7 +149,8 @@ def _float_column(name: str, values: Any, n: int, dtype: np.dtype, default: floa
         return np.full(n, default, dtype)
     arr = np.asarray(values)
     if arr.ndim != 1 or arr.shape[0] != n:
-        raise game_error(f"must have shape ({n},) (examples), got {arr.shape}", column=name)
+        raise game_error(f"must have shape ({n},) (one per example)", column=name,
+                         value=f"<array of shape {arr.shape}>")
     if arr.dtype.kind not in "fiub":
         raise game_error(f"must be numeric (got dtype {arr.dtype})", column=name, error=TypeError)
     arr = arr.astype(dtype, copy=False)
@@ -227,7 +228,8 @@ class GameData:
         for name, keys in ids.items():
             arr = np.asarray(keys)
             if arr.ndim != 1 or arr.shape[0] != n:
-                raise game_error(f"must have shape ({n},) (examples), got {arr.shape}", column=name)
+                raise game_error(f"must have shape ({n},) (one per example)", column=name,
+                                 value=f"<array of shape {arr.shape}>")
             id_cols[str(name)] = arr
         for name in feature_names:
             if name not in features:
@@ -236,10 +238,6 @@ class GameData:
         sets = {str(name): _feature_set(name, spec, n, dtype, feature_names.get(name))
                 for name, spec in features.items()}
         score_cols = {str(name): _float_column(name, s, n, np.dtype(np.float64), None) for name, s in scores.items()}
-        clash = (set(id_cols) & set(sets)) | (set(id_cols) & set(score_cols)) | (set(sets) & set(score_cols))
-        if clash:
-            name = sorted(clash)[0]
-            raise game_error("is used for two kinds of column (entity ids, feature set, score)", column=name)
         return cls(y, w, o, id_cols, sets, score_cols, label is not None)
 
     @classmethod
