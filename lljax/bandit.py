@@ -229,7 +229,9 @@ def _choose(policy: str, model, key, users: np.ndarray, features: np.ndarray, of
     S, C, D = features.shape
     if policy == "random":
         return rng.integers(0, C, S)
-    posterior = model.posterior(users, np.arange(D))
+    # This model has no intercept (trained with intercept_id=None): feature 0 is the first item feature, not an
+    # intercept column, so the candidates are given with all D columns and no column is marked.
+    posterior = model.posterior(users, np.arange(D))._replace(intercept=None)
     rows = np.arange(S)
     if policy == "thompson":
         scores = thompson_candidates(key, posterior, rows, features, config.thompson_scale)

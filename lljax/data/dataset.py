@@ -11,6 +11,12 @@ A :class:`Dataset` holds, for ``n`` examples over ``U`` distinct entities:
   ``given_values``, the caller's arrays when they need no conversion) and packing and scoring add
   it; ``indptr``, ``feature_ids`` and ``values`` write it out, on first access.
 
+The intercept is never one of the user's features: the columns of a dense ``X`` take the feature
+ids other than ``intercept_id``, in order (column ``j`` is id ``j + 1`` with the default
+``intercept_id=0``), and CSR rows that list ``intercept_id`` are rejected unless the caller opts in
+(``allow_intercept_entries=True``). :meth:`Dataset.with_offset` swaps the offsets without touching
+the features (GAME's coordinate descent does it every pass).
+
 Construction validates everything (finite numbers, non-negative weights, lengths, feature
 ids in range, one type of entity key) with vectorized checks, and raises a ``ValueError`` /
 ``TypeError`` naming the entity, the field and the value. Nothing here loops in Python per
@@ -22,7 +28,7 @@ from __future__ import annotations
 import functools
 import numbers
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -137,7 +143,8 @@ class Dataset:
       given_feature_ids: ``(k,)`` global feature index of each given value: int32 when they were
         given as int32 (halving the largest array of a big dataset), else int64.
       given_values: ``(k,)`` feature values.
-      num_features: size of the global feature space (ids are in ``[0, num_features)``).
+      num_features: size of the global feature space (ids are in ``[0, num_features)``, the
+        intercept's included).
       intercept_id: global id of the intercept feature, or ``None`` when there is none. When set,
         every row has the intercept (value 1.0) before its given features, implicitly.
       indptr, feature_ids, values: the rows with the intercept written out (``(n+1,)``, ``(nnz,)``,
@@ -225,25 +232,38 @@ class Dataset:
         offset: Sequence[float] | None = None,
         num_features: int | None = None,
         intercept_id: int | None = 0,
+        allow_intercept_entries: bool = False,
         dtype: Any = None,
     ) -> Dataset:
         """Build a dataset from arrays, with no Python loop per example.
 
         Features are given either densely as ``X (n, F)`` (zeros are dropped) or as CSR
-        ``indptr (n+1,)``, ``feature_ids (nnz,)``, ``values (nnz,)``. With
-        ``intercept_id`` set (default 0), an intercept of value 1.0 is prepended to every row
-        (implicitly: the given arrays are kept, not copied), so column ``intercept_id`` of ``X``
-        should be left free for it (a value there is summed with the intercept, as in Lambda Learner).
+        ``indptr (n+1,)``, ``feature_ids (nnz,)``, ``values (nnz,)``. With ``intercept_id`` set
+        (default 0), an intercept of value 1.0 is prepended to every row (implicitly: the given
+        arrays are kept, not copied). The intercept is never one of your features:
+
+        - **Dense** ``X``: its columns take the global feature ids other than ``intercept_id``, in
+          order: column ``j`` is feature ``j`` if ``j < intercept_id``, else ``j + 1``. With the
+          default ``intercept_id=0``, column ``j`` is feature ``j + 1`` and ``num_features`` is
+          ``F + 1``; with ``intercept_id=None`` (no intercept), column ``j`` is feature ``j``.
+        - **CSR**: ids are used as given, so they must avoid ``intercept_id``. A row listing
+          ``intercept_id`` raises ``ValueError`` naming the example, the entity and the value,
+          unless ``allow_intercept_entries=True``, the explicit opt-in to Lambda Learner's rule:
+          such a value is added to the intercept's 1.0. Rows that already carry their own
+          intercept pass ``intercept_id=None`` instead.
 
         Args:
           entity: ``(n,)`` entity key of each example (all ints or all strings).
           label: ``(n,)`` labels (logistic: 1 is positive, 0 or -1 negative).
-          X: optional dense ``(n, F)`` feature matrix.
+          X: optional dense ``(n, F)`` feature matrix (no intercept column: it is added).
           indptr, feature_ids, values: optional CSR features.
           weight: ``(n,)`` non-negative weights (default 1).
           offset: ``(n,)`` fixed-effect scores (default 0).
-          num_features: global feature count (default: inferred from the data).
+          num_features: global feature count (default: inferred from the data); with ``X`` it must
+            hold the ids its columns take (``F + 1`` with the default intercept).
           intercept_id: global id of the intercept, or ``None`` for no intercept.
+          allow_intercept_entries: accept CSR entries whose id is ``intercept_id`` (their values
+            are added to the implicit intercept's 1.0). Default ``False``: they raise.
           dtype: float32 or float64 (default: the label's dtype if it is one of them, else float64).
         """
         label_arr = np.asarray(label)
@@ -269,10 +289,12 @@ class Dataset:
         check_length("weight", w, n)
         check_length("offset", o, n)
 
+        if intercept_id is not None:
+            intercept_id = _as_count("intercept_id", intercept_id, 0)
         if X is not None:
             if indptr is not None or feature_ids is not None or values is not None:
                 raise input_error("X", "<dense matrix>", "give either X or (indptr, feature_ids, values), not both")
-            indptr_a, fids_a, vals_a, F = _dense_to_csr(X, n, dtype)
+            indptr_a, fids_a, vals_a, F = _dense_to_csr(X, n, dtype, intercept_id)
         else:
             if indptr is None:
                 if feature_ids is not None or values is not None:
@@ -285,24 +307,32 @@ class Dataset:
                 fids_a = _as_index("feature_ids", feature_ids if feature_ids is not None else [], keep_int32=True)
                 vals_a = _as_float("values", values if values is not None else [], dtype)
             F = None
-        if intercept_id is not None:
-            intercept_id = _as_count("intercept_id", intercept_id, 0)
+        # Feature ids the dense columns take: [0, dense_span) minus the intercept's.
+        dense_span = 0 if not F else F + int(intercept_id is not None and intercept_id < F)
         if num_features is not None:
             num_features = _as_count("num_features", num_features, 0)
         else:
-            candidates = [F or 0, int(fids_a.max()) + 1 if fids_a.size else 0]
+            candidates = [dense_span, int(fids_a.max()) + 1 if fids_a.size else 0]
             if intercept_id is not None:
                 candidates.append(intercept_id + 1)
             num_features = max(candidates)
+        if intercept_id is not None and not 0 <= intercept_id < num_features:
+            raise input_error("intercept_id", intercept_id, f"must be in [0, {num_features})")
+        if dense_span > num_features:  # then intercept_id, if set, is < F (it is < num_features)
+            ids = (f"0..{F - 1}" if intercept_id is None else f"1..{F}" if intercept_id == 0
+                   else f"0..{F} except the intercept's {intercept_id}")
+            raise input_error("num_features", num_features,
+                              f"is too small for the {F} columns of X, which take the feature ids {ids} (the "
+                              f"intercept is never a column of X): it must be >= {dense_span}")
 
-        _check_csr(indptr_a, fids_a, vals_a, n, num_features, keys, codes)
+        id_range = _check_csr(indptr_a, fids_a, vals_a, n, num_features, keys, codes)
+        if intercept_id is not None and F is None and not allow_intercept_entries:
+            _check_no_intercept_entries(indptr_a, fids_a, intercept_id, id_range, keys, codes)
         for field, arr in (("label", y), ("weight", w), ("offset", o)):
             check_finite(field, arr, entity_of, "example")
         check_nonnegative("weight", w, entity_of, "example")
         _check_values_finite(indptr_a, fids_a, vals_a, entity_of)
 
-        if intercept_id is not None and not 0 <= intercept_id < num_features:
-            raise input_error("intercept_id", intercept_id, f"must be in [0, {num_features})")
         # The intercept stays implicit (inserting it copied the CSR arrays). C-contiguous (a copy only for
         # strided views, e.g. a column of a wider array): the packing helpers read them as flat buffers.
         indptr_a, fids_a, vals_a = (np.ascontiguousarray(a) for a in (indptr_a, fids_a, vals_a))
@@ -321,7 +351,9 @@ class Dataset:
         Features are indexed with ``index_map`` (an :class:`IndexMap`; unknown (name, term) raise
         ``ValueError`` naming the entity and the record). The intercept is
         ``index_map.intercept_index``. Labels are the records' raw labels. A (name, term) repeated
-        in one record is kept twice here and summed when packed (as Lambda Learner's coo -> csc).
+        in one record is kept twice here and summed when packed (as Lambda Learner's coo -> csc). A
+        feature that names the intercept's own (name, term) is explicit, so it is accepted and added
+        to the intercept's 1.0, as Lambda Learner does (``allow_intercept_entries=True``).
 
         Raises ``TypeError`` naming the record, the entity and the field for an item that is not an
         ``(entity_key, TrainingRecord)`` pair and for a label, weight, offset or feature value that
@@ -368,7 +400,7 @@ class Dataset:
             np.array(entity, dtype=object) if entity and isinstance(entity[0], str) else entity,
             columns["label"], indptr=indptr, feature_ids=np.asarray(fids, np.int64), values=values,
             weight=columns["weight"], offset=columns["offset"], num_features=len(index_map),
-            intercept_id=index_map.intercept_index, dtype=dtype,
+            intercept_id=index_map.intercept_index, allow_intercept_entries=True, dtype=dtype,
         )
 
     def take(self, examples: Any) -> Dataset:
@@ -399,6 +431,29 @@ class Dataset:
                        self.weight[idx], self.offset[idx], indptr, self.given_feature_ids[nz], self.given_values[nz],
                        self.num_features, self.intercept_id)
 
+    def with_offset(self, offset: Sequence[float]) -> Dataset:
+        """The same examples with ``offset (n,)`` as their offsets, as a new dataset.
+
+        Every other array is shared with this dataset (the features are not copied, nor the
+        intercept written out by :attr:`feature_ids`), so the cost is O(n): GAME's coordinate
+        descent swaps offsets every pass. ``offset`` is validated and cast as
+        :meth:`from_arrays` does: one-dimensional, ``n`` long, finite (a ``ValueError`` naming the
+        example, the entity and the value), cast to :attr:`dtype` (used as given, not copied, when
+        it already is a 1-d array of that dtype). This dataset is unchanged.
+        """
+        n = self.num_examples
+
+        def entity_of(i: int) -> Any:
+            return self.entity_keys[self.entity[i]] if i < n else None
+
+        o = _as_float("offset", offset, self.dtype, entity_of)
+        check_length("offset", o, n)
+        check_finite("offset", o, entity_of, "example")
+        swapped = replace(self, offset=o)
+        if "_explicit" in self.__dict__:  # the intercept already written out: share it too
+            swapped.__dict__["_explicit"] = self.__dict__["_explicit"]
+        return swapped
+
 
 def _shown(obj: Any) -> Any:
     """``obj`` itself if it prints short and plain, else its (truncated) repr, for messages."""
@@ -408,7 +463,9 @@ def _shown(obj: Any) -> Any:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _dense_to_csr(X: Any, n: int, dtype: np.dtype):
+def _dense_to_csr(X: Any, n: int, dtype: np.dtype, intercept_id: int | None):
+    """CSR of the nonzeros of ``X (n, F)``; column ``j`` is feature ``j + (j >= intercept_id)``, so
+    that no column takes the intercept's id."""
     X = np.asarray(X)
     if X.dtype.kind not in "fiub":
         raise input_error("X", f"<array of dtype {X.dtype}>", "must be numeric (real)", error=TypeError)
@@ -421,10 +478,15 @@ def _dense_to_csr(X: Any, n: int, dtype: np.dtype):
     indptr = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
     # NaN != 0, so non-finite values are kept and caught by the finiteness check.
-    return indptr, cols.astype(np.int64), X[rows, cols], X.shape[1]
+    values = X[rows, cols]
+    ids = cols.astype(np.int64)
+    if intercept_id is not None:
+        ids += ids >= intercept_id
+    return indptr, ids, values, X.shape[1]
 
 
-def _check_csr(indptr, fids, vals, n, num_features, keys, codes) -> None:
+def _check_csr(indptr, fids, vals, n, num_features, keys, codes) -> tuple[int, int] | None:
+    """Validate the CSR arrays; return the ids' ``(min, max)`` (``None`` when there are none)."""
     check_length("indptr", indptr, n + 1, "examples + 1")
     if indptr[0] != 0:
         raise input_error("indptr", int(indptr[0]), "must start at 0", where="position 0")
@@ -437,13 +499,38 @@ def _check_csr(indptr, fids, vals, n, num_features, keys, codes) -> None:
         raise input_error("indptr", int(indptr[-1]), f"must end at nnz={fids.shape[0]} (the length of feature_ids)",
                           where=f"position {n}")
     check_length("values", vals, fids.shape[0], "feature_ids")
-    if fids.size == 0 or (int(fids.min()) >= 0 and int(fids.max()) < num_features):
-        return  # two passes with no temporary array: the (nnz,) masks below are built only to name a bad id
+    if fids.size == 0:
+        return None
+    low, high = int(fids.min()), int(fids.max())
+    if low >= 0 and high < num_features:
+        return low, high  # two passes with no temporary array: the (nnz,) masks below are built only to name a bad id
     bad = (fids < 0) | (fids >= num_features)
     if bad.any():
         k = int(np.argmax(bad))
         row = int(np.searchsorted(indptr, k, side="right") - 1)
         raise input_error("feature_ids", int(fids[k]), f"is outside [0, {num_features})", entity=keys[codes[row]])
+    return low, high
+
+
+def _check_no_intercept_entries(indptr, fids, intercept_id, id_range, keys, codes) -> None:
+    """``ValueError`` naming the example, the entity and the id of the first CSR entry whose id is the
+    implicit intercept's (its value would silently be added to the intercept). No pass at all when the
+    ids' range excludes it (the usual case: ids from 1 with the intercept at 0); else a scan in chunks
+    (no ``(nnz,)`` temporary)."""
+    if id_range is None or not id_range[0] <= intercept_id <= id_range[1]:
+        return
+    chunk = 1 << 20
+    for start in range(0, fids.shape[0], chunk):
+        hits = np.flatnonzero(fids[start:start + chunk] == intercept_id)
+        if hits.size:
+            k = start + int(hits[0])
+            row = int(np.searchsorted(indptr, k, side="right") - 1)
+            raise input_error(
+                "feature_ids", intercept_id,
+                "is intercept_id, the implicit intercept's feature id, so this feature would be merged into the "
+                "intercept: give your features other ids, pass intercept_id=None if your rows carry their own "
+                "intercept, or allow_intercept_entries=True to add these values to the intercept",
+                entity=keys[codes[row]], where=f"example {row}")
 
 
 def _check_values_finite(indptr, fids, vals, entity_of) -> None:

@@ -10,6 +10,10 @@ out over the requested global features:
 - a stored feature that is *not* requested is marginalized out: for full precision the
   requested block of the covariance ``P^-1`` is taken and inverted back (the Schur
   complement), which is what ``x^T P^-1 x`` needs when ``x`` is 0 on those features.
+
+When the requested features include the intercept (id 0 by default), the posterior marks its
+column (``Posterior.intercept``): contexts and candidates may then be given without it, as
+training rows are.
 """
 
 from __future__ import annotations
@@ -26,10 +30,13 @@ __all__ = ["dense_posterior"]
 
 
 def dense_posterior(store: EntityStore | None, keys: Any, feature_ids: Any, l2: float, dtype: np.dtype,
-                    full: bool) -> Posterior:
+                    full: bool, intercept_id: int | None = 0) -> Posterior:
     """``Posterior`` of entities ``keys (E,)`` over global features ``feature_ids (D,)`` (NumPy arrays).
 
     ``full``: ``(E, D, D)`` precisions (the store must keep full ones, or be ``None``), else ``(E, D)``.
+    ``intercept_id``: the intercept's global id (default 0, the training data's default); when it is
+    one of ``feature_ids`` its column becomes ``Posterior.intercept``, so that contexts and candidates
+    may leave it out as training rows do. ``None``: no column is marked.
 
     Raises ``ValueError`` naming the field for duplicate or negative feature ids, and when a
     cold-start precision is needed but ``l2 == 0`` (an infinite variance).
@@ -82,7 +89,8 @@ def dense_posterior(store: EntityStore | None, keys: Any, feature_ids: Any, l2: 
         precision[e, d, d] = l2
     else:
         precision[cold] = l2
-    return Posterior(mean, precision, fids)
+    at = np.flatnonzero(fids == intercept_id) if intercept_id is not None else np.zeros(0, np.int64)
+    return Posterior(mean, precision, fids, int(at[0]) if at.size else None)
 
 
 def _marginal_precision(precision: np.ndarray, valid: np.ndarray, keep: np.ndarray) -> np.ndarray:
