@@ -86,7 +86,7 @@ class Design:
         return jax.ops.segment_sum(self.vals * r[self.rows], self.cols, self.d)
 
     def gram(self, c):
-        """``(d, d)`` = X^T diag(c) X."""
+        """``(d, d)`` = X^T diag(c) X (from the rows' pairs when the design keeps them, else dense)."""
         if self.dense is not None:
             return (self.dense * c[:, None]).T @ self.dense
         flat = jax.ops.segment_sum(c[self.pair_rows] * self.pair_vals, self.pair_index, self.d * self.d)
@@ -121,6 +121,8 @@ def make_design(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, num
     if dense is None:
         dense = n * d <= DENSE_ELEMENTS
     if dense:
+        # (measured on MovieLens' 45 columns, 7 nonzeros a row: dense Newton 0.21 s, COO with pairs 0.25 s,
+        # dense mat-vecs with the pairs' Hessian 0.31 s)
         X = np.zeros((n, d), dtype)
         np.add.at(X, (rows, cols), vals)
         return Design(n, d, dense=jnp.asarray(X))
@@ -225,26 +227,8 @@ def glm_objective(X: Design, y, w, offset, prior: Prior, theta, loss: str):
     return jnp.sum(w * rl.value(m, y)) + prior.value(theta)
 
 
-def _pieces(X: Design, y, w, offset, prior: Prior, loss: str):
-    rl = get_loss(loss)
-
-    def f(theta):
-        m = X.matvec(theta) + offset
-        return jnp.sum(w * rl.value(m, y)) + prior.value(theta)
-
-    def grad(theta):
-        m = X.matvec(theta) + offset
-        return X.rmatvec(w * rl.d1(m, y)) + prior.grad(theta)
-
-    def curvature(theta):
-        return w * rl.d2(X.matvec(theta) + offset, y)
-
-    return f, grad, curvature
-
-
-def _line_search(f, theta, fval, g, direction, max_halvings: int = 40):
-    """Backtracking (Armijo, c = 1e-4) from step 1; returns ``(step, f(theta + step d), ok)``."""
-    slope = g @ direction
+def _line_search(f_at, fval, slope, max_halvings: int = 40):
+    """Backtracking (Armijo, c = 1e-4) from step 1 on ``f_at(t)``; returns ``(step, f_at(step), ok)``."""
 
     def cond(state):
         t, fnew, k = state
@@ -253,34 +237,36 @@ def _line_search(f, theta, fval, g, direction, max_halvings: int = 40):
     def body(state):
         t, _, k = state
         t = t * 0.5
-        return t, f(theta + t * direction), k + 1
+        return t, f_at(t), k + 1
 
-    t0 = jnp.asarray(1.0, theta.dtype)
-    t, fnew, _ = jax.lax.while_loop(cond, body, (t0, f(theta + direction), 0))
+    t0 = jnp.ones((), fval.dtype)
+    t, fnew, _ = jax.lax.while_loop(cond, body, (t0, f_at(t0), 0))
     ok = fnew <= fval + 1e-4 * t * slope
     return t, fnew, ok
 
 
-def _cg(hvp, b, max_iter: int, rtol):
-    """Conjugate gradients for ``H x = b`` from 0, to ``||r|| <= rtol ||b||``."""
+def _pcg(hvp, b, inv_diag, max_iter: int, rtol):
+    """Conjugate gradients with a Jacobi preconditioner for ``H x = b`` from 0, to ``||r|| <= rtol ||b||``."""
     bnorm = jnp.linalg.norm(b)
+    tiny = jnp.finfo(b.dtype).tiny
 
     def cond(s):
-        x, r, p, rr, k = s
-        return (jnp.sqrt(rr) > rtol * bnorm) & (k < max_iter)
+        x, r, z, p, rz, k = s
+        return (jnp.linalg.norm(r) > rtol * bnorm) & (k < max_iter)
 
     def body(s):
-        x, r, p, rr, k = s
+        x, r, z, p, rz, k = s
         hp = hvp(p)
-        alpha = rr / jnp.maximum(p @ hp, jnp.finfo(b.dtype).tiny)
+        alpha = rz / jnp.maximum(p @ hp, tiny)
         x = x + alpha * p
         r = r - alpha * hp
-        rr_new = r @ r
-        p = r + (rr_new / rr) * p
-        return x, r, p, rr_new, k + 1
+        z = inv_diag * r
+        rz_new = r @ z
+        p = z + (rz_new / jnp.maximum(rz, tiny)) * p
+        return x, r, z, p, rz_new, k + 1
 
-    x0 = jnp.zeros_like(b)
-    x, *_ = jax.lax.while_loop(cond, body, (x0, b, b, b @ b, 0))
+    z0 = inv_diag * b
+    x, *_ = jax.lax.while_loop(cond, body, (jnp.zeros_like(b), b, z0, z0, b @ z0, 0))
     return x
 
 
@@ -300,65 +286,87 @@ def solve_glm(X: Design, y, w, offset, prior: Prior, theta0, tol, *, loss: str, 
       method: ``"newton"``, ``"newton_cg"`` or ``"lbfgs"``.
       max_iter: iteration cap.
       precision: ``"none"``, ``"identity"``, ``"diagonal"`` or ``"full"``: the posterior precision returned.
+      cg_max_iter: conjugate-gradient iterations per Newton-CG step, at most.
     Returns:
       :class:`GlmResult`; statuses, never exceptions.
+
+    Newton and Newton-CG carry the margins ``m = X theta + offset``: a step costs one product ``X d``, one
+    ``X^T r`` and (Newton) one Hessian; the line search's trials are ``O(n)`` vector operations.
     """
-    f, grad, curvature = _pieces(X, y, w, offset, prior, loss)
+    rl = get_loss(loss)
     gtol = tol * jnp.maximum(1.0, jnp.sum(w))
-    dtype = theta0.dtype
+    Status = lljax.Status
+
+    def data_value(m):
+        return jnp.sum(w * rl.value(m, y))
+
+    def grad_at(theta, m):
+        return X.rmatvec(w * rl.d1(m, y)) + prior.grad(theta)
 
     if method == "lbfgs":
+        def f(theta):
+            return data_value(X.matvec(theta) + offset) + prior.value(theta)
+
         theta, fval, g, it, status = _lbfgs(f, theta0, gtol, max_iter)
+        m = X.matvec(theta) + offset
     else:
-        def direction(theta, g):
+        def direction(theta, m, g):
+            c = w * rl.d2(m, y)
             if method == "newton":
-                H = X.gram(curvature(theta)) + prior.hess()
+                H = X.gram(c) + prior.hess()
                 L = jnp.linalg.cholesky(H)
                 return -jax.scipy.linalg.cho_solve((L, True), g)
-            c = curvature(theta)
 
             def hvp(v):
                 return X.rmatvec(c * X.matvec(v)) + prior.hvp(v)
 
+            diag = X.gram_diag(c) + prior.hess_diag()
+            inv_diag = jnp.where(diag > 0, 1.0 / jnp.where(diag > 0, diag, 1.0), 1.0)
             gnorm = jnp.linalg.norm(g)
             rtol = jnp.minimum(0.5, jnp.sqrt(gnorm / jnp.maximum(1.0, jnp.sum(w))))
-            return -_cg(hvp, g, cg_max_iter, jnp.maximum(rtol, 1e-12))
+            return -_pcg(hvp, g, inv_diag, cg_max_iter, jnp.maximum(rtol, 1e-12))
 
         def cond(s):
-            theta, fval, g, it, status = s
-            return status == _RUNNING
+            return s[5] == _RUNNING
 
         def body(s):
-            theta, fval, g, it, status = s
-            d = direction(theta, g)
+            theta, m, fval, g, it, status = s
+            d = direction(theta, m, g)
             finite_d = jnp.all(jnp.isfinite(d))
             d = jnp.where(finite_d, d, -g)
-            t, fnew, ok = _line_search(f, theta, fval, g, d)
+            xd = X.matvec(d)
+
+            def f_at(t):
+                return data_value(m + t * xd) + prior.value(theta + t * d)
+
+            t, fnew, ok = _line_search(f_at, fval, g @ d)
             new = jnp.where(ok, theta + t * d, theta)
+            mnew = jnp.where(ok, m + t * xd, m)
             fnew = jnp.where(ok, fnew, fval)
-            gnew = jnp.where(ok, grad(new), g)
+            gnew = jnp.where(ok, grad_at(new, mnew), g)
             gmax = jnp.max(jnp.abs(gnew))
             it = it + 1
-            status = jnp.where(~jnp.isfinite(fnew) | ~jnp.all(jnp.isfinite(gnew)), lljax.Status.NON_FINITE,
-                               jnp.where(gmax <= gtol, lljax.Status.CONVERGED,
-                                         jnp.where(~ok, lljax.Status.STALLED,
-                                                   jnp.where(it >= max_iter, lljax.Status.MAX_ITERATIONS, _RUNNING))))
-            return new, fnew, gnew, it, status.astype(jnp.int32)
+            status = jnp.where(~jnp.isfinite(fnew) | ~jnp.all(jnp.isfinite(gnew)), Status.NON_FINITE,
+                               jnp.where(gmax <= gtol, Status.CONVERGED,
+                                         jnp.where(~ok, Status.STALLED,
+                                                   jnp.where(it >= max_iter, Status.MAX_ITERATIONS, _RUNNING))))
+            return new, mnew, fnew, gnew, it, status.astype(jnp.int32)
 
-        f0, g0 = f(theta0), grad(theta0)
-        status0 = jnp.where(jnp.max(jnp.abs(g0)) <= gtol, lljax.Status.CONVERGED,
-                            jnp.where(max_iter == 0, lljax.Status.MAX_ITERATIONS, _RUNNING)).astype(jnp.int32)
-        theta, fval, g, it, status = jax.lax.while_loop(cond, body, (theta0, f0, g0, jnp.int32(0), status0))
+        m0 = X.matvec(theta0) + offset
+        f0, g0 = data_value(m0) + prior.value(theta0), grad_at(theta0, m0)
+        status0 = jnp.where(jnp.max(jnp.abs(g0)) <= gtol, Status.CONVERGED,
+                            jnp.where(max_iter == 0, Status.MAX_ITERATIONS, _RUNNING)).astype(jnp.int32)
+        theta, m, fval, g, it, status = jax.lax.while_loop(cond, body,
+                                                           (theta0, m0, f0, g0, jnp.int32(0), status0))
 
     if precision == "none":
         prec = None
     elif precision == "identity":
         prec = jnp.ones_like(theta)
     elif precision == "diagonal":
-        prec = X.gram_diag(curvature(theta)) + prior.hess_diag()
+        prec = X.gram_diag(w * rl.d2(m, y)) + prior.hess_diag()
     else:
-        prec = X.gram(curvature(theta)) + prior.hess()
-    del dtype
+        prec = X.gram(w * rl.d2(m, y)) + prior.hess()
     return GlmResult(theta, status, it, fval, jnp.max(jnp.abs(g)), prec)
 
 
