@@ -40,11 +40,12 @@ from lljax.model.metrics import auc, evaluate, log_loss, rmse
 from lljax.model.random_effect import RandomEffectModel
 from lljax.model.report import UpdateReport
 from lljax.model.stream import StreamReport, WindowResult, run_stream
-from lljax.solve.newton import Block, SolverConfig, SolveResult, Status, solve_block
+from lljax.solve.base import SolverConfig, SolveResult, Status
+from lljax.solve.blocks import Block
+from lljax.solve.registry import solve_block
 from lljax.state.persist import ModelFileError
 from lljax.state.store import EntityCoefficients
-
-__version__ = "0.1.0"
+from lljax.version import __version__ as __version__
 
 __all__ = [
     "Block",

@@ -67,7 +67,10 @@ from lljax.data.arrays import next_pow2
 from lljax.data.errors import check_finite, check_nonnegative, input_error, number_column
 from lljax.data.ntv import Feature, IndexMap, TrainingRecord
 from lljax.model.metrics import evaluate
-from lljax.solve.newton import Block, SolverConfig, Status, entity_objective, solve_block
+from lljax.solve.base import SolverConfig, Status
+from lljax.solve.blocks import Block
+from lljax.solve.objective import entity_objective
+from lljax.solve.registry import solve_block
 
 __all__ = [
     "Feature",

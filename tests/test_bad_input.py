@@ -448,10 +448,10 @@ def test_duplicate_name_term_in_one_record_is_summed_everywhere() -> None:
     scorer.update(Dataset.from_records(once, index))
     np.testing.assert_allclose(scorer.score(Dataset.from_records(twice, index)),
                                scorer.score(Dataset.from_records(once, index)), rtol=1e-12)
-    # a value in the intercept's column of X is summed with the intercept (1.0 + 0.5)
+    # the first column of X is a feature of its own (id 1), never merged into the intercept (id 0)
     dense = Dataset.from_arrays(["u", "u"], [1.0, 0.0], X=np.array([[0.5, 1.0], [0.0, 2.0]]))
-    explicit = Dataset.from_arrays(["u", "u"], [1.0, 0.0], indptr=[0, 2, 4], feature_ids=[0, 1, 0, 1],
-                                   values=[1.5, 1.0, 1.0, 2.0], intercept_id=None)
+    explicit = Dataset.from_arrays(["u", "u"], [1.0, 0.0], indptr=[0, 3, 5], feature_ids=[0, 1, 2, 0, 2],
+                                   values=[1.0, 0.5, 1.0, 1.0, 2.0], intercept_id=None)
     np.testing.assert_allclose(_fit_means(dense)["u"].mean, _fit_means(explicit)["u"].mean, rtol=1e-12)
     # compat: one entry of 3.0 in the CSC matrix
     m = compat.IndexMap()

@@ -1,4 +1,4 @@
-"""The L-BFGS solver for wide entities (``lljax.solve.lbfgs``) against Newton's ``solve_block`` and the SciPy oracle.
+"""The L-BFGS solver for wide entities (method ``"lbfgs"``, ``lljax.solve.lbfgs``) against Newton's ``solve_block`` and the SciPy oracle.
 
 Both solvers minimize the same objective; solved to a tight gradient tolerance they must agree to
 1e-9 relative in float64. Statuses, padding and failed lanes follow the Newton solver's contract.
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from lljax import Block, SolverConfig, Status, solve_block
-from lljax.solve.lbfgs import solve_block_lbfgs
 from tests import oracles
+from tests.solvers import force_newton, solve_lbfgs, spy_model_solves
 
 LOSSES = ["linear", "logistic", "poisson"]
 HESSIANS = ["none", "identity", "diagonal"]
@@ -80,7 +80,7 @@ def test_lbfgs_equals_newton(loss, hessian, dtype):
         block = wide_block(rng, loss, dtype, cold)
         l2, delta = dtype(L2), dtype(delta)
         newton = solve_block(block, l2, delta, config)
-        lbfgs = solve_block_lbfgs(block, l2, delta, config)
+        lbfgs = solve_lbfgs(block, l2, delta, config)
 
         assert lbfgs.theta.dtype == dtype
         np.testing.assert_array_equal(lbfgs.status, Status.CONVERGED)
@@ -105,8 +105,8 @@ def test_other_line_search_and_preconditioners_reach_the_same_optimum():
     block = wide_block(rng, "logistic", np.float64, cold=False)
     config = SolverConfig(loss="logistic", hessian="diagonal", tol=1e-12)
     newton = solve_block(block, L2, 0.7, config)
-    for kwargs in [dict(linesearch="zoom"), dict(precondition="jacobi"), dict(precondition="none")]:
-        result = solve_block_lbfgs(block, L2, 0.7, config, **kwargs)
+    for kwargs in [dict(precondition="jacobi"), dict(precondition="none"), dict(memory_size=3)]:
+        result = solve_lbfgs(block, L2, 0.7, config, **kwargs)
         np.testing.assert_array_equal(result.status, Status.CONVERGED)
         assert rel_err(result.theta, newton.theta) <= 1e-9, kwargs
         assert rel_err(result.precision, newton.precision) <= 1e-9, kwargs
@@ -132,8 +132,8 @@ def test_padding_rows_features_and_lanes_change_nothing():
         mean[:, d:], P[:, d:] = 7.0, 0.01
         return Block(X, y, w, o, fids, mean, P)
 
-    base = solve_block_lbfgs(stack(), 1.0, 0.5, config)
-    padded = solve_block_lbfgs(stack(n_pad=12, d_pad=4, e_pad=5), 1.0, 0.5, config)
+    base = solve_lbfgs(stack(), 1.0, 0.5, config)
+    padded = solve_lbfgs(stack(n_pad=12, d_pad=4, e_pad=5), 1.0, 0.5, config)
     # Equal up to the convergence tolerance: padded reductions sum in another order.
     np.testing.assert_allclose(padded.theta[:3, :d], base.theta, rtol=1e-9, atol=1e-11)
     np.testing.assert_allclose(padded.precision[:3, :d], base.precision, rtol=1e-9)
@@ -154,7 +154,7 @@ def test_non_finite_lane_keeps_prior_and_others_are_unaffected():
     block = Block(np.stack([good[0], bad[0]]), np.stack([good[1], bad[1]]), np.stack([good[2], bad[2]]),
                   np.stack([good[3], bad[3]]), np.tile(np.arange(d), (2, 1)), means, precisions)
     config = SolverConfig(loss="poisson", hessian="diagonal", tol=1e-12)
-    result = solve_block_lbfgs(block, 1.0, 0.5, config)
+    result = solve_lbfgs(block, 1.0, 0.5, config)
     assert list(result.status) == [Status.CONVERGED, Status.NON_FINITE]
     np.testing.assert_array_equal(result.theta[1], means[1])
     np.testing.assert_array_equal(result.precision[1], precisions[1])
@@ -169,14 +169,14 @@ def test_iteration_cap_and_stall_are_reported():
     block = Block((30 * X)[None], y[None], w[None], o[None], np.arange(6)[None], np.full((1, 6), 0.1),
                   np.ones((1, 6)))
     config = SolverConfig(loss="linear", hessian="none", tol=1e-12)
-    capped = solve_block_lbfgs(block, 1.0, 0.5, config, max_iter=2)
+    capped = solve_lbfgs(block, 1.0, 0.5, config, max_iter=2)
     assert int(capped.status[0]) == Status.MAX_ITERATIONS and int(capped.iterations[0]) == 2
-    default_cap = solve_block_lbfgs(block, 1.0, 0.5, config._replace(max_iter=1))  # cap 10 * max_iter
+    default_cap = solve_lbfgs(block, 1.0, 0.5, config._replace(max_iter=1))  # cap 10 * max_iter
     assert int(default_cap.status[0]) in (Status.MAX_ITERATIONS, Status.CONVERGED)
     assert int(default_cap.iterations[0]) <= 10
     # No backtracking allowed and a first step (gradient direction, unit length, no preconditioning)
     # that overshoots a steep quadratic: the line search cannot decrease, the lane stops STALLED at its start.
-    stalled = solve_block_lbfgs(block, 1.0, 0.5, config._replace(max_backtracks=0), precondition="none")
+    stalled = solve_lbfgs(block, 1.0, 0.5, config._replace(max_backtracks=0), precondition="none")
     assert int(stalled.status[0]) == Status.STALLED and int(stalled.iterations[0]) == 1
     np.testing.assert_array_equal(stalled.theta[0], 0.1)
 
@@ -189,7 +189,7 @@ def test_wide_sparse_entities_match_scipy_oracle():
     theta0 = 0.2 * rng.normal(size=(3, d))
     P0 = rng.uniform(0.5, 3.0, size=(3, d))
     block = Block(*(np.stack(a) for a in zip(*ents)), np.tile(np.arange(d), (3, 1)), theta0, P0)
-    result = solve_block_lbfgs(block, l2, delta, SolverConfig(loss="logistic", hessian="diagonal", tol=1e-12))
+    result = solve_lbfgs(block, l2, delta, SolverConfig(loss="logistic", hessian="diagonal", tol=1e-12))
     np.testing.assert_array_equal(result.status, Status.CONVERGED)
     for e, (X, y, w, o) in enumerate(ents):
         # SciPy's trust-exact sometimes stops early (max |gradient| ~1e-7 here, against ~1e-13 for
@@ -203,22 +203,23 @@ def test_wide_sparse_entities_match_scipy_oracle():
 def test_rejects_full_precision_and_unknown_options():
     block = wide_block(np.random.default_rng(14), "linear", np.float64, cold=True)
     with pytest.raises(ValueError, match="hessian"):
-        solve_block_lbfgs(block, L2, 0.0, SolverConfig(loss="linear", hessian="full"))
+        solve_lbfgs(block, L2, 0.0, SolverConfig(loss="linear", hessian="full"))
     full = block._replace(prior_precision=np.broadcast_to(np.eye(16), (4, 16, 16)))
     with pytest.raises(ValueError, match="prior_precision"):
-        solve_block_lbfgs(full, L2, 0.0, SolverConfig(loss="linear", hessian="diagonal"))
-    for option in [dict(precondition="newton"), dict(linesearch="wolfe"), dict(memory_size=0)]:
+        solve_lbfgs(full, L2, 0.0, SolverConfig(loss="linear", hessian="diagonal"))
+    for option in [dict(precondition="newton"), dict(memory_size=0)]:
         with pytest.raises(ValueError, match=next(iter(option))):
-            solve_block_lbfgs(block, L2, 0.0, SolverConfig(loss="linear", hessian="diagonal"), **option)
+            solve_lbfgs(block, L2, 0.0, SolverConfig(loss="linear", hessian="diagonal"), **option)
+    with pytest.raises(TypeError, match="linesearch"):  # one line search for every method: no option
+        solve_lbfgs(block, L2, 0.0, SolverConfig(loss="linear", hessian="diagonal"), linesearch="zoom")
 
 
 def test_model_update_solves_tall_wide_entities_by_lbfgs_with_newtons_result(monkeypatch):
     """RandomEffectModel picks L-BFGS for blocks of >= WIDE_FEATURES padded features with more padded rows
-    than features (diagonal models; lljax.rounds.packing.block_solver): two sequential updates give Newton's
+    than features (diagonal models; lljax.solve.registry.choose_method): two sequential updates give Newton's
     result to 1e-9 (both solved tightly)."""
-    import lljax.rounds.packing as packing
-    import lljax.solve.span as wide
     from lljax import Dataset, RandomEffectModel
+    from lljax.solve.registry import WIDE_FEATURES
 
     rng = np.random.default_rng(21)
     U, n_per, F = 4, 150, 90
@@ -230,14 +231,13 @@ def test_model_update_solves_tall_wide_entities_by_lbfgs_with_newtons_result(mon
         np.put_along_axis(X, cols, rng.normal(size=cols.shape), axis=1)
         label = (rng.random(U * n_per) < 0.4).astype(float)
         batches.append(Dataset.from_arrays(entity, label, X=X, offset=0.2 * rng.normal(size=U * n_per)))
-    calls = []
-    real = wide.solve_block_lbfgs
-    monkeypatch.setattr(wide, "solve_block_lbfgs", lambda *a: calls.append(a[0].X.shape) or real(*a))
+    calls = spy_model_solves(monkeypatch)
     tall = RandomEffectModel("logistic", l2=1.0, delta=0.6, hessian="diagonal", tol=1e-11)
     for b in batches:
         assert tall.update(b).all_converged
-    assert calls and all(shape[2] >= packing.WIDE_FEATURES and shape[1] > shape[2] for shape in calls)
-    monkeypatch.setattr(packing, "block_solver", lambda rows, features, full: "newton")
+    assert calls and all(method == "lbfgs" and block.X.shape[2] >= WIDE_FEATURES and block.X.shape[1] > block.X.shape[2]
+                         for method, block in calls)
+    force_newton(monkeypatch)
     newton = RandomEffectModel("logistic", l2=1.0, delta=0.6, hessian="diagonal", tol=1e-11)
     for b in batches:
         newton.update(b)

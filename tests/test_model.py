@@ -12,7 +12,7 @@ F = 12  # global feature space; id 0 is the intercept
 
 def make_data(rng, loss, sizes, feats_per_entity=4, dtype=np.float64, weights=True):
     """Examples for entities 0..U-1 with ``sizes[u]`` rows each, shuffled; each entity uses its own
-    few features out of ``F``. Returns the dataset and per-entity dense pieces for the oracle."""
+    few features out of ``F`` (ids 1..F-1: dense column j is feature j + 1; id 0 is the intercept). Returns the dataset and per-entity dense pieces for the oracle."""
     U = len(sizes)
     entity = np.repeat(np.arange(U), sizes)
     n = len(entity)
@@ -30,7 +30,7 @@ def make_data(rng, loss, sizes, feats_per_entity=4, dtype=np.float64, weights=Tr
         label = rng.normal(size=n)
     weight = rng.uniform(0.5, 2.0, size=n) if weights else np.ones(n)
     perm = rng.permutation(n)
-    ds = Dataset.from_arrays(entity[perm], label[perm].astype(dtype), X=X[perm], weight=weight[perm],
+    ds = Dataset.from_arrays(entity[perm], label[perm].astype(dtype), X=X[perm][:, 1:], weight=weight[perm],
                              offset=offset[perm], dtype=dtype)
     return ds
 

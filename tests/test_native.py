@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from lljax import Block, SolverConfig, Status, solve_block
-from lljax.solve import kernels
-from lljax.solve.newton import _use_native
+from lljax.solve import kernels, registry
+from tests.solvers import solve_span, uses_native
 
 
 @pytest.fixture(autouse=True)
@@ -269,46 +269,40 @@ def test_under_jit_vmap_and_while_loop():
 def test_dispatch_default_and_forced_plain(monkeypatch):
     block = make_block(np.random.default_rng(7), "linear", E=3, N=4, D=2)
     auto, plain = SolverConfig(), SolverConfig(native=False)
-    assert _use_native(block, auto) and not _use_native(block, plain)
-    assert _use_native(block, SolverConfig(native=True))
+    assert uses_native(block, auto) and not uses_native(block, plain)
+    assert uses_native(block, SolverConfig(native=True))
     monkeypatch.setenv("LLJAX_NATIVE", "0")
-    assert not _use_native(block, auto) and _use_native(block, SolverConfig(native=True))
+    assert not uses_native(block, auto) and uses_native(block, SolverConfig(native=True))
     monkeypatch.delenv("LLJAX_NATIVE")
     hlo = jax.jit(lambda b: solve_block(b, 0.8, 0.6, auto)).lower(block).as_text()
     assert "lljax_newton_f64" in hlo
     hlo = jax.jit(lambda b: solve_block(b, 0.8, 0.6, plain)).lower(block).as_text()
     assert "lljax_newton" not in hlo
     # float16 has no native variant: the automatic dispatch falls back to JAX.
-    assert not _use_native(block._replace(X=block.X.astype(jnp.float16)), auto)
+    assert not uses_native(block._replace(X=block.X.astype(jnp.float16)), auto)
 
 
 def test_native_true_without_build_raises(monkeypatch):
     monkeypatch.setattr(kernels, "_module", None)
     block = make_block(np.random.default_rng(8), "linear", E=2, N=3, D=2)
     with pytest.raises(RuntimeError, match="native kernel is not built"):
-        _use_native(block, SolverConfig(native=True))
-    assert not _use_native(block, SolverConfig())
+        uses_native(block, SolverConfig(native=True))
+    assert not uses_native(block, SolverConfig())
 
 
 @needs_native
 def test_other_platforms_lower_the_jax_path(monkeypatch):
     """The custom call is a CPU target: in a process with an accelerator, a lowering for GPU contains only
     the pure-JAX solver (and a CPU lowering only the kernel); in a CPU-only process the pure-JAX solver
-    is not even traced."""
-    import lljax.solve.newton
-
+    is not even traced. The choice is a static argument of the jitted solve: no trace cache to clear."""
     block = make_block(np.random.default_rng(9), "logistic", E=3, N=4, D=2)
     only_cpu = jax.jit(lambda b: solve_block(b, 0.8, 0.6, SolverConfig())).trace(block)
     assert "while" not in str(only_cpu.jaxpr) and "lljax_newton" in only_cpu.lower().as_text()
-    monkeypatch.setattr(lljax.solve.newton, "_cpu_only_process", lambda: False)  # as with a GPU backend
-    lljax.solve.newton._solve_block.clear_cache()  # the jitted solver's traces are cached per shape
-    try:
-        traced = jax.jit(lambda b: solve_block(b, 0.8, 0.6, SolverConfig())).trace(block)
-        assert "while" in str(traced.jaxpr)
-        cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
-        gpu = traced.lower(lowering_platforms=("cuda",)).as_text()
-    finally:
-        lljax.solve.newton._solve_block.clear_cache()
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # as in a process with an accelerator
+    traced = jax.jit(lambda b: solve_block(b, 0.8, 0.6, SolverConfig())).trace(block)
+    assert "while" in str(traced.jaxpr)
+    cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
+    gpu = traced.lower(lowering_platforms=("cuda",)).as_text()
     assert "lljax_newton" in cpu and "while" not in cpu
     assert "lljax_newton" not in gpu and "while" in gpu
 
@@ -324,7 +318,7 @@ for loss, dtype, shape in [("logistic", np.float64, (9, 13, 5)), ("poisson", np.
     block = make_block(np.random.default_rng(1), loss, *shape, dtype=dtype)
     plain, native = solve_both(block, SolverConfig(loss=loss, tol=1e-8 if dtype == np.float64 else 1e-3))
     assert_same(plain, native, 1e-9 if dtype == np.float64 else 2e-4, exact_counts=dtype == np.float64)
-from lljax.solve.span import sparse_from_dense
+from lljax.solve.blocks import sparse_from_dense
 from tests.test_native import solve_wide_both
 from tests.test_wide import block_of
 for loss, dtype in [("logistic", np.float64), ("poisson", np.float32)]:
@@ -390,7 +384,8 @@ def _mixed_rows_dataset(rng, fid_dtype, dtype, entities=40, vocabulary=300, shuf
         lengths = lengths + 1
     return Dataset.from_arrays([e for e, _ in rows], np.zeros(len(rows)), indptr=np.r_[0, np.cumsum(lengths)],
                                feature_ids=feature_ids, values=values, num_features=vocabulary,
-                               intercept_id=None if explicit else intercept_id, dtype=dtype)
+                               intercept_id=None if explicit else intercept_id, dtype=dtype,
+                               allow_intercept_entries=not explicit)
 
 
 @needs_native
@@ -403,7 +398,8 @@ def test_pack_rows_equals_the_numpy_scatter(monkeypatch, fid_dtype, dtype, vocab
     spaces up to 2^22 ids) and a binary search of the lane's keys (larger ones); without an intercept,
     with an implicit one first in the subspaces (id 0) and one in their middle."""
     from lljax.data.arrays import concat_ranges, segments
-    from lljax.rounds.packing import _scatter_rows, local_subspaces
+    from lljax.rounds.round import scatter_rows as _scatter_rows
+    from lljax.rounds.subspaces import local_subspaces
 
     rng = np.random.default_rng(11)
     data = _mixed_rows_dataset(rng, fid_dtype, dtype, vocabulary=vocabulary, shuffle=True, intercept_id=intercept_id)
@@ -436,7 +432,8 @@ def test_pack_rows_equals_the_numpy_scatter(monkeypatch, fid_dtype, dtype, vocab
 def test_block_rows_equals_numpy(monkeypatch, dtype):
     """A block's rows, lanes, cells and padded label / weight / offset columns: the native helper and the
     NumPy path give identical arrays (shuffled rows, lanes in any order, padding lanes)."""
-    from lljax.rounds.packing import BlockPlan, _block_rows
+    from lljax.rounds.plan import BlockPlan
+    from lljax.rounds.round import block_rows as _block_rows
 
     rng = np.random.default_rng(17)
     data = _mixed_rows_dataset(rng, np.int64, dtype, shuffle=True)
@@ -475,7 +472,7 @@ def test_block_rows_rejects_out_of_range_input():
 
 @needs_native
 def test_pack_rows_names_a_feature_outside_the_subspace():
-    from lljax.rounds.packing import Subspaces
+    from lljax.rounds.subspaces import Subspaces
 
     indptr = np.array([0, 2, 4], np.int64)
     fids = np.array([3, 7, 3, 9], np.int64)
@@ -496,7 +493,7 @@ def test_pack_rows_names_a_feature_outside_the_subspace():
 @pytest.mark.parametrize("fid_dtype", [np.int32, np.int64])
 @pytest.mark.parametrize("with_priors", [False, True])
 def test_subspace_keys_equal_the_numpy_dedupe(fid_dtype, with_priors):
-    from lljax.rounds.packing import local_subspaces
+    from lljax.rounds.subspaces import local_subspaces
 
     rng = np.random.default_rng(12)
     data = _mixed_rows_dataset(rng, fid_dtype, np.float64, shuffle=True)
@@ -523,7 +520,7 @@ def test_subspace_keys_equal_the_numpy_dedupe(fid_dtype, with_priors):
 @needs_native
 def test_host_helpers_take_strided_arrays():
     """Dataset arrays may be views (e.g. a column of a wider array): the helpers take them as they are."""
-    from lljax.rounds.packing import Subspaces
+    from lljax.rounds.subspaces import Subspaces
 
     wide = np.zeros((4, 2), np.int64)
     wide[:, 0] = [3, 7, 3, 9]
@@ -547,7 +544,7 @@ def test_host_helpers_take_strided_arrays():
 
 def _with_repeated_columns(sparse, rng):
     """Give some rows a second slot on a column they already have (values add up, as in X)."""
-    from lljax.solve.span import SparseBlock
+    from lljax.solve.blocks import SparseBlock
 
     cols, vals = np.array(sparse.cols), np.array(sparse.vals)
     E, N, K = cols.shape
@@ -562,12 +559,10 @@ def _with_repeated_columns(sparse, rng):
 
 
 def solve_wide_both(sparse, config, l2=0.8, delta=0.6):
-    from lljax.solve.span import solve_block_wide
-
     dtype = sparse.vals.dtype
     args = (sparse, np.asarray(l2, dtype), np.asarray(delta, dtype))
-    plain = solve_block_wide(*args, config._replace(native=False))
-    native = solve_block_wide(*args, config._replace(native=True))
+    plain = solve_span(*args, config._replace(native=False))
+    native = solve_span(*args, config._replace(native=True))
     return plain, native
 
 
@@ -577,7 +572,7 @@ def solve_wide_both(sparse, config, l2=0.8, delta=0.6):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(12, 40), (24, 10)], ids=["N<D", "N>D"])
 def test_wide_native_equals_wide_jax(loss, hessian, dtype, shape):
-    from lljax.solve.span import sparse_from_dense
+    from lljax.solve.blocks import sparse_from_dense
     from tests.test_wide import block_of
 
     for cold in (True, False):
@@ -592,7 +587,7 @@ def test_wide_native_equals_wide_jax(loss, hessian, dtype, shape):
 @needs_native
 @pytest.mark.parametrize("max_iter", [0, 1, 3])
 def test_wide_native_iteration_caps(max_iter):
-    from lljax.solve.span import sparse_from_dense
+    from lljax.solve.blocks import sparse_from_dense
     from tests.test_wide import block_of
 
     sparse = sparse_from_dense(block_of(np.random.default_rng(23), "logistic", np.float64, True, 12, 40))
@@ -608,7 +603,7 @@ def test_wide_native_iteration_caps(max_iter):
 @pytest.mark.parametrize("case", ["nan value", "overflowing K", "overflowing exp"])
 def test_wide_native_non_finite_lanes(case):
     """A lane that meets NaN/inf ends NON_FINITE with its prior mean and prior precision, as in JAX."""
-    from lljax.solve.span import SparseBlock, sparse_from_dense
+    from lljax.solve.blocks import SparseBlock, sparse_from_dense
     from tests.test_wide import block_of
 
     loss = "poisson" if case == "overflowing exp" else "linear"
@@ -632,21 +627,22 @@ def test_wide_native_non_finite_lanes(case):
 def test_wide_native_is_what_the_model_runs(monkeypatch):
     """RandomEffectModel.update solves wide blocks by the native kernel on CPU (and by JAX without it),
     with the same coefficients."""
-    import lljax.solve.span as wide_module
     from tests.test_wide import wide_batches
 
     batches = wide_batches(np.random.default_rng(25), 12, 10, 300)
     calls = []
-    real = wide_module._solve_block_native
-    monkeypatch.setattr(wide_module, "_solve_block_native", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = registry.choose_backend
+    monkeypatch.setattr(registry, "choose_backend", lambda m, *a: calls.append((m.name, real(m, *a))) or calls[-1][1])
     from lljax import RandomEffectModel
 
     native = RandomEffectModel("logistic", l2=1.0, hessian="diagonal")
     native.update(batches[0], progress=False)
-    assert calls, "the native wide kernel was not traced"
+    assert ("span", "native") in calls, calls
     monkeypatch.setenv("LLJAX_NATIVE", "0")
+    calls.clear()
     plain = RandomEffectModel("logistic", l2=1.0, hessian="diagonal")
     plain.update(batches[0], progress=False)
+    assert ("span", "jax") in calls and all(backend == "jax" for _, backend in calls), calls
     a, b = native.to_table(), plain.to_table()
     np.testing.assert_array_equal(a["feature_id"], b["feature_id"])
     np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-9, atol=1e-12)
@@ -659,7 +655,9 @@ def test_wide_native_is_what_the_model_runs(monkeypatch):
 def test_sparse_block_packing_equals_numpy(monkeypatch, fid_dtype, dtype, intercept_id):
     """build_sparse_block's slots (column, value) by the native helper equal the NumPy path's, repeated
     columns, shuffled rows and an implicit intercept included."""
-    from lljax.rounds.packing import BlockPlan, build_sparse_block, local_subspaces
+    from lljax.rounds.plan import BlockPlan
+    from lljax.rounds.round import Round
+    from lljax.rounds.subspaces import local_subspaces
 
     rng = np.random.default_rng(13)
     data = _mixed_rows_dataset(rng, fid_dtype, dtype, shuffle=True, intercept_id=intercept_id)
@@ -668,12 +666,12 @@ def test_sparse_block_packing_equals_numpy(monkeypatch, fid_dtype, dtype, interc
     row_order = np.argsort(data.entity, kind="stable")
     row_start = np.r_[0, np.cumsum(np.bincount(data.entity, minlength=U))].astype(np.int64)
     ents = rng.permutation(U)[:20]
-    plan = BlockPlan(ents, 32, int(np.diff(row_start)[ents].max()), int(sub.sizes[ents].max()))
-    args = (data, np.zeros(data.num_examples), plan, sub, row_order, row_start, None, np.full(U, -1), 1.0)
+    plan = BlockPlan(ents, 32, int(np.diff(row_start)[ents].max()), int(sub.sizes[ents].max()), "span")
+    work = Round(data, np.zeros(data.num_examples), row_order, row_start, sub, None, np.full(U, -1), 1.0)
     assert kernels.enabled()
-    native = build_sparse_block(*args)
+    native = work.build(plan)
     monkeypatch.setenv("LLJAX_NATIVE", "0")
-    plain = build_sparse_block(*args)
+    plain = work.build(plan)
     for name in native._fields:
         a, b = np.asarray(getattr(native, name)), np.asarray(getattr(plain, name))
         assert a.dtype == b.dtype and a.shape == b.shape, name

@@ -23,9 +23,10 @@ def data(seed, keys, rows=3, loss="logistic", dtype=np.float64):
     entity = np.repeat(np.asarray(keys), rows)
     n = len(entity)
     X = rng.normal(size=(n, F)) * (rng.random((n, F)) < 0.5)
-    X[:, 0] = 0
     label = (rng.random(n) < 0.5).astype(float) if loss == "logistic" else rng.normal(size=n)
-    return Dataset.from_arrays(entity, label.astype(dtype), X=X, offset=0.1 * rng.normal(size=n), dtype=dtype)
+    # F - 1 columns: dense column j is feature j + 1 (ids 1..F-1; id 0 is the intercept)
+    return Dataset.from_arrays(entity, label.astype(dtype), X=X[:, 1:], offset=0.1 * rng.normal(size=n),
+                               dtype=dtype)
 
 
 def assert_same_state(a, b):

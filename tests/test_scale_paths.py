@@ -5,7 +5,8 @@ import pytest
 
 from lljax import Dataset, RandomEffectModel
 from lljax.data.dataset import _encode_entities, prepend_intercept
-from lljax.rounds.packing import local_subspaces, padded_features
+from lljax.rounds.plan import padded_features
+from lljax.rounds.subspaces import local_subspaces
 from lljax.state import store as _store
 from lljax.state.store import EntityStore, pack_upper, unpack_upper
 

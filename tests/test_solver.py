@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lljax import Block, SolverConfig, Status, solve_block
-from lljax.solve.newton import entity_hessian, entity_objective
+from lljax.solve.objective import entity_hessian, entity_objective
 from tests import oracles
 
 LOSSES = ["linear", "logistic", "poisson"]

@@ -23,7 +23,8 @@ def batch(rng, entities, rows_per_entity, feature_pool, *, loss="linear", weight
     label = (rng.random(n) < 0.4).astype(float) if loss == "logistic" else rng.normal(size=n)
     perm = rng.permutation(n)
     w = np.ones(n) if weight is None else np.asarray(weight, float)
-    return Dataset.from_arrays(entity[perm], label[perm], X=X[perm], offset=offset[perm], weight=w[perm],
+    # column 0 of X is never used: dense column j is feature j + 1 (id 0 is the intercept)
+    return Dataset.from_arrays(entity[perm], label[perm], X=X[perm][:, 1:], offset=offset[perm], weight=w[perm],
                                num_features=F)
 
 
@@ -336,9 +337,9 @@ def test_packing_paths_agree_for_small_and_huge_feature_spaces(monkeypatch, key_
     """Local subspaces come from a table of marks when the (entity, feature) key space is small and from
     chunked sorts when it is huge, reading the nonzeros ``key_chunk`` at a time; every path gives the same
     subspaces, and the same model (here: the same data declared with 10 or 10^9 features)."""
-    from lljax.rounds import packing as _packing
+    from lljax.rounds import subspaces as _packing
 
-    monkeypatch.setattr(_packing, "_KEY_CHUNK", key_chunk)
+    monkeypatch.setattr(_packing, "KEY_CHUNK", key_chunk)
     rng = np.random.default_rng(11)
     small = batch(rng, np.arange(30), 3, [1, 2, 5])
     huge = Dataset.from_arrays(small.entity_keys[small.entity], small.label, indptr=small.indptr,
@@ -346,8 +347,8 @@ def test_packing_paths_agree_for_small_and_huge_feature_spaces(monkeypatch, key_
                                num_features=10**9, intercept_id=None)
     owner, prior_fids = np.array([0, 0, 29]), np.array([7, 1, 9])
     by_table = _packing.local_subspaces(small, owner, prior_fids)
-    monkeypatch.setattr(_packing, "_TABLE_MIN", 0)
-    monkeypatch.setattr(_packing, "_TABLE_PER_KEY", 0)
+    monkeypatch.setattr(_packing, "TABLE_MIN", 0)
+    monkeypatch.setattr(_packing, "TABLE_PER_KEY", 0)
     by_sort = _packing.local_subspaces(small, owner, prior_fids)
     for got in (by_sort, _packing.local_subspaces(huge, owner, prior_fids)):
         np.testing.assert_array_equal(got.sizes, by_table.sizes)
@@ -381,7 +382,6 @@ def test_an_update_that_fails_part_way_leaves_the_model_as_it_was(monkeypatch, h
     """Blocks are written as they finish; an error after some of them restores the round's entities (stored
     ones get their coefficients back, new ones are forgotten), and the model then updates as if it never
     happened."""
-    import lljax.model.random_effect
 
     rng = np.random.default_rng(21)
     first = batch(rng, np.arange(60), 3, [1, 2, 3], loss="logistic")
@@ -389,7 +389,9 @@ def test_an_update_that_fails_part_way_leaves_the_model_as_it_was(monkeypatch, h
     model = RandomEffectModel("logistic", hessian=hessian, memory_budget=1)  # one entity per block
     model.update(first)
     before = model._store.to_flat()
-    real, calls = lljax.model.random_effect.build_for_solver, []
+    from lljax.rounds.round import Round
+
+    real, calls = Round.build, []
 
     def fail_on_the_fortieth_block(*args, **kwargs):
         calls.append(1)
@@ -401,7 +403,7 @@ def test_an_update_that_fails_part_way_leaves_the_model_as_it_was(monkeypatch, h
     real_write = type(model._store).write_rows
     monkeypatch.setattr(type(model._store), "write_rows",
                         lambda self, keys, *a: (written.append(len(keys)), real_write(self, keys, *a))[1])
-    monkeypatch.setattr(lljax.model.random_effect, "build_for_solver", fail_on_the_fortieth_block)
+    monkeypatch.setattr(Round, "build", fail_on_the_fortieth_block)
     with pytest.raises(RuntimeError, match="disk on fire"):
         model.update(second)
     assert sum(written) >= 31  # the 30 stored entities of the batch and some new ones were written before the error
@@ -413,7 +415,7 @@ def test_an_update_that_fails_part_way_leaves_the_model_as_it_was(monkeypatch, h
             assert b is None
         else:
             np.testing.assert_array_equal(a, b)
-    monkeypatch.setattr(lljax.model.random_effect, "build_for_solver", real)
+    monkeypatch.setattr(Round, "build", real)
     model.update(second)
     replay = RandomEffectModel("logistic", hessian=hessian, memory_budget=1)
     replay.update(first)

@@ -7,10 +7,11 @@ must agree to 1e-9 relative in float64 on theta, the stored diagonal precision a
 import numpy as np
 import pytest
 
-import lljax.rounds.packing as packing
-import lljax.solve.span as wide
 from lljax import Block, Dataset, RandomEffectModel, SolverConfig, Status, solve_block
-from lljax.solve.span import dense_from_sparse, solve_block_wide, solve_sparse_block, sparse_from_dense
+from lljax.rounds.round import Round
+from lljax.solve.blocks import dense_from_sparse, sparse_from_dense
+from lljax.solve.registry import WIDE_FEATURES
+from tests.solvers import force_newton, solve_span, spy_model_solves
 from tests.test_lbfgs import rel_err, sparse_entity
 
 LOSSES = ["linear", "logistic", "poisson"]
@@ -56,7 +57,7 @@ def test_wide_equals_newton(loss, dtype, shape):
         block = block_of(rng, loss, dtype, cold, *shape)
         l2, delta = dtype(L2), dtype(delta)
         newton = solve_block(block, l2, delta, config)
-        result = solve_block_wide(sparse_from_dense(block), l2, delta, config)
+        result = solve_span(sparse_from_dense(block), l2, delta, config)
 
         assert result.theta.dtype == dtype and result.precision.dtype == dtype
         np.testing.assert_array_equal(newton.status, Status.CONVERGED)
@@ -75,7 +76,7 @@ def test_other_precision_forms(hessian):
     block = block_of(np.random.default_rng(3), "logistic", np.float64, False, 12, 40)
     config = SolverConfig(loss="logistic", hessian=hessian, tol=1e-12)
     newton = solve_block(block, L2, 0.5, config)
-    result = solve_block_wide(sparse_from_dense(block), L2, 0.5, config)
+    result = solve_span(sparse_from_dense(block), L2, 0.5, config)
     assert rel_err(result.theta, newton.theta) <= 1e-9
     if hessian == "none":
         assert result.precision is None
@@ -87,8 +88,8 @@ def test_map_and_vmap_lanes_agree():
     """The pure-JAX path's two lane modes (on CPU the native wide kernel runs otherwise)."""
     block = sparse_from_dense(block_of(np.random.default_rng(4), "poisson", np.float64, False, 12, 40))
     config = SolverConfig(loss="poisson", hessian="diagonal", tol=1e-12, native=False)
-    a = solve_block_wide(block, L2, 0.5, config, lanes="map")
-    b = solve_block_wide(block, L2, 0.5, config, lanes="vmap")
+    a = solve_span(block, L2, 0.5, config, lanes="map")
+    b = solve_span(block, L2, 0.5, config, lanes="vmap")
     np.testing.assert_array_equal(a.status, b.status)
     np.testing.assert_array_equal(a.iterations, b.iterations)
     assert rel_err(a.theta, b.theta) <= 1e-12
@@ -110,7 +111,7 @@ def test_non_finite_lane_keeps_prior_and_others_are_unaffected():
         block = Block(*(np.stack([a, b]) for a, b in zip(first, other)), np.tile(np.arange(d), (2, 1)), means[:2],
                       precisions[:2])
         config = SolverConfig(loss=loss, hessian="diagonal", tol=1e-12)
-        result = solve_block_wide(sparse_from_dense(block), 1.0, 0.5, config)
+        result = solve_span(sparse_from_dense(block), 1.0, 0.5, config)
         newton = solve_block(block, 1.0, 0.5, config)
         assert list(result.status) == list(newton.status) == [Status.CONVERGED, Status.NON_FINITE], loss
         np.testing.assert_array_equal(result.theta[1], means[1])
@@ -120,7 +121,7 @@ def test_non_finite_lane_keeps_prior_and_others_are_unaffected():
 
 def test_iteration_cap_is_reported():
     block = sparse_from_dense(block_of(np.random.default_rng(5), "logistic", np.float64, True, 12, 40))
-    capped = solve_block_wide(block, L2, 0.0, SolverConfig(loss="logistic", hessian="diagonal", tol=1e-14,
+    capped = solve_span(block, L2, 0.0, SolverConfig(loss="logistic", hessian="diagonal", tol=1e-14,
                                                            max_iter=1))
     np.testing.assert_array_equal(capped.status[:4], Status.MAX_ITERATIONS)
     np.testing.assert_array_equal(capped.iterations[:4], 1)
@@ -130,7 +131,7 @@ def test_zero_penalty_falls_back_to_lbfgs():
     """l2 = 0, delta = 0: no A^-1; solve_sparse_block solves the dense block by L-BFGS (N > D: identified)."""
     block = block_of(np.random.default_rng(6), "linear", np.float64, True, 24, 10)
     config = SolverConfig(loss="linear", hessian="diagonal", tol=1e-10)
-    result = solve_sparse_block(sparse_from_dense(block), 0.0, 0.0, config)
+    result = solve_span(sparse_from_dense(block), 0.0, 0.0, config)
     newton = solve_block(block, 0.0, 0.0, config)
     assert rel_err(result.theta[:2], newton.theta[:2]) <= 1e-8
 
@@ -138,9 +139,9 @@ def test_zero_penalty_falls_back_to_lbfgs():
 def test_rejects_full_precision():
     block = sparse_from_dense(block_of(np.random.default_rng(7), "linear", np.float64, True, 12, 40))
     with pytest.raises(ValueError, match="hessian"):
-        solve_block_wide(block, L2, 0.0, SolverConfig(loss="linear", hessian="full"))
+        solve_span(block, L2, 0.0, SolverConfig(loss="linear", hessian="full"))
     with pytest.raises(ValueError, match="lanes"):
-        solve_block_wide(block, L2, 0.0, SolverConfig(loss="linear", hessian="diagonal"), lanes="pmap")
+        solve_span(block, L2, 0.0, SolverConfig(loss="linear", hessian="diagonal"), lanes="pmap")
 
 
 def wide_batches(rng, U, n_per, F, nnz=6, zero_weight_entity=False, loss="logistic"):
@@ -165,21 +166,15 @@ def wide_batches(rng, U, n_per, F, nnz=6, zero_weight_entity=False, loss="logist
 
 def test_sparse_block_is_the_dense_block():
     dataset = wide_batches(np.random.default_rng(8), 5, 9, 90)[0]
-    model = RandomEffectModel("logistic", hessian="diagonal")
-    from lljax.model.random_effect import EntityStore
-    from lljax.solve.losses import encode_labels
+    from lljax.state.store import EntityStore
 
-    U = dataset.num_entities
-    subspaces = packing.local_subspaces(dataset, np.zeros(0, np.int64), np.zeros(0, np.int64))
-    rows = np.bincount(dataset.entity, minlength=U)
-    row_order = np.argsort(dataset.entity, kind="stable")
-    row_start = np.concatenate([[0], np.cumsum(rows)])
-    labels = encode_labels(model.loss, dataset.label)
     store = EntityStore(np.dtype(np.float64), "diagonal")
-    slots = store.lookup(dataset.entity_keys)
-    for plan in packing.plan_blocks(rows, subspaces.sizes, 8, False, 1 << 20):
-        args = (dataset, labels, plan, subspaces, row_order, row_start, store, slots, 1.0)
-        dense, sparse = packing.build_block(*args), packing.build_sparse_block(*args)
+    work = Round.prepare(dataset, "logistic", store, 1.0)
+    plans = work.plan(1 << 20, SolverConfig(hessian="diagonal"))
+    assert plans
+    for plan in plans:
+        dense, sparse = work.build(plan._replace(method="newton")), work.build(plan._replace(method="span"))
+        assert isinstance(dense, Block) and not isinstance(sparse, Block)
         for a, b in zip(dense, dense_from_sparse(sparse)):
             np.testing.assert_array_equal(a, b)
 
@@ -191,16 +186,14 @@ def test_model_update_uses_the_wide_solver_with_newtons_result(monkeypatch, loss
     0 is trained (min_rows=0) to its prior-only optimum by both."""
     rng = np.random.default_rng(21)
     batches = wide_batches(rng, 6, 20, 90, zero_weight_entity=True, loss=loss)
-    calls = []
-    real = wide.solve_block_wide
-    monkeypatch.setattr(wide, "solve_block_wide", lambda block, *a, **k: calls.append(block.cols.shape)
-                        or real(block, *a, **k))
+    calls = spy_model_solves(monkeypatch)
     hyper = dict(l2=1.0, delta=0.6, hessian="diagonal", tol=1e-11, min_rows=0)
     fast = RandomEffectModel(loss, **hyper)
     for b in batches:
         assert fast.update(b).all_converged
-    assert calls and all(shape[1] <= packing.WIDE_FEATURES for shape in calls)
-    monkeypatch.setattr(packing, "block_solver", lambda rows, features, full: "newton")
+    assert calls and all(method == "span" and block.cols.shape[1] <= WIDE_FEATURES <= block.feature_ids.shape[1]
+                         for method, block in calls)
+    force_newton(monkeypatch)
     newton = RandomEffectModel(loss, **hyper)
     for b in batches:
         newton.update(b)
@@ -220,11 +213,9 @@ def test_model_update_non_finite_entity_is_not_stored(monkeypatch):
     np.put_along_axis(X, cols, 1.0, axis=1)
     offset = np.where(entity == 1, 800.0, 0.0)  # exp(800) overflows: entity 1 ends NON_FINITE
     data = Dataset.from_arrays(entity, rng.poisson(1.0, U * n_per).astype(float), X=X, offset=offset)
-    calls = []
-    real = wide.solve_block_wide
-    monkeypatch.setattr(wide, "solve_block_wide", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = spy_model_solves(monkeypatch)
     model = RandomEffectModel("poisson", l2=1.0, hessian="diagonal")
     report = model.update(data)
-    assert calls
+    assert "span" in [method for method, _ in calls]
     assert list(report.status) == [Status.CONVERGED, Status.NON_FINITE, Status.CONVERGED]
     assert 1 not in model and 0 in model and 2 in model

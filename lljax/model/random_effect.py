@@ -28,11 +28,10 @@ from lljax.data.ntv import Feature, IndexMap
 from lljax.explore.posterior import dense_posterior
 from lljax.explore.scoring import Posterior
 from lljax.model.report import PhaseTimer, UpdateReport
-from lljax.rounds.packing import local_subspaces, plan_blocks
-from lljax.solve import kernels
-from lljax.solve.losses import LOSSES, encode_labels
-from lljax.solve.newton import HESSIAN_TYPES, SolverConfig, Status
-from lljax.solve.span import build_for_solver
+from lljax.rounds.round import Round
+from lljax.solve.base import HESSIAN_TYPES, SolverConfig, Status
+from lljax.solve.losses import LOSSES
+from lljax.solve.registry import solve
 from lljax.state.export import entity_to_ntv, model_to_table, ntv_to_flat, read_parquet, table_to_flat, write_parquet
 from lljax.state.persist import load_model, save_model
 from lljax.state.store import EntityCoefficients, EntityStore
@@ -338,23 +337,13 @@ class RandomEffectModel:
         store = self._store
         dtype = store.dtype
         U = dataset.num_entities
-        with timer("prepare"):
-            slots = store.lookup(dataset.entity_keys)
-            prior = store.gather_pairs(slots)
-            rows_per_entity = np.bincount(dataset.entity, minlength=U)
-            row_order = np.argsort(dataset.entity, kind="stable")
-            row_start = np.zeros(U + 1, np.int64)
-            np.cumsum(rows_per_entity, out=row_start[1:])
-            subspaces = local_subspaces(dataset, prior.owner, prior.feature_ids, rows=(row_order, row_start))
-            labels = encode_labels(self.loss, dataset.label)
-            native_wide = kernels.enabled() and jax.default_backend() == "cpu"
-            plans = plan_blocks(rows_per_entity, subspaces.sizes, dtype.itemsize, store.precision == "full",
-                                self._block_budget(), native_wide)
-
         config = self.solver_config(dtype)
+        with timer("prepare"):
+            work = Round.prepare(dataset, self.loss, store, self.l2)
+            plans = work.plan(self._block_budget(), config)
         l2, delta = np.asarray(self.l2, dtype), np.asarray(delta, dtype)
         report = _EntityReport.skipped(U, dtype)
-        report.features[:] = subspaces.sizes
+        report.features[:] = work.subspaces.sizes
 
         def collect(plan, feature_ids, result):
             with timer("device_wait"):
@@ -377,15 +366,15 @@ class RandomEffectModel:
         # Results are written as blocks finish (nothing the size of the whole round is held); an error
         # part-way restores what the round's entities had before, so a round is atomic.
         pending: deque = deque()
+        slots = work.slots
         snapshot = store.snapshot(slots)
         try:
             with _progress_bar(progress, U, "update") as bar:
                 for plan in plans:
                     with timer("pack"):
-                        block, solve = build_for_solver(dataset, labels, plan, subspaces, row_order, row_start,
-                                                        store, slots, self.l2, store.precision == "full")
+                        block = work.build(plan)
                     with timer("dispatch"):
-                        pending.append((plan, block.feature_ids, solve(block, l2, delta, config)))
+                        pending.append((plan, block.feature_ids, solve(block, l2, delta, config, method=plan.method)))
                     del block
                     if len(pending) > _IN_FLIGHT:
                         collect(*pending.popleft())

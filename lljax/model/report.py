@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lljax.solve.newton import Status
+from lljax.solve.base import Status
 
 __all__ = ["UpdateReport", "PhaseTimer"]
 

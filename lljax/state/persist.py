@@ -46,7 +46,7 @@ class ModelFileError(ValueError):
 
 def save_model(model: Any, path: str | os.PathLike) -> None:
     """Write ``model`` to ``path`` atomically (see the module docstring)."""
-    from lljax import __version__
+    from lljax.version import __version__
 
     path = os.fspath(path)
     store = model._store

@@ -37,7 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["available", "build_error", "enabled", "isa", "newton_solve", "wide_solve", "pack_rows", "block_rows",
+from lljax.solve.base import SolveResult
+
+__all__ = ["available", "build_error", "enabled", "isa", "supports", "per_entity", "solve_result",
+           "compiled_constants", "newton_solve", "wide_solve", "pack_rows", "block_rows",
            "subspace_keys", "LOSS_CODES", "PRECISION_CODES"]
 
 LOSS_CODES = {"linear": 0, "logistic": 1, "poisson": 2}
@@ -84,6 +87,31 @@ def isa() -> str | None:
 def supports(dtype) -> bool:
     """Whether the kernel has a variant for ``dtype``."""
     return np.dtype(dtype) in _TARGETS
+
+
+def per_entity(E: int, *scalars) -> tuple:
+    """Each scalar (``l2``, ``delta``, ``tol``, ``max_iter``) broadcast to ``(E,)``: the kernels take them
+    per entity."""
+    return tuple(jnp.broadcast_to(x, (E,)) for x in scalars)
+
+
+def solve_result(outputs: tuple, hessian: str) -> SolveResult:
+    """A :class:`~lljax.solve.base.SolveResult` from a kernel's ``(theta, value, grad_norm, precision,
+    iterations, status)`` (already finished as :func:`lljax.solve.iteration.finish`); ``"identity"``
+    precision is a vector of ones."""
+    theta, value, grad_norm, precision, iterations, status = outputs
+    if hessian == "identity":
+        precision = jnp.ones_like(theta)
+    return SolveResult(theta=theta, precision=precision, loss=value, grad_norm=grad_norm, iterations=iterations,
+                       status=status)
+
+
+def compiled_constants() -> dict:
+    """The line-search constants and status codes the kernels were compiled with (to check them against
+    :mod:`lljax.solve.base`)."""
+    if not available():
+        raise RuntimeError(f"lljax native kernel not available: {_error}")
+    return dict(_module.constants())
 
 
 def newton_solve(X, y, w, offset, mask, prior_mean, prior_precision, l2, delta, tol, max_iter, *, loss: str,

@@ -1,10 +1,10 @@
 // XLA FFI entry points of lljax's native CPU Newton kernel and the Python module that exposes them.
 //
-// Targets "lljax_newton_f64" and "lljax_newton_f32" (registered by lljax/_native/__init__.py). Inputs,
+// Targets "lljax_newton_f64" and "lljax_newton_f32" (registered by lljax/solve/kernels/__init__.py). Inputs,
 // each with the same leading (batch) dimensions, E entities in all: X (E, N, D), y, w, offset (E, N),
 // mask (E, D) int32 (feature present), prior_mean (E, D), prior_precision (E, D, D) or (E, D), l2, delta,
 // tol (E,), max_iter (E,) int32. Attributes: loss (0 linear, 1 logistic, 2 poisson), max_backtracks,
-// precision_mode (0 diagonal, 1 full, 2 none). Results, finished as lljax._solve._finish: theta (E, D),
+// precision_mode (0 diagonal, 1 full, 2 none). Results, finished as lljax.solve.iteration.finish: theta (E, D),
 // value (E,), grad_norm (E,), precision (E, D, D) / (E, D) / (E, 1) (unused), iterations (E,), status (E,).
 // The groups of entities are spread over XLA's CPU thread pool; the caller thread works too.
 #include <Python.h>
@@ -294,7 +294,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NewtonF32, Newton<ffi::F32>, LLJAX_BIND(ffi::F32))
 }  // namespace lljax_native
 
 // ------------------------------------------------------------------------------------------------
-// Python module lljax._native._newton
+// Python module lljax.solve.kernels._newton
 // ------------------------------------------------------------------------------------------------
 
 static PyObject* registrations(PyObject*, PyObject*) {
@@ -323,6 +323,14 @@ static PyObject* isa(PyObject*, PyObject*) {
   return PyUnicode_FromString(lljax_native::use_avx2() ? "avx2+fma" : "generic");
 }
 
+static PyObject* constants(PyObject*, PyObject*) {
+  using namespace lljax_native;
+  return Py_BuildValue("{s:d,s:d,s:d,s:i,s:i,s:i,s:i,s:i}", "ARMIJO_C1", kArmijoC1, "STEP_SHRINK", kStepShrink,
+                       "SLACK_ULPS", kSlackUlps, "RUNNING", int(kRunning), "CONVERGED", int(kConverged),
+                       "MAX_ITERATIONS", int(kMaxIterations), "NON_FINITE", int(kNonFinite), "STALLED",
+                       int(kStalled));
+}
+
 static PyObject* lanes(PyObject*, PyObject*) {
   return Py_BuildValue("{s:i,s:i}", "float64", lljax_native::kLanes<double>, "float32",
                        lljax_native::kLanes<float>);
@@ -346,6 +354,7 @@ static PyMethodDef methods[] = {
     {"registrations", registrations, METH_NOARGS, "FFI target name -> PyCapsule of the XLA FFI handler."},
     {"isa", isa, METH_NOARGS, "The kernel variant this CPU runs: 'avx2+fma' or 'generic'."},
     {"lanes", lanes, METH_NOARGS, "Entities per SIMD group, by dtype."},
+    {"constants", constants, METH_NOARGS, "The line-search constants and status codes compiled in."},
     {nullptr, nullptr, 0, nullptr}};
 
 static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_newton", "lljax's native CPU Newton kernel (XLA FFI).", -1,

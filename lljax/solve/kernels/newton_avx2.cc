@@ -6,7 +6,7 @@
 #pragma GCC target("avx2,fma")
 #define LLJAX_REGISTER_BARRIER 1  // the kernel may pin vectors in (AVX) registers: see LLJAX_IN_REGISTER
 // Feature counts with a variant of their own (Features in newton_kernel.h): padded counts of
-// lljax._packing.padded_features below the wide kernel's threshold.
+// lljax.rounds.plan.padded_features below the wide kernel's threshold.
 #define LLJAX_FIXED_FEATURES , 8, 12, 16, 24, 32
 // With a constant D, GCC warns about the remainder loops over features that cannot run (their counters
 // could only overflow after ~2^60 iterations): no code depends on it.

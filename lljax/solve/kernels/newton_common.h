@@ -1,6 +1,6 @@
 // Shared declarations of lljax's native CPU Newton kernel (no ISA-specific code here).
 //
-// The kernel solves the same damped-Newton problem as lljax/_solve.py (_solve_one), entity by
+// The kernel solves the same damped-Newton problem as lljax/solve/newton.py with the iteration of lljax/solve/iteration.py, entity by
 // entity, with kLanes<T> entities in the SIMD lanes of a "group" (entity axis last inside a group,
 // transposed from the (E, N, D) block on load): per Newton step the curvature, the Hessian
 // X^T diag(c) X + A, its Cholesky, the direction, the Armijo line search and the gradient are
@@ -27,6 +27,14 @@ enum Loss : int32_t { kLinear = 0, kLogistic = 1, kPoisson = 2 };
 enum PrecisionMode : int32_t { kPrecisionDiagonal = 0, kPrecisionFull = 1, kPrecisionNone = 2 };
 enum StatusCode : int32_t { kRunning = -1, kConverged = 0, kMaxIterations = 1, kNonFinite = 2, kStalled = 3 };
 
+// The line search of every method (lljax/solve/base.py: ARMIJO_C1, STEP_SHRINK, SLACK_ULPS; checked by
+// tests/test_solve_contract.py through the module's constants()): Armijo's sufficient decrease
+// f(t) <= f(0) + kArmijoC1 t slope + slack from t = 1, t *= kStepShrink per backtrack, and
+// slack = kSlackUlps eps (1 + |f(0)|).
+constexpr double kArmijoC1 = 1e-4;
+constexpr double kStepShrink = 0.5;
+constexpr double kSlackUlps = 16;
+
 template <typename T>
 constexpr int kLanes = 32 / sizeof(T);  // one 256-bit vector per lane-op (4 doubles, 8 floats)
 
@@ -40,13 +48,13 @@ struct Problem {
   const int32_t* max_iter;               // (E,)
   bool full_prior;
   int32_t loss, max_backtracks, precision_mode;
-  // Results, finished as lljax._solve._finish: theta (E, D); precision (E, D, D) full, (E, D) diagonal,
+  // Results, finished as lljax.solve.iteration.finish: theta (E, D); precision (E, D, D) full, (E, D) diagonal,
   // unused for none; value, grad_norm, iterations, status (E,).
   T *theta, *value, *grad_norm, *precision;
   int32_t *iterations, *status;
 };
 
-// The wide kernel's problem (lljax/_wide.py): E entities of N sparse rows, each of K (column, value)
+// The wide kernel's problem (lljax/solve/span.py): E entities of N sparse rows, each of K (column, value)
 // slots, D local features, a diagonal prior.
 template <typename T>
 struct WideProblem {

@@ -1,7 +1,7 @@
 // The Newton kernel body. Included by newton_avx2.cc and newton_generic.cc, each time inside its own
 // namespace and under its own `#pragma GCC target`, after every system header (so that no inline
 // library function is compiled for the ISA of this file). Only builtins and the functions below are
-// used here. See newton_common.h for the layout and lljax/_solve.py for the algorithm it mirrors:
+// used here. See newton_common.h for the layout and lljax/solve/newton.py for the algorithm it mirrors:
 //
 //   setup: the penalty 1/2 t^T A t - b^T t + c from the prior, l2 and delta (_make_penalty)
 //   start: theta0 (masked prior mean), m = X theta0 + offset, f, g, status_after(f, g, 0)
@@ -339,7 +339,7 @@ struct Group : Features<kD> {
   }
 
   // The lanes' penalties from their entities' priors (lane l: entity ent[l], if valid[l]), as
-  // lljax._solve._make_penalty: theta0 = mu on the mask, 0 elsewhere; P0 = the prior precision on the
+  // lljax.solve.objective.make_penalty: theta0 = mu on the mask, 0 elsewhere; P0 = the prior precision on the
   // mask; A = delta P0 + (1 - delta) l2 I on the mask, the identity elsewhere; b = delta P0 theta0;
   // c = delta/2 theta0 . P0 theta0. The start point is theta0. A missing lane gets an empty mask (A = I,
   // b = 0, c = 0, theta0 = 0). Without contraction: each product rounded as in the JAX path.
@@ -386,7 +386,7 @@ struct Group : Features<kD> {
     for (int l = 0; l < W; l++) cst[l] = c[l];
   }
 
-  // The results of the group's entities (lane l: entity ent[l], if valid[l]), as lljax._solve._finish:
+  // The results of the group's entities (lane l: entity ent[l], if valid[l]), as lljax.solve.iteration.finish:
   // the precision X^T diag(c) X + A at the final margin (from data_hessian()); a lane whose precision is
   // not finite becomes NON_FINITE, and a NON_FINITE lane returns its start theta0 and its prior precision
   // (in the output's form).
@@ -881,7 +881,7 @@ static void solve_group(const Problem<T>& P, int64_t g0, Group<T, W, kD>& G) {
     G.matvec(G.p, nullptr, G.xp);
     LLJAX_LANES {
       slope[l] = T(0);
-      slack[l] = T(16) * eps * (T(1) + __builtin_fabs(f[l]));
+      slack[l] = T(kSlackUlps) * eps * (T(1) + __builtin_fabs(f[l]));
     }
     for (int64_t i = 0; i < D; i++) {
       LLJAX_LANES slope[l] += G.g[i * W + l] * G.p[i * W + l];
@@ -893,7 +893,7 @@ static void solve_group(const Problem<T>& P, int64_t g0, Group<T, W, kD>& G) {
       searching_any = searching_any || searching[l];
     }
     T t = T(1);
-    for (int k = 0; searching_any; k++, t *= T(0.5)) {
+    for (int k = 0; searching_any; k++, t *= T(kStepShrink)) {
       for (int64_t i = 0; i < D; i++) {
         LLJAX_LANES G.tt[i * W + l] = G.th[i * W + l] + t * G.p[i * W + l];
       }
@@ -908,7 +908,7 @@ static void solve_group(const Problem<T>& P, int64_t g0, Group<T, W, kD>& G) {
       M take = {};
       for (int l = 0; l < W; l++) {
         if (!searching[l]) continue;
-        const bool sufficient = fv[l] <= f[l] + T(1e-4) * t * slope[l] + slack[l];
+        const bool sufficient = fv[l] <= f[l] + T(kArmijoC1) * t * slope[l] + slack[l];
         const bool slope_finite = finite(slope[l]);
         if (k < P.max_backtracks && !sufficient && slope_finite) {
           searching_any = true;

@@ -1,7 +1,7 @@
 // Host-side packing helpers of lljax (plain CPython through the buffer protocol; no XLA, no NumPy C API).
 //
 // pack_rows scatters a block's sparse rows into its padded dense design matrix in one pass over the
-// nonzeros. It does what lljax/_packing.py's NumPy path does for a block (build_block: Subspaces.local_index with
+// nonzeros. It does what lljax/rounds/round.py's NumPy path does for a block (build_block: Subspaces.local_index with
 // the rank-in-row guess, then a bincount of the values into (E * N * D) cells), without its dozen
 // temporaries of the block's nonzero count: each nonzero's local column is its rank in its row when the
 // entity's subspace has that feature there (checked), else a binary search of the entity's sorted keys.
@@ -33,7 +33,7 @@ struct View {
     if (code == 'l' && buffer.itemsize == 8) code = 'q';  // int64 on LP64
     if (code == 'l' && buffer.itemsize == 4) code = 'i';
     if (f[0] == 0 || f[1] != 0 || std::strchr(allowed, code) == nullptr) {
-      PyErr_Format(PyExc_TypeError, "lljax._native: %s has element format '%s', expected one of '%s'", name,
+      PyErr_Format(PyExc_TypeError, "lljax.solve.kernels: %s has element format '%s', expected one of '%s'", name,
                    buffer.format ? buffer.format : "B", allowed);
       return 0;
     }
@@ -257,7 +257,7 @@ PyObject* lljax_pack_rows(PyObject*, PyObject* args) {
 
 // subspace_keys(indptr, feature_ids, row_order, row_start, prior_feature_ids, prior_start, stride)
 //   -> bytearray of int64: the sorted distinct keys entity * stride + feature id over every entity's
-// nonzeros and its prior features, as lljax/_packing.py's local_subspaces (NumPy: chunked sort).
+// nonzeros and its prior features, as lljax/rounds/round.py's local_subspaces (NumPy: chunked sort).
 // Entity by entity (rows in row_order, grouped by row_start; prior features grouped by prior_start), a
 // feature is taken once by stamping mark[feature] with the entity; each entity's few features are then
 // sorted. One pass over the nonzeros, a mark array of `stride` uint32.
@@ -374,7 +374,7 @@ bool gather_block_rows(const int64_t* ord, int64_t n, const int64_t* st, const i
 // block_rows(row_order, row_start, entities, N, label, weight, offset, y, w, o, rows, lane, cell): the dataset
 // rows of the block's entities, entity by entity (in row_order's order), into `rows`; the lane of each (its
 // entity's position in `entities`) into `lane` and its cell lane * N + rank into `cell` (int64, as many as the
-// entities have rows); y, w, o (E * N) get each row's label, weight and offset at its cell. lljax/_packing.py's
+// entities have rows); y, w, o (E * N) get each row's label, weight and offset at its cell. lljax/rounds/round.py's
 // _block_rows in one pass.
 PyObject* lljax_block_rows(PyObject*, PyObject* args) {
   PyObject *o_order, *o_start, *o_ents, *o_src[3], *o_dst[3], *o_idx[3];

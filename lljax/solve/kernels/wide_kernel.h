@@ -1,4 +1,4 @@
-// The wide kernel body: Newton in the span of the rows (lljax/_wide.py, _solve_one), one entity at a
+// The wide kernel body: Newton in the span of the rows (lljax/solve/span.py), one entity at a
 // time on its sparse rows. Included by newton_avx2.cc and newton_generic.cc after newton_kernel.h
 // (whose row_values, row_derivatives, Eps and status_after it uses), inside the same ISA namespace.
 //
@@ -224,16 +224,16 @@ struct WideEntity {
       gather(S.p, nullptr, S.xp);
       T slope = T(0);
       for (int64_t j = 0; j < D; j++) slope += S.g[j] * S.p[j];
-      const T slack = T(16) * eps * (T(1) + __builtin_fabs(f));
+      const T slack = T(kSlackUlps) * eps * (T(1) + __builtin_fabs(f));
       const bool slope_finite = finite(slope);
       T t = T(1), fv = T(0);
       bool sufficient = false;
-      for (int k = 0;; k++, t *= T(0.5)) {
+      for (int k = 0;; k++, t *= T(kStepShrink)) {
         for (int64_t j = 0; j < D; j++) S.tt[j] = S.th[j] + t * S.p[j];
         for (int64_t n = 0; n < N; n++) S.mt[n] = S.m[n] + t * S.xp[n];
         row_values(P.loss, N, y, w, S.mt, S.et, S.v);
         fv = objective(S.tt);
-        sufficient = fv <= f + T(1e-4) * t * slope + slack;
+        sufficient = fv <= f + T(kArmijoC1) * t * slope + slack;
         if (!(k < P.max_backtracks && !sufficient && slope_finite)) break;
       }
       const bool accepted = (sufficient && slope < T(0)) || !slope_finite;

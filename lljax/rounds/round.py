@@ -1,0 +1,224 @@
+"""A round: one update's working set, and the blocks built from it.
+
+:meth:`Round.prepare` gathers what an update of a dataset's entities needs (encoded labels, rows grouped
+by entity, local feature subspaces, stored priors); :meth:`Round.plan` buckets the entities into
+:class:`~lljax.rounds.plan.BlockPlan` s, each with the method :mod:`lljax.solve.registry` chooses for
+its shape; :meth:`Round.build` builds a plan's padded block in its method's layout with vectorized NumPy
+(or the native host helpers): the same beginning for every layout (the block's rows, labels, weights,
+offsets), the layout's design (a dense ``(E, N, D)`` matrix, or each row's nonzeros in ``K`` slots), and
+the same end (global feature ids, prior means and precisions). Padding rows have weight 0; padding
+features have no data, prior mean 0 and id -1; padding entities are all padding.
+
+No step loops in Python over examples or entities; loops run over blocks only.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from lljax.data.arrays import concat_ranges, next_pow2, segments
+from lljax.data.dataset import Dataset, prepend_intercept
+from lljax.rounds.plan import BlockPlan, plan_blocks
+from lljax.rounds.subspaces import Subspaces, local_subspaces
+from lljax.solve import kernels, registry
+from lljax.solve.base import SolverConfig
+from lljax.solve.blocks import Block, SparseBlock
+from lljax.solve.losses import encode_labels
+from lljax.state.store import EntityStore
+
+__all__ = ["Round", "block_rows", "scatter_rows", "row_entries", "priors"]
+
+
+class Round(NamedTuple):
+    """What one update of a dataset's entities works on (host-side NumPy arrays).
+
+    Attributes:
+      dataset: the examples (``n`` rows of ``U`` entities).
+      labels: ``(n,)`` labels encoded for the loss.
+      row_order: ``(n,)`` example indices grouped by entity (stable).
+      row_start: ``(U+1,)`` offsets of each entity's examples in ``row_order``.
+      subspaces: local feature subspaces of all dataset entities.
+      store: stored priors (``None``: every entity cold-starts).
+      slots: ``(U,)`` store slot of each dataset entity (-1: not stored).
+      l2: cold-start prior precision lambda of features without a stored prior.
+    """
+
+    dataset: Dataset
+    labels: np.ndarray
+    row_order: np.ndarray
+    row_start: np.ndarray
+    subspaces: Subspaces
+    store: EntityStore | None
+    slots: np.ndarray
+    l2: float
+
+    @classmethod
+    def prepare(cls, dataset: Dataset, loss: str, store: EntityStore | None, l2: float) -> Round:
+        """The working set of an update of every entity of ``dataset``, with ``store``'s priors."""
+        U = dataset.num_entities
+        if store is None:
+            slots = np.full(U, -1, np.int64)
+            owner, prior_fids = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        else:
+            slots = store.lookup(dataset.entity_keys)
+            prior = store.gather_pairs(slots)
+            owner, prior_fids = prior.owner, prior.feature_ids
+        row_order = np.argsort(dataset.entity, kind="stable")
+        row_start = np.zeros(U + 1, np.int64)
+        np.cumsum(np.bincount(dataset.entity, minlength=U), out=row_start[1:])
+        subspaces = local_subspaces(dataset, owner, prior_fids, rows=(row_order, row_start))
+        return cls(dataset, encode_labels(loss, dataset.label), row_order, row_start, subspaces, store, slots, l2)
+
+    @property
+    def full_precision(self) -> bool:
+        """Whether the stored (and solved) precisions are ``(D, D)``."""
+        return self.store is not None and self.store.precision == "full"
+
+    def plan(self, memory_budget: int, config: SolverConfig) -> list[BlockPlan]:
+        """The round's blocks: buckets of padded shape, each with its method and cut to ``memory_budget``."""
+        itemsize = self.dataset.dtype.itemsize
+
+        def choose(rows: int, features: int) -> tuple[str, int]:
+            method = registry.choose_method(rows, features, self.full_precision)
+            return method.name, registry.bytes_per_lane(method, rows, features, itemsize, self.full_precision, config)
+
+        return plan_blocks(np.diff(self.row_start), self.subspaces.sizes, memory_budget, choose)
+
+    def build(self, plan: BlockPlan) -> Block | SparseBlock:
+        """The padded NumPy block of ``plan``, in its method's layout."""
+        E, N, D = plan.lanes, plan.rows, plan.features
+        ents = plan.entities
+        dataset = self.dataset
+        dtype = dataset.dtype
+        rows, lane, row_cell, y, w, offset = block_rows(dataset, self.labels, plan, self.row_order, self.row_start)
+        local = self.subspaces.restrict(ents)
+        if registry.METHODS[plan.method].layout == "dense":
+            design = (scatter_rows(dataset, rows, lane, row_cell, local, E * N, D).astype(dtype, copy=False)
+                      .reshape(E, N, D),)
+        else:
+            design = _row_slots(dataset, rows, lane, row_cell, local, E, N, D)
+        feature_ids = np.full((E, D), -1, np.int64)
+        feature_ids[: len(ents)] = local.feature_ids(D)
+        prior_mean, prior_precision = priors(ents, E, D, local, self.store, self.slots, self.l2, dtype)
+        block = Block if len(design) == 1 else SparseBlock
+        return block(*design, y.reshape(E, N), w.reshape(E, N), offset.reshape(E, N), feature_ids, prior_mean,
+                     prior_precision)
+
+
+def _row_slots(dataset: Dataset, rows: np.ndarray, lane: np.ndarray, row_cell: np.ndarray, local: Subspaces,
+               E: int, N: int, D: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(cols, vals)`` ``(E, N, K)``: each row's nonzeros as (local column, value) in
+    ``K = next_pow2(most nonzeros in a row)`` slots; nothing of size ``N x D`` is formed."""
+    dtype = dataset.dtype
+    entries = dataset.given_indptr[rows + 1] - dataset.given_indptr[rows] + (dataset.intercept_id is not None)
+    K = int(next_pow2(max(int(entries.max(initial=0)), 1)))
+    cols = np.zeros(E * N * K, np.int32)
+    if kernels.enabled():  # one pass (see scatter_rows)
+        vals = np.zeros(E * N * K, np.float64)
+        kernels.pack_rows(dataset.given_indptr, dataset.given_feature_ids, dataset.given_values, rows, row_cell, lane,
+                          local, D, vals, slot_cols=cols, K=K, leading=dataset.intercept_id)
+        vals = vals.astype(dtype, copy=False)
+    else:
+        nnz_per_row, feature_ids, values = row_entries(dataset, rows)
+        slot = np.repeat(row_cell * K, nnz_per_row) + segments(nnz_per_row)[1]
+        vals = np.zeros(E * N * K, dtype)
+        cols[slot] = local.local_index(np.repeat(lane, nnz_per_row), feature_ids)
+        vals[slot] = values
+    return cols.reshape(E, N, K), vals.reshape(E, N, K)
+
+
+def scatter_rows(dataset: Dataset, rows: np.ndarray, lane: np.ndarray, row_cell: np.ndarray, local: Subspaces,
+                  cells: int, D: int) -> np.ndarray:
+    """``(cells * D,)`` float64: each row's nonzeros added at ``row_cell * D + local column``.
+
+    By the native helper (:func:`lljax.kernels.pack_rows`, one pass) when it is built and enabled, else
+    by NumPy (local columns by :meth:`Subspaces.local_index` with the rank-in-row guess, then a
+    ``bincount``); both add repeated (row, feature) values in float64 and give the same array.
+    """
+    if kernels.enabled():
+        out = np.zeros(cells * D, np.float64)
+        kernels.pack_rows(dataset.given_indptr, dataset.given_feature_ids, dataset.given_values, rows, row_cell, lane,
+                          local, D, out, leading=dataset.intercept_id)
+        return out
+    nnz_per_row, feature_ids, values = row_entries(dataset, rows)
+    nz_cell = np.repeat(row_cell, nnz_per_row)
+    nz_lane, rank_in_row = segments(nnz_per_row)
+    col = local.local_index(lane[nz_lane], feature_ids, guess=rank_in_row)
+    return np.bincount(nz_cell * D + col, weights=values, minlength=cells * D)
+
+
+def row_entries(dataset: Dataset, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entries of the dataset rows ``rows``, row after row, the implicit intercept first in each:
+    ``(entries per row (R,), feature ids, values)`` (the NumPy packing paths)."""
+    indptr = dataset.given_indptr
+    nnz_per_row = indptr[rows + 1] - indptr[rows]
+    nz = concat_ranges(indptr[rows], nnz_per_row)
+    feature_ids, values = dataset.given_feature_ids[nz].astype(np.int64), dataset.given_values[nz]
+    if dataset.intercept_id is None:
+        return nnz_per_row, feature_ids, values
+    _, feature_ids, values = prepend_intercept(np.r_[0, np.cumsum(nnz_per_row)], feature_ids, values,
+                                               dataset.intercept_id)
+    return nnz_per_row + 1, feature_ids, values
+
+
+def block_rows(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, row_order: np.ndarray,
+               row_start: np.ndarray):
+    """The examples of a block's entities and their padded per-row arrays.
+
+    Returns ``(rows, lane, row_cell, y, w, offset)``: ``rows`` the dataset examples, entity by entity;
+    ``lane`` and ``row_cell = lane * N + rank`` their lane and flat ``(E * N)`` position; ``y``, ``w``,
+    ``offset`` ``(E * N,)`` with zeros in padding rows (weight 0 marks them). By the native helper
+    (:func:`lljax.kernels.block_rows`, one pass) when it is built and enabled, else by NumPy: the same arrays.
+    """
+    E, N = plan.lanes, plan.rows
+    dtype = dataset.dtype
+    y = np.zeros(E * N, dtype)
+    w = np.zeros(E * N, dtype)
+    offset = np.zeros(E * N, dtype)
+    if kernels.enabled():
+        rows, lane, row_cell = kernels.block_rows(row_order, row_start, plan.entities, N,
+                                                  (labels, dataset.weight, dataset.offset), (y, w, offset))
+        return rows, lane, row_cell, y, w, offset
+    n_rows = row_start[plan.entities + 1] - row_start[plan.entities]
+    rows = row_order[concat_ranges(row_start[plan.entities], n_rows)]
+    lane, rank = segments(n_rows)
+    row_cell = lane * N + rank
+    y[row_cell] = labels[rows]
+    w[row_cell] = dataset.weight[rows]
+    offset[row_cell] = dataset.offset[rows]
+    return rows, lane, row_cell, y, w, offset
+
+
+def priors(ents, E, D, subspaces, store, slots, l2, dtype):
+    """Prior mean ``(E, D)`` and precision ``(E, D)``/``(E, D, D)`` in the local subspaces.
+
+    Features without a stored prior (and every feature of a new entity) get mean 0 and
+    precision ``l2`` (diagonal); stored means and precisions are scattered to their local
+    positions. One extra column ``D`` catches the scatter of padded stored entries.
+    """
+    full = store is not None and store.precision == "full"
+    mean = np.zeros((E, D + 1), dtype)
+    if full:
+        precision = np.zeros((E, D + 1, D + 1), dtype)
+        idx = np.arange(D)
+        precision[:, idx, idx] = l2
+    else:
+        precision = np.full((E, D + 1), l2, dtype)
+    if store is not None:
+        for positions, fids, means, stored_precision in store.gather_dense(slots[ents]):
+            valid = fids >= 0
+            owner = np.broadcast_to(positions[:, None], fids.shape)
+            local = np.where(valid, subspaces.local_index(owner, np.maximum(fids, 0)), D)
+            lanes = positions[:, None]
+            mean[lanes, local] = np.where(valid, means, 0)
+            if stored_precision is None:
+                continue
+            if full:
+                precision[lanes[:, :, None], local[:, :, None], local[:, None, :]] = stored_precision
+            else:
+                precision[lanes, local] = stored_precision
+    if full:
+        return mean[:, :D], precision[:, :D, :D]
+    return mean[:, :D], precision[:, :D]

@@ -1,0 +1,179 @@
+"""The one per-entity iteration every method runs: start -> direction -> line search -> status -> finish.
+
+A method is a *direction*: a function of the current :class:`Iterate` that returns a :class:`Step`
+(the step ``p`` in ``theta``, its image ``X p`` in the margins, the step of the method's own
+coordinates, and the method's new memory). Everything else is written once, here:
+
+- :func:`start`: the first iterate and its status (a lane may be done at iteration 0);
+- :func:`advance`: one iteration: the direction, Armijo backtracking along it
+  (:func:`backtracking_line_search`), the accepted point (or the old one and STALLED), the gradient
+  there, and the status (:func:`status_after`);
+- :func:`iterate`: ``advance`` in a ``lax.while_loop`` until the status is no longer RUNNING;
+- :func:`finish`: the lane's :class:`~lljax.solve.base.SolveResult` (a NON_FINITE lane returns its
+  prior mean and prior precision).
+
+Method coordinates (``Iterate.coords``) move with ``theta``: ``coords + t * dcoords`` at the accepted
+step size (Newton in the span of the rows keeps ``beta``, with ``theta = mu + A^-1 X^T beta``). Method
+memory (``Iterate.memory``) is replaced by what the direction returned (L-BFGS's history). The native
+kernels (:mod:`lljax.solve.kernels`) implement this same iteration in C++ with the constants of
+:mod:`lljax.solve.base`.
+
+Shapes are those of one entity: ``theta``, ``grad`` ``(D,)``, ``margin`` ``(N,)``, scalars ``()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lljax.solve.base import ARMIJO_C1, RUNNING, SLACK_ULPS, STEP_SHRINK, Limits, SolveResult, Status
+from lljax.solve.objective import Entity
+
+__all__ = ["Iterate", "Step", "status_after", "backtracking_line_search", "start", "advance", "iterate", "finish",
+           "prior_in_form"]
+
+
+class Iterate(NamedTuple):
+    """One entity's state between iterations.
+
+    Attributes:
+      theta: ``(D,)`` coefficients; margin: ``(N,)`` ``X theta + offset``.
+      value: ``()`` objective at ``theta``; grad: ``(D,)`` its gradient.
+      iteration: ``()`` int32 iterations taken; status: ``()`` int32 :class:`Status` or RUNNING.
+      coords: the method's coordinates that move with ``theta`` (a pytree; ``()`` for none).
+      memory: the method's memory across iterations (a pytree; ``()`` for none).
+    """
+
+    theta: jax.Array
+    margin: jax.Array
+    value: jax.Array
+    grad: jax.Array
+    iteration: jax.Array
+    status: jax.Array
+    coords: Any = ()
+    memory: Any = ()
+
+
+class Step(NamedTuple):
+    """A method's proposal at an iterate: ``p`` ``(D,)``, ``Xp`` ``(N,)`` (``X p``), the step of the
+    method's coordinates (same pytree as ``Iterate.coords``) and its new memory."""
+
+    p: jax.Array
+    Xp: jax.Array
+    dcoords: Any = ()
+    memory: Any = ()
+
+
+Direction = Callable[[Iterate], Step]
+
+
+def status_after(value, grad, iteration, limits: Limits, stalled=False):
+    """``()`` int32 status of an iterate: NON_FINITE (value or gradient not finite) over CONVERGED
+    (``max |grad| <= tol``) over STALLED over MAX_ITERATIONS over RUNNING."""
+    finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
+    converged = jnp.max(jnp.abs(grad), initial=0.0) <= limits.tol
+    status = jnp.where(iteration >= limits.max_iter, Status.MAX_ITERATIONS, RUNNING)
+    status = jnp.where(stalled, Status.STALLED, status)
+    status = jnp.where(converged, Status.CONVERGED, status)
+    return jnp.where(finite, status, Status.NON_FINITE).astype(jnp.int32)
+
+
+def backtracking_line_search(value_at, value, slope, max_backtracks: int):
+    """Armijo backtracking from the full step ``t = 1``, shrinking ``t`` by ``STEP_SHRINK`` at most
+    ``max_backtracks`` times.
+
+    The test has a rounding-level slack on f (``SLACK_ULPS eps (1 + |f|)``): near the optimum the
+    predicted decrease (~ g^T H^-1 g) falls below the rounding error of f, and a strict test would
+    reject the (then very accurate) full step and crawl with tiny steps instead.
+
+    Args:
+      value_at: ``t -> objective at step t`` along the direction.
+      value: objective at ``t = 0``; slope: directional derivative there.
+    Returns:
+      ``(t, value at t, accepted)``: ``accepted`` is False for an ascent direction or no sufficient
+      decrease (the caller reports STALLED), True for a non-finite slope, so that a NaN direction
+      surfaces as NON_FINITE rather than as a stall.
+    """
+    slack = SLACK_ULPS * jnp.finfo(value.dtype).eps * (1.0 + jnp.abs(value))
+
+    def trial(k):
+        t = jnp.asarray(STEP_SHRINK, value.dtype) ** k
+        return value_at(t), t
+
+    def sufficient(trial_value, t):
+        return trial_value <= value + ARMIJO_C1 * t * slope + slack
+
+    def keep_backtracking(carry):
+        k, trial_value, t = carry
+        return (k < max_backtracks) & ~sufficient(trial_value, t) & jnp.isfinite(slope)
+
+    def backtrack(carry):
+        k = carry[0] + 1
+        return (k, *trial(k))
+
+    _, new_value, t = jax.lax.while_loop(keep_backtracking, backtrack, (0, *trial(0)))
+    accepted = (sufficient(new_value, t) & (slope < 0)) | ~jnp.isfinite(slope)
+    return t, new_value, accepted
+
+
+def start(entity: Entity, theta, limits: Limits, coords: Any = (), memory: Any = ()) -> Iterate:
+    """The iterate at ``theta`` (iteration 0), with its status."""
+    margin = entity.margin(theta)
+    value = entity.objective(theta, margin)
+    grad = entity.gradient(theta, margin)
+    return Iterate(theta, margin, value, grad, jnp.int32(0), status_after(value, grad, 0, limits), coords, memory)
+
+
+def advance(entity: Entity, direction: Direction, it: Iterate, limits: Limits, max_backtracks: int) -> Iterate:
+    """One iteration: the method's step, the line search along it, the new iterate and its status."""
+    step = direction(it)
+    slope = it.grad @ step.p
+    t, value, accepted = backtracking_line_search(
+        lambda t: entity.objective(it.theta + t * step.p, it.margin + t * step.Xp), it.value, slope, max_backtracks)
+    theta = jnp.where(accepted, it.theta + t * step.p, it.theta)
+    margin = jnp.where(accepted, it.margin + t * step.Xp, it.margin)
+    value = jnp.where(accepted, value, it.value)
+    grad = jnp.where(accepted, entity.gradient(theta, margin), it.grad)
+    coords = jax.tree.map(lambda c, d: jnp.where(accepted, c + t * d, c), it.coords, step.dcoords)
+    iteration = it.iteration + 1
+    status = status_after(value, grad, iteration, limits, stalled=~accepted)
+    return Iterate(theta, margin, value, grad, iteration, status, coords, step.memory)
+
+
+def iterate(entity: Entity, direction: Direction, first: Iterate, limits: Limits, max_backtracks: int) -> Iterate:
+    """:func:`advance` from ``first`` until the status is no longer RUNNING."""
+    return jax.lax.while_loop(lambda it: it.status == RUNNING,
+                              lambda it: advance(entity, direction, it, limits, max_backtracks), first)
+
+
+def prior_in_form(prior_precision, hessian: str):
+    """The prior precision expressed in the output form of ``hessian`` (kept by failed lanes)."""
+    if hessian == "none":
+        return None
+    if hessian == "full":
+        return prior_precision if prior_precision.ndim == 2 else jnp.diag(prior_precision)
+    if hessian == "diagonal":
+        return jnp.diag(prior_precision) if prior_precision.ndim == 2 else prior_precision
+    return jnp.ones(prior_precision.shape[0], prior_precision.dtype)
+
+
+def finish(theta0, final: Iterate, precision, prior_precision, *, hessian: str) -> SolveResult:
+    """One entity's :class:`SolveResult` from its final iterate: a posterior precision that is not finite
+    fails the lane too, and a failed (NON_FINITE) lane returns ``theta0`` and its prior precision."""
+    return finish_values(theta0, final.theta, final.value, jnp.max(jnp.abs(final.grad), initial=0.0),
+                         final.iteration, final.status, precision, prior_precision, hessian=hessian)
+
+
+def finish_values(theta0, theta, value, grad_norm, iterations, status, precision, prior_precision, *,
+                  hessian: str) -> SolveResult:
+    """:func:`finish` from loose values (methods that keep ``theta`` in other coordinates)."""
+    if precision is not None:
+        status = jnp.where(jnp.all(jnp.isfinite(precision)), status, Status.NON_FINITE).astype(jnp.int32)
+    failed = status == Status.NON_FINITE
+    if precision is not None:
+        precision = jnp.where(failed, prior_in_form(prior_precision, hessian), precision)
+    return SolveResult(theta=jnp.where(failed, theta0, theta), precision=precision, loss=value, grad_norm=grad_norm,
+                       iterations=iterations, status=status)

@@ -1,0 +1,178 @@
+"""One entity's objective, as pure pieces every method shares.
+
+The objective of one entity (see ``docs/design.md``) is
+
+    f(theta) = sum_i w_i l(m_i, y_i)                                 (data)
+             + 1/2 delta (theta - theta0)^T P0 (theta - theta0)        (prior)
+             + 1/2 (1 - delta) l2 ||theta||^2                          (L2)
+
+with ``m = X theta + offset``. ``delta = 0`` is plain L2 regularization; the prior precision ``P0`` is
+diagonal ``(D,)`` or full ``(D, D)``. The rows ``X`` are an operator (:class:`DenseRows` or
+:class:`SparseRows`) with ``X v`` and ``X^T r``, so the same :class:`Entity` serves every block layout.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lljax.solve.losses import RowLoss, get_loss
+
+__all__ = ["Penalty", "make_penalty", "weighted", "DenseRows", "SparseRows", "Entity", "dense_entity",
+           "entity_objective", "entity_hessian"]
+
+
+class Penalty(NamedTuple):
+    """The prior + L2 penalty of one entity as ``1/2 t^T A t - b^T t + c``.
+
+    ``A = delta P0 + (1 - delta) l2 I`` (``(D,)`` if P0 is diagonal, else ``(D, D)``), with the
+    identity on padding features so that they solve to 0; ``b = delta P0 theta0`` ``(D,)``;
+    ``c = 1/2 delta theta0^T P0 theta0`` ``()``.
+    """
+
+    A: jax.Array
+    b: jax.Array
+    c: jax.Array
+
+    def matvec(self, v: jax.Array) -> jax.Array:
+        return self.A @ v if self.A.ndim == 2 else self.A * v
+
+    def value(self, theta: jax.Array) -> jax.Array:
+        return 0.5 * theta @ self.matvec(theta) - self.b @ theta + self.c
+
+    def add_to(self, H: jax.Array) -> jax.Array:
+        return H + self.A if self.A.ndim == 2 else H + jnp.diag(self.A)
+
+
+def make_penalty(prior_mean, prior_precision, mask, l2, delta) -> Penalty:
+    """The :class:`Penalty` of one entity: prior mean ``(D,)``, prior precision ``(D,)`` or ``(D, D)``,
+    ``mask`` ``(D,)`` True on real features; ``l2``, ``delta`` scalars."""
+    theta0 = jnp.where(mask, prior_mean, 0.0)
+    ridge = (1.0 - delta) * l2
+    if prior_precision.ndim == 2:
+        pair = mask[:, None] & mask[None, :]
+        P0 = jnp.where(pair, prior_precision, 0.0)
+        eye = jnp.eye(mask.shape[0], dtype=P0.dtype)
+        A = jnp.where(pair, delta * P0 + ridge * eye, eye)
+        P0_theta0 = P0 @ theta0
+    else:
+        P0 = jnp.where(mask, prior_precision, 0.0)
+        A = jnp.where(mask, delta * P0 + ridge, 1.0)
+        P0_theta0 = P0 * theta0
+    return Penalty(A=A, b=delta * P0_theta0, c=0.5 * delta * theta0 @ P0_theta0)
+
+
+def weighted(w, v):
+    """``w * v`` with weight-0 (padding) rows forced to 0 even where ``v`` overflows."""
+    return jnp.where(w > 0, w * v, 0.0)
+
+
+class DenseRows(NamedTuple):
+    """One entity's rows as a dense ``(N, D)`` matrix."""
+
+    X: jax.Array
+
+    def matvec(self, v):
+        return self.X @ v
+
+    def rmatvec(self, r, square=False):
+        return (jnp.square(self.X) if square else self.X).T @ r
+
+    def weighted_gram(self, c):
+        """``X^T diag(c) X`` ``(D, D)``."""
+        return self.X.T @ (self.X * c[:, None])
+
+
+class SparseRows(NamedTuple):
+    """One entity's sparse rows ``(N, K)``: ``X v`` by a gather, ``X^T r`` by a scatter-add."""
+
+    cols: jax.Array
+    vals: jax.Array
+    D: int
+
+    def matvec(self, v):
+        return jnp.sum(self.vals * v[self.cols], axis=-1)
+
+    def rmatvec(self, r, square=False):
+        vals = jnp.square(self.vals) if square else self.vals
+        return jnp.zeros(self.D, r.dtype).at[self.cols].add(vals * r[:, None])
+
+    def row_gram(self, scale):
+        """``X diag(scale) X^T`` ``(N, N)``: scatter into a dense ``X^T (D, N)``, one matrix product."""
+        N = self.cols.shape[0]
+        cells = (self.cols * N + jnp.arange(N)[:, None]).ravel()
+        Xt = jnp.zeros(self.D * N, self.vals.dtype).at[cells].add(self.vals.ravel()).reshape(self.D, N)
+        return (Xt * scale[:, None]).T @ Xt
+
+
+class Entity(NamedTuple):
+    """One entity's data and penalty, closed over by the objective pieces.
+
+    Attributes:
+      rows: :class:`DenseRows` or :class:`SparseRows` (``N`` rows, ``D`` features).
+      y, w, offset: ``(N,)`` labels (encoded), weights, offsets.
+      penalty: the entity's :class:`Penalty`.
+      loss: the :class:`~lljax.solve.losses.RowLoss`.
+    """
+
+    rows: DenseRows | SparseRows
+    y: jax.Array
+    w: jax.Array
+    offset: jax.Array
+    penalty: Penalty
+    loss: RowLoss
+
+    def margin(self, theta):
+        """``(N,)`` ``X theta + offset``."""
+        return self.rows.matvec(theta) + self.offset
+
+    def objective(self, theta, margin):
+        return jnp.sum(weighted(self.w, self.loss.value(margin, self.y))) + self.penalty.value(theta)
+
+    def residual(self, margin):
+        """``(N,)`` ``w l'(m)`` (0 on padding rows)."""
+        return weighted(self.w, self.loss.d1(margin, self.y))
+
+    def gradient(self, theta, margin):
+        return self.rows.rmatvec(self.residual(margin)) + self.penalty.matvec(theta) - self.penalty.b
+
+    def curvature(self, margin):
+        """``(N,)`` ``w l''(m)`` (0 on padding rows)."""
+        return weighted(self.w, self.loss.d2(margin, self.y))
+
+    def hessian(self, margin):
+        """``(D, D)`` Hessian (dense rows only)."""
+        return self.penalty.add_to(self.rows.weighted_gram(self.curvature(margin)))
+
+    def hessian_diagonal(self, margin):
+        """``(D,)`` ``diag(X^T C X) + A`` in ``O(N D)`` (diagonal penalty only)."""
+        return self.rows.rmatvec(self.curvature(margin), square=True) + self.penalty.A
+
+
+def dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, loss: str) -> Entity:
+    """The :class:`Entity` of one lane of a :class:`~lljax.solve.blocks.Block`."""
+    mask = feature_ids >= 0
+    return Entity(DenseRows(X), y, w, offset, make_penalty(prior_mean, prior_precision, mask, l2, delta),
+                  get_loss(loss))
+
+
+@partial(jax.jit, static_argnames=("loss",))
+def entity_objective(theta, X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, *, loss: str):
+    """Objective value and gradient of one entity at ``theta`` (the solvers' own functions).
+
+    Shapes: theta ``(D,)``, X ``(N, D)``, y/w/offset ``(N,)``, feature_ids/prior_mean ``(D,)``,
+    prior_precision ``(D,)`` or ``(D, D)``. Returns ``(value (), gradient (D,))``.
+    """
+    entity = dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, loss)
+    margin = X @ theta + offset
+    return entity.objective(theta, margin), entity.gradient(theta, margin)
+
+
+@partial(jax.jit, static_argnames=("loss",))
+def entity_hessian(theta, X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, *, loss: str):
+    """``(D, D)`` Hessian of one entity's objective at ``theta`` (data curvature + penalty)."""
+    entity = dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, loss)
+    return entity.hessian(X @ theta + offset)

@@ -1,0 +1,179 @@
+"""The registry of solve methods, and the one entry point that solves a block.
+
+Every method is a :class:`~lljax.solve.base.Method` record in :data:`METHODS`. The decisions are made
+here, once, on the host, outside traced code:
+
+- :func:`choose_method`: which method solves a block of a given padded shape (the packer then builds
+  the method's layout);
+- :func:`choose_backend`: pure JAX or the native CPU kernel, from ``SolverConfig.native``, the
+  ``LLJAX_NATIVE`` environment variable, whether the kernel is built and supports the block, and JAX's
+  default backend;
+- :func:`solve`: validates, picks the backend, and calls one jitted function whose static arguments
+  are the method, the config and the backend, so changing any of them recompiles (it is never silently
+  ignored by a cached trace).
+
+Adding a method: write its module (a direction for :mod:`lljax.solve.iteration`, ``solve_jax``,
+``check``, ``bytes_per_lane``; optionally a native kernel), add its :class:`Method` record to
+:data:`METHODS`, and, if it should be chosen automatically, a rule to :func:`choose_method`.
+``tests/test_solve_contract.py`` runs the shared contract over every registered method.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import numpy as np
+
+from lljax.solve import kernels, lbfgs, newton, span
+from lljax.solve.base import BACKENDS, Limits, Method, SolverConfig, SolveResult
+from lljax.solve.blocks import Block, SparseBlock, dense_from_sparse, sparse_from_dense
+
+__all__ = ["METHODS", "WIDE_FEATURES", "choose_method", "choose_backend", "solve", "solve_block", "bytes_per_lane",
+           "traced_arguments"]
+
+METHODS: dict[str, Method] = {
+    "newton": Method("newton", "dense", ("none", "identity", "diagonal", "full"), newton.solve_jax,
+                     newton.solve_native, newton.native_supports, newton.check, newton.bytes_per_lane),
+    "span": Method("span", "sparse", span.HESSIANS, span.solve_jax, span.solve_native, span.native_supports,
+                   span.check, span.bytes_per_lane, accepts=span.accepts, fallback="lbfgs"),
+    "lbfgs": Method("lbfgs", "dense", lbfgs.HESSIANS, lbfgs.solve_jax, None, None, lbfgs.check,
+                    lbfgs.bytes_per_lane, iteration_cap=lbfgs.iteration_cap),
+}
+
+# From this padded feature count on, blocks of models without full precision leave the dense D x D Newton
+# method (see choose_method; the crossover is measured in benchmarks/README.md).
+WIDE_FEATURES = 64
+
+
+def choose_method(rows: int, features: int, full_precision: bool) -> Method:
+    """The method for a block of ``rows`` x ``features`` padded entities: ``"newton"`` (full precision or
+    fewer than :data:`WIDE_FEATURES` features), else ``"span"`` (``rows <= features``) or ``"lbfgs"``
+    (more rows than features, where an ``N x N`` system would cost more than a ``D x D`` one)."""
+    if full_precision or features < WIDE_FEATURES:
+        return METHODS["newton"]
+    return METHODS["span" if rows <= features else "lbfgs"]
+
+
+def choose_backend(method: Method, block: Block | SparseBlock | None, config: SolverConfig) -> str:
+    """Where ``block`` is solved, one of :data:`~lljax.solve.base.BACKENDS`, decided on the host.
+
+    ``config.native`` False, or a method without a kernel: ``"jax"``. True: the kernel (a
+    ``RuntimeError`` if it is not built, a ``ValueError`` if it does not support the block). None: the
+    kernel when it is built, supports the block and ``LLJAX_NATIVE`` is not ``0``. ``block=None`` asks
+    for a typical block (planning). The kernel runs as ``"native"`` in a process whose only JAX backend is
+    the CPU, else as ``"native-on-cpu"`` (the kernel where the computation runs on the CPU, pure JAX on
+    other platforms).
+    """
+    if method.solve_native is None or config.native is False:
+        return "jax"
+    supported = block is None or method.native_supports(block, config)
+    if config.native is True:
+        if not kernels.available():
+            raise RuntimeError(f"SolverConfig(native=True) but the native kernel is not built: {kernels.build_error()}")
+        if not supported:
+            raise ValueError(f"the native kernel does not support {_dtype(block)} {method.name} blocks of shape "
+                             f"{tuple(block[0].shape)}")
+    elif not (supported and kernels.enabled()):
+        return "jax"
+    return "native" if jax.default_backend() == "cpu" else "native-on-cpu"
+
+
+def bytes_per_lane(method: Method, rows: int, features: int, itemsize: int, full_precision: bool,
+                   config: SolverConfig) -> int:
+    """The workspace model of ``method`` for one lane, on the backend :func:`choose_backend` would pick."""
+    native = choose_backend(method, None, config) != "jax"
+    return method.bytes_per_lane(rows, features, itemsize, full_precision, native)
+
+
+def traced_arguments(config: SolverConfig, dtype, l2, delta, max_iter: int) -> tuple:
+    """``(l2, delta, limits, static config)`` for the jitted solve: the traced scalars as 0-d NumPy arrays
+    (jit takes them with the block's arrays, with no device op per scalar; a JAX array of the right dtype is
+    passed as it is) and the config with its traced fields zeroed, so that changing ``tol`` or ``max_iter``
+    does not recompile."""
+
+    def scalar(x, dt):
+        return x if isinstance(x, jax.Array) and x.dtype == dt else np.asarray(x, dt)
+
+    limits = Limits(scalar(config.tol, dtype), scalar(max_iter, np.int32))
+    return scalar(l2, dtype), scalar(delta, dtype), limits, config._replace(tol=0.0, max_iter=0)
+
+
+def _dtype(block: Block | SparseBlock):
+    return block.X.dtype if isinstance(block, Block) else block.vals.dtype
+
+
+def _convert(block, layout: str):
+    if layout == "dense":
+        return block if isinstance(block, Block) else dense_from_sparse(block)
+    return block if isinstance(block, SparseBlock) else sparse_from_dense(block)
+
+
+def solve(block: Block | SparseBlock, l2, delta, config: SolverConfig, *, method: str = "newton",
+          max_iter: int | None = None, **options: Any) -> SolveResult:
+    """Solve every entity of ``block`` with ``method`` (jitted; ``vmap`` or the native kernel over lanes).
+
+    Args:
+      block: a :class:`~lljax.solve.blocks.Block` or :class:`~lljax.solve.blocks.SparseBlock` of ``E``
+        entities (the method's layout).
+      l2: scalar L2 weight lambda (> 0 keeps cold-start features identified).
+      delta: scalar forgetting factor in [0, 1]; 0 is plain L2.
+      config: :class:`~lljax.solve.base.SolverConfig`.
+      method: a name in :data:`METHODS`.
+      max_iter: iteration cap (traced); ``None``: the method's default from ``config.max_iter``.
+      options: the method's options (``"span"``: ``lanes``; ``"lbfgs"``: ``memory_size``,
+        ``precondition``), compile-time constants.
+    Returns:
+      :class:`~lljax.solve.base.SolveResult` with leading axis ``E``.
+    Raises:
+      ValueError / TypeError: an unknown method, an unsupported setting or option, the wrong layout.
+    """
+    if method not in METHODS:
+        raise ValueError(f"field 'method': value {method!r} is not one of {sorted(METHODS)}")
+    chosen = METHODS[method]
+    expected = Block if chosen.layout == "dense" else SparseBlock
+    if not isinstance(block, expected):
+        raise TypeError(f"the {method} method solves a {expected.__name__}, got {type(block).__name__}")
+    if chosen.accepts is not None and not chosen.accepts(block, l2, delta):
+        chosen = METHODS[chosen.fallback]
+        block = _convert(block, chosen.layout)
+        options = {}
+    options = chosen.check(block, config, options)
+    backend = choose_backend(chosen, block, config)
+    cap = chosen.iteration_cap(config) if max_iter is None else max_iter
+    dtype = _dtype(block)
+    return _solve(block, *traced_arguments(config, dtype, l2, delta, cap), method=chosen.name, backend=backend,
+                  options=tuple(sorted(options.items())))
+
+
+@partial(jax.jit, static_argnames=("config", "method", "backend", "options"))
+def _solve(block, l2, delta, limits: Limits, config: SolverConfig, *, method: str, backend: str,
+           options: tuple) -> SolveResult:
+    assert backend in BACKENDS, backend
+    chosen = METHODS[method]
+    plain = partial(chosen.solve_jax, config=config, **dict(options))
+    if backend == "jax":
+        return plain(block, l2, delta, limits)
+    native = partial(chosen.solve_native, config=config, **dict(options))
+    if backend == "native":  # tracing the pure-JAX solver too would cost more than compiling the kernel call
+        return native(block, l2, delta, limits)
+    return jax.lax.platform_dependent(block, l2, delta, limits, cpu=native, default=plain)
+
+
+def solve_block(block: Block, l2, delta, config: SolverConfig) -> SolveResult:
+    """Solve every entity of a dense block by damped Newton (:func:`solve` with ``method="newton"``).
+
+    Only ``config.loss``, ``config.hessian`` and ``config.max_backtracks`` (and the backend, see
+    :func:`choose_backend`) are compile-time constants; ``tol`` and ``max_iter`` are traced, so changing
+    them does not recompile.
+
+    Args:
+      block: a :class:`~lljax.solve.blocks.Block` of ``E`` entities.
+      l2: scalar L2 weight lambda (> 0 keeps cold-start features identified).
+      delta: scalar forgetting factor in [0, 1]; 0 is plain L2.
+      config: :class:`~lljax.solve.base.SolverConfig`.
+    Returns:
+      :class:`~lljax.solve.base.SolveResult` with leading axis ``E``.
+    """
+    return solve(block, l2, delta, config, method="newton")
