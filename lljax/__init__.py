@@ -36,6 +36,7 @@ from lljax.explore.scoring import (
     ucb_arms,
     ucb_candidates,
 )
+from lljax.game import ExternalScore, FixedEffect, GameData, GameModel, RandomEffect
 from lljax.model.metrics import auc, evaluate, log_loss, rmse
 from lljax.model.random_effect import RandomEffectModel
 from lljax.model.report import UpdateReport
@@ -51,10 +52,15 @@ __all__ = [
     "Block",
     "Dataset",
     "EntityCoefficients",
+    "ExternalScore",
     "Feature",
+    "FixedEffect",
+    "GameData",
+    "GameModel",
     "IndexMap",
     "ModelFileError",
     "Posterior",
+    "RandomEffect",
     "RandomEffectModel",
     "SolveResult",
     "SolverConfig",

@@ -436,3 +436,27 @@ def test_take_split_batches_and_pandas():
     report = model.fit(data, passes=2)
     assert len(report.to_pandas()) == 4
     assert math.isfinite(report.steps[-1].objective)
+
+
+def test_exploration_ucb_and_thompson_with_the_other_coordinates_as_offset():
+    import jax
+
+    data = crossed_data(seed=11, n=400, loss="logistic")
+    model = three_coordinates("logistic")
+    model.fit(data)
+    s = model.score(data)
+    np.testing.assert_allclose(model.explore(data, "per_user", method="ucb", alpha=0.0), s.total, atol=1e-10)
+    np.testing.assert_allclose(model.explore(data, "per_user", key=jax.random.key(0), scale=0.0), s.total, atol=1e-10)
+    # UCB by hand for row 0: mean + sqrt(x^T P^-1 x)
+    c = model.random_effect("per_user").coefficients(int(data.ids["user"][0]))
+    x = np.r_[1.0, data.features["xu"].to_dense()[0]][c.feature_ids]
+    ucb = model.explore(data, "per_user", method="ucb", alpha=1.0)
+    np.testing.assert_allclose(ucb[0], s.total[0] + np.sqrt(x @ np.linalg.solve(c.precision, x)), atol=1e-10)
+    # one draw per request: two rows of one request with the same features get the same score
+    small = data.take(np.array([0, 0, 1]))
+    small = GameData.from_arrays(small.label, ids={**small.ids, "request": np.array([7, 7, 8])},
+                                 features=small.features)
+    draws = model.explore(small, "per_item", key=jax.random.key(1), request="request")
+    assert draws[0] == draws[1]
+    with pytest.raises(TypeError, match="coordinate 'global', column 'coordinate'"):
+        model.explore(data, "global", method="ucb")

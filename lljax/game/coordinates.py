@@ -337,7 +337,9 @@ class FixedRuntime(_Runtime):
         if self.state is None:
             return np.zeros(data.num_examples)
         self.check(data)
-        X = self.design(data, need_gram=False) if not self._has_cached(data) else self._cached_design(data)
+        X = self._cached_design(data)
+        if X is None:
+            X = self.design(data, need_gram=False)
         return np.asarray(X.matvec(jnp.asarray(self.state.coefficients.astype(_solve_dtype(data.dtype)))),
                           np.float64)
 
@@ -348,9 +350,6 @@ class FixedRuntime(_Runtime):
             if key in data._cache:
                 return data._cache[key]
         return None
-
-    def _has_cached(self, data: GameData) -> bool:
-        return self._cached_design(data) is not None
 
     def penalty(self) -> float:
         if self.state is None:

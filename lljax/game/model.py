@@ -388,6 +388,17 @@ class GameModel:
         overall = compute_metrics(names, self.loss, np.concatenate(margins), np.concatenate(labels)) if margins else {}
         return GameStreamReport(windows, overall)
 
+    def explore(self, data: GameData, coordinate: str, *, method: str = "thompson", key: Any = None,
+                alpha: float = 1.0, scale: float = 1.0, request: str | None = None) -> np.ndarray:
+        """``(n,)`` Thompson-sampled (``method="thompson"``, ``key`` a ``jax.random`` key) or UCB
+        (``method="ucb"``, width ``alpha``) margins of random effect ``coordinate`` for the candidate rows of
+        ``data``, with the base offset and every other coordinate's score as the offset. ``request``: an
+        id column grouping rows into requests that share one Thompson draw. See :mod:`lljax.game.explore`."""
+        from lljax.game.explore import explore_scores
+
+        return explore_scores(self, data, coordinate, method=method, key=key, alpha=alpha, scale=scale,
+                              request=request)
+
     # -- persistence and exports ---------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
