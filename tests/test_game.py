@@ -460,3 +460,14 @@ def test_exploration_ucb_and_thompson_with_the_other_coordinates_as_offset():
     assert draws[0] == draws[1]
     with pytest.raises(TypeError, match="coordinate 'global', column 'coordinate'"):
         model.explore(data, "global", method="ucb")
+
+
+def test_float32_data_trains_close_to_float64():
+    data = crossed_data(seed=12, n=500, loss="logistic")
+    data32 = GameData.from_arrays(data.label, ids=data.ids, features=data.features, offset=data.offset,
+                                  dtype=np.float32)
+    a, b = three_coordinates("logistic"), three_coordinates("logistic")
+    a.fit(data, passes=2)
+    b.fit(data32, passes=2)
+    assert b.fixed_effect("global").coefficients.dtype == np.float32
+    np.testing.assert_allclose(b.score(data32).total, a.score(data).total, atol=2e-3)
