@@ -14,7 +14,7 @@ Every trainer here is the *same* lljax objective (see DESIGN.md) for one entity,
 
 with ``l`` the square loss (``"linear"``) or the logistic loss: the L2 trainers are
 ``delta = 0`` of it, the sequential Bayesian trainer uses the initial model as the prior
-``(theta0, P0)``. ``loss`` and ``gradient`` are :func:`lljax.solve.newton.entity_objective`;
+``(theta0, P0)``. ``loss`` and ``gradient`` are :func:`lljax.solve.objective.entity_objective`;
 ``train`` runs :func:`lljax.solve_block` (damped Newton with Cholesky) on a one-entity
 block, padded to powers of two so that few shapes are compiled. The optimum is found to a
 max-abs gradient of 1e-9 (float64) instead of L-BFGS's ``factr``/``pgtol`` stop, so it is
@@ -53,7 +53,6 @@ from __future__ import annotations
 import enum
 import math
 import numbers
-import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -63,14 +62,18 @@ import numpy as np
 import scipy.linalg
 from scipy import sparse
 
-from lljax.data.arrays import next_pow2
+from lljax.data.dataset import Dataset
 from lljax.data.errors import check_finite, check_nonnegative, input_error, number_column
 from lljax.data.ntv import Feature, IndexMap, TrainingRecord
 from lljax.model.metrics import evaluate
+from lljax.rounds.round import Round
 from lljax.solve.base import SolverConfig, Status
 from lljax.solve.blocks import Block
+from lljax.solve.dtypes import compute_dtype
+from lljax.solve.losses import first_bad_label
 from lljax.solve.objective import entity_objective
 from lljax.solve.registry import solve_block
+from lljax.state.store import EntityStore
 
 __all__ = [
     "Feature",
@@ -98,23 +101,10 @@ _MAX_BACKTRACKS = 60
 # scipy's fmin_l_bfgs_b warnflag for each lljax Status.
 _WARNFLAG = {Status.CONVERGED: 0, Status.STALLED: 0, Status.MAX_ITERATIONS: 1, Status.NON_FINITE: 2}
 
-_warned_float32 = False
-
-
 def _compute_dtype() -> np.dtype:
     """float64 if ``jax_enable_x64`` is on, else float32 (warning once per process)."""
-    global _warned_float32
-    if jax.config.jax_enable_x64:
-        return np.dtype(np.float64)
-    if not _warned_float32:
-        _warned_float32 = True
-        warnings.warn(
-            "lljax.compat: jax_enable_x64 is off, so training and scoring compute in float32 "
-            "(Lambda Learner computes in float64). Call jax.config.update('jax_enable_x64', True) "
-            "before using lljax.compat to compute in float64.",
-            stacklevel=3,
-        )
-    return np.dtype(np.float32)
+    return compute_dtype(np.float64, caller="lljax.compat (Lambda Learner computes in float64)", once=True,
+                         stacklevel=5)
 
 
 class UnknownFeatureError(ValueError, IndexError):
@@ -488,12 +478,10 @@ class _NewtonTrainer:
         elif not isinstance(initial_model, IndexedModel):
             initial_model = IndexedModel(theta0, hessian0)
         check_finite("initial_model.theta", initial_model.theta, entity, "coefficient")
-        if self._loss_name == "logistic":
-            bad = (training_data.y != 1) & (training_data.y != 0) & (training_data.y != -1)
-            if bad.any():
-                i = int(np.argmax(bad))
-                raise input_error("labels", float(training_data.y[i]), "is not a logistic label (expected 0, 1 or -1)",
-                                  entity=entity, where=f"example {i}")
+        bad = first_bad_label(self._loss_name, training_data.y) if self._loss_name == "logistic" else None
+        if bad is not None:
+            i, reason = bad
+            raise input_error("labels", float(training_data.y[i]), reason, entity=entity, where=f"example {i}")
 
         self.data = training_data
         self.initial_model = initial_model
@@ -503,35 +491,32 @@ class _NewtonTrainer:
         self._dtype = _compute_dtype()
         self._num_features = D
         self._cache: tuple[bytes, float, np.ndarray] | None = None
-        self._arrays = self._padded_arrays(entity)
+        self._block = self._pack(entity)
 
     def _prior_precision(self, entity: Any) -> np.ndarray:
         """``(D, D)`` dense prior precision P0 (the L2 trainers ignore it: delta = 0)."""
         return np.zeros((self._num_features, self._num_features))
 
-    def _padded_arrays(self, entity: Any) -> tuple[jax.Array, ...]:
-        """Single-entity arrays for the solver: rows and columns padded to powers of two.
-
-        Padding rows have weight 0; padding columns have feature id -1 (no data, prior mean 0).
-        """
+    def _pack(self, entity: Any) -> Block:
+        """The one-entity block, packed by the core (:class:`lljax.rounds.round.Round`) as
+        :meth:`lljax.RandomEffectModel.update` packs it: the data as a one-entity :class:`lljax.Dataset`
+        (no implicit intercept: Lambda Learner's columns are the features), the prior (``theta0``, ``P0``)
+        as a stored entity of a full-precision store. The entity's subspace is then every feature
+        ``0..d-1``, in order, padded as the core pads."""
         n, D = self.data.num_rows, self._num_features
-        N, Dp = int(next_pow2(n)), int(next_pow2(D))
-        dtype = self._dtype
-        X = np.zeros((N, Dp), dtype)
-        X[:n, :D] = _dense(self.data.X)
-        y = np.zeros(N, dtype)
-        y[:n] = np.where(self.data.y == 1, 1.0, -1.0) if self._loss_name == "logistic" else self.data.y
-        w = np.zeros(N, dtype)
-        w[:n] = self.data.w
-        offset = np.zeros(N, dtype)
-        offset[:n] = self.data.offsets
-        feature_ids = np.full(Dp, -1, np.int32)
-        feature_ids[:D] = np.arange(D)
-        prior_mean = np.zeros(Dp, dtype)
-        prior_mean[:D] = self.initial_model.theta
-        prior_precision = np.zeros((Dp, Dp), dtype)
-        prior_precision[:D, :D] = self._prior_precision(entity)
-        return tuple(jnp.asarray(a) for a in (X, y, w, offset, feature_ids, prior_mean, prior_precision))
+        csr = sparse.csr_matrix(self.data.X, dtype=np.float64)
+        csr.sort_indices()
+        dataset = Dataset.from_arrays(np.zeros(n, np.int64), self.data.y, indptr=csr.indptr, feature_ids=csr.indices,
+                                      values=csr.data, weight=self.data.w, offset=self.data.offsets,
+                                      num_features=max(D, 1), intercept_id=None, dtype=self._dtype)
+        store = EntityStore(self._dtype, "full")
+        theta0 = np.asarray(self.initial_model.theta)
+        store.write(np.zeros(1, np.int64), np.full(1, -1), np.arange(D)[None], theta0[None],
+                    self._prior_precision(entity)[None])
+        work = Round.prepare(dataset, self._loss_name, store, self.param_reg)
+        config = SolverConfig(loss=self._loss_name, hessian="full")
+        (plan,) = work.plan(1 << 62, config)
+        return work.build(plan._replace(lanes=1))
 
     def _scalars(self) -> tuple[jax.Array, jax.Array]:
         return jnp.asarray(self.param_reg, self._dtype), jnp.asarray(self.param_delta, self._dtype)
@@ -541,11 +526,12 @@ class _NewtonTrainer:
         if theta.shape != (self._num_features,):
             raise input_error("theta", f"<array of shape {theta.shape}>", f"must have shape ({self._num_features},)",
                               entity=self.data.entity)
-        return jnp.pad(theta, (0, self._arrays[0].shape[1] - self._num_features))
+        return jnp.pad(theta, (0, self._block.X.shape[2] - self._num_features))
 
     def _value_and_grad(self, theta: Any) -> tuple[jax.Array, jax.Array]:
         """Objective and ``(D,)`` gradient at ``theta`` (JAX arrays; differentiable in ``theta``)."""
-        value, grad = entity_objective(self._pad_theta(theta), *self._arrays, *self._scalars(), loss=self._loss_name)
+        lane = tuple(jnp.asarray(a[0]) for a in self._block)
+        value, grad = entity_objective(self._pad_theta(theta), *lane, *self._scalars(), loss=self._loss_name)
         return value, grad[: self._num_features]
 
     def _objective(self, theta: Any) -> jax.Array:
@@ -613,8 +599,7 @@ class _NewtonTrainer:
         # is cut from it on the host.
         config = SolverConfig(loss=self._loss_name, hessian="full", max_iter=max_iter, tol=tol,
                               max_backtracks=backtracks)
-        block = Block(*(a[None] for a in self._arrays))
-        result = jax.device_get(solve_block(block, *self._scalars(), config))
+        result = jax.device_get(solve_block(self._block, *self._scalars(), config))
         D = self._num_features
         status = Status(int(result.status[0]))
         theta = np.asarray(result.theta[0, :D], np.float64)

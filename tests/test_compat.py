@@ -532,12 +532,14 @@ def test_warnflag_1_on_iteration_cap_and_2_on_non_finite():
 def test_float32_when_x64_is_off(monkeypatch):
     problem = Problem(40, "bayesian", penalty=1.0, delta=0.8)
     reference, _, _ = problem.ours("FULL").train()
-    monkeypatch.setattr(compat, "_warned_float32", False)
+    from lljax.solve import dtypes
+
+    monkeypatch.setattr(dtypes, "_WARNED", set())
     with jax.enable_x64(False):
         with pytest.warns(UserWarning, match="float32"):
             trainer = problem.ours("FULL")
         model, loss, meta = trainer.train()
-        assert trainer._arrays[0].dtype == np.float32
+        assert trainer._block.X.dtype == np.float32
         import warnings
 
         with warnings.catch_warnings():

@@ -23,12 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import lljax
 from lljax.data.dataset import Dataset
 from lljax.data.ntv import IndexMap
 from lljax.game.data import GameData, entity_codes, game_error, with_offset
 from lljax.game.fixed_effect import SOLVERS, Prior, choose_method, make_design, solve_glm
 from lljax.model.random_effect import RandomEffectModel
+from lljax.solve.base import Status
 from lljax.solve.losses import encode_labels
 
 __all__ = ["FixedEffect", "RandomEffect", "ExternalScore", "Coordinate", "FixedEffectState", "StepInfo"]
@@ -181,7 +181,7 @@ class FixedEffectState(NamedTuple):
       coefficients: ``(d,)`` means; column 0 is the intercept when the spec has one.
       precision: ``(d,)`` diagonal or ``(d, d)`` posterior precision, or ``None``.
       names: ``d`` feature names (``"(intercept)"`` first) or ``None``.
-      status: :class:`lljax.Status` code of the last solve. iterations: its iterations.
+      status: :class:`Status` code of the last solve. iterations: its iterations.
     """
 
     coefficients: np.ndarray
@@ -207,8 +207,8 @@ def _solve_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def _status_counts(codes: np.ndarray) -> dict:
-    counts = np.bincount(np.asarray(codes, np.int64), minlength=len(lljax.Status))
-    return {s.name.lower(): int(counts[s.value]) for s in lljax.Status if counts[s.value]}
+    counts = np.bincount(np.asarray(codes, np.int64), minlength=len(Status))
+    return {s.name.lower(): int(counts[s.value]) for s in Status if counts[s.value]}
 
 
 class _Runtime:
@@ -308,7 +308,7 @@ class FixedRuntime(_Runtime):
                            method=method, max_iter=spec.max_iter, precision=spec.hessian)
         result = jax.device_get(result)
         status = int(result.status)
-        if status == lljax.Status.NON_FINITE:
+        if status == Status.NON_FINITE:
             raise game_error("the fixed-effect solve became non-finite (NaN/inf); check the features' scale, "
                              "l2 and the offsets", coordinate=spec.name, column=spec.features or "(intercept)",
                              value=float(result.objective))

@@ -9,7 +9,7 @@ column) and the candidate's features (the coordinate's feature set). The explore
 with ``theta_entity`` drawn from the entity's posterior ``N(mean, scale^2 P^-1)`` (Thompson; one draw per
 request, shared by its candidates) or replaced by the bound ``x . mean + alpha sqrt(x^T P^-1 x)`` (UCB).
 Entities the coordinate has not seen get the cold prior ``N(0, 1/l2)``. Built on
-:meth:`lljax.RandomEffectModel.posterior`, :func:`lljax.thompson_candidates` and :func:`lljax.ucb_candidates`.
+:meth:`lljax.RandomEffectModel.posterior`, :func:`thompson_candidates` and :func:`ucb_candidates`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-import lljax
+from lljax.explore.scoring import thompson_candidates, ucb_candidates
 from lljax.game.coordinates import RandomRuntime
 from lljax.game.data import GameData, entity_codes, game_error
 
@@ -85,8 +85,8 @@ def explore_scores(model: Any, data: GameData, coordinate: str, *, method: str =
         raise game_error("groups rows of different entities into one request", coordinate=coordinate,
                          column=request, value=request)
     if method == "ucb":
-        out = lljax.ucb_candidates(post, request_entity, candidates, alpha)
+        out = ucb_candidates(post, request_entity, candidates, alpha)
     else:
-        out = lljax.thompson_candidates(key, post, request_entity, candidates, scale)
+        out = thompson_candidates(key, post, request_entity, candidates, scale)
     explored = np.asarray(out)[req, slot]
     return base + explored

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import lljax
+from lljax.solve.base import Status
 from lljax.solve.losses import get_loss
 
 __all__ = ["Design", "Prior", "GlmResult", "make_design", "solve_glm", "glm_objective", "SOLVERS"]
@@ -205,7 +205,7 @@ class GlmResult(NamedTuple):
 
     Attributes:
       theta: ``(d,)`` coefficients.
-      status: :class:`lljax.Status` code (int32 scalar).
+      status: :class:`Status` code (int32 scalar).
       iterations: solver iterations (int32 scalar).
       objective: the objective at ``theta``.
       grad_norm: max-abs gradient at ``theta``.
@@ -295,7 +295,6 @@ def solve_glm(X: Design, y, w, offset, prior: Prior, theta0, tol, *, loss: str, 
     """
     rl = get_loss(loss)
     gtol = tol * jnp.maximum(1.0, jnp.sum(w))
-    Status = lljax.Status
 
     def data_value(m):
         return jnp.sum(w * rl.value(m, y))
@@ -390,8 +389,8 @@ def _lbfgs(f, theta0, gtol, max_iter: int):
     f0, g0 = jax.value_and_grad(f)(theta0)
     theta, _, fval, g, it = jax.lax.while_loop(cond, body, (theta0, state0, f0, g0, jnp.int32(0)))
     gmax = jnp.max(jnp.abs(g))
-    status = jnp.where(~jnp.isfinite(fval), lljax.Status.NON_FINITE,
-                       jnp.where(gmax <= gtol, lljax.Status.CONVERGED, lljax.Status.MAX_ITERATIONS)).astype(jnp.int32)
+    status = jnp.where(~jnp.isfinite(fval), Status.NON_FINITE,
+                       jnp.where(gmax <= gtol, Status.CONVERGED, Status.MAX_ITERATIONS)).astype(jnp.int32)
     return theta, fval, g, it, status
 
 

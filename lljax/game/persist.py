@@ -60,7 +60,7 @@ def _spec_dict(spec: Any) -> tuple[str, dict]:
 
 def save_game(model: Any, path: str | os.PathLike) -> None:
     """Write ``model`` to ``path`` atomically (module docstring)."""
-    from lljax import __version__
+    from lljax.version import __version__
 
     path = os.fspath(path)
     entries: dict[str, bytes] = {}

@@ -13,7 +13,6 @@ import contextlib
 import math
 import os
 import time
-import warnings
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -30,7 +29,8 @@ from lljax.explore.scoring import Posterior
 from lljax.model.report import PhaseTimer, UpdateReport
 from lljax.rounds.round import Round
 from lljax.solve.base import HESSIAN_TYPES, SolverConfig, Status
-from lljax.solve.losses import LOSSES
+from lljax.solve.dtypes import compute_dtype
+from lljax.solve.losses import LOSSES, first_bad_label
 from lljax.solve.registry import solve
 from lljax.state.export import entity_to_ntv, model_to_table, ntv_to_flat, read_parquet, table_to_flat, write_parquet
 from lljax.state.persist import load_model, save_model
@@ -47,22 +47,12 @@ _DEFAULT_TOL = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 1e-3}
 
 
 def check_labels(dataset: Dataset, loss: str) -> None:
-    """Raise ``ValueError`` naming the entity and the label if a label is outside the loss's domain.
-
-    logistic: labels in {0, 1, -1}; poisson: non-negative counts; linear: any finite value.
-    """
-    y = dataset.label
-    if loss == "logistic":
-        bad = (y != 0) & (y != 1) & (y != -1)
-        reason = "is not a logistic label (expected 0, 1 or -1)"
-    elif loss == "poisson":
-        bad = y < 0
-        reason = "is not a Poisson count (expected >= 0)"
-    else:
-        return
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise input_error("label", float(y[i]), reason, entity=dataset.entity_key_of_example(i))
+    """Raise ``ValueError`` naming the entity and the label if a label is outside the loss's domain
+    (:func:`lljax.solve.losses.first_bad_label`)."""
+    bad = first_bad_label(loss, dataset.label)
+    if bad is not None:
+        i, reason = bad
+        raise input_error("label", float(dataset.label[i]), reason, entity=dataset.entity_key_of_example(i))
 
 
 def _is_int(value: Any) -> bool:
@@ -82,15 +72,7 @@ def _check_real(field: str, value: Any, in_range: bool, expected: str) -> None:
 
 
 def _jax_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype JAX will compute in: float64 needs ``jax_enable_x64`` (never set by lljax)."""
-    if dtype == np.float64 and not jax.config.jax_enable_x64:
-        warnings.warn(
-            "float64 data but jax_enable_x64 is off: solving in float32. "
-            "Call jax.config.update('jax_enable_x64', True) to solve in float64.",
-            stacklevel=3,
-        )
-        return np.dtype(np.float32)
-    return dtype
+    return compute_dtype(dtype, caller="RandomEffectModel", stacklevel=4)
 
 
 class RandomEffectModel:
@@ -170,6 +152,24 @@ class RandomEffectModel:
     @property
     def dtype(self) -> np.dtype | None:
         return None if self._store is None else self._store.dtype
+
+    @property
+    def store(self) -> EntityStore | None:
+        """The per-entity state (:class:`~lljax.state.store.EntityStore`), ``None`` before the first
+        entity is stored: what persistence and exports read and write. Setting it replaces the whole state;
+        its precision form must be the one ``hessian`` keeps."""
+        return self._store
+
+    @store.setter
+    def store(self, store: EntityStore | None) -> None:
+        if store is not None:
+            if not isinstance(store, EntityStore):
+                raise input_error("store", type(store).__name__, "must be an EntityStore or None", error=TypeError)
+            if store.precision != _STORED_PRECISION[self.hessian]:
+                raise input_error("store.precision", store.precision,
+                                  f"is not the form kept by hessian={self.hessian!r} "
+                                  f"({_STORED_PRECISION[self.hessian]!r})")
+        self._store = store
 
     def coefficients(self, entity: Any) -> EntityCoefficients:
         """The stored model of one entity: sorted global feature ids, means and precision."""

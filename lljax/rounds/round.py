@@ -133,7 +133,7 @@ def scatter_rows(dataset: Dataset, rows: np.ndarray, lane: np.ndarray, row_cell:
                   cells: int, D: int) -> np.ndarray:
     """``(cells * D,)`` float64: each row's nonzeros added at ``row_cell * D + local column``.
 
-    By the native helper (:func:`lljax.kernels.pack_rows`, one pass) when it is built and enabled, else
+    By the native helper (:func:`lljax.solve.kernels.pack_rows`, one pass) when it is built and enabled, else
     by NumPy (local columns by :meth:`Subspaces.local_index` with the rank-in-row guess, then a
     ``bincount``); both add repeated (row, feature) values in float64 and give the same array.
     """
@@ -170,7 +170,7 @@ def block_rows(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, row_order:
     Returns ``(rows, lane, row_cell, y, w, offset)``: ``rows`` the dataset examples, entity by entity;
     ``lane`` and ``row_cell = lane * N + rank`` their lane and flat ``(E * N)`` position; ``y``, ``w``,
     ``offset`` ``(E * N,)`` with zeros in padding rows (weight 0 marks them). By the native helper
-    (:func:`lljax.kernels.block_rows`, one pass) when it is built and enabled, else by NumPy: the same arrays.
+    (:func:`lljax.solve.kernels.block_rows`, one pass) when it is built and enabled, else by NumPy: the same arrays.
     """
     E, N = plan.lanes, plan.rows
     dtype = dataset.dtype

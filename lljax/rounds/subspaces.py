@@ -95,7 +95,7 @@ def local_subspaces(dataset: Dataset, prior_owner: np.ndarray, prior_feature_ids
 
     With ``rows`` (and the native helper built and enabled, and a feature space of at most
     ``NATIVE_MARK_MAX`` ids): entity by entity in one pass over the nonzeros
-    (:func:`lljax.kernels.subspace_keys`). Else by NumPy: the (entity, feature) keys of the
+    (:func:`lljax.solve.kernels.subspace_keys`). Else by NumPy: the (entity, feature) keys of the
     nonzeros are deduplicated a cache-sized chunk of rows at a time (rows of one entity mostly
     repeat its features), so no ``(nnz,)`` key array is sorted; or, when the key space is small,
     marked in a table (no sort at all). All paths give the same keys.

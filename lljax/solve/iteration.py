@@ -163,17 +163,11 @@ def prior_in_form(prior_precision, hessian: str):
 def finish(theta0, final: Iterate, precision, prior_precision, *, hessian: str) -> SolveResult:
     """One entity's :class:`SolveResult` from its final iterate: a posterior precision that is not finite
     fails the lane too, and a failed (NON_FINITE) lane returns ``theta0`` and its prior precision."""
-    return finish_values(theta0, final.theta, final.value, jnp.max(jnp.abs(final.grad), initial=0.0),
-                         final.iteration, final.status, precision, prior_precision, hessian=hessian)
-
-
-def finish_values(theta0, theta, value, grad_norm, iterations, status, precision, prior_precision, *,
-                  hessian: str) -> SolveResult:
-    """:func:`finish` from loose values (methods that keep ``theta`` in other coordinates)."""
+    status = final.status
     if precision is not None:
         status = jnp.where(jnp.all(jnp.isfinite(precision)), status, Status.NON_FINITE).astype(jnp.int32)
     failed = status == Status.NON_FINITE
     if precision is not None:
         precision = jnp.where(failed, prior_in_form(prior_precision, hessian), precision)
-    return SolveResult(theta=jnp.where(failed, theta0, theta), precision=precision, loss=value, grad_norm=grad_norm,
-                       iterations=iterations, status=status)
+    return SolveResult(theta=jnp.where(failed, theta0, final.theta), precision=precision, loss=final.value,
+                       grad_norm=jnp.max(jnp.abs(final.grad), initial=0.0), iterations=final.iteration, status=status)

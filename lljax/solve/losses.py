@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["RowLoss", "LOSSES", "get_loss", "encode_labels"]
+__all__ = ["RowLoss", "LOSSES", "get_loss", "encode_labels", "first_bad_label"]
 
 
 class RowLoss(NamedTuple):
@@ -100,3 +100,23 @@ def encode_labels(loss: str, labels: np.ndarray) -> np.ndarray:
         one = labels.dtype.type(1)
         return np.where(labels == 1, one, -one)  # scalars of the labels' dtype: no int64 temporary
     return labels
+
+
+def first_bad_label(loss: str, labels: np.ndarray) -> tuple[int, str] | None:
+    """The first label outside the loss's domain, as ``(position, reason)``, or ``None``.
+
+    logistic: labels in {0, 1, -1}; poisson: non-negative counts; linear: any value (finiteness is
+    checked where the data enters). The callers raise, naming the entity and the field.
+    """
+    y = np.asarray(labels)
+    if loss == "logistic":
+        bad = (y != 0) & (y != 1) & (y != -1)
+        reason = "is not a logistic label (expected 0, 1 or -1)"
+    elif loss == "poisson":
+        bad = y < 0
+        reason = "is not a Poisson count (expected >= 0)"
+    else:
+        return None
+    if not bad.any():
+        return None
+    return int(np.argmax(bad)), reason

@@ -27,7 +27,7 @@ def model_to_table(model: Any) -> dict[str, np.ndarray]:
     """One row per stored (entity, feature): columns ``entity``, ``feature_id``, ``mean`` and,
     when the model keeps a precision, ``variance``; plus ``name`` and ``term`` when the model
     has an index map. Entities in insertion order, features sorted by id."""
-    store = model._store
+    store = model.store
     if store is None:
         flat = FlatEntities(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0),
                             None if model.hessian == "none" else np.zeros(0))

@@ -49,7 +49,7 @@ def save_model(model: Any, path: str | os.PathLike) -> None:
     from lljax.version import __version__
 
     path = os.fspath(path)
-    store = model._store
+    store = model.store
     flat = store.to_flat() if store is not None else None
     if flat is not None and flat.keys.dtype == object and len(flat.keys):
         raise input_error("entity", flat.keys[0], f"has key type {type(flat.keys[0]).__name__}; only int and str "
@@ -128,7 +128,7 @@ def load_model(path: str | os.PathLike, model_class: type) -> Any:
         raise ModelFileError(f"{path}: invalid hyper-parameters {hyper}: {exc}") from exc
     if metadata["dtype"] is not None:
         flat = _flat_entities(path, arrays, metadata)
-        model._store = EntityStore.from_flat(flat, np.dtype(metadata["dtype"]), metadata["precision"])
+        model.store = EntityStore.from_flat(flat, np.dtype(metadata["dtype"]), metadata["precision"])
     return model
 
 

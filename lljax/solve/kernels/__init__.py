@@ -1,29 +1,28 @@
 """lljax's native CPU kernels: XLA FFI custom calls (``jax.ffi``) and host-side packing helpers, optional.
 
-The compiled extension ``lljax.kernels._newton`` (C++, built by ``pip install`` when a C++ compiler
+The compiled extension ``lljax.solve.kernels._newton`` (C++, built by ``pip install`` when a C++ compiler
 is available; see ``setup.py``) holds:
 
 - the **Newton kernel** (``newton_kernel.h``): a whole block of entities by damped Newton, the same
-  algorithm, penalty, stopping rule and finish as :func:`lljax.solve.newton._solve_one`, with the entity axis
+  iteration (:mod:`lljax.solve.iteration`), penalty and finish as the ``"newton"`` method, with the entity axis
   in the SIMD lanes (4 float64 or 8 float32 entities per group, AVX2 + FMA when the CPU has them,
   chosen at run time) and each group's whole solve fused in cache. Every loss goes through the same
-  kernel (one row function per loss). :func:`lljax.solve_block` uses it on the CPU backend;
+  kernel (one row function per loss);
 - the **wide kernel** (``wide_kernel.h``): Newton in the span of the rows on sparse blocks, the
-  same iterates as :mod:`lljax.solve.span` (which uses it on the CPU backend), one entity at a time with
+  same iterates as the ``"span"`` method (:mod:`lljax.solve.span`), one entity at a time with
   ``K = X A^-1 X^T`` built from the nonzeros grouped by column;
 - **host helpers** (``pack.cc``, plain CPython): :func:`pack_rows` scatters a block's sparse rows into
   its dense design matrix or sparse slots, :func:`block_rows` gathers a block's rows and their
   label / weight / offset columns, and :func:`subspace_keys` finds every entity's distinct features,
-  each in one pass, for :mod:`lljax.rounds.packing` (which keeps its NumPy paths as the fallback).
+  each in one pass, for :mod:`lljax.rounds.round` (which keeps its NumPy paths as the fallback).
 
 Without the extension (or with ``LLJAX_NATIVE=0``) the pure-JAX / NumPy paths run; results of the
 two agree to rounding (the host helpers exactly).
 
 - :func:`available` says whether the extension was built and registered; :func:`build_error` why not.
-- ``LLJAX_NATIVE=0`` in the environment (read when a block shape is first compiled) forces the
-  pure-JAX path for both kernels; ``SolverConfig(native=False/True)`` does so per call. It also turns
-  off the host helpers (then NumPy packs).
-- ``LLJAX_REQUIRE_NATIVE=1`` makes the test suite fail when the extension is missing (set by ``.ci/run``).
+- Which blocks run on a kernel is decided on the host by :func:`lljax.solve.registry.choose_backend`
+  at every call: ``LLJAX_NATIVE=0`` in the environment forces the pure-JAX path for both kernels (and
+  turns off the host helpers: then NumPy packs); ``SolverConfig(native=False/True)`` does so per call.
 - ``LLJAX_NATIVE_THREADS=k`` caps the threads the kernel uses (default: XLA's CPU thread pool).
 - ``LLJAX_NATIVE_ISA=generic`` (read once per process) runs the baseline-ISA variant on an AVX2 CPU.
 """
@@ -51,7 +50,7 @@ _WIDE_TARGETS = {np.dtype(np.float64): "lljax_wide_f64", np.dtype(np.float32): "
 _module = None
 _error: str | None = None
 if importlib.util.find_spec(f"{__name__}._newton") is None:
-    _error = ("the compiled module lljax.kernels._newton is not installed (built by `pip install` when a C++ "
+    _error = ("the compiled module lljax.solve.kernels._newton is not installed (built by `pip install` when a C++ "
               "compiler and jaxlib's XLA FFI headers are available; see setup.py)")
 else:
     try:
@@ -202,13 +201,13 @@ def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, 
     slot ``row_cell[i] * K + j`` as ``slot_cols = col``, ``out = value``. ``col`` is the nonzero's local
     column in its lane's subspace: its rank in the row when that is right (checked), else found in a
     per-lane feature table (feature spaces up to 2^22 ids) or by binary search. This is the host-side
-    half of :func:`lljax.rounds.packing.build_block` / :func:`~lljax.rounds.packing.build_sparse_block`.
+    half of :meth:`lljax.rounds.round.Round.build`.
 
     Args:
       indptr, feature_ids, values: the dataset's CSR rows (int64; int32 or int64; float32 or float64).
       rows, row_cell, row_lane: ``(R,)`` integers: the dataset rows of the block, each one's flat cell
         ``lane * N + rank`` and its lane.
-      subspaces: the block's :class:`lljax.rounds.packing.Subspaces` (lane-numbered, see ``restrict``).
+      subspaces: the block's :class:`lljax.rounds.subspaces.Subspaces` (lane-numbered, see ``restrict``).
       D: padded features.
       out: float64, C-contiguous, written in place: ``(E * N * D,)`` (dense, zeros where nothing is
         added) or ``(E * N * K,)`` values (slots).
@@ -230,7 +229,7 @@ def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, 
 def block_rows(row_order, row_start, entities, N: int, columns, outputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A block's rows and their padded cells, in one pass (C++, see ``pack.cc``).
 
-    What :func:`lljax.rounds.packing._block_rows` computes with NumPy: ``rows`` the dataset rows of
+    What :func:`lljax.rounds.round.block_rows` computes with NumPy: ``rows`` the dataset rows of
     ``entities``, entity by entity (in ``row_order``'s order), ``lane`` each row's position of its
     entity in ``entities``, ``cell = lane * N + rank``; and ``outputs[c][cell] = columns[c][row]``.
 
@@ -259,7 +258,7 @@ def block_rows(row_order, row_start, entities, N: int, columns, outputs) -> tupl
 def subspace_keys(indptr, feature_ids, row_order, row_start, prior_owner, prior_feature_ids, stride: int) -> np.ndarray:
     """Sorted distinct ``entity * stride + feature_id`` keys of every entity's nonzeros and prior features.
 
-    What :func:`lljax.rounds.packing.local_subspaces` computes, entity by entity in one pass over the
+    What :func:`lljax.rounds.subspaces.local_subspaces` computes, entity by entity in one pass over the
     nonzeros (C++, see ``pack.cc``; a mark array of ``stride`` uint32).
 
     Args:

@@ -3,13 +3,13 @@
 // library function is compiled for the ISA of this file). Only builtins and the functions below are
 // used here. See newton_common.h for the layout and lljax/solve/newton.py for the algorithm it mirrors:
 //
-//   setup: the penalty 1/2 t^T A t - b^T t + c from the prior, l2 and delta (_make_penalty)
+//   setup: the penalty 1/2 t^T A t - b^T t + c from the prior, l2 and delta (lljax.solve.objective.make_penalty)
 //   start: theta0 (masked prior mean), m = X theta0 + offset, f, g, status_after(f, g, 0)
 //   step:  H = X^T diag(c) X + A; mu = sqrt(eps) max diag H + eps; L = chol(sym(H) + mu I);
 //          p = -L^-T L^-1 g (NaN if H is non-finite or not positive definite); Armijo backtracking
 //          t = 2^-k with slack 16 eps (1 + |f|), at most max_backtracks halvings; accept, gradient,
 //          status_after(f, g, iteration, stalled = !accepted)
-//   end:   the precision (X^T diag(c) X + A at the final margin: full or diagonal), and _finish: a
+//   end:   the precision (X^T diag(c) X + A at the final margin: full or diagonal), and the finish (lljax.solve.iteration.finish): a
 //          non-finite precision fails the lane; a failed lane returns theta0 and its prior precision.
 // Every lane (entity) follows exactly this sequence; lanes that stopped are frozen while the others of
 // their group go on.

@@ -1,7 +1,7 @@
 // Host-side packing helpers of lljax (plain CPython through the buffer protocol; no XLA, no NumPy C API).
 //
 // pack_rows scatters a block's sparse rows into its padded dense design matrix in one pass over the
-// nonzeros. It does what lljax/rounds/round.py's NumPy path does for a block (build_block: Subspaces.local_index with
+// nonzeros. It does what lljax/rounds/round.py's NumPy path does for a block (Round.build: Subspaces.local_index with
 // the rank-in-row guess, then a bincount of the values into (E * N * D) cells), without its dozen
 // temporaries of the block's nonzero count: each nonzero's local column is its rank in its row when the
 // entity's subspace has that feature there (checked), else a binary search of the entity's sorted keys.

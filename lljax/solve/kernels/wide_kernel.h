@@ -3,13 +3,13 @@
 // (whose row_values, row_derivatives, Eps and status_after it uses), inside the same ISA namespace.
 //
 // Per entity (N rows of at most K stored (column, value) slots, D local features, diagonal penalty A):
-//   setup: A, b, c from the prior (_make_penalty), mu = b / A; K = X A^-1 X^T (N x N) from the nonzeros
+//   setup: A, b, c from the prior (lljax.solve.objective.make_penalty), mu = b / A; K = X A^-1 X^T (N x N) from the nonzeros
 //          grouped by column (a column's rows pairwise: no D x N dense X^T and no dense product);
 //   start: theta = mu, beta = 0, m = X mu + offset, f, g = X^T r + A theta - b, status;
 //   step:  r = w l'(m) + beta, s = sqrt(w l''(m)), M = I + s K s; dbeta = -r + s M^-1 (s K r) (Cholesky);
 //          p = A^-1 X^T dbeta (NaN if M is not finite); the Newton kernel's Armijo search on f along p;
 //          accept: beta += t dbeta, theta += t p, m += t X p, g; status;
-//   end:   diagonal precision sum_n c_n x_nj^2 + A_j (each stored slot squared), and _finish.
+//   end:   diagonal precision sum_n c_n x_nj^2 + A_j (each stored slot squared), and the finish (lljax.solve.iteration.finish).
 // Weight-0 rows take no part (their stored values count as 0).
 
 template <typename T>
@@ -81,7 +81,7 @@ struct WideEntity {
     for (int64_t j = 0; j < D; j++) g[j] = (g[j] + S.A[j] * theta[j]) - S.b[j];
   }
 
-  // The penalty from the prior (as _make_penalty for a diagonal prior) and mu = b / A, unfused like XLA.
+  // The penalty from the prior (as lljax.solve.objective.make_penalty for a diagonal prior) and mu = b / A, unfused like XLA.
   __attribute__((optimize("fp-contract=off"))) void load_penalty(int64_t e) {
     const int32_t* mask = P.mask + e * D;
     const T* mu = P.prior_mean + e * D;
@@ -252,7 +252,7 @@ struct WideEntity {
       const GradSummary<T, 1> gs(S.g, D);
       status = status_after(f, gs.max_abs[0], gs.finite[0], iteration, tol, max_iter, !accepted);
     }
-    // Results, as _finish: the diagonal precision sum_n c_n x_nj^2 + A_j (c is current).
+    // Results, as lljax.solve.iteration.finish: the diagonal precision sum_n c_n x_nj^2 + A_j (c is current).
     T nonfinite = T(0);
     T* prec = P.precision_mode == kPrecisionDiagonal ? P.precision + e * D : nullptr;
     if (prec) {
