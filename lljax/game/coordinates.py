@@ -428,15 +428,11 @@ class RandomRuntime(_Runtime):
         ds = self.dataset(data)
         if self.model is None:
             self.model = self.new_model(data, loss)
-        model = self.model
-        saved = model.delta
-        model.delta = self.spec.delta if bayesian else 0.0
         try:
-            report = model.update(with_offset(ds, offset), progress=False)
+            report = self.model.update(with_offset(ds, offset), delta=self.spec.delta if bayesian else 0.0,
+                                       progress=False)
         except ValueError as exc:
             raise type(exc)(f"coordinate {self.spec.name!r}: {exc}") from exc
-        finally:
-            model.delta = saved
         return StepInfo(len(report.entity_keys), _status_counts(report.status),
                         float(report.iterations.mean()) if report.iterations.size else 0.0,
                         time.perf_counter() - started)

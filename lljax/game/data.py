@@ -17,7 +17,6 @@ then only swaps offsets.
 
 from __future__ import annotations
 
-import dataclasses
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -377,11 +376,5 @@ def entity_codes(keys: Any, coordinate: str, column: str) -> np.ndarray:
 
 
 def with_offset(dataset: Dataset, offset: np.ndarray) -> Dataset:
-    """A :class:`lljax.Dataset` sharing every array of ``dataset`` but the offset ``(n,)``.
-
-    Uses ``Dataset.with_offset`` when the installed lljax has it, else ``dataclasses.replace``."""
-    method = getattr(dataset, "with_offset", None)
-    offset = np.asarray(offset, dtype=dataset.dtype)
-    if method is not None:
-        return method(offset)
-    return dataclasses.replace(dataset, offset=offset)
+    """:meth:`lljax.Dataset.with_offset` (every array shared but the offset ``(n,)``)."""
+    return dataset.with_offset(np.asarray(offset, dtype=dataset.dtype))

@@ -177,20 +177,23 @@ class RandomEffectModel:
             raise KeyError(f"entity {entity!r} is not in the model")
         return self._store.get(entity)
 
-    def posterior(self, entities: Any, feature_ids: Any) -> Posterior:
+    def posterior(self, entities: Any, feature_ids: Any, *, intercept_id: int | None = 0) -> Posterior:
         """Gaussian posteriors of ``entities (E,)`` over global ``feature_ids (D,)``, for exploration.
 
         Returns a :class:`Posterior` (NumPy arrays): ``mean (E, D)`` and precision ``(E, D, D)``
         (``hessian="full"``) or ``(E, D)`` (``"diagonal"``, ``"identity"``). Features an entity has
         never seen, and entities not in the model, get the cold-start prior (mean 0, precision
-        ``l2``); stored features not requested are marginalized out.
+        ``l2``); stored features not requested are marginalized out. ``intercept_id``: the global id
+        of the intercept in the training data (``Dataset.intercept_id``; ``None`` if it had none); when
+        it is among ``feature_ids``, contexts may omit its column (:class:`Posterior`).
         """
         if self.hessian == "none":
             raise input_error("hessian", "none", "keeps no posterior precision; exploration needs 'identity', "
                               "'diagonal' or 'full'")
         dtype = self.dtype if self.dtype is not None else np.dtype(np.float64 if jax.config.jax_enable_x64
                                                                    else np.float32)
-        return dense_posterior(self._store, entities, feature_ids, self.l2, dtype, full=self.hessian == "full")
+        return dense_posterior(self._store, entities, feature_ids, self.l2, dtype, full=self.hessian == "full",
+                               intercept_id=intercept_id)
 
     # -- persistence and exports --------------------------------------------------------------
 
@@ -267,8 +270,11 @@ class RandomEffectModel:
         tol = self.tol if self.tol is not None else _DEFAULT_TOL[np.dtype(dtype)]
         return SolverConfig(loss=self.loss, hessian=self.hessian, max_iter=self.max_iter, tol=tol)
 
-    def update(self, dataset: Dataset, *, progress: bool | None = None) -> UpdateReport:
+    def update(self, dataset: Dataset, *, delta: float | None = None, progress: bool | None = None) -> UpdateReport:
         """Train every entity of ``dataset``, using stored posteriors as priors; return a report.
+
+        ``delta``: the forgetting factor of this update (default: the model's ``delta``); e.g. 0 to
+        refit from the L2 prior only, as a coordinate-descent pass does.
 
         ``progress``: a tqdm progress bar (entities solved) on stderr. ``None`` (default): shown
         only when tqdm is installed and the update runs longer than a few seconds; ``False``: never.
@@ -290,6 +296,11 @@ class RandomEffectModel:
         """
         started = time.perf_counter()
         timer = PhaseTimer()
+        if delta is None:
+            first_delta = self.delta
+        else:
+            _check_real("delta", delta, 0.0 <= delta <= 1.0 if _is_real(delta) else False, "a number in [0, 1]")
+            first_delta = float(delta)
         if not isinstance(dataset, Dataset):
             raise input_error("dataset", type(dataset).__name__, "must be an lljax.Dataset", error=TypeError)
         if dataset.num_examples == 0:
@@ -324,7 +335,7 @@ class RandomEffectModel:
             rows_in_round = keep if round_of_row is None else keep & (round_of_row == r)
             part = dataset if rows_in_round.all() else dataset.take(rows_in_round)
             codes = np.searchsorted(dataset.entity_keys, part.entity_keys)
-            delta = self.delta if r == 0 else 1.0
+            delta = first_delta if r == 0 else 1.0
             round_report, round_blocks = self._update_round(part, delta, progress, timer)
             report.merge(codes, round_report, first=r == 0)
             blocks += round_blocks
