@@ -10,11 +10,11 @@ precision, float64, tolerance lljax's default (max |gradient| <= 1e-6).
 
 Timed kernels, on prebuilt blocks already on the device (warm jit, ``block_until_ready``):
 
-- ``wide``: ``lljax.solve.span.solve_block_wide`` on :class:`~lljax.solve.span.SparseBlock` s (each row's
+- ``wide``: method ``"span"`` (``lljax.solve.registry.solve``) on ``SparseBlock`` s (each row's
   nonzeros as column + value) of ``--wide-lanes`` entities, all entities; what ``RandomEffectModel``
   runs for these blocks: on CPU the native wide kernel (``lljax/solve/kernels/wide_kernel.h``) when built;
 - ``wide jax``: the same call with ``SolverConfig(native=False)``: the pure-JAX wide path;
-- ``lbfgs``: ``lljax.solve.lbfgs.solve_block_lbfgs`` (optax L-BFGS, the previous wide path, still used when
+- ``lbfgs``: method ``"lbfgs"`` (L-BFGS directions, the previous wide path, still used when
   a block has more rows than features) on dense blocks of ``--lanes`` entities, all entities;
 - ``newton``: ``lljax.solve_block`` (``hessian="diagonal"``, which forms and factors the D x D
   Hessian) on the first ``--newton-sample`` entities, dense blocks;
@@ -56,8 +56,9 @@ import peers  # noqa: E402
 from _common import machine_info, write_json  # noqa: E402
 
 import lljax  # noqa: E402
-from lljax.solve.lbfgs import ITER_FACTOR, MEMORY_SIZE, solve_block_lbfgs  # noqa: E402
-from lljax.solve.span import solve_block_wide, sparse_from_dense  # noqa: E402
+from lljax.solve.blocks import sparse_from_dense  # noqa: E402
+from lljax.solve.lbfgs import ITER_FACTOR, MEMORY_SIZE  # noqa: E402
+from lljax.solve.registry import solve as solve_method  # noqa: E402
 
 L2, DELTA = 1.0, 0.8
 TIGHT_TOL = 1e-12
@@ -181,9 +182,9 @@ def run_case(D: int, E: int, args) -> dict:
 
     jax_config = config._replace(native=False)
     solvers = {
-        "wide": (lambda b, c=config: solve_block_wide(b, l2, delta, c), sparse),
-        "wide jax": (lambda b, c=jax_config: solve_block_wide(b, l2, delta, c), sparse),
-        "lbfgs": (lambda b, c=config: solve_block_lbfgs(b, l2, delta, c), blocks),
+        "wide": (lambda b, c=config: solve_method(b, l2, delta, c, method="span"), sparse),
+        "wide jax": (lambda b, c=jax_config: solve_method(b, l2, delta, c, method="span"), sparse),
+        "lbfgs": (lambda b, c=config: solve_method(b, l2, delta, c, method="lbfgs"), blocks),
         "newton": (lambda b, c=config: lljax.solve_block(b, l2, delta, c), newton_blocks),
     }
     results = {}
@@ -207,8 +208,8 @@ def run_case(D: int, E: int, args) -> dict:
         nt = run_blocks(lambda b: lljax.solve_block(b, l2, delta, tight), newton_blocks)
         acc["tol_1e-12_newton"] = summary(nt)
         for name, solve_tight, bl in [
-            ("wide", lambda b: solve_block_wide(b, l2, delta, tight), sparse),
-            ("lbfgs", lambda b: solve_block_lbfgs(b, l2, delta, tight), newton_blocks),
+            ("wide", lambda b: solve_method(b, l2, delta, tight, method="span"), sparse),
+            ("lbfgs", lambda b: solve_method(b, l2, delta, tight, method="lbfgs"), newton_blocks),
         ]:
             if name not in results:
                 continue

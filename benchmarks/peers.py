@@ -19,7 +19,9 @@ from typing import NamedTuple
 import numpy as np
 from scipy import sparse
 
-_ARMIJO_C1 = 1e-4
+# The line search of every lljax method (the same named constants as lljax and its C++ kernels).
+from lljax.solve.base import ARMIJO_C1, SLACK_ULPS, STEP_SHRINK
+
 CONVERGED, MAX_ITERATIONS, NON_FINITE, STALLED = 0, 1, 2, 3
 _RUNNING = -1
 
@@ -153,7 +155,7 @@ def numpy_newton(X, y, w, offset, feature_ids, prior_mean, prior_precision, *, l
         p = np.linalg.solve(np.swapaxes(L, 1, 2), z)[:, :, 0]
         Xp = np.einsum("end,ed->en", Xs, p)
         slope = np.einsum("ed,ed->e", g, p)
-        slack = 16 * eps * (1.0 + np.abs(f))
+        slack = SLACK_ULPS * eps * (1.0 + np.abs(f))
 
         # Line search: halve t on the lanes that fail Armijo, recomputing only those.
         t = np.ones(lanes.size, dtype)
@@ -161,12 +163,12 @@ def numpy_newton(X, y, w, offset, feature_ids, prior_mean, prior_precision, *, l
         trials += lanes.size
         k = 0
         while True:
-            ok = value <= f + _ARMIJO_C1 * t * slope + slack
+            ok = value <= f + ARMIJO_C1 * t * slope + slack
             redo = np.flatnonzero(~ok & np.isfinite(slope))
             if k >= max_backtracks or redo.size == 0:
                 break
             k += 1
-            t[redo] *= 0.5
+            t[redo] *= STEP_SHRINK
             tr = t[redo][:, None]
             value[redo] = objective(Xs[redo], ys[redo], ws[redo], As[redo], bs[redo], cs[redo],
                                     theta[redo] + tr * p[redo], m[redo] + tr * Xp[redo])

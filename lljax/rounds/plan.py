@@ -38,9 +38,8 @@ def padded_features(features: np.ndarray) -> np.ndarray:
     """Padded feature count of each entity's block: the next power of two, or three quarters of it
     from 12 on (12, 16, 24, 32, 48, ...).
 
-    The solver's cost grows as D^2 (Hessian) to D^3 (Cholesky), so 9 features padded to 12 instead of
-    16 made a Newton solve 1.35-1.45x faster (measured: 512 entities x 4 rows, 256 x 64 rows), at the
-    price of one more compiled shape per octave where both sizes occur.
+    The solver's cost grows as D^2 (Hessian) to D^3 (Cholesky), so the finer steps pay for one more
+    compiled shape per octave where both sizes occur (measured: ``benchmarks/README.md``).
     """
     p = next_pow2(features)
     three_quarters = 3 * p // 4
