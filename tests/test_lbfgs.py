@@ -112,55 +112,6 @@ def test_other_line_search_and_preconditioners_reach_the_same_optimum():
         assert rel_err(result.precision, newton.precision) <= 1e-9, kwargs
 
 
-def test_padding_rows_features_and_lanes_change_nothing():
-    rng = np.random.default_rng(10)
-    n, d = 20, 6
-    entities = [sparse_entity(rng, "logistic", n, d, nnz=3) for _ in range(3)]
-    priors = [(0.3 * rng.normal(size=d), rng.uniform(0.5, 3.0, size=d)) for _ in range(3)]
-    config = SolverConfig(loss="logistic", hessian="diagonal", tol=1e-12)
-
-    def stack(n_pad=0, d_pad=0, e_pad=0):
-        E, N, D = 3 + e_pad, n + n_pad, d + d_pad
-        X, y, w, o = np.zeros((E, N, D)), np.zeros((E, N)), np.zeros((E, N)), np.zeros((E, N))
-        fids, mean, P = np.full((E, D), -1), np.zeros((E, D)), np.ones((E, D))
-        for i, ((Xe, ye, we, oe), (t0, P0)) in enumerate(zip(entities, priors)):
-            X[i, :n, :d], y[i, :n], w[i, :n], o[i, :n] = Xe, ye, we, oe
-            X[i, n:, :d] = rng.normal(size=(n_pad, d))
-            o[i, n:] = 50.0
-            fids[i, :d], mean[i, :d], P[i, :d] = np.arange(d), t0, P0
-        # Junk prior values on padded features must be ignored too.
-        mean[:, d:], P[:, d:] = 7.0, 0.01
-        return Block(X, y, w, o, fids, mean, P)
-
-    base = solve_lbfgs(stack(), 1.0, 0.5, config)
-    padded = solve_lbfgs(stack(n_pad=12, d_pad=4, e_pad=5), 1.0, 0.5, config)
-    # Equal up to the convergence tolerance: padded reductions sum in another order.
-    np.testing.assert_allclose(padded.theta[:3, :d], base.theta, rtol=1e-9, atol=1e-11)
-    np.testing.assert_allclose(padded.precision[:3, :d], base.precision, rtol=1e-9)
-    np.testing.assert_array_equal(padded.theta[:, d:], 0.0)
-    np.testing.assert_array_equal(padded.theta[3:], 0.0)
-    np.testing.assert_array_equal(padded.status, Status.CONVERGED)
-    np.testing.assert_array_equal(padded.iterations[3:], 0)
-
-
-def test_non_finite_lane_keeps_prior_and_others_are_unaffected():
-    rng = np.random.default_rng(11)
-    d = 5
-    good = sparse_entity(rng, "poisson", 16, d, nnz=2)
-    bad = list(sparse_entity(rng, "poisson", 16, d, nnz=2))
-    bad[3] = np.full(16, 800.0)  # exp(800) overflows float64
-    means = 0.3 * rng.normal(size=(2, d))
-    precisions = rng.uniform(0.5, 3.0, size=(2, d))
-    block = Block(np.stack([good[0], bad[0]]), np.stack([good[1], bad[1]]), np.stack([good[2], bad[2]]),
-                  np.stack([good[3], bad[3]]), np.tile(np.arange(d), (2, 1)), means, precisions)
-    config = SolverConfig(loss="poisson", hessian="diagonal", tol=1e-12)
-    result = solve_lbfgs(block, 1.0, 0.5, config)
-    assert list(result.status) == [Status.CONVERGED, Status.NON_FINITE]
-    np.testing.assert_array_equal(result.theta[1], means[1])
-    np.testing.assert_array_equal(result.precision[1], precisions[1])
-    newton = solve_block(block, 1.0, 0.5, config)
-    assert list(newton.status) == [Status.CONVERGED, Status.NON_FINITE]
-    assert rel_err(result.theta[0], newton.theta[0]) <= 1e-9
 
 
 def test_iteration_cap_and_stall_are_reported():

@@ -100,36 +100,54 @@ def test_iteration_cap_is_a_status(method, native):
 
 
 @pytest.mark.parametrize("method, native", CASES)
-def test_a_failed_lane_keeps_its_prior_and_the_others_are_unaffected(method, native):
+@pytest.mark.parametrize("failure", ["poisson-overflow", "linear-huge-features"])
+def test_a_failed_lane_keeps_its_prior_and_the_others_are_unaffected(method, native, failure):
+    """A lane whose numbers overflow (exp(800) in a Poisson margin; features ~1e200, whose squares overflow
+    the Hessian / Gram) ends NON_FINITE with its prior mean and precision; the other lane is solved as if
+    alone."""
     rng = np.random.default_rng(3)
-    ents, priors = problem(rng, "poisson", E=2)
-    X, y, w, _ = ents[1]
-    ents[1] = (X, y, w, np.full(len(y), 800.0))  # exp(800) overflows float64
-    config = SolverConfig(loss="poisson", hessian="diagonal", tol=1e-10, native=native)
-    both = jax.device_get(solve(in_layout(dense_block(ents, priors, 16, 12, 2), method), 1.0, 0.5, config,
-                                method=method))
+    loss = "poisson" if failure == "poisson-overflow" else "linear"
+    ents, priors = problem(rng, loss, E=2)
+    X, y, w, o = ents[1]
+    ents[1] = (X, y, w, np.full(len(y), 800.0)) if loss == "poisson" else (X * 1e200, y, w, o)
+    config = SolverConfig(loss=loss, hessian="diagonal", tol=1e-10, native=native)
+    block = dense_block(ents, priors, 16, 12, 2)
+    both = jax.device_get(solve(in_layout(block, method), 1.0, 0.5, config, method=method))
     alone = jax.device_get(solve(in_layout(dense_block(ents[:1], priors[:1], 16, 12, 1), method), 1.0, 0.5,
                                  config, method=method))
     assert list(both.status) == [Status.CONVERGED, Status.NON_FINITE]
-    block = dense_block(ents, priors, 16, 12, 2)
     np.testing.assert_array_equal(both.theta[1], np.where(block.feature_ids[1] >= 0, block.prior_mean[1], 0.0))
     np.testing.assert_array_equal(both.precision[1], block.prior_precision[1])
     np.testing.assert_allclose(both.theta[0], alone.theta[0], rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("method, native", CASES)
+@pytest.mark.parametrize("method, native, hessian", [
+    pytest.param(*case.values, hessian, id=f"{case.id}-{hessian}") for case in CASES for hessian in ("diagonal", "full")
+    if hessian in METHODS[case.values[0]].hessians])
 @pytest.mark.parametrize("loss", LOSSES)
-def test_padding_rows_features_and_lanes_change_nothing(method, native, loss):
+def test_padding_rows_features_and_lanes_change_nothing(method, native, hessian, loss):
+    """Padding rows (weight 0, junk features, offset 40), padding features (id -1) and padding lanes give the
+    same result (up to the tolerance: padded reductions sum in another order); with ``"full"`` precision
+    (the methods that return it) the prior is a full SPD matrix."""
     rng = np.random.default_rng(4)
     ents, priors = problem(rng, loss)
-    config = SolverConfig(loss=loss, hessian="diagonal", tol=1e-10, native=native)
-    base = jax.device_get(solve(in_layout(dense_block(ents, priors, 14, 9, 3), method), 1.0, 0.5, config,
-                                method=method))
-    padded = jax.device_get(solve(in_layout(dense_block(ents, priors, 24, 16, 8, rng=rng), method), 1.0, 0.5,
-                                  config, method=method))
-    # Equal up to the convergence tolerance: padded reductions sum in another order.
+    config = SolverConfig(loss=loss, hessian=hessian, tol=1e-10, native=native)
+
+    def block_of(N, D, E, junk):
+        block = dense_block(ents, priors, N, D, E, rng=rng if junk else None)
+        if hessian == "full":  # a full prior: the diagonal one plus a random SPD part on the real features
+            P = np.tile(np.eye(D), (E, 1, 1))
+            for lane, (_, p) in enumerate(priors):
+                B = np.random.default_rng(lane).normal(size=(9, 9))
+                P[lane, :9, :9] = np.diag(p) + B @ B.T / 9
+            block = block._replace(prior_precision=P)
+        return in_layout(block, method)
+
+    base = jax.device_get(solve(block_of(14, 9, 3, False), 1.0, 0.5, config, method=method))
+    padded = jax.device_get(solve(block_of(24, 16, 8, True), 1.0, 0.5, config, method=method))
     np.testing.assert_allclose(padded.theta[:3, :9], base.theta, rtol=1e-8, atol=1e-9)
-    np.testing.assert_allclose(padded.precision[:3, :9], base.precision, rtol=1e-8, atol=1e-9)
+    real = (slice(0, 3), slice(0, 9), slice(0, 9)) if hessian == "full" else (slice(0, 3), slice(0, 9))
+    np.testing.assert_allclose(padded.precision[real], base.precision, rtol=1e-8, atol=1e-9)
     np.testing.assert_array_equal(padded.theta[:3, 9:], 0.0)
     np.testing.assert_array_equal(padded.status, Status.CONVERGED)
     np.testing.assert_array_equal(padded.iterations[3:], 0)
