@@ -474,9 +474,11 @@ def test_negative_zero_weight_is_zero_and_a_utf8_bom_is_skipped(tmp_path: Any) -
     assert key == "a"
 
 
-def test_object_arrays_of_numbers_and_big_integer_keys_are_accepted() -> None:
-    ds = Dataset.from_arrays(np.array([2**70, 1, 1], dtype=object), np.array([1.0, 0.0, 1.0], dtype=object), X=XD)
-    assert ds.label.dtype == np.float64 and ds.entity_keys.tolist() == [1, 2**70]
+def test_object_arrays_of_numbers_are_accepted_and_integer_keys_beyond_int64_are_not() -> None:
+    ds = Dataset.from_arrays(np.array([2**40, 1, 1], dtype=object), np.array([1.0, 0.0, 1.0], dtype=object), X=XD)
+    assert ds.label.dtype == np.float64 and ds.entity_keys.tolist() == [1, 2**40]
+    with pytest.raises(ValueError, match="example 0, field 'entity': value 1180591620717411303424 is outside the int64"):
+        Dataset.from_arrays(np.array([2**70, 1, 1], dtype=object), LAB, X=XD)  # keys are saved as int64
     mixed_int_types = Dataset.from_arrays(np.array([1, np.int64(2), 2], dtype=object), LAB, X=XD)
     assert mixed_int_types.num_entities == 2
 

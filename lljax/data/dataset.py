@@ -36,7 +36,7 @@ import numpy as np
 from lljax.data.arrays import concat_ranges
 from lljax.data.errors import all_finite, check_finite, check_length, check_nonnegative, input_error, number_column
 
-__all__ = ["Dataset"]
+__all__ = ["Dataset", "encode_entity_keys", "check_entity_keys"]
 
 _FLOAT_DTYPES = (np.float32, np.float64)
 
@@ -58,8 +58,9 @@ def _key_class(key: Any) -> str:
     return _type_class(type(key))
 
 
-def _check_key_types(keys: Sequence[Any]) -> None:
-    """``TypeError`` naming the first key whose class differs from the first key's, or that is not int/str."""
+def _check_key_types(keys: Sequence[Any]) -> str:
+    """``TypeError`` naming the first key whose class differs from the first key's, or that is not int/str;
+    else the keys' class, ``"int"`` or ``"str"``."""
     first = _key_class(keys[0])
     classes = {_type_class(t) for t in set(map(type, keys))}
     if classes != {first}:
@@ -68,7 +69,9 @@ def _check_key_types(keys: Sequence[Any]) -> None:
         raise input_error("entity", bad, f"has a different type from other entity keys ({names})",
                           where=f"example {i}", error=TypeError)
     if first not in ("int", "str"):
-        raise input_error("entity", keys[0], "entity keys must be integers or strings", error=TypeError)
+        reason = "entity keys must be integers or strings" + (", not floats" if first == "float" else "")
+        raise input_error("entity", keys[0], reason, error=TypeError)
+    return first
 
 
 def _type_class(t: type) -> str:
@@ -83,20 +86,33 @@ def _encode_entities(entity: Any) -> tuple[np.ndarray, np.ndarray]:
     """Sorted distinct keys and the int64 code of each example. Rejects mixed key types.
 
     Keys are all integers or all strings. A Python list mixing the two (which NumPy would
-    silently turn into strings), ``None``, floats and booleans raise ``TypeError``.
+    silently turn into strings), ``None``, floats and booleans raise ``TypeError``. Every key
+    accepted here round-trips exactly through save/load and the exports, so integer keys must fit
+    int64 (they are int64 from here on) and string keys must not hold a NUL character (NumPy string
+    arrays drop trailing ones, merging ``"a\\x00"`` into ``"a"``) or a lone surrogate (not UTF-8):
+    those raise ``ValueError`` naming the example and the key.
     """
     arr = np.asarray(entity)
     if arr.ndim != 1:
         raise input_error("entity", f"<array of shape {arr.shape}>", "must be one-dimensional")
     if len(arr) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    if arr.dtype == object or (isinstance(entity, (list, tuple)) and arr.dtype.kind in "iuUb"):
-        _check_key_types(entity if isinstance(entity, (list, tuple)) else arr.tolist())
+    if arr.dtype == object or (isinstance(entity, (list, tuple)) and arr.dtype.kind in "iuUbf"):
+        seq = entity if isinstance(entity, (list, tuple)) else arr.tolist()
+        if _check_key_types(seq) == "str":
+            _check_no_nul(seq)
+        else:
+            arr = _int64_keys(seq, arr)
     elif arr.dtype.kind == "f":
         raise input_error("entity", arr[0], "entity keys must be integers or strings, not floats", error=TypeError)
     elif arr.dtype.kind not in "iuU":
         raise input_error("entity", f"<array of dtype {arr.dtype}>", "entity keys must be integers or strings",
                           error=TypeError)
+    elif arr.dtype.kind == "u" and arr.dtype.itemsize == 8 and arr.max() >= 2**63:
+        i = int(np.argmax(arr >= 2**63))
+        raise input_error("entity", int(arr[i]), _INT64_RANGE, where=f"example {i}")
+    if arr.dtype.kind in "iu" and arr.dtype != np.int64:
+        arr = arr.astype(np.int64)
     if arr.dtype.kind in "iu" and bool(np.all(arr[1:] >= arr[:-1])):
         # Examples grouped by sorted integer key (the usual layout of big inputs): one pass, no sort.
         new_key = np.empty(len(arr), bool)
@@ -106,7 +122,80 @@ def _encode_entities(entity: Any) -> tuple[np.ndarray, np.ndarray]:
         codes -= 1
         return arr[new_key], codes
     keys, codes = np.unique(arr, return_inverse=True)
+    check_entity_keys(keys)
     return keys, codes.astype(np.int64).reshape(-1)
+
+
+_INT64_RANGE = ("is outside the int64 range [-2**63, 2**63): integer entity keys are stored as int64 "
+                "(map larger ids into it, e.g. uint64 ids with .view(np.int64), or use strings)")
+_NUL_REASON = ("contains a NUL character ('\\x00'): NumPy string arrays drop trailing NULs, so such a key would be "
+               "merged with another and could not be saved and read back exactly")
+_SURROGATE_REASON = "contains a lone surrogate (not valid Unicode): it cannot be written as UTF-8 (Parquet, files)"
+
+
+def encode_entity_keys(entity: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(keys (U,), codes (n,))``: the sorted distinct entity keys (int64 or str) of ``entity (n,)`` and
+    each element's code, with the checks of :meth:`Dataset.from_arrays` (one key type, int64 range,
+    no NUL or lone surrogate in strings): ``TypeError``/``ValueError`` naming the example and the key."""
+    return _encode_entities(entity)
+
+
+def check_entity_keys(keys: np.ndarray) -> None:
+    """``ValueError`` naming the first key of ``keys`` (an int64 array, a str array or an object array of
+    str) that could not round-trip exactly: a string holding a NUL character or a lone surrogate.
+    Vectorized over the code points of a str array."""
+    keys = np.asarray(keys)
+    if keys.size == 0 or keys.dtype.kind in "iu":
+        return
+    if keys.dtype == object:
+        text = "".join(keys.tolist())
+        try:
+            text.encode("utf-8")
+            surrogate = False
+        except UnicodeEncodeError:
+            surrogate = True
+        if "\x00" in text or surrogate:
+            _check_no_nul(keys.tolist(), where=False)
+            for key in keys.tolist():
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise input_error("entity", key, _SURROGATE_REASON) from None
+        return
+    if keys.dtype.kind != "U" or keys.itemsize == 0:
+        return
+    codes = keys.view(np.uint32).reshape(len(keys), -1)
+    nonzero = codes != 0
+    length = codes.shape[1] - np.argmax(nonzero[:, ::-1], axis=1)
+    length[~nonzero.any(axis=1)] = 0
+    bad = nonzero.sum(axis=1) < length  # a NUL before the last character
+    if bad.any():
+        raise input_error("entity", str(keys[int(np.argmax(bad))]), _NUL_REASON)
+    bad = ((codes >= 0xD800) & (codes <= 0xDFFF)).any(axis=1)
+    if bad.any():
+        raise input_error("entity", str(keys[int(np.argmax(bad))]), _SURROGATE_REASON)
+
+
+def _check_no_nul(seq: Sequence[str], where: bool = True) -> None:
+    """``ValueError`` at the first string of ``seq`` holding a NUL (one C-level scan; the loop only
+    runs to name the offender)."""
+    if "\x00" in "".join(seq):
+        i, key = next((i, k) for i, k in enumerate(seq) if "\x00" in k)
+        raise input_error("entity", key, _NUL_REASON, where=f"example {i}" if where else None)
+
+
+def _int64_keys(seq: Sequence[Any], arr: np.ndarray) -> np.ndarray:
+    """Integer keys as int64; ``ValueError`` naming the first key outside the int64 range."""
+    if arr.dtype == np.int64:
+        return arr
+    if arr.dtype.kind in "iu" and (arr.dtype.kind == "i" or arr.dtype.itemsize < 8):
+        return arr.astype(np.int64)
+    obj = np.empty(len(seq), object)
+    obj[:] = [int(k) for k in seq] if arr.dtype.kind != "O" else seq
+    if obj.min() < -(2**63) or obj.max() >= 2**63:
+        i = int(np.argmax((obj < -(2**63)) | (obj >= 2**63)))
+        raise input_error("entity", int(obj[i]), _INT64_RANGE, where=f"example {i}")
+    return obj.astype(np.int64)
 
 
 def _as_index(name: str, values: Any, keep_int32: bool = False) -> np.ndarray:

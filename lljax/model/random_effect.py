@@ -33,16 +33,21 @@ from lljax.solve.dtypes import compute_dtype
 from lljax.solve.losses import LOSSES, first_bad_label
 from lljax.solve.registry import solve
 from lljax.state.export import entity_to_ntv, model_to_table, ntv_to_flat, read_parquet, table_to_flat, write_parquet
-from lljax.state.persist import load_model, save_model
+from lljax.state.persist import HYPERPARAMETERS, load_model, save_model
 from lljax.state.store import EntityCoefficients, EntityStore
+from lljax.version import __version__
 
-__all__ = ["RandomEffectModel", "check_labels"]
+__all__ = ["RandomEffectModel", "check_labels", "singular_precisions"]
 
 _STORED_PRECISION = {"none": None, "identity": "diagonal", "diagonal": "diagonal", "full": "full"}
 _CPU_BLOCK_BUDGET = 16 << 20
 _ACCELERATOR_BLOCK_BUDGET = 256 << 20
 _IN_FLIGHT = 2  # blocks dispatched to the device and not yet collected
 _PROGRESS_DELAY_S = 3.0  # the default progress bar appears only for updates longer than this
+# Poisson line searches may halve the step this many times (SolverConfig's default is 30): a count y
+# makes the first Newton step from 0 about y long, and exp(step) overflows until the step is cut to
+# ~log(y), ~36 halvings for y = 1e11 and ~60 for y = 1e17 (float64).
+_POISSON_BACKTRACKS = 64
 _DEFAULT_TOL = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 1e-3}
 
 
@@ -69,6 +74,18 @@ def _check_real(field: str, value: Any, in_range: bool, expected: str) -> None:
         raise input_error(field, value, f"must be {expected}", error=TypeError)
     if not in_range:
         raise input_error(field, value, f"must be {expected}")
+
+
+def _finite(value: Any) -> bool:
+    """Whether a real number is finite as a float (an int beyond the float range is not: no OverflowError)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+_INT32_MAX = 2**31 - 1
+_INT64_MAX = 2**63 - 1
 
 
 def _jax_dtype(dtype: np.dtype) -> np.dtype:
@@ -114,24 +131,24 @@ class RandomEffectModel:
             raise input_error("loss", loss, f"is not one of {sorted(LOSSES)}")
         if hessian not in HESSIAN_TYPES:
             raise input_error("hessian", hessian, f"is not one of {list(HESSIAN_TYPES)}")
-        _check_real("l2", l2, math.isfinite(l2) and l2 >= 0 if _is_real(l2) else False, "a finite number >= 0")
+        _check_real("l2", l2, _finite(l2) and l2 >= 0 if _is_real(l2) else False, "a finite number >= 0")
         _check_real("delta", delta, 0.0 <= delta <= 1.0 if _is_real(delta) else False, "a number in [0, 1]")
-        if not (_is_int(max_iter) and max_iter >= 0):
-            raise input_error("max_iter", max_iter, "must be an int >= 0")
+        if not (_is_int(max_iter) and 0 <= max_iter <= _INT32_MAX):
+            raise input_error("max_iter", max_iter, f"must be an int in [0, {_INT32_MAX}] (2**31 - 1)")
         if tol is not None:
-            _check_real("tol", tol, math.isfinite(tol) and tol > 0 if _is_real(tol) else False, "a finite number > 0")
-        if memory_budget is not None and not (_is_int(memory_budget) and memory_budget > 0):
-            raise input_error("memory_budget", memory_budget, "must be None or a positive int (bytes)")
-        if not (_is_int(min_rows) and min_rows >= 0):
-            raise input_error("min_rows", min_rows, "must be an int >= 0")
-        if max_rows is not None and not (_is_int(max_rows) and max_rows >= 1):
-            raise input_error("max_rows", max_rows, "must be None or an int >= 1")
+            _check_real("tol", tol, _finite(tol) and tol > 0 if _is_real(tol) else False, "a finite number > 0")
+        if memory_budget is not None and not (_is_int(memory_budget) and 0 < memory_budget <= _INT64_MAX):
+            raise input_error("memory_budget", memory_budget, "must be None or a positive int (bytes) < 2**63")
+        if not (_is_int(min_rows) and 0 <= min_rows <= _INT64_MAX):
+            raise input_error("min_rows", min_rows, "must be an int in [0, 2**63)")
+        if max_rows is not None and not (_is_int(max_rows) and 1 <= max_rows <= _INT64_MAX):
+            raise input_error("max_rows", max_rows, "must be None or an int in [1, 2**63)")
         if index_map is not None and not isinstance(index_map, IndexMap):
             raise input_error("index_map", type(index_map).__name__, "must be an lljax.IndexMap or None",
                               error=TypeError)
         self.loss, self.l2, self.delta, self.hessian = loss, float(l2), float(delta), hessian
-        self.max_iter, self.tol, self.memory_budget = max_iter, tol, memory_budget
-        self.min_rows, self.max_rows, self.index_map = min_rows, max_rows, index_map
+        self.max_iter, self.tol, self.memory_budget = int(max_iter), None if tol is None else float(tol), memory_budget
+        self.min_rows, self.max_rows, self.index_map = int(min_rows), max_rows, index_map
         self._store: EntityStore | None = None
 
     def __repr__(self) -> str:
@@ -222,20 +239,67 @@ class RandomEffectModel:
         return model
 
     def import_table(self, table: dict[str, Any]) -> None:
-        """Add or replace the entities of ``table`` (validated first; see :meth:`from_table`)."""
+        """Add or replace the entities of ``table`` (validated first; see :meth:`from_table`). Atomic: if it
+        fails (or is interrupted) part-way, the model is left as it was."""
         dtype = self._import_dtype(table.get("mean"))
         store = self._store if self._store is not None else EntityStore(dtype, _STORED_PRECISION[self.hessian])
-        store.write_flat(table_to_flat(table, precision=store.precision, l2=self.l2, dtype=store.dtype))
-        self._store = store
+        flat = table_to_flat(table, precision=store.precision, l2=self.l2, dtype=store.dtype)
+        self._check_imported_ids(flat.feature_ids)
+        self._write_flat(store, flat)
+
+    def _check_imported_ids(self, feature_ids: np.ndarray) -> None:
+        if self.index_map is not None and feature_ids.size and feature_ids.max() >= len(self.index_map):
+            raise input_error("feature_id", int(feature_ids.max()),
+                              f"is outside the {len(self.index_map)} features of the model's index map")
+
+    def _write_flat(self, store: EntityStore, flat: Any) -> None:
+        """``store.write_flat(flat)``, undone if it fails part-way; ``store`` becomes the model's store."""
+        if store is not self._store:
+            store.write_flat(flat)  # a new store: on failure it is simply dropped
+            self._store = store
+            return
+        snapshot = store.snapshot(store.lookup(flat.keys))
+        try:
+            store.write_flat(flat)
+        except BaseException:
+            store.restore(snapshot)
+            raise
 
     def to_parquet(self, path: str | os.PathLike) -> None:
-        """Write :meth:`to_table` to a Parquet file, atomically (needs ``pyarrow``)."""
-        write_parquet(self.to_table(), os.fspath(path))
+        """Write :meth:`to_table` to a Parquet file, atomically (needs ``pyarrow``). The hyper-parameters and
+        the index map go in the file's metadata, for :meth:`from_parquet`."""
+        metadata = {"format": "lljax.RandomEffectModel.table", "lljax_version": __version__,
+                    "hyperparameters": {name: getattr(self, name) for name in HYPERPARAMETERS},
+                    "index_map": None if self.index_map is None else self.index_map.to_dict()}
+        write_parquet(self.to_table(), os.fspath(path), metadata)
 
     @classmethod
     def from_parquet(cls, path: str | os.PathLike, **hyperparameters: Any) -> RandomEffectModel:
-        """:meth:`from_table` of a Parquet file written by :meth:`to_parquet`."""
-        return cls.from_table(read_parquet(os.fspath(path)), **hyperparameters)
+        """:meth:`from_table` of a Parquet file written by :meth:`to_parquet`, with the hyper-parameters (and
+        index map) saved in it; keyword arguments override them. ``ValueError`` naming the file if its
+        metadata is not valid."""
+        path = os.fspath(path)
+        table, metadata = read_parquet(path, with_metadata=True)
+        saved: dict[str, Any] = {}
+        if metadata is not None:
+            hyper = metadata.get("hyperparameters", {})
+            if not isinstance(hyper, dict) or not set(hyper) <= set(HYPERPARAMETERS):
+                raise input_error("metadata.hyperparameters", hyper, f"must be an object with fields among "
+                                  f"{list(HYPERPARAMETERS)}", where=path)
+            saved.update(hyper)
+            if metadata.get("index_map") is not None:
+                try:
+                    saved["index_map"] = IndexMap.from_dict(metadata["index_map"])
+                except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                    raise input_error("metadata.index_map", str(metadata["index_map"])[:80],
+                                      f"is not a valid index map ({exc})", where=path) from exc
+        saved.update(hyperparameters)
+        try:
+            model = cls(**saved)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{path}: {exc}") from exc
+        model.import_table(table)
+        return model
 
     def entity_to_ntv(self, entity: Any, index_map: IndexMap | None = None
                       ) -> tuple[list[Feature], list[Feature] | None]:
@@ -251,8 +315,9 @@ class RandomEffectModel:
         dtype = self._import_dtype(np.asarray([f.value for f in means], np.float64))
         store = self._store if self._store is not None else EntityStore(dtype, _STORED_PRECISION[self.hessian])
         variances = None if variances is None else list(variances)
-        store.write_flat(ntv_to_flat(self, entity, means, variances, index_map, store.precision, store.dtype))
-        self._store = store
+        flat = ntv_to_flat(self, entity, means, variances, index_map, store.precision, store.dtype)
+        self._check_imported_ids(flat.feature_ids)
+        self._write_flat(store, flat)
 
     def _import_dtype(self, values: Any) -> np.dtype:
         if self._store is not None:
@@ -261,6 +326,14 @@ class RandomEffectModel:
         dtype = kind if kind in (np.float32, np.float64) else np.dtype(np.float64)
         return _jax_dtype(dtype)
 
+    def _check_feature_space(self, dataset: Dataset) -> None:
+        """``ValueError`` if the dataset's feature ids can exceed the model's index map (a dataset built
+        with another, larger :class:`IndexMap`, or with more columns than the map names)."""
+        if self.index_map is not None and dataset.num_features > len(self.index_map):
+            raise input_error("dataset.num_features", dataset.num_features,
+                              f"exceeds the {len(self.index_map)} features of the model's index map: the dataset "
+                              "was built with another feature space (build it with the model's IndexMap)")
+
     def _block_budget(self) -> int:
         if self.memory_budget is not None:
             return self.memory_budget
@@ -268,6 +341,9 @@ class RandomEffectModel:
 
     def solver_config(self, dtype: np.dtype) -> SolverConfig:
         tol = self.tol if self.tol is not None else _DEFAULT_TOL[np.dtype(dtype)]
+        if self.loss == "poisson":  # a first Newton step of ~count from 0 needs log2(count / log(count)) halvings
+            return SolverConfig(loss=self.loss, hessian=self.hessian, max_iter=self.max_iter, tol=tol,
+                                max_backtracks=_POISSON_BACKTRACKS)
         return SolverConfig(loss=self.loss, hessian=self.hessian, max_iter=self.max_iter, tol=tol)
 
     def update(self, dataset: Dataset, *, delta: float | None = None, progress: bool | None = None) -> UpdateReport:
@@ -307,12 +383,23 @@ class RandomEffectModel:
             raise input_error("dataset", repr(dataset), "is empty: nothing to train")
         with timer("validate"):
             check_labels(dataset, self.loss)
+        self._check_feature_space(dataset)
         dtype = _jax_dtype(dataset.dtype)
-        if self._store is None:
+        created = self._store is None
+        if created:
             self._store = EntityStore(dtype, _STORED_PRECISION[self.hessian])
         elif self._store.dtype != dtype:
             raise input_error("dataset.dtype", str(dataset.dtype),
                               f"differs from the model's dtype {self._store.dtype}", error=TypeError)
+        try:
+            return self._update(dataset, dtype, first_delta, progress, started, timer)
+        except BaseException:
+            if created:  # a failed first update stores nothing, and does not fix the model's dtype
+                self._store = None
+            raise
+
+    def _update(self, dataset: Dataset, dtype: np.dtype, first_delta: float, progress: bool | None, started: float,
+                timer: PhaseTimer) -> UpdateReport:
         if dataset.dtype != dtype:
             dataset = _cast(dataset, dtype)
 
@@ -331,20 +418,28 @@ class RandomEffectModel:
             round_of_row = None if self.max_rows is None else group_rank(dataset.entity, U) // self.max_rows
             rounds = 0 if not keep.any() else 1 if round_of_row is None else int(round_of_row[keep].max()) + 1
         blocks = 0
-        for r in range(rounds):
-            rows_in_round = keep if round_of_row is None else keep & (round_of_row == r)
-            part = dataset if rows_in_round.all() else dataset.take(rows_in_round)
-            codes = np.searchsorted(dataset.entity_keys, part.entity_keys)
-            delta = first_delta if r == 0 else 1.0
-            round_report, round_blocks = self._update_round(part, delta, progress, timer)
-            report.merge(codes, round_report, first=r == 0)
-            blocks += round_blocks
+        undo: list = []  # the snapshot of the first round, which holds every entity of the later ones
+        try:
+            for r in range(rounds):
+                rows_in_round = keep if round_of_row is None else keep & (round_of_row == r)
+                part = dataset if rows_in_round.all() else dataset.take(rows_in_round)
+                codes = np.searchsorted(dataset.entity_keys, part.entity_keys)
+                delta = first_delta if r == 0 else 1.0
+                round_report, round_blocks = self._update_round(part, delta, progress, timer, undo)
+                report.merge(codes, round_report, first=r == 0)
+                blocks += round_blocks
+        except BaseException:
+            if undo:
+                self._store.restore(undo[0])
+            raise
         return UpdateReport(dataset.entity_keys, report.status, report.iterations, report.loss, report.grad_norm,
                             rows, report.features, blocks, time.perf_counter() - started, timer.seconds)
 
     def _update_round(self, dataset: Dataset, delta: float, progress: bool | None,
-                      timer: PhaseTimer) -> tuple[_EntityReport, int]:
-        """One atomic sequential update of every entity of ``dataset`` with forgetting ``delta``."""
+                      timer: PhaseTimer, undo: list) -> tuple[_EntityReport, int]:
+        """One sequential update of every entity of ``dataset`` with forgetting ``delta``. If ``undo`` is
+        empty, a snapshot of the round's entities is appended to it before anything is written (the
+        caller restores it if the update fails)."""
         store = self._store
         dtype = store.dtype
         U = dataset.num_entities
@@ -355,17 +450,22 @@ class RandomEffectModel:
         l2, delta = np.asarray(self.l2, dtype), np.asarray(delta, dtype)
         report = _EntityReport.skipped(U, dtype)
         report.features[:] = work.subspaces.sizes
+        check_singular = self.l2 == 0 and self.hessian in ("full", "diagonal")
 
         def collect(plan, feature_ids, result):
             with timer("device_wait"):
                 result = jax.device_get(result)
             e = len(plan.entities)
-            report.status[plan.entities] = result.status[:e]
+            precision = result.precision  # identity is kept as a diagonal of ones; none as None
+            status = np.array(result.status[:e])
+            if check_singular:  # l2 = 0: an improper posterior (a singular precision) is not stored
+                status[(status != Status.NON_FINITE) & singular_precisions(feature_ids[:e], precision[:e])] = \
+                    Status.NON_FINITE
+            report.status[plan.entities] = status
             report.iterations[plan.entities] = result.iterations[:e]
             report.loss[plan.entities] = result.loss[:e]
             report.grad_norm[plan.entities] = result.grad_norm[:e]
-            ok = np.flatnonzero(result.status[:e] != Status.NON_FINITE)
-            precision = result.precision  # identity is kept as a diagonal of ones; none as None
+            ok = np.flatnonzero(status != Status.NON_FINITE)
             ents = plan.entities[ok]
             with timer("write"):  # each entity is in one block, so later blocks' priors are untouched
                 store.write(dataset.entity_keys[ents], slots[ents], feature_ids[ok], result.theta[ok],
@@ -378,22 +478,19 @@ class RandomEffectModel:
         # part-way restores what the round's entities had before, so a round is atomic.
         pending: deque = deque()
         slots = work.slots
-        snapshot = store.snapshot(slots)
-        try:
-            with _progress_bar(progress, U, "update") as bar:
-                for plan in plans:
-                    with timer("pack"):
-                        block = work.build(plan)
-                    with timer("dispatch"):
-                        pending.append((plan, block.feature_ids, solve(block, l2, delta, config, method=plan.method)))
-                    del block
-                    if len(pending) > _IN_FLIGHT:
-                        collect(*pending.popleft())
-                while pending:
+        if not undo:
+            undo.append(store.snapshot(slots))
+        with _progress_bar(progress, U, "update") as bar:
+            for plan in plans:
+                with timer("pack"):
+                    block = work.build(plan)
+                with timer("dispatch"):
+                    pending.append((plan, block.feature_ids, solve(block, l2, delta, config, method=plan.method)))
+                del block
+                if len(pending) > _IN_FLIGHT:
                     collect(*pending.popleft())
-        except BaseException:
-            store.restore(snapshot)
-            raise
+            while pending:
+                collect(*pending.popleft())
         return report, len(plans)
 
     def score(self, dataset: Dataset) -> np.ndarray:
@@ -408,17 +505,55 @@ class RandomEffectModel:
             return margins
         slots = self._store.lookup(dataset.entity_keys)
         pairs = self._store.gather_pairs(slots)
-        stride = max(dataset.num_features, int(pairs.feature_ids.max()) + 1 if pairs.feature_ids.size else 1)
-        stored_keys = pairs.owner * stride + pairs.feature_ids
+        stored_fids = pairs.feature_ids
+        _, feature_ids, values = dataset.explicit_rows()  # written out here only (not kept on the dataset)
+        stride = max(dataset.num_features, int(stored_fids.max()) + 1 if stored_fids.size else 1)
+        if dataset.num_entities * stride >= 2**63:  # entity * stride + id would overflow int64: rank the ids
+            ids = np.unique(np.concatenate([stored_fids, feature_ids]))
+            stored_fids, feature_ids, stride = np.searchsorted(ids, stored_fids), np.searchsorted(ids, feature_ids), \
+                max(len(ids), 1)
+        stored_keys = pairs.owner * stride + stored_fids
         order = np.argsort(stored_keys)
         stored_keys, stored_means = stored_keys[order], pairs.means[order]
-        _, feature_ids, values = dataset.explicit_rows()  # written out here only (not kept on the dataset)
         row = dataset.row_of_nonzero()
         wanted = dataset.entity[row] * stride + feature_ids
         pos = np.minimum(np.searchsorted(stored_keys, wanted), max(len(stored_keys) - 1, 0))
         found = stored_keys[pos] == wanted if len(stored_keys) else np.zeros(len(wanted), bool)
         coef = np.where(found, stored_means[pos] if len(stored_keys) else 0.0, 0.0)
         return margins + np.bincount(row, weights=values * coef, minlength=dataset.num_examples)
+
+
+def singular_precisions(feature_ids: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """``(e,)`` whether each lane's posterior precision is singular (not numerically positive definite:
+    a Cholesky pivot, or for a diagonal an entry, at most ``64 d eps`` times the largest diagonal entry).
+
+    ``feature_ids (e, W)``: valid ids first, then -1; ``precision (e, W, W)`` or ``(e, W)``. Only the
+    ``d x d`` block of each lane's ``d`` valid features is tested; one batched factorization per width."""
+    out = np.zeros(len(feature_ids), bool)
+    d = (feature_ids >= 0).sum(axis=1)
+    eps = np.finfo(precision.dtype).eps
+    for width in np.unique(d):
+        w = int(width)
+        if w == 0:
+            continue
+        members = np.flatnonzero(d == width)
+        if precision.ndim == 2:
+            diag = precision[members, :w].astype(np.float64)
+            scale = np.abs(diag).max(axis=1)
+            out[members] = ~np.isfinite(diag).all(axis=1) | (diag.min(axis=1) <= 64 * w * eps * scale)
+            continue
+        mats = precision[members, :w, :w].astype(np.float64)
+        scale = np.abs(np.diagonal(mats, axis1=1, axis2=2)).max(axis=1)
+        tau = 64 * w * eps * scale
+        try:
+            pivots = np.diagonal(np.linalg.cholesky(mats), axis1=1, axis2=2) ** 2
+            out[members] = pivots.min(axis=1) <= tau
+        except np.linalg.LinAlgError:
+            finite = np.isfinite(mats).all(axis=(1, 2))
+            smallest = np.full(len(members), -np.inf)
+            smallest[finite] = np.linalg.eigvalsh(mats[finite])[:, 0]
+            out[members] = smallest <= tau
+    return out
 
 
 class _EntityReport(NamedTuple):

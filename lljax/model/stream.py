@@ -84,6 +84,10 @@ def run_stream(model: Any, batches: Iterable[Dataset], *, metrics: Sequence[str]
         ``auc``, ``log_loss``; linear and Poisson ``rmse``). Scores are margins, except for
         Poisson, where they are rates ``exp(margin)``.
       progress: show a tqdm progress bar (needs ``tqdm``).
+
+    If anything raises part-way (the batch iterator, a bad batch, an update, Ctrl-C), the exception
+    propagates with a ``stream_report`` attribute: the :class:`StreamReport` of the windows that
+    finished before it. The model then holds exactly those windows' updates (an update is atomic).
     """
     names = tuple(metrics) if metrics is not None else DEFAULT_METRICS[model.loss]
     unknown = [m for m in names if m not in METRICS_FUNCS]
@@ -94,25 +98,43 @@ def run_stream(model: Any, batches: Iterable[Dataset], *, metrics: Sequence[str]
 
         batches = tqdm(batches, desc="stream", unit="batch")
     windows, all_scores, all_targets = [], [], []
-    for index, batch in enumerate(batches):
-        if not isinstance(batch, Dataset):
-            raise input_error("batches", type(batch).__name__, f"item {index} must be an lljax.Dataset",
-                              error=TypeError)
-        started = time.perf_counter()
-        scores = _predictions(model.loss, model.score(batch))
-        targets = _targets(model.loss, batch.label)
-        scored = time.perf_counter()
-        new_entities = sum(1 for key in batch.entity_keys.tolist() if key not in model)
-        report = model.update(batch)
-        windows.append(WindowResult(index, batch.num_examples, batch.num_entities, new_entities,
-                                    _metrics(names, scores, targets), report, scored - started,
-                                    time.perf_counter() - scored))
-        all_scores.append(scores)
-        all_targets.append(targets)
+    try:
+        for index, batch in enumerate(batches):
+            if not isinstance(batch, Dataset):
+                raise input_error("batches", type(batch).__name__, f"item {index} must be an lljax.Dataset",
+                                  error=TypeError)
+            started = time.perf_counter()
+            scores = _predictions(model.loss, model.score(batch))
+            targets = _targets(model.loss, batch.label)
+            scored = time.perf_counter()
+            new_entities = sum(1 for key in batch.entity_keys.tolist() if key not in model)
+            report = model.update(batch)
+            windows.append(WindowResult(index, batch.num_examples, batch.num_entities, new_entities,
+                                        _metrics(names, scores, targets), report, scored - started,
+                                        time.perf_counter() - scored))
+            all_scores.append(scores)
+            all_targets.append(targets)
+    except BaseException as exc:  # the batch iterator, scoring or an update failed, or Ctrl-C: keep what finished
+        _attach_partial_report(exc, windows, names, all_scores, all_targets)
+        raise
     if not windows:
         raise input_error("batches", "<empty>", "contains no mini-batch")
     overall = _metrics(names, np.concatenate(all_scores), np.concatenate(all_targets))
     return StreamReport(windows, overall, names)
+
+
+def _attach_partial_report(exc: BaseException, windows: list, names: tuple, all_scores: list,
+                           all_targets: list) -> None:
+    """Give ``exc`` a ``stream_report`` attribute: the :class:`StreamReport` of the windows finished before it
+    (the model holds exactly their updates: each update is atomic), and say so in a note."""
+    try:
+        overall = _metrics(names, np.concatenate(all_scores), np.concatenate(all_targets)) if windows else {}
+        exc.stream_report = StreamReport(list(windows), overall, names)  # type: ignore[attr-defined]
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"run_stream: {len(windows)} window(s) finished before this error; their report is "
+                         "the exception's stream_report attribute (the model holds their updates)")
+    except Exception:  # never mask the original error
+        pass
 
 
 def _predictions(loss: str, margins: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 
 from lljax.data.arrays import concat_ranges, segments
 from lljax.data.dataset import Dataset
+from lljax.data.errors import input_error
 from lljax.solve import kernels
 
 __all__ = ["Subspaces", "local_subspaces"]
@@ -108,6 +109,11 @@ def local_subspaces(dataset: Dataset, prior_owner: np.ndarray, prior_feature_ids
         entity's offset in ``row_order`` (``(U + 1,)``).
     """
     stride = max(dataset.num_features, int(prior_feature_ids.max()) + 1 if prior_feature_ids.size else 0, 1)
+    if dataset.num_entities * stride >= 2**63:  # the int64 keys entity * stride + feature_id would overflow
+        raise input_error("feature_ids", stride - 1,
+                          f"(the largest feature id) is too large for {dataset.num_entities} entities in one update: "
+                          "entities x (largest id + 1) must be < 2**63; number the features densely (an IndexMap), "
+                          "or update fewer entities at a time")
     if dataset.intercept_id is not None:  # every entity's rows have the (implicit) intercept
         prior_owner = np.concatenate([prior_owner, np.arange(dataset.num_entities, dtype=np.int64)])
         prior_feature_ids = np.concatenate([prior_feature_ids,

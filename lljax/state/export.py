@@ -10,12 +10,14 @@ diagonal precision ``1 / variance``. Use :meth:`RandomEffectModel.save` to keep 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from lljax.data.arrays import packed_diagonal
+from lljax.data.dataset import encode_entity_keys
 from lljax.data.errors import check_finite, input_error
 from lljax.data.ntv import Feature, IndexMap
 from lljax.state.store import FlatEntities
@@ -62,10 +64,7 @@ def table_to_flat(table: Mapping[str, Any], *, precision: str | None, l2: float,
     for column in ("entity", "feature_id", "mean"):
         if column not in table:
             raise input_error("table", sorted(table), f"has no '{column}' column")
-    entity = np.asarray(table["entity"])
-    if entity.dtype.kind == "f":
-        raise input_error("entity", entity[0] if entity.size else entity, "entity keys must be integers or strings",
-                          error=TypeError)
+    entity = table["entity"]
     n = len(entity)
     columns = {"feature_id": np.asarray(table["feature_id"]), "mean": np.asarray(table["mean"], dtype)}
     if "variance" in table:
@@ -73,6 +72,8 @@ def table_to_flat(table: Mapping[str, Any], *, precision: str | None, l2: float,
     for name, values in columns.items():
         if values.shape != (n,):
             raise input_error(name, f"<column of shape {values.shape}>", f"must have one value per row ({n})")
+    keys, codes = encode_entity_keys(entity)  # the host edge's key checks: one type, int64 range, no NUL
+    entity = keys[codes]
     fids = columns["feature_id"]
     if fids.dtype.kind not in "iu":
         raise input_error("feature_id", f"<column of dtype {fids.dtype}>", "must be integers", error=TypeError)
@@ -88,8 +89,6 @@ def table_to_flat(table: Mapping[str, Any], *, precision: str | None, l2: float,
             i = int(np.argmax(bad))
             raise input_error("variance", float(variance[i]), "must be finite and > 0", entity=entity[i],
                               where=f"row {i}, feature {int(fids[i])}")
-    keys, codes = np.unique(entity, return_inverse=True)
-    codes = codes.reshape(-1)
     order = np.lexsort((fids, codes))
     codes, fids = codes[order], fids[order]
     dup = np.flatnonzero((np.diff(codes) == 0) & (np.diff(fids) == 0))
@@ -113,20 +112,41 @@ def _precision_from_diagonals(diag: np.ndarray, sizes: np.ndarray, precision: st
     return out
 
 
-def write_parquet(table: Mapping[str, np.ndarray], path: str) -> None:
-    """Write a column table to Parquet (needs ``pyarrow``: ``pip install "lljax[io]"``), atomically."""
+PARQUET_METADATA_KEY = b"lljax"
+
+
+def write_parquet(table: Mapping[str, np.ndarray], path: str, metadata: Mapping[str, Any] | None = None) -> None:
+    """Write a column table to Parquet (needs ``pyarrow``: ``pip install "lljax[io]"``), atomically.
+
+    ``metadata``: JSON-able, kept in the file's schema metadata under ``b"lljax"`` (the model's
+    hyper-parameters and index map: :func:`read_parquet` gives it back)."""
     pa, pq = _pyarrow()
     from lljax.state.persist import atomic_write
 
     arrow_table = pa.table({name: pa.array(values) for name, values in table.items()})
+    if metadata is not None:
+        arrow_table = arrow_table.replace_schema_metadata(
+            {PARQUET_METADATA_KEY: json.dumps(metadata, allow_nan=False).encode("utf-8")})
     atomic_write(path, lambda f: pq.write_table(arrow_table, f))
 
 
-def read_parquet(path: str) -> dict[str, np.ndarray]:
-    """Read a Parquet column table into NumPy arrays (needs ``pyarrow``)."""
+def read_parquet(path: str, with_metadata: bool = False) -> Any:
+    """Read a Parquet column table into NumPy arrays (needs ``pyarrow``); with ``with_metadata``, also
+    the ``metadata`` :func:`write_parquet` kept (``None`` if none): ``(table, metadata)``. A metadata
+    entry that is not valid JSON raises ``ValueError`` naming the file."""
     _, pq = _pyarrow()
     arrow_table = pq.read_table(path)
-    return {name: arrow_table.column(name).to_numpy() for name in arrow_table.column_names}
+    table = {name: arrow_table.column(name).to_numpy() for name in arrow_table.column_names}
+    if not with_metadata:
+        return table
+    raw = (arrow_table.schema.metadata or {}).get(PARQUET_METADATA_KEY)
+    try:
+        metadata = None if raw is None else json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise input_error("metadata", raw[:80], f"is not valid JSON ({exc})", where=path) from exc
+    if metadata is not None and not isinstance(metadata, dict):
+        raise input_error("metadata", raw[:80], "must be a JSON object", where=path)
+    return table, metadata
 
 
 def _pyarrow():

@@ -19,7 +19,7 @@ import numpy as np
 from lljax.data.arrays import concat_ranges
 from lljax.data.errors import input_error
 
-__all__ = ["EntityStore", "EntityCoefficients", "StoredPairs", "FlatEntities", "WidthRows"]
+__all__ = ["EntityStore", "EntityCoefficients", "StoredPairs", "FlatEntities", "WidthRows", "StoreSnapshot"]
 
 
 class EntityCoefficients(NamedTuple):
@@ -51,6 +51,21 @@ class WidthRows(NamedTuple):
     feature_ids: np.ndarray
     means: np.ndarray
     precision: np.ndarray | None
+
+
+class StoreSnapshot(NamedTuple):
+    """What :meth:`EntityStore.restore` puts back: ``count`` keys registered and their ``key_kind``;
+    the covered stored entities' ``slots (k,)``, ``width (k,)`` and ``row (k,)``; each slab's ``size``
+    (``slab_sizes``, by width); and ``contents``: per width, ``(width, members, {field: rows})`` copies
+    of the covered entities' rows (``members`` index ``slots``)."""
+
+    count: int
+    key_kind: str | None
+    slots: np.ndarray
+    width: np.ndarray
+    row: np.ndarray
+    slab_sizes: dict
+    contents: list
 
 
 # Slabs grow by chunks of _FIRST_CHUNK_ROWS rows, doubling up to about _CHUNK_BYTES bytes each.
@@ -114,11 +129,17 @@ class _Slab:
     def has_precision(self) -> bool:
         return "precision" in self._shapes
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(self._shapes)
+
     def allocate(self, count: int) -> np.ndarray:
         """Return ``count`` fresh row indices, adding chunks as needed (nothing is copied)."""
         needed = self.size + count
         while self._chunk_start[-1] < needed:
-            rows = min(self._max_chunk_rows, _FIRST_CHUNK_ROWS << len(self._chunks))
+            chunks = len(self._chunk_start) - 1  # the chunks _chunk_start describes (an interrupted append
+            del self._chunks[chunks:]            # may have left one more in _chunks: it is dropped)
+            rows = min(self._max_chunk_rows, _FIRST_CHUNK_ROWS << chunks)
             # Uninitialized: a row is written whole (by put) before any read of it, and rows past
             # ``size`` are never read. Filling here would touch every page twice.
             self._chunks.append({name: np.empty((rows,) + shape, dt) for name, (shape, dt) in self._shapes.items()})
@@ -262,24 +283,63 @@ class EntityStore:
                 precision = unpack_upper(precision, slab.width)
             yield positions, slab.take("feature_ids", rows), slab.take("means", rows), precision
 
-    def snapshot(self, slots: np.ndarray) -> tuple[int, FlatEntities]:
+    def snapshot(self, slots: np.ndarray) -> StoreSnapshot:
         """What :meth:`restore` needs to undo writes to the entities at ``slots`` (-1: not stored yet) and
-        every entity registered from now on: a compact copy of the stored ones (none for new entities)."""
-        return len(self._keys), self.to_flat(slots[slots >= 0])
+        every entity registered from now on: where each stored one lives (width, row), a copy of its row,
+        the key count, the key kind and each slab's size. O(number of stored entities in ``slots``)."""
+        slots = np.asarray(slots, np.int64)
+        stored = np.unique(slots[slots >= 0])
+        width, row = self._width[stored].copy(), self._row[stored].copy()
+        contents = []
+        for w in np.unique(width):
+            if w == 0:
+                continue
+            members = np.flatnonzero(width == w)
+            slab = self._slabs[int(w)]
+            contents.append((int(w), members, {name: slab.take(name, row[members]) for name in slab.fields}))
+        return StoreSnapshot(len(self._keys), self.key_kind, stored, width, row,
+                             {w: slab.size for w, slab in self._slabs.items()}, contents)
 
-    def restore(self, snapshot: tuple[int, FlatEntities]) -> None:
+    def restore(self, snapshot: StoreSnapshot) -> None:
         """Undo everything written since :meth:`snapshot` to the entities it covered: entities registered
-        since are forgotten, the others get their saved coefficients back."""
-        count, saved = snapshot
-        added = np.arange(count, len(self._keys))
-        self._retire(added)
-        self._width[added] = 0
+        since are forgotten, the others get their rows back, where they were. Only the snapshot is
+        trusted, so the store is restored exactly wherever a write was interrupted (each entity's
+        (width, row) is reset from the snapshot; rows allocated since are released; slabs created since
+        are dropped)."""
+        for width, members, fields in snapshot.contents:
+            slab = self._slabs[width]
+            for name, values in fields.items():
+                slab.put(name, snapshot.row[members], values)
+        self._width[snapshot.slots] = snapshot.width
+        self._row[snapshot.slots] = snapshot.row
+        count = snapshot.count
         for key in self._keys[count:]:
-            del self._slot_of[key]
+            self._slot_of.pop(key, None)
+        if len(self._slot_of) > count:  # keys put in the map by an interrupted registration, not in the list
+            for key in [k for k, slot in self._slot_of.items() if slot >= count]:
+                del self._slot_of[key]
         del self._keys[count:]
-        if count == 0:
-            self.key_kind = None
-        self.write_flat(saved)
+        self.key_kind = snapshot.key_kind
+        for width in [w for w in self._slabs if w not in snapshot.slab_sizes]:
+            del self._slabs[width]
+        for width, size in snapshot.slab_sizes.items():
+            self._slabs[width].size = size
+
+    def check(self) -> None:
+        """``AssertionError`` unless the store's structures agree (keys, slot map, widths, rows, slabs): a
+        self-test for the tests; O(stored)."""
+        n = len(self._keys)
+        assert len(self._slot_of) == n, (len(self._slot_of), n)
+        assert all(self._slot_of[k] == i for i, k in enumerate(self._keys))
+        assert self._width.shape[0] >= n and self._row.shape[0] >= n
+        for w in np.unique(self._width[:n]):
+            if w == 0:
+                continue
+            slots = np.flatnonzero(self._width[:n] == w)
+            slab = self._slabs[int(w)]
+            rows = self._row[slots]
+            assert rows.min() >= 0 and rows.max() < slab.size and len(np.unique(rows)) == len(rows)
+            assert (slab.take("feature_ids", rows) >= 0).all()
 
     def rows_by_width(self, feature_ids: np.ndarray, means: np.ndarray,
                       precision: np.ndarray | None) -> list[WidthRows]:
@@ -350,24 +410,33 @@ class EntityStore:
             slab.put("feature_ids", rows, -1)
 
     def _register(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        """Give the keys with slot -1 new slots (width 0: no row yet); return all slots."""
+        """Give the keys with slot -1 new slots (width 0: no row yet); return all slots.
+
+        Ordered so that an interrupt between any two steps leaves a state :meth:`restore` undoes:
+        everything is checked first, the per-slot arrays are grown before any key refers to them,
+        and the key list is extended before the key-to-slot map."""
         new = slots < 0
         if not new.any():
             return slots
-        if self.key_kind is None:
-            self.key_kind = _key_kind(np.asarray(keys))
-        first_new = len(self._keys)
         new_keys = np.asarray(keys)[new].tolist()
-        slots = slots.copy()
-        slots[new] = np.arange(first_new, first_new + len(new_keys))
-        self._slot_of.update(zip(new_keys, range(first_new, first_new + len(new_keys))))
-        if len(self._slot_of) != first_new + len(new_keys):
+        first_new = len(self._keys)
+        count = first_new + len(new_keys)
+        if len(set(new_keys)) != len(new_keys):
             raise ValueError("field 'keys': duplicate entity keys in one write")
+        kind = self.key_kind if self.key_kind is not None else _key_kind(np.asarray(keys))
+        if count > min(self._width.shape[0], self._row.shape[0]):
+            capacity = max(count, 2 * self._width.shape[0])
+            if self._width.shape[0] < capacity:
+                self._width = _grow(self._width, capacity, 0)
+            if self._row.shape[0] < capacity:
+                self._row = _grow(self._row, capacity, 0)
+        new_slots = np.arange(first_new, count)
+        self._width[new_slots] = 0
+        self.key_kind = kind
         self._keys.extend(new_keys)
-        if len(self._keys) > self._width.shape[0]:
-            capacity = max(len(self._keys), 2 * self._width.shape[0])
-            self._width = _grow(self._width, capacity, 0)
-            self._row = _grow(self._row, capacity, 0)
+        self._slot_of.update(zip(new_keys, range(first_new, count)))
+        slots = slots.copy()
+        slots[new] = new_slots
         return slots
 
     def get(self, key: Any) -> EntityCoefficients:
@@ -407,7 +476,7 @@ class EntityStore:
         precision = None if self.precision is None else _in_slot_order(parts, 3, per_entity, U, self.dtype)
         keys = np.empty(U, object)  # only the requested keys: converting all of them costs O(stored)
         keys[:] = [self._keys[i] for i in slots.tolist()]
-        return FlatEntities(_plain_keys(keys), indptr, fids, means, precision)
+        return FlatEntities(_plain_keys(keys, self.key_kind), indptr, fids, means, precision)
 
     @classmethod
     def from_flat(cls, flat: FlatEntities, dtype: Any, precision: str | None) -> EntityStore:
@@ -473,10 +542,11 @@ def _key_kind(keys: np.ndarray) -> str | None:
     return type(first).__name__
 
 
-def _plain_keys(keys: np.ndarray) -> np.ndarray:
-    """Object array of keys -> int64 or str array when the keys allow it (they are of one type)."""
+def _plain_keys(keys: np.ndarray, kind: str | None = None) -> np.ndarray:
+    """Object array of keys -> int64 or str array when the keys allow it (they are of one type); an
+    empty selection is an empty int64 or str array (by ``kind``), never an object array."""
     if keys.size == 0:
-        return keys
+        return np.zeros(0, str if kind == "str" else np.int64)
     first = keys[0]
     if isinstance(first, (int, np.integer)) and not isinstance(first, bool):
         return keys.astype(np.int64)
