@@ -428,12 +428,13 @@ class RandomEffectModel:
                 round_report, round_blocks = self._update_round(part, delta, progress, timer, undo)
                 report.merge(codes, round_report, first=r == 0)
                 blocks += round_blocks
-        except BaseException:
+            return UpdateReport(dataset.entity_keys, report.status, report.iterations, report.loss,
+                                report.grad_norm, rows, report.features, blocks, time.perf_counter() - started,
+                                timer.seconds)
+        except BaseException:  # the update is one transaction: nothing of it stays if it does not return
             if undo:
                 self._store.restore(undo[0])
             raise
-        return UpdateReport(dataset.entity_keys, report.status, report.iterations, report.loss, report.grad_norm,
-                            rows, report.features, blocks, time.perf_counter() - started, timer.seconds)
 
     def _update_round(self, dataset: Dataset, delta: float, progress: bool | None,
                       timer: PhaseTimer, undo: list) -> tuple[_EntityReport, int]:

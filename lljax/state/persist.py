@@ -287,7 +287,7 @@ def _metadata(path: str, arrays: dict[str, np.ndarray]) -> dict:
     key_type = metadata.get("key_type")
     if key_type not in (None, "int", "str"):
         raise _fail(path, "key_type", key_type, "must be 'int', 'str' or null")
-    if key_type is None and count:
+    if key_type is None and count and version >= 2:
         raise _fail(path, "key_type", key_type, f"must be 'int' or 'str' for {count} entities")
     metadata["index_map"] = _index_map(path, metadata["index_map"])
     return metadata
