@@ -160,7 +160,12 @@ def load_model(path: str | os.PathLike, model_class: type) -> Any:
         model = model_class(**hyper, index_map=index_map)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ModelFileError(f"{path}: field 'hyperparameters': value {hyper} is invalid ({exc})") from exc
-    if metadata["dtype"] is not None:
+    if metadata["dtype"] is None:  # a model that never stored anything: nothing else may be in the file
+        extra = sorted(set(arrays) - {"metadata"})
+        if extra or metadata["num_entities"] or metadata["precision"] is not None:
+            raise _fail(path, "dtype", None, f"says no entity is stored, but the file has num_entities="
+                        f"{metadata['num_entities']}, precision={metadata['precision']!r} and arrays {extra}")
+    else:
         flat = _flat_entities(path, arrays, metadata, index_map)
         store = EntityStore.from_flat(flat, np.dtype(metadata["dtype"]), metadata["precision"])
         try:
