@@ -58,6 +58,20 @@ def test_table_import_applies_the_edge_key_rules(entity, error):
     assert len(model) == 0 and model.dtype is None
 
 
+def test_entity_from_ntv_applies_the_edge_key_rules():
+    from lljax import Feature
+
+    index_map = IndexMap()
+    index_map.push(("f", "1"))
+    model = RandomEffectModel("linear", hessian="diagonal", index_map=index_map)
+    model.entity_from_ntv("a", [Feature("f", "1", 0.5)])
+    with pytest.raises(ValueError, match="value 'a\\\\x00' contains a NUL"):  # was stored as "a", replacing it
+        model.entity_from_ntv("a\x00", [Feature("f", "1", 2.0)])
+    assert model.coefficients("a").mean.tolist() == [0.5]
+    with pytest.raises(ValueError, match="outside the int64 range"):
+        model.entity_from_ntv(2**64, [Feature("f", "1", 2.0)])
+
+
 def test_a_model_whose_update_skipped_every_entity_saves_and_loads(tmp_path):
     model = RandomEffectModel("linear", min_rows=5)
     report = model.update(tiny(["a", "b"]))

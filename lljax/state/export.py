@@ -217,7 +217,9 @@ def ntv_to_flat(model: Any, entity: Any, means: Iterable[Feature], variances: It
             missing = index_map.get_nt(int(fids[np.argmax(np.isnan(variance))]))
             raise input_error("variances", missing, "is missing and l2 = 0 gives no prior precision", entity=entity)
         variance = np.where(np.isnan(variance), 1.0 / model.l2, variance)
-    table = {"entity": np.array([entity] * len(fids)), "feature_id": fids, "mean": mean}
+    keys = np.empty(len(fids), object)  # not a NumPy string array, which would drop a trailing NUL unseen
+    keys[:] = [entity] * len(fids)
+    table = {"entity": keys, "feature_id": fids, "mean": mean}
     if variances is not None:
         table["variance"] = variance
     return table_to_flat(table, precision=precision, l2=model.l2, dtype=dtype)
