@@ -475,10 +475,10 @@ def check_precisions(precision: np.ndarray, sizes: np.ndarray, kind: str) -> tup
         if d == 0:
             continue
         members = np.flatnonzero(sizes == width)
-        index = starts[members][:, None] + np.arange(d * d)
-        for chunk in range(0, len(members), 1 << 14):
-            part = members[chunk: chunk + (1 << 14)]
-            mats = precision[index[chunk: chunk + (1 << 14)]].reshape(len(part), d, d)
+        step = max(1, (1 << 22) // (d * d))  # matrices per chunk: about 32 MiB of float64 at a time
+        for chunk in range(0, len(members), step):
+            part = members[chunk: chunk + step]
+            mats = precision[starts[part][:, None] + np.arange(d * d)].reshape(len(part), d, d)
             asym = np.abs(mats - mats.transpose(0, 2, 1)).max(axis=(1, 2))
             if asym.max() > 0:
                 e = int(np.argmax(asym > 0))
