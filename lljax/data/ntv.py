@@ -638,18 +638,20 @@ def ntv_arrow_table(data: bytes, entity_field: str = "uid") -> tuple[Any, bytes]
         return None
     if entity_field in ("label", "weight", "offset", "features", "context"):
         return None
-    body = data.removeprefix(_BOM)
+    body = data
+    if body.startswith(_BOM):
+        body = body[len(_BOM):]
     if b"\r" in body:
         body = body.replace(b"\r\n", b"\n")
         if b"\r" in body:  # a lone \r ends a line for Python's text files, not for pyarrow
             return None
-    body = body.removesuffix(b"\n")
-    if not body or body[:1] != b"{" or body[-1:] != b"}":
+    end = len(body) - 1 if body.endswith(b"\n") else len(body)  # the final line end (no copy of the data)
+    if end <= 0 or body[:1] != b"{" or body[end - 1:end] != b"}":
         return None
     # Every line starts with "{" and ends with "}": no object spans two lines ("}" then "{" is never valid
     # inside one JSON value), so with as many rows as lines, each line holds exactly one object.
-    lines = body.count(b"\n") + 1
-    if body.count(b"}\n{") != lines - 1:
+    lines = body.count(b"\n", 0, end) + 1
+    if body.count(b"}\n{", 0, end) != lines - 1:
         return None
     if not body.isascii():
         try:
@@ -738,8 +740,6 @@ def _python_strings(column: Any) -> list[str]:
 def _read_columnar(data: bytes, entity_field: str) -> list[tuple[EntityKey, TrainingRecord]] | None:
     """The records of ``data`` through :func:`ntv_arrow_table`, or ``None`` when the pure-Python parser must
     read it."""
-    if not data.strip():
-        return None
     parsed = ntv_arrow_table(data, entity_field)
     if parsed is None:
         return None
@@ -776,7 +776,7 @@ def _contexts(column: Any, body: bytes) -> list | None:
     parser does), ``None`` for rows without one; ``None`` overall if one is not an object."""
     present = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False))
     lines = body.split(b"\n")
-    contexts: list = [None] * len(lines)
+    contexts: list = [None] * len(column)
     for i in present.tolist():
         try:
             context = json.loads(lines[i], object_pairs_hook=_unique_keys).get("context")

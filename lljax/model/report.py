@@ -10,7 +10,7 @@ import numpy as np
 
 from lljax.solve.base import Status
 
-__all__ = ["UpdateReport", "PhaseTimer"]
+__all__ = ["UpdateReport", "PhaseTimer", "StatusCounts"]
 
 PHASES = ("validate", "prepare", "pack", "dispatch", "device_wait", "write")
 
@@ -28,6 +28,34 @@ class PhaseTimer:
             yield
         finally:
             self.seconds[phase] += time.perf_counter() - started
+
+
+class StatusCounts(dict):
+    """Entities per status: a ``dict`` keyed by the lower-case status names (``"converged"``, ...), in
+    :class:`Status` order, that also accepts :class:`Status` members (and their upper-case names) as keys:
+    ``counts[Status.CONVERGED] == counts["converged"]``. Iteration, ``str`` and equality are those of the
+    plain dict of names; :meth:`by_status` gives the same counts keyed by :class:`Status`."""
+
+    @staticmethod
+    def _name(key: object) -> object:
+        if isinstance(key, Status):
+            return key.name.lower()
+        if isinstance(key, str) and key.upper() in Status.__members__:
+            return key.lower()
+        return key
+
+    def __getitem__(self, key: object) -> int:
+        return super().__getitem__(self._name(key))
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(self._name(key))
+
+    def get(self, key: object, default: object = None) -> object:
+        return super().get(self._name(key), default)
+
+    def by_status(self) -> dict[Status, int]:
+        """The counts keyed by :class:`Status` members."""
+        return {Status[name.upper()]: count for name, count in self.items()}
 
 
 @dataclass(frozen=True)
@@ -50,6 +78,8 @@ class UpdateReport:
         on the host), ``dispatch`` (handing them to the device, including the compile of a shape seen
         for the first time), ``device_wait`` (waiting for solves the host did not overlap) and
         ``write`` (storing the results).
+      device_blocks: blocks solved per device (``str(device)``) when the update spread its blocks over
+        several local devices; empty with one device.
     """
 
     entity_keys: np.ndarray
@@ -62,12 +92,14 @@ class UpdateReport:
     blocks: int
     seconds: float
     phase_seconds: dict = field(default_factory=dict)
+    device_blocks: dict = field(default_factory=dict)
 
     @property
-    def status_counts(self) -> dict[str, int]:
-        """Number of entities per status name (all statuses listed, zeros included)."""
+    def status_counts(self) -> StatusCounts:
+        """Number of entities per status (all statuses listed, zeros included), keyed by the status name
+        (``"converged"``) or by the :class:`Status` member (``Status.CONVERGED``): a :class:`StatusCounts`."""
         counts = np.bincount(self.status, minlength=len(Status))
-        return {s.name.lower(): int(counts[s.value]) for s in Status}
+        return StatusCounts((s.name.lower(), int(counts[s.value])) for s in Status)
 
     @property
     def all_converged(self) -> bool:
