@@ -13,7 +13,7 @@ import contextlib
 import math
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -365,10 +365,15 @@ class RandomEffectModel:
           sequential Laplace approximation. It bounds the padded block size (memory), not the work.
         - An entity whose solve ends NON_FINITE keeps what was stored for it (a new one is not stored).
 
-        Each round is atomic: everything is validated first; a round stores each block's results as it
-        is solved, and if it fails part-way (an exception, Ctrl-C) the entities it touched get back what
-        they had and its new entities are forgotten. Undoing needs a copy of the stored state of the
-        round's already-stored entities, taken when the round starts.
+        An update is one transaction: everything is validated first; each block's results are stored as
+        it is solved, and if the update fails part-way (an exception, Ctrl-C), in any round, the entities
+        it touched get back what they had and its new entities are forgotten. Undoing needs a copy of the
+        stored state of the update's already-stored entities, taken when it starts.
+
+        Several local devices (GPUs, or CPU devices forced with
+        ``XLA_FLAGS=--xla_force_host_platform_device_count=N``): blocks are dealt to them in turn, each
+        solved where its arrays are placed, with the same results as on one device;
+        ``UpdateReport.device_blocks`` counts the blocks per device.
         """
         started = time.perf_counter()
         timer = PhaseTimer()
@@ -418,6 +423,7 @@ class RandomEffectModel:
             round_of_row = None if self.max_rows is None else group_rank(dataset.entity, U) // self.max_rows
             rounds = 0 if not keep.any() else 1 if round_of_row is None else int(round_of_row[keep].max()) + 1
         blocks = 0
+        device_blocks: Counter = Counter()
         undo: list = []  # the snapshot of the first round, which holds every entity of the later ones
         try:
             for r in range(rounds):
@@ -425,22 +431,23 @@ class RandomEffectModel:
                 part = dataset if rows_in_round.all() else dataset.take(rows_in_round)
                 codes = np.searchsorted(dataset.entity_keys, part.entity_keys)
                 delta = first_delta if r == 0 else 1.0
-                round_report, round_blocks = self._update_round(part, delta, progress, timer, undo)
+                round_report, round_blocks = self._update_round(part, delta, progress, timer, undo, device_blocks)
                 report.merge(codes, round_report, first=r == 0)
                 blocks += round_blocks
             return UpdateReport(dataset.entity_keys, report.status, report.iterations, report.loss,
                                 report.grad_norm, rows, report.features, blocks, time.perf_counter() - started,
-                                timer.seconds)
+                                timer.seconds, dict(device_blocks))
         except BaseException:  # the update is one transaction: nothing of it stays if it does not return
             if undo:
                 self._store.restore(undo[0])
             raise
 
     def _update_round(self, dataset: Dataset, delta: float, progress: bool | None,
-                      timer: PhaseTimer, undo: list) -> tuple[_EntityReport, int]:
+                      timer: PhaseTimer, undo: list, device_blocks: Counter) -> tuple[_EntityReport, int]:
         """One sequential update of every entity of ``dataset`` with forgetting ``delta``. If ``undo`` is
         empty, a snapshot of the round's entities is appended to it before anything is written (the
-        caller restores it if the update fails)."""
+        caller restores it if the update fails). With several local devices, block ``i`` goes to device
+        ``i mod count`` (counted in ``device_blocks``)."""
         store = self._store
         dtype = store.dtype
         U = dataset.num_entities
@@ -481,14 +488,20 @@ class RandomEffectModel:
         slots = work.slots
         if not undo:
             undo.append(store.snapshot(slots))
+        devices = jax.local_devices()
         with _progress_bar(progress, U, "update") as bar:
             for plan in plans:
                 with timer("pack"):
                     block = work.build(plan)
+                feature_ids = block.feature_ids  # the host copy, for the store
                 with timer("dispatch"):
-                    pending.append((plan, block.feature_ids, solve(block, l2, delta, config, method=plan.method)))
+                    if len(devices) > 1:
+                        device = devices[sum(device_blocks.values()) % len(devices)]
+                        block = jax.device_put(block, device)
+                        device_blocks[str(device)] += 1
+                    pending.append((plan, feature_ids, solve(block, l2, delta, config, method=plan.method)))
                 del block
-                if len(pending) > _IN_FLIGHT:
+                if len(pending) > _IN_FLIGHT * len(devices):
                     collect(*pending.popleft())
             while pending:
                 collect(*pending.popleft())
