@@ -108,8 +108,8 @@ class RandomEffectModel:
         iterations (the report's ``iterations`` then counts L-BFGS iterations).
       tol: convergence on the max-abs gradient (default 1e-6 in float64, 1e-3 in float32).
       memory_budget: bytes one block may use on the device (blocks are cut to fit). ``None``
-        (default): 16 MiB on CPU, where cache-sized blocks solve fastest (measured: 1.2-1.6x faster
-        than 256 MiB blocks), and 256 MiB on accelerators.
+        (default): 16 MiB on CPU, where cache-sized blocks solve fastest (``benchmarks/README.md``), and
+        256 MiB on accelerators.
       min_rows: an entity with fewer rows of positive weight in an update is not trained
         (status ``SKIPPED``; its state is kept). Default 1: entities whose weights are all 0 are skipped.
       max_rows: at most this many rows of an entity per solve; more are trained in consecutive
