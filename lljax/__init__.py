@@ -24,7 +24,16 @@ Public surface:
 """
 
 from lljax.data.dataset import Dataset
+from lljax.data.frames import (
+    coefficients_frame,
+    dataset_from_frame,
+    dataset_from_ntv_jsonl,
+    dataset_from_parquet,
+    report_frame,
+    stream_frame,
+)
 from lljax.data.ntv import Feature, IndexMap, TrainingRecord, iter_ntv_jsonl, read_ntv_jsonl, write_ntv_jsonl
+from lljax.estimator import RandomEffectClassifier, RandomEffectRegressor
 from lljax.explore.scoring import (
     Posterior,
     arm_moments,
@@ -39,7 +48,7 @@ from lljax.explore.scoring import (
 from lljax.game import ExternalScore, FixedEffect, GameData, GameModel, RandomEffect
 from lljax.model.metrics import auc, evaluate, log_loss, rmse
 from lljax.model.random_effect import RandomEffectModel
-from lljax.model.report import UpdateReport
+from lljax.model.report import StatusCounts, UpdateReport
 from lljax.model.stream import StreamReport, WindowResult, run_stream
 from lljax.solve.base import SolverConfig, SolveResult, Status
 from lljax.solve.blocks import Block
@@ -86,4 +95,13 @@ __all__ = [
     "ucb_arms",
     "ucb_candidates",
     "write_ntv_jsonl",
+    "RandomEffectClassifier",
+    "RandomEffectRegressor",
+    "StatusCounts",
+    "coefficients_frame",
+    "dataset_from_frame",
+    "dataset_from_ntv_jsonl",
+    "dataset_from_parquet",
+    "report_frame",
+    "stream_frame",
 ]
