@@ -111,6 +111,15 @@ class Features:
         return cls("vector", column=column, names=None if names is None else tuple(str(n) for n in names))
 
     @classmethod
+    def arrays(cls, indices: str, values: str, num_columns: int, names: Sequence[str] | None = None) -> Features:
+        """A sparse vector as two array columns: ``indices`` (column indices in ``[0, num_columns)``, feature id
+        ``index + 1``) and ``values`` (of the same length), as a vector's (e.g. from Parquet written elsewhere)."""
+        if not isinstance(num_columns, int) or num_columns < 0:
+            raise _error(ValueError, "num_columns", num_columns, "must be an int >= 0")
+        return cls("arrays", column=indices, numeric=(values, num_columns),
+                   names=None if names is None else tuple(str(n) for n in names))
+
+    @classmethod
     def ntv(cls, column: str, index_map: IndexMap | None = None) -> Features:
         return cls("ntv", column=column, index_map=index_map)
 
@@ -126,6 +135,8 @@ class Features:
     def input_columns(self) -> list[str]:
         if self.kind in ("vector", "ntv"):
             return [self.column]
+        if self.kind == "arrays":
+            return [self.column, self.numeric[0]]
         return list(self.numeric) + list(self.categorical)
 
 
@@ -445,6 +456,23 @@ def _features_csr(table: Any, spec: dict, n: int, dtype: np.dtype) -> tuple[np.n
         sparse_entry = np.repeat(vtype == 0, val_len)
         ids[sparse_entry] = idx.to_numpy(zero_copy_only=False).astype(np.int64)
         return _csr_from_rows(row, ids + 1, values, n)
+    if kind == "arrays":
+        idx_name, val_name, F = spec["column"], spec["values"], spec["num_columns"]
+        for c in (idx_name, val_name):
+            _check_no_nulls(table, c, "feature arrays", None)
+        idx_len, idx = _list_parts(table.column(idx_name))
+        val_len, vals = _list_parts(table.column(val_name))
+        if (idx_len != val_len).any():
+            i = int(np.argmax(idx_len != val_len))
+            raise _error(ValueError, val_name, f"<{int(val_len[i])} values>",
+                         f"differs from the {int(idx_len[i])} indices of column {idx_name!r}", f"example {i}")
+        ids = idx.to_numpy(zero_copy_only=False).astype(np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= F):
+            k = int(np.argmax((ids < 0) | (ids >= F)))
+            raise _error(ValueError, idx_name, int(ids[k]), f"is outside [0, {F}) (num_columns)",
+                         f"example {int(np.searchsorted(np.cumsum(idx_len), k, side='right'))}")
+        row = np.repeat(np.arange(n, dtype=np.int64), idx_len)
+        return _csr_from_rows(row, ids + 1, vals.to_numpy(zero_copy_only=False).astype(dtype), n)
     if kind == "ntv":
         col_name = spec["column"]
         lengths, flat = _list_parts(table.column(col_name))
@@ -684,6 +712,9 @@ def _check_columns(df: Any, columns: Columns) -> str:
         if t != "vector":
             raise _error(TypeError, feats.column, t, "has the wrong type for a vector of features (expected a "
                          "pyspark.ml.linalg vector column)")
+    elif feats.kind == "arrays":
+        _check_column(df, feats.column, ("array<int>", "array<bigint>"), "feature indices")
+        _check_column(df, feats.numeric[0], ("array<double>", "array<float>"), "feature values")
     elif feats.kind == "ntv":
         t = _check_column(df, feats.column, (), "name-term-value features")
         if not re.fullmatch(r"array<struct<name:string,term:string,value:(double|float)>>", t):
@@ -695,7 +726,7 @@ def _check_columns(df: Any, columns: Columns) -> str:
         for c in feats.categorical:
             _check_column(df, c, (), "a categorical feature")
     elif feats.kind != "none":
-        raise _error(ValueError, "features", feats.kind, "is not one of vector, ntv, columns, none")
+        raise _error(ValueError, "features", feats.kind, "is not one of vector, arrays, ntv, columns, none")
     return "string" if etype == "string" else "bigint"
 
 
@@ -722,6 +753,12 @@ def _build_index_map(df: Any, feats: Features, base: IndexMap | None) -> tuple[I
         for name in names:
             imap.push((feats.column, name) if feats.names is None else (name, ""))
         return imap, {"kind": "vector", "column": feats.column, "num_columns": F_cols}
+    if feats.kind == "arrays":
+        F_cols = feats.numeric[1]
+        imap = IndexMap()
+        imap.batch_push([(feats.column, str(j)) for j in range(F_cols)] if feats.names is None
+                        else [(name, "") for name in feats.names])
+        return imap, {"kind": "arrays", "column": feats.column, "values": feats.numeric[0], "num_columns": F_cols}
     if feats.kind == "ntv":
         if feats.index_map is not None:
             imap = feats.index_map
@@ -784,7 +821,7 @@ def _finish_feature_spec(fspec: dict) -> dict:
 def _check_same_space(state_map: IndexMap, data_map: IndexMap, feats: Features, where: str | None) -> None:
     """``ValueError`` when the data's feature space is not the state's (nor extends it, new features last)."""
     a, b = state_map.name_terms, data_map.name_terms
-    exact = feats.kind == "vector"
+    exact = feats.kind in ("vector", "arrays")
     if a == b or (not exact and b[: len(a)] == a):
         return
     for j in range(min(len(a), len(b))):
