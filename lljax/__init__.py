@@ -34,6 +34,7 @@ from lljax.data.frames import (
 )
 from lljax.data.ntv import Feature, IndexMap, TrainingRecord, iter_ntv_jsonl, read_ntv_jsonl, write_ntv_jsonl
 from lljax.estimator import RandomEffectClassifier, RandomEffectRegressor
+from lljax.explore.arms import LinearArms
 from lljax.explore.scoring import (
     Posterior,
     arm_moments,
@@ -67,6 +68,7 @@ __all__ = [
     "GameData",
     "GameModel",
     "IndexMap",
+    "LinearArms",
     "ModelFileError",
     "Posterior",
     "RandomEffect",

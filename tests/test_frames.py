@@ -367,3 +367,22 @@ def test_the_intercept_is_never_a_users_column():
 def test_wrong_frame_type():
     with pytest.raises(TypeError, match="must be a pandas DataFrame or a pyarrow Table"):
         dataset_from_frame({"user": [1]}, entity="user", label="y")
+
+
+def test_status_counts_accept_status_keys():
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    ds, _ = dataset_from_frame(example_frame(n=60), **ROLES)
+    report = lljax.RandomEffectModel("logistic", min_rows=10).update(ds)
+    counts = report.status_counts
+    assert isinstance(counts, lljax.StatusCounts) and isinstance(counts, dict)
+    assert list(counts) == [s.name.lower() for s in Status]  # string keys, as before
+    for status in Status:
+        assert counts[status] == counts[status.name.lower()] == counts[status.name] == int((report.status == status).sum())
+        assert status in counts and counts.get(status) == counts[status]
+    assert counts[Status.SKIPPED] + counts[Status.CONVERGED] == ds.num_entities
+    assert counts.by_status() == {s: counts[s] for s in Status}
+    assert counts == dict(counts) and counts.get("nope", -1) == -1
+    with pytest.raises(KeyError):
+        counts["nope"]
