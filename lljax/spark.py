@@ -1483,6 +1483,7 @@ def fit_game(df: Any, *, loss: str, label: str, coordinates: Sequence[RandomEffe
     frame.count()
     states: dict = {}
     infos: dict = {}
+    prepared: dict = {}
     steps: list = []
     fixed_model = None
     score_cols = [_score_column(c.name) for c in coordinates]
@@ -1514,7 +1515,10 @@ def fit_game(df: Any, *, loss: str, label: str, coordinates: Sequence[RandomEffe
                                       max_iter=c.max_iter, tol=c.tol)
             cols = Columns(c.entity, label, c.features, weight, "_lljax_offset")
             rows = frame.withColumn("_lljax_offset", others(col))
-            entity_type, state, hyper, imap, fspec, dtype = _prepare(rows, model, cols, states.get(c.name))
+            if c.name not in prepared:  # the feature space is the data's: built once
+                prepared[c.name] = _prepare(rows, model, cols, None)
+            entity_type, _, hyper, imap, fspec, dtype = prepared[c.name]
+            state = states.get(c.name)
             sel, data_cols = _input_frame(rows, cols)
             sel = rows.select(*[rows[x] for x in data_cols], rows["row_id"])
             if entity_type == "bigint":
