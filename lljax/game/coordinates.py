@@ -26,7 +26,7 @@ import numpy as np
 from lljax.data.dataset import Dataset
 from lljax.data.ntv import IndexMap
 from lljax.game.data import GameData, entity_codes, game_error, with_offset
-from lljax.game.fixed_effect import SOLVERS, Prior, choose_method, make_design, solve_glm
+from lljax.game.fixed_effect import SOLVERS, Prior, choose_method, l2_weights, make_design, solve_glm
 from lljax.model.random_effect import RandomEffectModel
 from lljax.solve.base import Status
 from lljax.solve.losses import encode_labels
@@ -291,12 +291,13 @@ class FixedRuntime(_Runtime):
             raise game_error(f"a full precision of d={X.d} columns is too large for this design; use 'diagonal'",
                              coordinate=spec.name, column="hessian", value="full")
         d = X.d
-        prior = Prior.l2(d, spec.l2, spec.penalize_intercept, spec.intercept, dtype)
+        a = l2_weights(d, spec.l2, spec.penalize_intercept, spec.intercept, dtype)
+        prior = Prior.gaussian(a)
         theta0 = np.zeros(d, dtype)
         if self.state is not None and self.state.coefficients.shape == (d,):
             theta0 = self.state.coefficients.astype(dtype)
             if bayesian:
-                prior = self._bayesian_prior(prior, dtype)
+                prior = self._bayesian_prior(a, dtype)
         elif bayesian:
             raise game_error("has no trained state to update; fit the model first", coordinate=spec.name,
                              column="features", value=spec.features)
@@ -311,7 +312,7 @@ class FixedRuntime(_Runtime):
         if status == Status.NON_FINITE:
             raise game_error("the fixed-effect solve became non-finite (NaN/inf); check the features' scale, "
                              "l2 and the offsets", coordinate=spec.name, column=spec.features or "(intercept)",
-                             value=float(result.objective))
+                             value=float(result.loss))
         self.num_columns = 0 if spec.features is None else data.features[spec.features].num_columns
         precision = None if result.precision is None else np.asarray(result.precision)
         self.state = FixedEffectState(np.asarray(result.theta), precision, self._names(data), status,
@@ -319,19 +320,16 @@ class FixedRuntime(_Runtime):
         return StepInfo(1, _status_counts(np.array([status])), float(result.iterations),
                         time.perf_counter() - started)
 
-    def _bayesian_prior(self, plain: Prior, dtype: np.dtype) -> Prior:
+    def _bayesian_prior(self, l2_diag: np.ndarray, dtype: np.dtype):
+        """The penalty of an incremental update: ``(1 - delta) a`` plus ``delta`` times the stored posterior."""
         spec, state = self.spec, self.state
         if state.precision is None or spec.hessian in ("none",):
             raise game_error("an incremental update of a fixed effect needs its posterior precision; use "
                              "hessian='diagonal' or 'full'", coordinate=spec.name, column="hessian",
                              value=spec.hessian)
         delta = spec.delta
-        mean = state.coefficients.astype(dtype)
         P0 = state.precision.astype(dtype)
-        l2_diag = (1.0 - delta) * np.asarray(plain.l2_diag)
-        if P0.ndim == 1:
-            return Prior(l2_diag, mean, delta * P0, None)
-        return Prior(l2_diag, mean, np.zeros_like(mean), delta * P0)
+        return Prior.gaussian((1.0 - delta) * l2_diag, state.coefficients.astype(dtype), delta * P0)
 
     def contribution(self, data: GameData) -> np.ndarray:
         if self.state is None:

@@ -1,4 +1,4 @@
-"""The fixed effect: one GLM (linear, logistic, Poisson) over all rows, solved in JAX.
+"""The fixed effect: one GLM (linear, logistic, Poisson) over all rows, solved by the shared iteration.
 
 Objective, for coefficients ``theta (d,)`` of a design ``X (n, d)`` (the intercept, when there is one,
 is column 0), margins ``m = X theta + offset``::
@@ -10,44 +10,62 @@ leaves the intercept unpenalized) and ``(mu, B)`` an optional Gaussian prior (th
 in incremental mode: ``B = delta P0``, ``a = (1 - delta) l2 mask``). ``B`` is a diagonal ``(d,)`` or a
 full ``(d, d)`` matrix.
 
-Solvers (all jitted, all with the same stopping rule: max-abs gradient <= ``tol * max(1, sum w)``):
+It is one :class:`lljax.solve.objective.Entity`: the rows are the :class:`Design` (dense, or sparse COO
+with the rows' pairs of nonzeros for the Hessian; the rows-operator interface ``matvec``,
+``rmatvec(r, square)``, ``weighted_gram(c)``), the penalty a :class:`lljax.solve.objective.Penalty`
+``1/2 theta^T A theta - b^T theta + c`` with ``A = diag(a) + B``, ``b = B mu``, ``c = 1/2 mu^T B mu``
+(:class:`Prior` builds it). It is solved by :func:`lljax.solve.iteration.iterate`, the iteration of every
+per-entity method (start, direction, Armijo backtracking, statuses, finish), with the stopping rule
+max-abs gradient <= ``tol * max(1, sum w)``; the solvers are its directions:
 
-- ``"newton"``: damped Newton, Cholesky of the ``(d, d)`` Hessian, backtracking line search;
-  for modest ``d``. The Hessian ``X^T diag(c) X`` comes from a dense ``X`` or, for a sparse design,
-  from each row's pairs of nonzeros (``sum_i k_i^2`` entries).
-- ``"newton_cg"``: truncated Newton, conjugate gradients on Hessian-vector products (two sparse
-  mat-vecs each); for large sparse ``d`` (up to ~1e6 columns).
-- ``"lbfgs"``: ``optax.lbfgs`` with its zoom line search.
+- ``"newton"``: :func:`lljax.solve.newton.make_direction`, Cholesky of the ``(d, d)`` Hessian; for modest
+  ``d``. The Hessian ``X^T diag(c) X`` comes from a dense ``X`` or, for a sparse design, from each row's
+  pairs of nonzeros (``sum_i k_i^2`` entries). Its ridge is ``eps max diag H`` (``sqrt(eps)`` only where
+  that Cholesky fails): the per-entity default would damp the step along the flat directions of an
+  unpenalized intercept beside one-hot columns, and in float32 stop the gradient test far from the optimum.
+- ``"newton_cg"``: :func:`lljax.solve.newton_cg.make_direction`, truncated Newton, conjugate gradients on
+  Hessian-vector products (two sparse mat-vecs each); for large sparse ``d`` (up to ~1e6 columns).
+- ``"lbfgs"``: :func:`lljax.solve.lbfgs.make_direction` (optax's two-loop recursion, memory
+  :data:`lljax.solve.lbfgs.MEMORY_SIZE`, Jacobi-scaled coordinates); ``max_iter`` counts L-BFGS iterations.
 
-The posterior precision ``H(theta*) = X^T diag(w l'') X + diag(a) + B`` is returned as its diagonal or
-as the full matrix when asked.
+The iteration carries the margins: a step costs one product ``X p``, one ``X^T r`` (and, Newton, one
+Hessian); the line search's trials are ``O(n)`` vector operations. The posterior precision
+``H(theta*) = X^T diag(w l'') X + A`` is returned as its diagonal or as the full matrix when asked.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from lljax.solve.base import Status
+from lljax.solve import lbfgs, newton, newton_cg
+from lljax.solve.base import Limits, SolveResult
+from lljax.solve.iteration import finish, iterate, start
 from lljax.solve.losses import get_loss
+from lljax.solve.objective import Entity, Penalty
 
-__all__ = ["Design", "Prior", "GlmResult", "make_design", "solve_glm", "glm_objective", "SOLVERS"]
+__all__ = ["Design", "Prior", "l2_weights", "make_design", "fixed_effect_entity", "solve_glm", "glm_objective",
+           "choose_method", "SOLVERS"]
 
 SOLVERS = ("auto", "newton", "newton_cg", "lbfgs")
 DENSE_ELEMENTS = 1 << 24  # a design with n * d up to this is kept dense on the device (128 MiB in float64)
 PAIR_ENTRIES = 1 << 25  # a sparse design keeps its rows' pairs (for the Hessian) up to this many
 NEWTON_MAX_D = 4096  # "auto" picks Newton up to this many columns (when the Hessian can be built)
-_RUNNING = -1
+MAX_BACKTRACKS = 40  # line-search halvings before STALLED
+LBFGS_PRECONDITION = "jacobi"  # L-BFGS coordinates scaled by sqrt(diag H(theta0)): the design is tall (n >> d)
 
 
 @jax.tree_util.register_pytree_node_class
 class Design:
     """An ``(n, d)`` design matrix on the device: dense, or sparse (COO) with optional row pairs.
+
+    A rows operator of :class:`lljax.solve.objective.Entity` (the interface of
+    :class:`~lljax.solve.objective.DenseRows`): ``matvec``, ``rmatvec(r, square=False)``,
+    ``weighted_gram(c)`` (dense, or with the row pairs: :attr:`has_gram`).
 
     Leaves: ``dense (n, d)`` or ``rows, cols (nnz,)`` int32 and ``vals (nnz,)``; ``pair_rows (P,)``,
     ``pair_index (P,)`` (flat ``a * d + b``) and ``pair_vals (P,)`` (``x_a x_b``) when the Hessian of a
@@ -79,24 +97,20 @@ class Design:
             return self.dense @ theta
         return jax.ops.segment_sum(self.vals * theta[self.cols], self.rows, self.n)
 
-    def rmatvec(self, r):
-        """``(d,)`` = X^T r."""
+    def rmatvec(self, r, square=False):
+        """``(d,)`` = X^T r, or ``(X o X)^T r`` = diag(X^T diag(r) X) when ``square``."""
         if self.dense is not None:
-            return self.dense.T @ r
-        return jax.ops.segment_sum(self.vals * r[self.rows], self.cols, self.d)
+            # r @ X, not X.T @ r: XLA's CPU dot transposes a (n, d) parameter for the latter (~3x slower)
+            return r @ (jnp.square(self.dense) if square else self.dense)
+        vals = jnp.square(self.vals) if square else self.vals
+        return jax.ops.segment_sum(vals * r[self.rows], self.cols, self.d)
 
-    def gram(self, c):
+    def weighted_gram(self, c):
         """``(d, d)`` = X^T diag(c) X (from the rows' pairs when the design keeps them, else dense)."""
         if self.dense is not None:
             return (self.dense * c[:, None]).T @ self.dense
         flat = jax.ops.segment_sum(c[self.pair_rows] * self.pair_vals, self.pair_index, self.d * self.d)
         return flat.reshape(self.d, self.d)
-
-    def gram_diag(self, c):
-        """``(d,)`` = diag(X^T diag(c) X)."""
-        if self.dense is not None:
-            return jnp.square(self.dense).T @ c
-        return jax.ops.segment_sum(c[self.rows] * jnp.square(self.vals), self.cols, self.d)
 
 
 def make_design(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, num_columns: int, intercept: bool,
@@ -150,248 +164,94 @@ def make_design(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, num
     return Design(n, d, **design)
 
 
-class Prior(NamedTuple):
-    """The penalty ``1/2 sum_j l2_diag_j theta_j^2 + 1/2 (theta - mean)^T B (theta - mean)``; ``B`` is
-    ``prec_diag (d,)`` plus ``prec_full (d, d)`` (``None`` for none)."""
+def l2_weights(d: int, l2: float, penalize_intercept: bool, intercept: bool, dtype: Any) -> np.ndarray:
+    """``(d,)`` plain L2 weights ``a``: ``l2``, and 0 on the intercept (column 0) unless ``penalize_intercept``."""
+    a = np.full(d, l2, dtype)
+    if intercept and not penalize_intercept:
+        a[0] = 0.0
+    return a
 
-    l2_diag: Any
-    mean: Any
-    prec_diag: Any
-    prec_full: Any = None
 
-    @classmethod
-    def l2(cls, d: int, l2: float, penalize_intercept: bool, intercept: bool, dtype: Any) -> Prior:
+class Prior:
+    """The fixed effect's penalty ``1/2 sum_j a_j theta_j^2 + 1/2 (theta - mu)^T B (theta - mu)`` as a
+    :class:`lljax.solve.objective.Penalty` ``(A, b, c)``: ``A = diag(a) + B``, ``b = B mu``,
+    ``c = 1/2 mu^T B mu`` (host arrays of the given dtype)."""
+
+    @staticmethod
+    def l2(d: int, l2: float, penalize_intercept: bool, intercept: bool, dtype: Any) -> Penalty:
         """Plain L2 ``1/2 l2 ||theta||^2``, without the intercept (column 0) unless ``penalize_intercept``."""
-        a = np.full(d, l2, dtype)
-        if intercept and not penalize_intercept:
-            a[0] = 0.0
-        return cls(a, np.zeros(d, dtype), np.zeros(d, dtype), None)
+        return Prior.gaussian(l2_weights(d, l2, penalize_intercept, intercept, dtype))
 
-    def value(self, theta):
-        r = theta - self.mean
-        out = 0.5 * jnp.sum(self.l2_diag * theta**2) + 0.5 * jnp.sum(self.prec_diag * r**2)
-        if self.prec_full is not None:
-            out = out + 0.5 * r @ (self.prec_full @ r)
-        return out
-
-    def grad(self, theta):
-        r = theta - self.mean
-        g = self.l2_diag * theta + self.prec_diag * r
-        if self.prec_full is not None:
-            g = g + self.prec_full @ r
-        return g
-
-    def hvp(self, v):
-        out = (self.l2_diag + self.prec_diag) * v
-        if self.prec_full is not None:
-            out = out + self.prec_full @ v
-        return out
-
-    def hess_diag(self):
-        out = self.l2_diag + self.prec_diag
-        if self.prec_full is not None:
-            out = out + jnp.diagonal(self.prec_full)
-        return out
-
-    def hess(self):
-        out = jnp.diag(self.l2_diag + self.prec_diag)
-        if self.prec_full is not None:
-            out = out + self.prec_full
-        return out
+    @staticmethod
+    def gaussian(l2_diag: np.ndarray, mean: np.ndarray | None = None, precision: np.ndarray | None = None) -> Penalty:
+        """L2 weights ``a = l2_diag (d,)`` plus the Gaussian prior ``N(mean, precision^-1)``: ``B = precision``,
+        a diagonal ``(d,)`` or full ``(d, d)`` matrix (``None``: no prior)."""
+        a = np.asarray(l2_diag)
+        if precision is None:
+            return Penalty(A=a, b=np.zeros_like(a), c=np.zeros((), a.dtype))
+        B = np.asarray(precision, a.dtype)
+        mu = np.asarray(mean, a.dtype)
+        if B.ndim == 2:
+            A, b = B + np.diag(a), B @ mu
+        else:
+            A, b = a + B, B * mu
+        return Penalty(A=A, b=b, c=np.asarray(0.5 * mu @ b, a.dtype))
 
 
-class GlmResult(NamedTuple):
-    """The outcome of one fixed-effect solve (device arrays).
-
-    Attributes:
-      theta: ``(d,)`` coefficients.
-      status: :class:`Status` code (int32 scalar).
-      iterations: solver iterations (int32 scalar).
-      objective: the objective at ``theta``.
-      grad_norm: max-abs gradient at ``theta``.
-      precision: ``(d,)`` diagonal or ``(d, d)`` posterior precision, or ``None``.
-    """
-
-    theta: Any
-    status: Any
-    iterations: Any
-    objective: Any
-    grad_norm: Any
-    precision: Any
+def fixed_effect_entity(X: Design, y, w, offset, prior: Penalty, loss: str) -> Entity:
+    """The objective (module docstring) as one :class:`lljax.solve.objective.Entity`."""
+    return Entity(X, y, w, offset, prior, get_loss(loss))
 
 
-def glm_objective(X: Design, y, w, offset, prior: Prior, theta, loss: str):
+def glm_objective(X: Design, y, w, offset, prior: Penalty, theta, loss: str):
     """The objective ``f(theta)`` (module docstring); a scalar."""
-    rl = get_loss(loss)
-    m = X.matvec(theta) + offset
-    return jnp.sum(w * rl.value(m, y)) + prior.value(theta)
+    entity = fixed_effect_entity(X, y, w, offset, prior, loss)
+    return entity.objective(theta, entity.margin(theta))
 
 
-def _line_search(f_at, fval, slope, max_halvings: int = 40):
-    """Backtracking (Armijo, c = 1e-4) from step 1 on ``f_at(t)``; returns ``(step, f_at(step), ok)``."""
-
-    def cond(state):
-        t, fnew, k = state
-        return (~(fnew <= fval + 1e-4 * t * slope)) & (k < max_halvings)
-
-    def body(state):
-        t, _, k = state
-        t = t * 0.5
-        return t, f_at(t), k + 1
-
-    t0 = jnp.ones((), fval.dtype)
-    t, fnew, _ = jax.lax.while_loop(cond, body, (t0, f_at(t0), 0))
-    ok = fnew <= fval + 1e-4 * t * slope
-    return t, fnew, ok
-
-
-def _pcg(hvp, b, inv_diag, max_iter: int, rtol):
-    """Conjugate gradients with a Jacobi preconditioner for ``H x = b`` from 0, to ``||r|| <= rtol ||b||``."""
-    bnorm = jnp.linalg.norm(b)
-    tiny = jnp.finfo(b.dtype).tiny
-
-    def cond(s):
-        x, r, z, p, rz, k = s
-        return (jnp.linalg.norm(r) > rtol * bnorm) & (k < max_iter)
-
-    def body(s):
-        x, r, z, p, rz, k = s
-        hp = hvp(p)
-        alpha = rz / jnp.maximum(p @ hp, tiny)
-        x = x + alpha * p
-        r = r - alpha * hp
-        z = inv_diag * r
-        rz_new = r @ z
-        p = z + (rz_new / jnp.maximum(rz, tiny)) * p
-        return x, r, z, p, rz_new, k + 1
-
-    z0 = inv_diag * b
-    x, *_ = jax.lax.while_loop(cond, body, (jnp.zeros_like(b), b, z0, z0, b @ z0, 0))
-    return x
-
-
-@functools.partial(jax.jit, static_argnames=("loss", "method", "max_iter", "precision", "cg_max_iter"))
-def solve_glm(X: Design, y, w, offset, prior: Prior, theta0, tol, *, loss: str, method: str, max_iter: int,
-              precision: str = "none", cg_max_iter: int = 200) -> GlmResult:
-    """Minimize the objective (module docstring) from ``theta0 (d,)``.
+@functools.partial(jax.jit, static_argnames=("loss", "method", "precision", "cg_max_iter"))
+def solve_glm(X: Design, y, w, offset, prior: Penalty, theta0, tol, *, loss: str, method: str, max_iter,
+              precision: str = "none", cg_max_iter: int = newton_cg.MAX_CG_ITER) -> SolveResult:
+    """Minimize the objective (module docstring) from ``theta0 (d,)`` by the shared iteration.
 
     Args:
       X: the :class:`Design` ``(n, d)``.
       y: ``(n,)`` labels in the loss's encoding (logistic: +-1).
       w: ``(n,)`` weights. offset: ``(n,)`` offsets.
-      prior: the :class:`Prior` penalty.
+      prior: the :class:`lljax.solve.objective.Penalty` (:class:`Prior`).
       theta0: ``(d,)`` start.
-      tol: stop when max-abs gradient ``<= tol * max(1, sum w)``.
+      tol: stop when max-abs gradient ``<= tol * max(1, sum w)`` (traced).
       loss: ``"linear"``, ``"logistic"`` or ``"poisson"``.
-      method: ``"newton"``, ``"newton_cg"`` or ``"lbfgs"``.
-      max_iter: iteration cap.
+      method: ``"newton"``, ``"newton_cg"`` or ``"lbfgs"``: the direction.
+      max_iter: iteration cap (traced).
       precision: ``"none"``, ``"identity"``, ``"diagonal"`` or ``"full"``: the posterior precision returned.
       cg_max_iter: conjugate-gradient iterations per Newton-CG step, at most.
     Returns:
-      :class:`GlmResult`; statuses, never exceptions.
-
-    Newton and Newton-CG carry the margins ``m = X theta + offset``: a step costs one product ``X d``, one
-    ``X^T r`` and (Newton) one Hessian; the line search's trials are ``O(n)`` vector operations.
+      A :class:`lljax.solve.base.SolveResult` of the one entity (scalars, ``theta (d,)``); statuses, never
+      exceptions (a NON_FINITE solve returns ``theta0`` and ``A`` in the precision's form).
     """
-    rl = get_loss(loss)
-    gtol = tol * jnp.maximum(1.0, jnp.sum(w))
-
-    def data_value(m):
-        return jnp.sum(w * rl.value(m, y))
-
-    def grad_at(theta, m):
-        return X.rmatvec(w * rl.d1(m, y)) + prior.grad(theta)
-
-    if method == "lbfgs":
-        def f(theta):
-            return data_value(X.matvec(theta) + offset) + prior.value(theta)
-
-        theta, fval, g, it, status = _lbfgs(f, theta0, gtol, max_iter)
-        m = X.matvec(theta) + offset
+    entity = fixed_effect_entity(X, y, w, offset, prior, loss)
+    limits = Limits(tol * jnp.maximum(1.0, jnp.sum(w)), jnp.asarray(max_iter, jnp.int32))
+    memory = ()
+    if method == "newton":
+        direction = newton.make_direction(entity, ridge=float(jnp.finfo(theta0.dtype).eps))
+    elif method == "newton_cg":
+        direction = newton_cg.make_direction(entity, max_cg_iter=cg_max_iter)
+    elif method == "lbfgs":
+        direction, memory = lbfgs.make_direction(entity, theta0, entity.margin(theta0),
+                                                 precondition=LBFGS_PRECONDITION)
     else:
-        def direction(theta, m, g):
-            c = w * rl.d2(m, y)
-            if method == "newton":
-                H = X.gram(c) + prior.hess()
-                L = jnp.linalg.cholesky(H)
-                return -jax.scipy.linalg.cho_solve((L, True), g)
-
-            def hvp(v):
-                return X.rmatvec(c * X.matvec(v)) + prior.hvp(v)
-
-            diag = X.gram_diag(c) + prior.hess_diag()
-            inv_diag = jnp.where(diag > 0, 1.0 / jnp.where(diag > 0, diag, 1.0), 1.0)
-            gnorm = jnp.linalg.norm(g)
-            rtol = jnp.minimum(0.5, jnp.sqrt(gnorm / jnp.maximum(1.0, jnp.sum(w))))
-            return -_pcg(hvp, g, inv_diag, cg_max_iter, jnp.maximum(rtol, 1e-12))
-
-        def cond(s):
-            return s[5] == _RUNNING
-
-        def body(s):
-            theta, m, fval, g, it, status = s
-            d = direction(theta, m, g)
-            finite_d = jnp.all(jnp.isfinite(d))
-            d = jnp.where(finite_d, d, -g)
-            xd = X.matvec(d)
-
-            def f_at(t):
-                return data_value(m + t * xd) + prior.value(theta + t * d)
-
-            t, fnew, ok = _line_search(f_at, fval, g @ d)
-            new = jnp.where(ok, theta + t * d, theta)
-            mnew = jnp.where(ok, m + t * xd, m)
-            fnew = jnp.where(ok, fnew, fval)
-            gnew = jnp.where(ok, grad_at(new, mnew), g)
-            gmax = jnp.max(jnp.abs(gnew))
-            it = it + 1
-            status = jnp.where(~jnp.isfinite(fnew) | ~jnp.all(jnp.isfinite(gnew)), Status.NON_FINITE,
-                               jnp.where(gmax <= gtol, Status.CONVERGED,
-                                         jnp.where(~ok, Status.STALLED,
-                                                   jnp.where(it >= max_iter, Status.MAX_ITERATIONS, _RUNNING))))
-            return new, mnew, fnew, gnew, it, status.astype(jnp.int32)
-
-        m0 = X.matvec(theta0) + offset
-        f0, g0 = data_value(m0) + prior.value(theta0), grad_at(theta0, m0)
-        status0 = jnp.where(jnp.max(jnp.abs(g0)) <= gtol, Status.CONVERGED,
-                            jnp.where(max_iter == 0, Status.MAX_ITERATIONS, _RUNNING)).astype(jnp.int32)
-        theta, m, fval, g, it, status = jax.lax.while_loop(cond, body,
-                                                           (theta0, m0, f0, g0, jnp.int32(0), status0))
-
+        raise ValueError(f"field 'method': value {method!r} is not one of {list(SOLVERS[1:])}")
+    final = iterate(entity, direction, start(entity, theta0, limits, memory=memory), limits, MAX_BACKTRACKS)
     if precision == "none":
         prec = None
     elif precision == "identity":
-        prec = jnp.ones_like(theta)
+        prec = jnp.ones_like(final.theta)
     elif precision == "diagonal":
-        prec = X.gram_diag(w * rl.d2(m, y)) + prior.hess_diag()
+        prec = entity.hessian_diagonal(final.margin)
     else:
-        prec = X.gram(w * rl.d2(m, y)) + prior.hess()
-    return GlmResult(theta, status, it, fval, jnp.max(jnp.abs(g)), prec)
-
-
-def _lbfgs(f, theta0, gtol, max_iter: int):
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(f)
-
-    def cond(s):
-        theta, state, fval, g, it = s
-        return (it < max_iter) & (jnp.max(jnp.abs(g)) > gtol) & jnp.isfinite(fval)
-
-    def body(s):
-        theta, state, _, _, it = s
-        value, g = value_and_grad(theta, state=state)
-        updates, state = opt.update(g, state, theta, value=value, grad=g, value_fn=f)
-        theta = optax.apply_updates(theta, updates)
-        value, g = value_and_grad(theta, state=state)
-        return theta, state, value, g, it + 1
-
-    state0 = opt.init(theta0)
-    f0, g0 = jax.value_and_grad(f)(theta0)
-    theta, _, fval, g, it = jax.lax.while_loop(cond, body, (theta0, state0, f0, g0, jnp.int32(0)))
-    gmax = jnp.max(jnp.abs(g))
-    status = jnp.where(~jnp.isfinite(fval), Status.NON_FINITE,
-                       jnp.where(gmax <= gtol, Status.CONVERGED, Status.MAX_ITERATIONS)).astype(jnp.int32)
-    return theta, fval, g, it, status
+        prec = entity.hessian(final.margin)
+    return finish(theta0, final, prec, prior.A, hessian=precision)
 
 
 def choose_method(method: str, design: Design, precision: str) -> str:

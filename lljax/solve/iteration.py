@@ -32,8 +32,8 @@ import jax.numpy as jnp
 from lljax.solve.base import ARMIJO_C1, RUNNING, SLACK_ULPS, STEP_SHRINK, Limits, SolveResult, Status
 from lljax.solve.objective import Entity
 
-__all__ = ["Iterate", "Step", "status_after", "backtracking_line_search", "start", "advance", "iterate", "finish",
-           "prior_in_form"]
+__all__ = ["Iterate", "Step", "Direction", "status_after", "backtracking_line_search", "start", "advance", "iterate",
+           "finish", "prior_in_form"]
 
 
 class Iterate(NamedTuple):

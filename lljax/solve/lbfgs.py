@@ -39,8 +39,8 @@ from lljax.solve.iteration import Iterate, Step, finish, iterate, start
 from lljax.solve.newton import WORKSPACE_FACTOR
 from lljax.solve.objective import Entity, dense_entity
 
-__all__ = ["HESSIANS", "PRECONDITIONERS", "MEMORY_SIZE", "ITER_FACTOR", "solve_jax", "check", "bytes_per_lane",
-           "iteration_cap"]
+__all__ = ["HESSIANS", "PRECONDITIONERS", "MEMORY_SIZE", "ITER_FACTOR", "make_direction", "solve_jax", "check",
+           "bytes_per_lane", "iteration_cap"]
 
 HESSIANS = ("none", "identity", "diagonal")
 PRECONDITIONERS = ("penalty", "jacobi", "none")
@@ -52,8 +52,8 @@ ITER_FACTOR = 10
 def _scale(entity: Entity, margin: jax.Array, precondition: str) -> jax.Array:
     """``(D,)`` coordinate scale ``s`` (L-BFGS runs on ``z = s * theta``), see :data:`PRECONDITIONERS`."""
     if precondition == "none":
-        return jnp.ones_like(entity.penalty.A)
-    d = entity.penalty.A if precondition == "penalty" else entity.hessian_diagonal(margin)
+        return jnp.ones_like(entity.penalty.diagonal())
+    d = entity.penalty.diagonal() if precondition == "penalty" else entity.hessian_diagonal(margin)
     # Only a positive, finite diagonal scales (l2 = 0 with delta = 0, or an overflow, leaves 1).
     return jnp.where(jnp.isfinite(d) & (d > 0), jnp.sqrt(jnp.where(d > 0, d, 1.0)), 1.0)
 
@@ -69,15 +69,25 @@ def _direction(entity: Entity, scale: jax.Array, history: optax.GradientTransfor
     return direction
 
 
+def make_direction(entity: Entity, theta: jax.Array, margin: jax.Array, *, precondition: str = "penalty",
+                   memory_size: int = MEMORY_SIZE):
+    """The L-BFGS direction of ``entity`` for :func:`lljax.solve.iteration.iterate`, started at ``theta``
+    ``(D,)`` with margins ``margin`` ``(N,)``: returns ``(direction, memory)``, ``memory`` the first
+    iterate's (empty) history, to pass to :func:`lljax.solve.iteration.start`. ``precondition`` is one of
+    :data:`PRECONDITIONERS` (the scale is fixed at ``theta``)."""
+    scale = _scale(entity, margin, precondition)
+    history = optax.scale_by_lbfgs(memory_size=memory_size)
+    return _direction(entity, scale, history), history.init(theta * scale)
+
+
 def _solve_one(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, limits: Limits, *,
                config: SolverConfig, memory_size: int, precondition: str) -> SolveResult:
     """Solve one entity. Shapes: X ``(N, D)``; y, w, offset ``(N,)``; the rest ``(D,)``."""
     entity = dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, config.loss)
     theta0 = jnp.where(feature_ids >= 0, prior_mean, 0.0)
-    scale = _scale(entity, entity.margin(theta0), precondition)
-    history = optax.scale_by_lbfgs(memory_size=memory_size)
-    first = start(entity, theta0, limits, memory=history.init(theta0 * scale))
-    final = iterate(entity, _direction(entity, scale, history), first, limits, config.max_backtracks)
+    direction, memory = make_direction(entity, theta0, entity.margin(theta0), precondition=precondition,
+                                       memory_size=memory_size)
+    final = iterate(entity, direction, start(entity, theta0, limits, memory=memory), limits, config.max_backtracks)
     precision = None
     if config.hessian == "diagonal":
         precision = entity.hessian_diagonal(final.margin)

@@ -23,8 +23,8 @@ from lljax.solve.blocks import Block
 from lljax.solve.iteration import Iterate, Step, finish, iterate, start
 from lljax.solve.objective import Entity, dense_entity
 
-__all__ = ["newton_direction", "solve_jax", "solve_native", "native_supports", "bytes_per_lane", "check",
-           "NATIVE_MAX_FEATURES", "WORKSPACE_FACTOR"]
+__all__ = ["newton_direction", "make_direction", "solve_jax", "solve_native", "native_supports", "bytes_per_lane",
+           "check", "NATIVE_MAX_FEATURES", "WORKSPACE_FACTOR"]
 
 NATIVE_MAX_FEATURES = 512  # the kernel's per-thread workspace ~ D^2 x lanes; beyond this the pure-JAX path runs
 # Solver temporaries (X * curvature, a few D x D matrices, line-search copies) on top of the block's own
@@ -32,24 +32,39 @@ NATIVE_MAX_FEATURES = 512  # the kernel's per-thread workspace ~ D^2 x lanes; be
 WORKSPACE_FACTOR = 4
 
 
-def newton_direction(H, g):
-    """Solve ``(H + mu I) p = -g`` by Cholesky, with a tiny relative ridge ``mu``.
+def newton_direction(H, g, ridge=None):
+    """Solve ``(H + mu I) p = -g`` by Cholesky, with a tiny relative ridge ``mu = r max diag H + eps``.
 
-    The ridge (``sqrt(eps) * max diag H``) keeps Cholesky defined when a feature has no data
-    and no penalty (zero row of H; its gradient is 0 too, so its step is 0). It changes the
-    path, never the fixed point, which is set by the gradient test.
+    The ridge keeps Cholesky defined when a feature has no data and no penalty (zero row of H; its
+    gradient is 0 too, so its step is 0). It changes the path, never the fixed point, which is set by
+    the gradient test. By default ``r = sqrt(eps)``. With ``ridge`` given, ``r = ridge`` first, and
+    ``sqrt(eps)`` only where that Cholesky fails (H singular to rounding): a smaller ridge damps the step
+    less along directions of low curvature (an unpenalized intercept beside one-hot columns), which in
+    float32, where ``sqrt(eps) max diag H`` can exceed the smallest eigenvalue, decides where the
+    gradient test stops.
     """
     eps = jnp.finfo(H.dtype).eps
+    if ridge is not None:
+        p = _ridge_solve(H, g, ridge * jnp.max(jnp.diag(H)) + eps)
+        return jax.lax.cond(jnp.all(jnp.isfinite(p)), lambda: p, lambda: newton_direction(H, g))
     mu = jnp.sqrt(eps) * jnp.max(jnp.diag(H)) + eps
+    return _ridge_solve(H, g, mu)
+
+
+def _ridge_solve(H, g, mu):
     L = jnp.linalg.cholesky(H + mu * jnp.eye(H.shape[0], dtype=H.dtype))
     p = -cho_solve((L, True), g)
     # An overflowed Hessian (e.g. feature values ~1e200) must fail the lane, not stall it with a zero step.
     return jnp.where(jnp.all(jnp.isfinite(H)), p, jnp.nan)
 
 
-def _direction(entity: Entity):
+def make_direction(entity: Entity, ridge=None):
+    """The Newton direction of ``entity`` for :func:`lljax.solve.iteration.iterate`: the full Hessian
+    ``H = X^T C X + A`` at the iterate's margins (its rows need ``weighted_gram``), solved by
+    :func:`newton_direction` (with its ``ridge``)."""
+
     def direction(it: Iterate) -> Step:
-        p = newton_direction(entity.hessian(it.margin), it.grad)
+        p = newton_direction(entity.hessian(it.margin), it.grad, ridge)
         return Step(p, entity.rows.matvec(p))
 
     return direction
@@ -71,7 +86,7 @@ def _solve_one(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, de
     """Solve one entity. Shapes: X ``(N, D)``; y, w, offset ``(N,)``; feature_ids, prior_mean ``(D,)``."""
     entity = dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, config.loss)
     theta0 = jnp.where(feature_ids >= 0, prior_mean, 0.0)
-    final = iterate(entity, _direction(entity), start(entity, theta0, limits), limits, config.max_backtracks)
+    final = iterate(entity, make_direction(entity), start(entity, theta0, limits), limits, config.max_backtracks)
     precision = _posterior_precision(entity, final.margin, config.hessian)
     return finish(theta0, final, precision, prior_precision, hessian=config.hessian)
 

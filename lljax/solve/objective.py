@@ -8,7 +8,9 @@ The objective of one entity (see ``docs/design.md``) is
 
 with ``m = X theta + offset``. ``delta = 0`` is plain L2 regularization; the prior precision ``P0`` is
 diagonal ``(D,)`` or full ``(D, D)``. The rows ``X`` are an operator (:class:`DenseRows` or
-:class:`SparseRows`) with ``X v`` and ``X^T r``, so the same :class:`Entity` serves every block layout.
+:class:`SparseRows`) with ``X v`` and ``X^T r``, so the same :class:`Entity` serves every block layout,
+and any other operator with the same interface (``matvec(v)``, ``rmatvec(r, square=False)``,
+``weighted_gram(c)``: the GAME fixed effect's ``Design``) serves its objective too.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ class Penalty(NamedTuple):
 
     def add_to(self, H: jax.Array) -> jax.Array:
         return H + self.A if self.A.ndim == 2 else H + jnp.diag(self.A)
+
+    def diagonal(self) -> jax.Array:
+        """``(D,)`` ``diag(A)`` (``A`` itself when it is diagonal)."""
+        return jnp.diagonal(self.A) if self.A.ndim == 2 else self.A
 
 
 def make_penalty(prior_mean, prior_precision, mask, l2, delta) -> Penalty:
@@ -148,8 +154,8 @@ class Entity(NamedTuple):
         return self.penalty.add_to(self.rows.weighted_gram(self.curvature(margin)))
 
     def hessian_diagonal(self, margin):
-        """``(D,)`` ``diag(X^T C X) + A`` in ``O(N D)`` (diagonal penalty only)."""
-        return self.rows.rmatvec(self.curvature(margin), square=True) + self.penalty.A
+        """``(D,)`` ``diag(X^T C X) + diag(A)`` in ``O(N D)`` (no ``D x D`` data matrix is formed)."""
+        return self.rows.rmatvec(self.curvature(margin), square=True) + self.penalty.diagonal()
 
 
 def dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, loss: str) -> Entity:
