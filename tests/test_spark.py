@@ -31,6 +31,7 @@ def spark():
                .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "2")
                .config("spark.default.parallelism", "2").config("spark.driver.memory", "1g")
                .config("spark.sql.execution.arrow.maxRecordsPerBatch", "500")
+               .config("spark.sql.adaptive.enabled", "false")
                .getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
     assert jax.config.jax_enable_x64  # tests/conftest.py: float64
@@ -311,3 +312,26 @@ def test_bad_input_names_column_and_value(spark, tmp_path):
         ls.read_state(spark, str(tmp_path))
     with pytest.raises(TypeError, match="column 'seed'"):
         ls.score(df, ls.SparkState(None, None), cols, thompson="ts", seed=None, request="user")
+
+
+def test_arrays_features_with_order_and_max_rows(spark):
+    """Features as (indices, values) array columns; max_rows rounds follow the ``order`` column."""
+    rng = np.random.default_rng(8)
+    n, F = 400, 5
+    ent = rng.integers(0, 15, n)
+    X = rng.normal(size=(n, F)) * (rng.random((n, F)) < 0.5)
+    y = X @ rng.normal(size=F) + rng.normal(size=n)
+    rows = [(int(ent[i]), float(y[i]), i, np.flatnonzero(X[i]).tolist(), X[i][np.flatnonzero(X[i])].tolist())
+            for i in range(n)]
+    df = spark.createDataFrame(rows, "user bigint, label double, t bigint, idx array<int>, val array<double>")
+    cols = ls.Columns("user", "label", ls.Features.arrays("idx", "val", F), order="t")
+    model = lljax.RandomEffectModel("linear", l2=1.0, hessian="diagonal", max_rows=10)
+    state, report = ls.update(df, model, cols)
+    ref = lljax.RandomEffectModel("linear", l2=1.0, hessian="diagonal", max_rows=10)
+    ref.update(lljax.Dataset.from_arrays(ent, y, X=X))
+    assert_models_equal(ref, state.to_model())
+    assert report.rows == n
+    bad = spark.createDataFrame([(1, 1.0, 0, [F], [1.0])], "user bigint, label double, t bigint, idx array<int>, "
+                                "val array<double>")
+    with pytest.raises(ValueError, match=f"column 'idx': value {F} is outside"):
+        ls.update(bad, model, cols)
