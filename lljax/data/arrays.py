@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["concat_ranges", "next_pow2", "group_rank", "segments", "packed_diagonal"]
 
 
-def next_pow2(x: np.ndarray) -> np.ndarray:
+def next_pow2(x: npt.ArrayLike) -> np.ndarray:
     """Smallest power of two >= x (elementwise, x >= 1)."""
     x = np.maximum(np.asarray(x, np.int64), 1)
     return (1 << np.ceil(np.log2(x)).astype(np.int64)).astype(np.int64)

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import functools
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from lljax.data.arrays import concat_ranges
 from lljax.data.errors import all_finite, check_finite, check_length, check_nonnegative, input_error, number_column
@@ -310,15 +311,15 @@ class Dataset:
     @classmethod
     def from_arrays(
         cls,
-        entity: Sequence[Any],
-        label: Sequence[float],
+        entity: npt.ArrayLike,
+        label: npt.ArrayLike,
         *,
-        X: np.ndarray | None = None,
-        indptr: Sequence[int] | None = None,
-        feature_ids: Sequence[int] | None = None,
-        values: Sequence[float] | None = None,
-        weight: Sequence[float] | None = None,
-        offset: Sequence[float] | None = None,
+        X: npt.ArrayLike | None = None,
+        indptr: npt.ArrayLike | None = None,
+        feature_ids: npt.ArrayLike | None = None,
+        values: npt.ArrayLike | None = None,
+        weight: npt.ArrayLike | None = None,
+        offset: npt.ArrayLike | None = None,
         num_features: int | None = None,
         intercept_id: int | None = 0,
         allow_intercept_entries: bool = False,
@@ -407,7 +408,7 @@ class Dataset:
             num_features = max(candidates)
         if intercept_id is not None and not 0 <= intercept_id < num_features:
             raise input_error("intercept_id", intercept_id, f"must be in [0, {num_features})")
-        if dense_span > num_features:  # then intercept_id, if set, is < F (it is < num_features)
+        if F and dense_span > num_features:  # (dense_span > 0 means F) then intercept_id, if set, is < F
             ids = (f"0..{F - 1}" if intercept_id is None else f"1..{F}" if intercept_id == 0
                    else f"0..{F} except the intercept's {intercept_id}")
             raise input_error("num_features", num_features,
@@ -520,7 +521,7 @@ class Dataset:
                        self.weight[idx], self.offset[idx], indptr, self.given_feature_ids[nz], self.given_values[nz],
                        self.num_features, self.intercept_id)
 
-    def with_offset(self, offset: Sequence[float]) -> Dataset:
+    def with_offset(self, offset: npt.ArrayLike) -> Dataset:
         """The same examples with ``offset (n,)`` as their offsets, as a new dataset.
 
         Every other array is shared with this dataset (the features are not copied, nor the
@@ -552,7 +553,9 @@ def _shown(obj: Any) -> Any:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _dense_to_csr(X: Any, n: int, dtype: np.dtype, intercept_id: int | None):
+def _dense_to_csr(
+    X: Any, n: int, dtype: np.dtype, intercept_id: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """CSR of the nonzeros of ``X (n, F)``; column ``j`` is feature ``j + (j >= intercept_id)``, so
     that no column takes the intercept's id."""
     X = np.asarray(X)
@@ -574,7 +577,8 @@ def _dense_to_csr(X: Any, n: int, dtype: np.dtype, intercept_id: int | None):
     return indptr, ids, values, X.shape[1]
 
 
-def _check_csr(indptr, fids, vals, n, num_features, keys, codes) -> tuple[int, int] | None:
+def _check_csr(indptr: np.ndarray, fids: np.ndarray, vals: np.ndarray, n: int, num_features: int, keys: np.ndarray,
+               codes: np.ndarray) -> tuple[int, int] | None:
     """Validate the CSR arrays; return the ids' ``(min, max)`` (``None`` when there are none)."""
     check_length("indptr", indptr, n + 1, "examples + 1")
     if indptr[0] != 0:
@@ -601,7 +605,8 @@ def _check_csr(indptr, fids, vals, n, num_features, keys, codes) -> tuple[int, i
     return low, high
 
 
-def _check_no_intercept_entries(indptr, fids, intercept_id, id_range, keys, codes) -> None:
+def _check_no_intercept_entries(indptr: np.ndarray, fids: np.ndarray, intercept_id: int,
+                                id_range: tuple[int, int] | None, keys: np.ndarray, codes: np.ndarray) -> None:
     """``ValueError`` naming the example, the entity and the id of the first CSR entry whose id is the
     implicit intercept's (its value would silently be added to the intercept). No pass at all when the
     ids' range excludes it (the usual case: ids from 1 with the intercept at 0); else a scan in chunks
@@ -622,7 +627,8 @@ def _check_no_intercept_entries(indptr, fids, intercept_id, id_range, keys, code
                 entity=keys[codes[row]], where=f"example {row}")
 
 
-def _check_values_finite(indptr, fids, vals, entity_of) -> None:
+def _check_values_finite(indptr: np.ndarray, fids: np.ndarray, vals: np.ndarray,
+                         entity_of: Callable[[int], Any]) -> None:
     """``ValueError`` naming the example, the entity and the feature id of the first non-finite value."""
     if all_finite(vals):
         return
@@ -634,7 +640,9 @@ def _check_values_finite(indptr, fids, vals, entity_of) -> None:
                           where=f"example {row}, feature id {int(fids[k])}")
 
 
-def prepend_intercept(indptr, fids, vals, intercept_id):
+def prepend_intercept(
+    indptr: np.ndarray, fids: np.ndarray, vals: np.ndarray, intercept_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Insert ``(intercept_id, 1.0)`` at the start of every CSR row (``np.insert``: one pass, no mask).
     int32 ids stay int32 unless the intercept id does not fit."""
     n = indptr.shape[0] - 1

@@ -141,5 +141,5 @@ def number_column(field: str, items: Any, dtype: Any = np.float64, entity_of: Ca
         try:
             out[i] = float(value)
         except OverflowError:  # an int beyond the float range
-            out[i] = np.inf if value > 0 else -np.inf
+            out[i] = -np.inf if value < 0 else np.inf
     return out

@@ -33,7 +33,7 @@ aligned on a DataFrame index that is not unique.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -54,8 +54,12 @@ __all__ = [
 
 UNKNOWN = ("grow", "error", "ignore")
 
+# One source of features: (entries per row (n,), row of each entry, feature ids, values).
+_Part = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
-def _pyarrow():
+
+def _pyarrow() -> tuple[Any, Any]:
+    """The modules ``pyarrow`` and ``pyarrow.compute`` (untyped: ``Any``)."""
     try:
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -65,7 +69,7 @@ def _pyarrow():
     return pa, pc
 
 
-def _pandas():
+def _pandas() -> Any:
     try:
         import pandas as pd
     except ImportError as exc:
@@ -170,7 +174,7 @@ def dataset_from_frame(
             raise input_error(_role_name("weight", weight), float(weight_arr[bad[0]]), "must be non-negative",
                               entity=keys[codes[bad[0]]], where=rows(int(bad[0])))
 
-    parts = []  # (counts (n,), rows of entries, feature ids, values) per source, in order
+    parts: list[_Part] = []  # (counts (n,), rows of entries, feature ids, values) per source, in order
     if kinds["numeric"]:
         parts.append(_numeric_part(table, kinds["numeric"], index_map, unknown, rows, pa, pc))
     for column in kinds["categorical"]:
@@ -453,7 +457,7 @@ def _aligned(series: Any, role: str, index: Any, pd: Any) -> Any:
     return series.reindex(index)
 
 
-def _numbers(column: Any, name: Any, rows: _Rows, pa: Any, pc: Any) -> np.ndarray:
+def _numbers(column: Any, name: Any, rows: Callable[[int], str], pa: Any, pc: Any) -> np.ndarray:
     """A numeric column as float64 (float32 kept): ``TypeError`` for other types, ``ValueError`` naming the
     row of a null or non-finite value."""
     column = _combined(column, pa)
@@ -503,7 +507,8 @@ def _feature_ids(index_map: IndexMap, name_terms: list[tuple[str, str]], unknown
     return ids
 
 
-def _numeric_part(table: Any, columns: list, index_map: IndexMap, unknown: str, rows: _Rows, pa: Any, pc: Any):
+def _numeric_part(table: Any, columns: list, index_map: IndexMap, unknown: str, rows: _Rows, pa: Any,
+                  pc: Any) -> _Part:
     ids = _feature_ids(index_map, [(str(c), "") for c in columns], unknown, columns[0], False)
     keep = [j for j in range(len(columns)) if ids[j] >= 0]
     n = table.num_rows
@@ -518,7 +523,7 @@ def _numeric_part(table: Any, columns: list, index_map: IndexMap, unknown: str, 
 
 
 def _categorical_part(column: Any, name: Any, index_map: IndexMap, unknown: str, null_category: str | None,
-                      rows: _Rows, pa: Any, pc: Any):
+                      rows: _Rows, pa: Any, pc: Any) -> _Part:
     column = _combined(column, pa)
     t = column.type
     declared: list = []
@@ -555,7 +560,8 @@ def _categorical_part(column: Any, name: Any, index_map: IndexMap, unknown: str,
     return keep.astype(np.int64), entry_rows, fids[entry_rows], np.ones(len(entry_rows))
 
 
-def _ntv_part(column: Any, name: Any, index_map: IndexMap, unknown: str, rows: _Rows, pa: Any, pc: Any):
+def _ntv_part(column: Any, name: Any, index_map: IndexMap, unknown: str, rows: _Rows, pa: Any,
+              pc: Any) -> _Part:
     column = _combined(column, pa)
     t = column.type
     item = t.value_type if _is_list(t, pa) else None
@@ -607,7 +613,7 @@ def _ntv_part(column: Any, name: Any, index_map: IndexMap, unknown: str, rows: _
     return counts, entry_rows, fids, value
 
 
-def _assemble(parts: list, n: int, dtype: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _assemble(parts: list[_Part], n: int, dtype: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CSR ``(indptr, feature_ids, values)`` of the parts' entries, each row's entries in part order: every
     entry is placed at ``indptr[row] + (entries of earlier parts in its row) + (its rank in its part's row)``,
     no sort."""

@@ -534,7 +534,7 @@ def _numbered_lines(lines: Any, source: str) -> Iterator[tuple[int, str | bytes]
             raise input_error("path_or_file", f"<{type(line).__name__} line>", "must yield str or bytes lines",
                               where=f"{source} line {lineno}", error=TypeError)
         if lineno == 1:  # a byte order mark is not part of the first record
-            line = line.removeprefix(b"\xef\xbb\xbf" if isinstance(line, bytes) else "\ufeff")
+            line = line.removeprefix(b"\xef\xbb\xbf") if isinstance(line, bytes) else line.removeprefix("\ufeff")
         yield lineno, line
 
 
@@ -597,7 +597,7 @@ def read_ntv_jsonl(path_or_file: PathOrFile, entity_field: str = "uid") -> list[
             else:  # the bytes already read, as the stream's lines, under its name
                 stream = io.BytesIO(data)
                 if hasattr(path_or_file, "name"):
-                    stream.name = path_or_file.name  # type: ignore[attr-defined]
+                    stream.name = path_or_file.name
                 items = list(iter_ntv_jsonl(stream, entity_field))
     return items
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from lljax.data.arrays import packed_diagonal
 from lljax.data.dataset import encode_entity_keys
@@ -37,7 +38,8 @@ def model_to_table(model: Any) -> dict[str, np.ndarray]:
         flat = store.to_flat()
     table = {"entity": np.repeat(flat.keys, flat.sizes), "feature_id": flat.feature_ids, "mean": flat.means}
     if flat.precision is not None:
-        table["variance"] = 1.0 / _diagonals(flat, store is not None and store.precision == "full")
+        full = store is not None and store.precision == "full"
+        table["variance"] = 1.0 / _diagonals(flat.precision, flat.sizes, full)
     if model.index_map is not None:  # one lookup per vocabulary entry, then a vectorized take per pair
         name_terms = model.index_map.name_terms
         table["name"] = np.array([nt[0] for nt in name_terms], dtype=str)[flat.feature_ids]
@@ -45,11 +47,12 @@ def model_to_table(model: Any) -> dict[str, np.ndarray]:
     return table
 
 
-def _diagonals(flat: FlatEntities, full: bool) -> np.ndarray:
-    """``(P,)`` diagonal of each entity's precision, in pair order."""
+def _diagonals(precision: np.ndarray, sizes: np.ndarray, full: bool) -> np.ndarray:
+    """``(P,)`` diagonal of each entity's precision (a :class:`FlatEntities`' ``precision``, entities of
+    ``sizes`` features), in pair order."""
     if not full:
-        return flat.precision
-    return flat.precision[packed_diagonal(flat.sizes)]
+        return precision
+    return precision[packed_diagonal(sizes)]
 
 
 def table_to_flat(table: Mapping[str, Any], *, precision: str | None, l2: float, dtype: np.dtype) -> FlatEntities:
@@ -102,7 +105,8 @@ def table_to_flat(table: Mapping[str, Any], *, precision: str | None, l2: float,
     return FlatEntities(keys, indptr, fids, means, _precision_from_diagonals(diag, sizes, precision, dtype))
 
 
-def _precision_from_diagonals(diag: np.ndarray, sizes: np.ndarray, precision: str | None, dtype) -> np.ndarray | None:
+def _precision_from_diagonals(diag: np.ndarray, sizes: np.ndarray, precision: str | None,
+                              dtype: npt.DTypeLike) -> np.ndarray | None:
     if precision is None:
         return None
     if precision == "diagonal":
@@ -140,16 +144,19 @@ def read_parquet(path: str, with_metadata: bool = False) -> Any:
     if not with_metadata:
         return table
     raw = (arrow_table.schema.metadata or {}).get(PARQUET_METADATA_KEY)
+    if raw is None:
+        return table, None
     try:
-        metadata = None if raw is None else json.loads(raw.decode("utf-8"))
+        metadata = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise input_error("metadata", raw[:80], f"is not valid JSON ({exc})", where=path) from exc
-    if metadata is not None and not isinstance(metadata, dict):
+    if not isinstance(metadata, dict):
         raise input_error("metadata", raw[:80], "must be a JSON object", where=path)
     return table, metadata
 
 
-def _pyarrow():
+def _pyarrow() -> tuple[Any, Any]:
+    """The modules ``pyarrow`` and ``pyarrow.parquet`` (untyped: ``Any``)."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq

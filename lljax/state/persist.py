@@ -96,7 +96,9 @@ def save_model(model: Any, path: str | os.PathLike) -> None:
         arrays.update(indptr=flat.indptr, feature_ids=flat.feature_ids, means=flat.means)
         if flat.precision is not None:
             arrays["precision"] = flat.precision
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    # mypy checks a **dict against every keyword parameter, numpy's allow_pickle: bool included (numpy < 2.1 has
+    # none); these keys are array names.
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
@@ -221,6 +223,7 @@ def _read_member(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.nd
     name = info.filename[:-4]
     fmt = np.lib.format
     with zf.open(info) as fp:
+        assert isinstance(fp, zipfile.ZipExtFile)  # what open gives in mode "r" (typed as IO[bytes], no readinto)
         version = fmt.read_magic(fp)
         if version == (1, 0):
             shape, fortran, dtype = fmt.read_array_header_1_0(fp)
@@ -239,7 +242,7 @@ def _read_member(path: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.nd
             raise ModelFileError(f"{path}: array {name!r}: declared shape {shape} of {dtype} ({nbytes} bytes) does "
                                  f"not match the {info.file_size - header} bytes the file holds for it")
         out = np.empty(count, dtype)
-        view = memoryview(out).cast("B") if nbytes else None
+        view = out.data.cast("B")
         got = 0
         while got < nbytes:
             n = fp.readinto(view[got:])

@@ -11,10 +11,13 @@ stored, and every read and write is a vectorized gather / scatter over a few sla
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from lljax.data.arrays import concat_ranges
 from lljax.data.errors import input_error
@@ -53,7 +56,8 @@ class WidthRows(NamedTuple):
     precision: np.ndarray | None
 
 
-class StoreSnapshot(NamedTuple):
+@dataclass(frozen=True)
+class StoreSnapshot:
     """What :meth:`EntityStore.restore` puts back: ``count`` keys registered and their ``key_kind``;
     the covered stored entities' ``slots (k,)``, ``width (k,)`` and ``row (k,)``; each slab's ``size``
     (``slab_sizes``, by width); and ``contents``: per width, ``(width, members, {field: rows})`` copies
@@ -64,8 +68,8 @@ class StoreSnapshot(NamedTuple):
     slots: np.ndarray
     width: np.ndarray
     row: np.ndarray
-    slab_sizes: dict
-    contents: list
+    slab_sizes: dict[int, int]
+    contents: list[tuple[int, np.ndarray, dict[str, np.ndarray]]]
 
 
 # Slabs grow by chunks of _FIRST_CHUNK_ROWS rows, doubling up to about _CHUNK_BYTES bytes each.
@@ -139,16 +143,16 @@ class _Slab:
         while self._chunk_start[-1] < needed:
             chunks = len(self._chunk_start) - 1  # the chunks _chunk_start describes (an interrupted append
             del self._chunks[chunks:]            # may have left one more in _chunks: it is dropped)
-            rows = min(self._max_chunk_rows, _FIRST_CHUNK_ROWS << chunks)
+            added = min(self._max_chunk_rows, _FIRST_CHUNK_ROWS << chunks)
             # Uninitialized: a row is written whole (by put) before any read of it, and rows past
             # ``size`` are never read. Filling here would touch every page twice.
-            self._chunks.append({name: np.empty((rows,) + shape, dt) for name, (shape, dt) in self._shapes.items()})
-            self._chunk_start = np.append(self._chunk_start, self._chunk_start[-1] + rows)
+            self._chunks.append({name: np.empty((added,) + shape, dt) for name, (shape, dt) in self._shapes.items()})
+            self._chunk_start = np.append(self._chunk_start, self._chunk_start[-1] + added)
         rows = np.arange(self.size, needed, dtype=np.int64)
         self.size = needed
         return rows
 
-    def _by_chunk(self, rows: np.ndarray):
+    def _by_chunk(self, rows: np.ndarray) -> Iterator[tuple[dict[str, np.ndarray], slice | np.ndarray, np.ndarray]]:
         """Yield ``(chunk, selection of rows, offsets in the chunk)`` for each chunk ``rows`` touch."""
         chunk = np.searchsorted(self._chunk_start, rows, side="right") - 1
         offset = rows - self._chunk_start[chunk]
@@ -168,7 +172,7 @@ class _Slab:
                 out[selected] = chunk[field][offset]
         return out
 
-    def put(self, field: str, rows: np.ndarray, values) -> None:
+    def put(self, field: str, rows: np.ndarray, values: npt.ArrayLike) -> None:
         """Write ``values`` (``(len(rows), ...)`` or a scalar) into ``field`` at ``rows``."""
         if not len(rows):
             return
@@ -192,7 +196,7 @@ def unpack_upper(packed: np.ndarray, d: int) -> np.ndarray:
     return out
 
 
-def _grow(arr: np.ndarray, capacity: int, fill) -> np.ndarray:
+def _grow(arr: np.ndarray, capacity: int, fill: float) -> np.ndarray:
     out = np.full((capacity,) + arr.shape[1:], fill, arr.dtype)
     out[: arr.shape[0]] = arr
     return out
@@ -246,7 +250,7 @@ class EntityStore:
             raise input_error("entity", keys[0], reason, error=TypeError)
         return np.fromiter(map(self._slot_of.get, keys.tolist(), repeat(-1)), np.int64, count=len(keys))
 
-    def _groups(self, slots: np.ndarray):
+    def _groups(self, slots: np.ndarray) -> Iterator[tuple[_Slab, np.ndarray, np.ndarray]]:
         """Yield ``(slab, positions, rows)`` for the stored entries of ``slots``, one group per width."""
         present = np.flatnonzero(slots >= 0)
         widths = self._width[slots[present]]
@@ -274,7 +278,7 @@ class EntityStore:
             out[positions] = (slab.take("feature_ids", rows) >= 0).sum(axis=1)
         return out
 
-    def gather_dense(self, slots: np.ndarray):
+    def gather_dense(self, slots: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
         """Yield ``(positions, feature_ids (g, d), means (g, d), precision)`` per stored width ``d``;
         ``precision`` is ``(g, d, d)`` (full), ``(g, d)`` (diagonal) or ``None``."""
         for slab, positions, rows in self._groups(slots):
@@ -356,9 +360,11 @@ class EntityStore:
             take = slice(None) if len(members) == e else members
             prec = None
             if self.precision == "full":
+                assert precision is not None, "a store with precision is given one"
                 i, j = np.triu_indices(w)
                 prec = precision.reshape(e, W * W)[take][:, i * W + j]
             elif self.precision == "diagonal":
+                assert precision is not None, "a store with precision is given one"
                 prec = precision[take, :w]
             groups.append(WidthRows(members, feature_ids[take, :w], means[take, :w], prec))
         return groups
@@ -400,6 +406,7 @@ class EntityStore:
         slab.put("feature_ids", rows, group.feature_ids)
         slab.put("means", rows, group.means)
         if slab.has_precision:
+            assert group.precision is not None, "a store with precision is given one"
             slab.put("precision", rows, group.precision)
         self._width[slots[moved]] = width
         self._row[slots[moved]] = rows[moved]
@@ -455,25 +462,31 @@ class EntityStore:
         slots = np.arange(len(self._keys)) if slots is None else np.asarray(slots, np.int64)
         U = len(slots)
         sizes = np.zeros(U, np.int64)
-        parts = []  # (positions, fids, means, precision) of each width group, valid entries only
+        # Per width group, valid entries only: positions, fids, means, precision (every slab has one, or none does).
+        positions_of: list[np.ndarray] = []
+        fids_of: list[np.ndarray] = []
+        means_of: list[np.ndarray] = []
+        precision_of: list[np.ndarray] = []
         for slab, positions, rows in self._groups(slots):
             fids = slab.take("feature_ids", rows)
             valid = fids >= 0
             sizes[positions] = valid.sum(axis=1)
-            precision = None
             if slab.has_precision:
                 p = slab.take("precision", rows)
                 if self.precision == "full":  # rows are live, so every feature is valid
-                    precision = unpack_upper(p, slab.width).reshape(-1)
+                    precision_of.append(unpack_upper(p, slab.width).reshape(-1))
                 else:
-                    precision = p[valid]
-            parts.append((positions, fids[valid], slab.take("means", rows)[valid], precision))
+                    precision_of.append(p[valid])
+            positions_of.append(positions)
+            fids_of.append(fids[valid])
+            means_of.append(slab.take("means", rows)[valid])
         indptr = np.zeros(U + 1, np.int64)
         np.cumsum(sizes, out=indptr[1:])
         per_entity = sizes**2 if self.precision == "full" else sizes
-        fids = _in_slot_order(parts, 1, sizes, U, np.int64)
-        means = _in_slot_order(parts, 2, sizes, U, self.dtype)
-        precision = None if self.precision is None else _in_slot_order(parts, 3, per_entity, U, self.dtype)
+        fids = _in_slot_order(fids_of, positions_of, sizes, U, np.int64)
+        means = _in_slot_order(means_of, positions_of, sizes, U, self.dtype)
+        precision = None if self.precision is None else _in_slot_order(precision_of, positions_of, per_entity, U,
+                                                                        self.dtype)
         keys = np.empty(U, object)  # only the requested keys: converting all of them costs O(stored)
         keys[:] = [self._keys[i] for i in slots.tolist()]
         return FlatEntities(_plain_keys(keys, self.key_kind), indptr, fids, means, precision)
@@ -500,8 +513,10 @@ class EntityStore:
             pairs = concat_ranges(flat.indptr[members], np.full(g, d))
             prec = None
             if self.precision == "diagonal":
+                assert flat.precision is not None, "a store with precision is given one"
                 prec = flat.precision[pairs].reshape(g, d)
             elif self.precision == "full":
+                assert flat.precision is not None, "a store with precision is given one"
                 dense = flat.precision[concat_ranges(prec_indptr[members], np.full(g, d * d))].reshape(g, d, d)
                 prec = pack_upper(dense)
             group = WidthRows(np.arange(g), flat.feature_ids[pairs].reshape(g, d), flat.means[pairs].reshape(g, d),
@@ -509,16 +524,18 @@ class EntityStore:
             self._write_width(slots[members], group)
 
 
-def _in_slot_order(parts, field: int, counts: np.ndarray, U: int, dtype) -> np.ndarray:
-    """Concatenate the ``field`` arrays of width groups, reordered to slot order.
+def _in_slot_order(arrays: list[np.ndarray], group_positions: list[np.ndarray], counts: np.ndarray, U: int,
+                   dtype: npt.DTypeLike) -> np.ndarray:
+    """Concatenate the ``arrays`` of width groups (one per group, ``group_positions`` their positions),
+    reordered to slot order.
 
     Each group's array holds its entities' entries one entity after the other (in the group's
     ``positions`` order), ``counts[position]`` entries each.
     """
-    if not parts:
+    if not arrays:
         return np.zeros(0, dtype)
-    chunks = np.concatenate([p[field] for p in parts])
-    positions = np.concatenate([p[0] for p in parts])
+    chunks = np.concatenate(arrays)
+    positions = np.concatenate(group_positions)
     group_counts = counts[positions]
     group_start = np.cumsum(group_counts) - group_counts
     start_of = np.zeros(U, np.int64)
