@@ -137,13 +137,13 @@ class LinearArms:
         D = x.shape[1]
         post = self.model.posterior(np.array([self._code[a] for a in self.arms]), np.arange(D + 1))
         if self.policy == "ucb":
-            scores = ucb_arms(post, x, self.alpha)
+            device_scores = ucb_arms(post, x, self.alpha)
         elif self.policy == "thompson":
             self._key, key = jax.random.split(self._key)
-            scores = thompson_arms(key, post, x, scale=self.alpha)
+            device_scores = thompson_arms(key, post, x, scale=self.alpha)
         else:
-            scores = arm_moments(post, x)[0]
-        scores = np.asarray(scores, np.float64)
+            device_scores = arm_moments(post, x)[0]
+        scores = np.asarray(device_scores, np.float64)
         if offset is not None:
             off = np.asarray(offset, np.float64)
             if off.shape not in ((R,), (R, A)):

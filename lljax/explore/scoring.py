@@ -38,11 +38,12 @@ from __future__ import annotations
 
 import operator
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 from jax.scipy.linalg import cho_solve, solve_triangular
 
 from lljax.data.errors import input_error
@@ -66,9 +67,9 @@ class Posterior(NamedTuple):
         the mark with ``posterior._replace(intercept=None)``.
     """
 
-    mean: jax.Array
-    precision: jax.Array
-    feature_ids: jax.Array
+    mean: jax.Array | np.ndarray
+    precision: jax.Array | np.ndarray
+    feature_ids: jax.Array | np.ndarray
     intercept: Any = None
 
     @property
@@ -137,7 +138,7 @@ def _check_posterior(posterior: Any) -> int:
     return D
 
 
-def _check_features(name: str, posterior: Posterior, x: Any, dims: str) -> Any:
+def _check_features(name: str, posterior: Posterior, x: Any, dims: list[str]) -> Any:
     """``x`` with ``len(dims)`` dimensions and ``D`` columns, or ``D - 1`` when the posterior marks an
     intercept column; else a ``ValueError`` naming the argument and the shapes."""
     D = _check_posterior(posterior)
@@ -187,6 +188,16 @@ def _check_requests(entity: Any, candidates: Any) -> None:
                           f"must have one row per request: entity has shape {_shape(entity)}")
 
 
+@overload
+def _as_int(name: str, value: Any, minimum: int, maximum: int | None = None, none_ok: Literal[False] = False,
+            what: str = "") -> int: ...
+
+
+@overload
+def _as_int(name: str, value: Any, minimum: int, maximum: int | None = None, none_ok: bool = False,
+            what: str = "") -> int | None: ...
+
+
 def _as_int(name: str, value: Any, minimum: int, maximum: int | None = None, none_ok: bool = False,
             what: str = "") -> int | None:
     """A Python int in ``[minimum, maximum]`` from an int, a NumPy integer or a concrete 0-d integer array."""
@@ -228,8 +239,9 @@ def _rows(posterior: Posterior, entity: jax.Array) -> tuple[jax.Array, jax.Array
     ones are not wrapped around and large ones not clamped."""
     E = posterior.mean.shape[0]
     index = jnp.where(entity < 0, E, entity)
-    mean = posterior.mean.at[index].get(mode="fill", fill_value=jnp.nan)
-    precision = posterior.precision.at[index].get(mode="fill", fill_value=jnp.nan)
+    # jnp.asarray: the fields are tracers here (under jit); it only tells the type checker.
+    mean = jnp.asarray(posterior.mean).at[index].get(mode="fill", fill_value=jnp.nan)
+    precision = jnp.asarray(posterior.precision).at[index].get(mode="fill", fill_value=jnp.nan)
     return mean, precision
 
 
@@ -237,7 +249,7 @@ def _rows(posterior: Posterior, entity: jax.Array) -> tuple[jax.Array, jax.Array
 def _arm_moments(posterior: Posterior, contexts: jax.Array) -> tuple[jax.Array, jax.Array]:
     contexts = _full_width(posterior, contexts)
     mean = contexts @ posterior.mean.T
-    cov = _covariance(posterior.precision)
+    cov = _covariance(jnp.asarray(posterior.precision))
     if cov.ndim == 2:
         variance = jnp.square(contexts) @ cov.T
     else:
@@ -247,7 +259,7 @@ def _arm_moments(posterior: Posterior, contexts: jax.Array) -> tuple[jax.Array, 
     return mean, jnp.maximum(variance, 0.0)
 
 
-def arm_moments(posterior: Posterior, contexts: jax.Array) -> tuple[jax.Array, jax.Array]:
+def arm_moments(posterior: Posterior, contexts: npt.ArrayLike) -> tuple[jax.Array, jax.Array]:
     """Mean and variance of ``x_r . theta_a`` for every (request, arm).
 
     The variances ``x_r^T C_a x_r`` (``C = P^-1``) are one matrix product over the
@@ -277,7 +289,8 @@ def _candidate_moments(posterior: Posterior, entity: jax.Array, candidates: jax.
     return mean, jnp.maximum(variance, 0.0)
 
 
-def candidate_moments(posterior: Posterior, entity: jax.Array, candidates: jax.Array) -> tuple[jax.Array, jax.Array]:
+def candidate_moments(posterior: Posterior, entity: npt.ArrayLike,
+                      candidates: npt.ArrayLike) -> tuple[jax.Array, jax.Array]:
     """Mean and variance of ``x_rc . theta_{entity_r}`` for every (request, candidate).
 
     Args:
@@ -295,7 +308,7 @@ def candidate_moments(posterior: Posterior, entity: jax.Array, candidates: jax.A
     return _candidate_moments(posterior, entity, candidates)
 
 
-def ucb_arms(posterior: Posterior, contexts: jax.Array, alpha: float = 1.0) -> jax.Array:
+def ucb_arms(posterior: Posterior, contexts: npt.ArrayLike, alpha: float = 1.0) -> jax.Array:
     """``(R, A)`` upper confidence bounds ``x . mean + alpha * sqrt(x^T P^-1 x)`` (MABWiser's LinUCB).
 
     ``contexts``: ``(R, D)``, or ``(R, D - 1)`` without the posterior's intercept column."""
@@ -309,7 +322,8 @@ def _ucb_arms(posterior: Posterior, contexts: jax.Array, alpha: float) -> jax.Ar
     return mean + alpha * jnp.sqrt(variance)
 
 
-def ucb_candidates(posterior: Posterior, entity: jax.Array, candidates: jax.Array, alpha: float = 1.0) -> jax.Array:
+def ucb_candidates(posterior: Posterior, entity: npt.ArrayLike, candidates: npt.ArrayLike,
+                   alpha: float = 1.0) -> jax.Array:
     """``(R, C)`` upper confidence bounds of each request's candidates (arguments as
     :func:`candidate_moments`; NaN for out-of-range rows under ``jit``)."""
     candidates = _check_features("candidates", posterior, candidates, ["R", "C", "D"])
@@ -324,7 +338,7 @@ def _ucb_candidates(posterior: Posterior, entity: jax.Array, candidates: jax.Arr
     return mean + alpha * jnp.sqrt(variance)
 
 
-def thompson_arms(key: jax.Array, posterior: Posterior, contexts: jax.Array, scale: float = 1.0,
+def thompson_arms(key: jax.Array, posterior: Posterior, contexts: npt.ArrayLike, scale: float = 1.0,
                   draws: int | None = None) -> jax.Array:
     """``(R, A)`` Thompson-sampled scores with ``theta ~ N(mean, scale^2 P^-1)``.
 
@@ -364,7 +378,7 @@ def _thompson_arms(key: jax.Array, posterior: Posterior, contexts: jax.Array, sc
     return scores.reshape(draws * group, A)[:R]
 
 
-def _draw_arms(key: jax.Array, posterior: Posterior, draws: int, scale) -> jax.Array:
+def _draw_arms(key: jax.Array, posterior: Posterior, draws: int, scale: float) -> jax.Array:
     """``(S, A, D)``: ``S`` draws of every arm, with one multi-right-hand-side solve per arm."""
     A, D = posterior.mean.shape
     z = jax.random.normal(key, (A, D, draws), posterior.mean.dtype)
@@ -373,10 +387,10 @@ def _draw_arms(key: jax.Array, posterior: Posterior, draws: int, scale) -> jax.A
     else:
         chol = jnp.linalg.cholesky(posterior.precision)
         step = solve_triangular(chol, z, lower=True, trans="T")  # (A, D, S)
-    return posterior.mean[None] + scale * jnp.transpose(step, (2, 0, 1))
+    return jnp.asarray(posterior.mean)[None] + scale * jnp.transpose(step, (2, 0, 1))
 
 
-def _draw(key: jax.Array, mean: jax.Array, precision: jax.Array, shape: tuple[int, ...], scale) -> jax.Array:
+def _draw(key: jax.Array, mean: jax.Array, precision: jax.Array, shape: tuple[int, ...], scale: float) -> jax.Array:
     """``shape + (D,)`` draws ``mean + scale * L^-T z`` (``P = L L^T``) or ``mean + scale * z / sqrt(P)``.
 
     ``mean (..., D)`` and ``precision`` broadcast against the trailing dimensions of ``shape``.
@@ -390,7 +404,7 @@ def _draw(key: jax.Array, mean: jax.Array, precision: jax.Array, shape: tuple[in
     return mean + scale * step
 
 
-def sample_posterior(key: jax.Array, posterior: Posterior, entity: jax.Array, scale: float = 1.0) -> jax.Array:
+def sample_posterior(key: jax.Array, posterior: Posterior, entity: npt.ArrayLike, scale: float = 1.0) -> jax.Array:
     """``(R, D)`` draws ``theta_r ~ N(mean, scale^2 P^-1)`` of entities ``entity (R,)`` (row positions
     into the posterior: out of range raises, or gives NaN draws under ``jit``).
 
@@ -409,7 +423,7 @@ def _sample_posterior(key: jax.Array, posterior: Posterior, entity: jax.Array, s
     return _draw(key, mean, precision, entity.shape, scale)
 
 
-def thompson_candidates(key: jax.Array, posterior: Posterior, entity: jax.Array, candidates: jax.Array,
+def thompson_candidates(key: jax.Array, posterior: Posterior, entity: npt.ArrayLike, candidates: npt.ArrayLike,
                         scale: float = 1.0) -> jax.Array:
     """``(R, C)`` Thompson-sampled scores: one ``theta`` draw per request, shared by its candidates
     (arguments as :func:`candidate_moments`; NaN for out-of-range rows under ``jit``)."""
@@ -426,7 +440,7 @@ def _thompson_candidates(key: jax.Array, posterior: Posterior, entity: jax.Array
     return jnp.einsum("rcd,rd->rc", _full_width(posterior, candidates).astype(theta.dtype), theta)
 
 
-def top_k(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+def top_k(scores: jax.typing.ArrayLike, k: int) -> tuple[jax.Array, jax.Array]:
     """Per request, the ``k`` best scores and their column indices, best first: ``(R, k)`` each.
 
     ``k``: an int (or a NumPy integer) in ``[1, C]``."""

@@ -92,7 +92,7 @@ def log_loss(scores: ArrayLike, labels: ArrayLike) -> float:
     return float(np.mean(np.logaddexp(0.0, -signs * s)))
 
 
-METRICS_FUNCS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+METRICS_FUNCS: dict[str, Callable[[ArrayLike, ArrayLike], float]] = {
     "auc": auc,
     "rmse": rmse,
     "log_loss": log_loss,

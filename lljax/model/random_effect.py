@@ -27,8 +27,9 @@ from lljax.data.ntv import Feature, IndexMap
 from lljax.explore.posterior import dense_posterior
 from lljax.explore.scoring import Posterior
 from lljax.model.report import PhaseTimer, UpdateReport
+from lljax.rounds.plan import BlockPlan
 from lljax.rounds.round import Round
-from lljax.solve.base import HESSIAN_TYPES, SolverConfig, Status
+from lljax.solve.base import HESSIAN_TYPES, SolverConfig, SolveResult, Status
 from lljax.solve.dtypes import compute_dtype
 from lljax.solve.losses import LOSSES, first_bad_label
 from lljax.solve.registry import solve
@@ -207,7 +208,7 @@ class RandomEffectModel:
         if self.hessian == "none":
             raise input_error("hessian", "none", "keeps no posterior precision; exploration needs 'identity', "
                               "'diagonal' or 'full'")
-        dtype = self.dtype if self.dtype is not None else np.dtype(np.float64 if jax.config.jax_enable_x64
+        dtype = self.dtype if self.dtype is not None else np.dtype(np.float64 if jax.config.read("jax_enable_x64")
                                                                    else np.float32)
         return dense_posterior(self._store, entities, feature_ids, self.l2, dtype, full=self.hessian == "full",
                                intercept_id=intercept_id)
@@ -390,21 +391,22 @@ class RandomEffectModel:
             check_labels(dataset, self.loss)
         self._check_feature_space(dataset)
         dtype = _jax_dtype(dataset.dtype)
-        created = self._store is None
-        if created:
-            self._store = EntityStore(dtype, _STORED_PRECISION[self.hessian])
-        elif self._store.dtype != dtype:
+        store = self._store
+        created = store is None
+        if store is None:
+            store = self._store = EntityStore(dtype, _STORED_PRECISION[self.hessian])
+        elif store.dtype != dtype:
             raise input_error("dataset.dtype", str(dataset.dtype),
-                              f"differs from the model's dtype {self._store.dtype}", error=TypeError)
+                              f"differs from the model's dtype {store.dtype}", error=TypeError)
         try:
-            return self._update(dataset, dtype, first_delta, progress, started, timer)
+            return self._update(store, dataset, dtype, first_delta, progress, started, timer)
         except BaseException:
             if created:  # a failed first update stores nothing, and does not fix the model's dtype
                 self._store = None
             raise
 
-    def _update(self, dataset: Dataset, dtype: np.dtype, first_delta: float, progress: bool | None, started: float,
-                timer: PhaseTimer) -> UpdateReport:
+    def _update(self, store: EntityStore, dataset: Dataset, dtype: np.dtype, first_delta: float,
+                progress: bool | None, started: float, timer: PhaseTimer) -> UpdateReport:
         if dataset.dtype != dtype:
             dataset = _cast(dataset, dtype)
 
@@ -418,7 +420,7 @@ class RandomEffectModel:
             trained = active >= self.min_rows
             report = _EntityReport.skipped(U, dtype)
             skipped = np.flatnonzero(~trained)
-            report.features[skipped] = self._store.sizes(self._store.lookup(dataset.entity_keys[skipped]))
+            report.features[skipped] = store.sizes(store.lookup(dataset.entity_keys[skipped]))
             keep = trained[dataset.entity]
             round_of_row = None if self.max_rows is None else group_rank(dataset.entity, U) // self.max_rows
             rounds = 0 if not keep.any() else 1 if round_of_row is None else int(round_of_row[keep].max()) + 1
@@ -431,7 +433,8 @@ class RandomEffectModel:
                 part = dataset if rows_in_round.all() else dataset.take(rows_in_round)
                 codes = np.searchsorted(dataset.entity_keys, part.entity_keys)
                 delta = first_delta if r == 0 else 1.0
-                round_report, round_blocks = self._update_round(part, delta, progress, timer, undo, device_blocks)
+                round_report, round_blocks = self._update_round(store, part, delta, progress, timer, undo,
+                                                                device_blocks)
                 report.merge(codes, round_report, first=r == 0)
                 blocks += round_blocks
             return UpdateReport(dataset.entity_keys, report.status, report.iterations, report.loss,
@@ -439,44 +442,43 @@ class RandomEffectModel:
                                 timer.seconds, dict(device_blocks))
         except BaseException:  # the update is one transaction: nothing of it stays if it does not return
             if undo:
-                self._store.restore(undo[0])
+                store.restore(undo[0])
             raise
 
-    def _update_round(self, dataset: Dataset, delta: float, progress: bool | None,
+    def _update_round(self, store: EntityStore, dataset: Dataset, delta: float, progress: bool | None,
                       timer: PhaseTimer, undo: list, device_blocks: Counter) -> tuple[_EntityReport, int]:
         """One sequential update of every entity of ``dataset`` with forgetting ``delta``. If ``undo`` is
         empty, a snapshot of the round's entities is appended to it before anything is written (the
         caller restores it if the update fails). With several local devices, block ``i`` goes to device
         ``i mod count`` (counted in ``device_blocks``)."""
-        store = self._store
         dtype = store.dtype
         U = dataset.num_entities
         config = self.solver_config(dtype)
         with timer("prepare"):
             work = Round.prepare(dataset, self.loss, store, self.l2)
             plans = work.plan(self._block_budget(), config)
-        l2, delta = np.asarray(self.l2, dtype), np.asarray(delta, dtype)
+        l2, delta_arr = np.asarray(self.l2, dtype), np.asarray(delta, dtype)
         report = _EntityReport.skipped(U, dtype)
         report.features[:] = work.subspaces.sizes
         check_singular = self.l2 == 0 and self.hessian in ("full", "diagonal")
 
-        def collect(plan, feature_ids, result):
+        def collect(plan: BlockPlan, feature_ids: np.ndarray, result: SolveResult) -> None:
             with timer("device_wait"):
-                result = jax.device_get(result)
+                host = jax.device_get(result)  # the SolveResult with NumPy arrays
             e = len(plan.entities)
-            precision = result.precision  # identity is kept as a diagonal of ones; none as None
-            status = np.array(result.status[:e])
+            precision = host.precision  # identity is kept as a diagonal of ones; none as None
+            status = np.array(host.status[:e])
             if check_singular:  # l2 = 0: an improper posterior (a singular precision) is not stored
                 status[(status != Status.NON_FINITE) & singular_precisions(feature_ids[:e], precision[:e])] = \
                     Status.NON_FINITE
             report.status[plan.entities] = status
-            report.iterations[plan.entities] = result.iterations[:e]
-            report.loss[plan.entities] = result.loss[:e]
-            report.grad_norm[plan.entities] = result.grad_norm[:e]
+            report.iterations[plan.entities] = host.iterations[:e]
+            report.loss[plan.entities] = host.loss[:e]
+            report.grad_norm[plan.entities] = host.grad_norm[:e]
             ok = np.flatnonzero(status != Status.NON_FINITE)
             ents = plan.entities[ok]
             with timer("write"):  # each entity is in one block, so later blocks' priors are untouched
-                store.write(dataset.entity_keys[ents], slots[ents], feature_ids[ok], result.theta[ok],
+                store.write(dataset.entity_keys[ents], slots[ents], feature_ids[ok], host.theta[ok],
                             None if precision is None else precision[ok])
             bar.update(e)
 
@@ -499,7 +501,7 @@ class RandomEffectModel:
                         device = devices[sum(device_blocks.values()) % len(devices)]
                         block = jax.device_put(block, device)
                         device_blocks[str(device)] += 1
-                    pending.append((plan, feature_ids, solve(block, l2, delta, config, method=plan.method)))
+                    pending.append((plan, feature_ids, solve(block, l2, delta_arr, config, method=plan.method)))
                 del block
                 if len(pending) > _IN_FLIGHT * len(devices):
                     collect(*pending.popleft())
@@ -599,7 +601,7 @@ class _EntityReport(NamedTuple):
         self.features[at] = later.features
 
 
-def _progress_bar(progress: bool | None, total: int, desc: str):
+def _progress_bar(progress: bool | None, total: int, desc: str) -> contextlib.AbstractContextManager[Any]:
     """A tqdm bar (``progress`` True, or None with tqdm installed: shown after a few seconds) or a no-op."""
     if progress is False:
         return contextlib.nullcontext(_NoBar())

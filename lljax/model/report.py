@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,11 +19,11 @@ PHASES = ("validate", "prepare", "pack", "dispatch", "device_wait", "write")
 class PhaseTimer:
     """Wall seconds spent in each named phase of an update (accumulated over blocks and rounds)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.seconds = dict.fromkeys(PHASES, 0.0)
 
     @contextlib.contextmanager
-    def __call__(self, phase: str):
+    def __call__(self, phase: str) -> Iterator[None]:
         started = time.perf_counter()
         try:
             yield

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from lljax.data.arrays import concat_ranges, next_pow2, segments
 from lljax.data.dataset import Dataset, prepend_intercept
@@ -94,17 +95,17 @@ class Round(NamedTuple):
         dtype = dataset.dtype
         rows, lane, row_cell, y, w, offset = block_rows(dataset, self.labels, plan, self.row_order, self.row_start)
         local = self.subspaces.restrict(ents)
-        if registry.METHODS[plan.method].layout == "dense":
-            design = (scatter_rows(dataset, rows, lane, row_cell, local, E * N, D).astype(dtype, copy=False)
-                      .reshape(E, N, D),)
+        dense = registry.METHODS[plan.method].layout == "dense"
+        if dense:
+            X = (scatter_rows(dataset, rows, lane, row_cell, local, E * N, D).astype(dtype, copy=False)
+                 .reshape(E, N, D))
         else:
-            design = _row_slots(dataset, rows, lane, row_cell, local, E, N, D)
+            cols, vals = _row_slots(dataset, rows, lane, row_cell, local, E, N, D)
         feature_ids = np.full((E, D), -1, np.int64)
         feature_ids[: len(ents)] = local.feature_ids(D)
         prior_mean, prior_precision = priors(ents, E, D, local, self.store, self.slots, self.l2, dtype)
-        block = Block if len(design) == 1 else SparseBlock
-        return block(*design, y.reshape(E, N), w.reshape(E, N), offset.reshape(E, N), feature_ids, prior_mean,
-                     prior_precision)
+        rest = (y.reshape(E, N), w.reshape(E, N), offset.reshape(E, N), feature_ids, prior_mean, prior_precision)
+        return Block(X, *rest) if dense else SparseBlock(cols, vals, *rest)
 
 
 def _row_slots(dataset: Dataset, rows: np.ndarray, lane: np.ndarray, row_cell: np.ndarray, local: Subspaces,
@@ -163,8 +164,9 @@ def row_entries(dataset: Dataset, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     return nnz_per_row + 1, feature_ids, values
 
 
-def block_rows(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, row_order: np.ndarray,
-               row_start: np.ndarray):
+def block_rows(
+    dataset: Dataset, labels: np.ndarray, plan: BlockPlan, row_order: np.ndarray, row_start: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The examples of a block's entities and their padded per-row arrays.
 
     Returns ``(rows, lane, row_cell, y, w, offset)``: ``rows`` the dataset examples, entity by entity;
@@ -191,7 +193,8 @@ def block_rows(dataset: Dataset, labels: np.ndarray, plan: BlockPlan, row_order:
     return rows, lane, row_cell, y, w, offset
 
 
-def priors(ents, E, D, subspaces, store, slots, l2, dtype):
+def priors(ents: np.ndarray, E: int, D: int, subspaces: Subspaces, store: EntityStore | None, slots: np.ndarray,
+           l2: float, dtype: npt.DTypeLike) -> tuple[np.ndarray, np.ndarray]:
     """Prior mean ``(E, D)`` and precision ``(E, D)``/``(E, D, D)`` in the local subspaces.
 
     Features without a stored prior (and every feature of a new entity) get mean 0 and

@@ -8,6 +8,7 @@ the same keys. :class:`Subspaces` maps (entity, global feature) to the local col
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -135,7 +136,7 @@ def local_subspaces(dataset: Dataset, prior_owner: np.ndarray, prior_feature_ids
     return Subspaces.from_keys(_distinct(np.concatenate(parts + [prior_keys])), dataset.num_entities, stride)
 
 
-def _nonzero_keys(dataset: Dataset, stride: int):
+def _nonzero_keys(dataset: Dataset, stride: int) -> Iterator[np.ndarray]:
     """Yield ``entity * stride + feature_id`` of the dataset's given nonzeros (not the implicit intercept),
     about ``KEY_CHUNK`` at a time."""
     indptr = dataset.given_indptr
