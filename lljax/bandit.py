@@ -55,9 +55,15 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:  # imported where they are used (the module itself does not load JAX)
+    import jax
+
+    from lljax.model.random_effect import RandomEffectModel
 
 __all__ = ["POLICIES", "BanditConfig", "BanditResult", "Environment", "checkpoints", "make_environment", "round_inputs",
            "simulate", "regret_table", "main"]
@@ -217,8 +223,8 @@ class BanditResult(NamedTuple):
         }
 
 
-def _choose(policy: str, model, key, users: np.ndarray, features: np.ndarray, offset: np.ndarray,
-            config: BanditConfig, rng: np.random.Generator) -> np.ndarray:
+def _choose(policy: str, model: RandomEffectModel | None, key: jax.Array, users: np.ndarray, features: np.ndarray,
+            offset: np.ndarray, config: BanditConfig, rng: np.random.Generator) -> np.ndarray:
     """``(S,)`` index of the chosen candidate of each request.
 
     Args:
@@ -228,7 +234,8 @@ def _choose(policy: str, model, key, users: np.ndarray, features: np.ndarray, of
 
     S, C, D = features.shape
     if policy == "random":
-        return rng.integers(0, C, S)
+        return rng.integers(0, C, (S,))
+    assert model is not None, "every policy but random has a model"
     # This model has no intercept (trained with intercept_id=None): feature 0 is the first item feature, not an
     # intercept column, so the candidates are given with all D columns and no column is marked.
     posterior = model.posterior(users, np.arange(D))._replace(intercept=None)
@@ -244,7 +251,7 @@ def _choose(policy: str, model, key, users: np.ndarray, features: np.ndarray, of
     return np.argmax(np.asarray(scores) + offset, axis=1)
 
 
-def _warm_up(config: BanditConfig, dtype, policies: tuple[str, ...]) -> None:
+def _warm_up(config: BanditConfig, dtype: npt.DTypeLike, policies: tuple[str, ...]) -> None:
     """Compile what a round runs (an update of ``S`` users x 1 row x ``D`` features, and the scoring
     of ``(S, C, D)`` candidates) on dummy data, so that the timed rounds exclude compilation."""
     import jax
@@ -279,7 +286,7 @@ def simulate(config: BanditConfig = BanditConfig(), policies: tuple[str, ...] = 
     if unknown or not policies:
         raise ValueError(f"field 'policies': value {unknown or policies!r} must be a non-empty subset of {POLICIES}")
     started = time.perf_counter()
-    dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
+    dtype = np.float64 if jax.config.read("jax_enable_x64") else np.float32
     _warm_up(config, dtype, policies)
     compile_seconds = time.perf_counter() - started
     env = make_environment(config)

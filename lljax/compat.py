@@ -172,7 +172,7 @@ def _number(field: str, value: Any, entity: Any = None, where: str | None = None
     try:
         return float(value)
     except OverflowError:  # an int beyond the float range
-        return math.inf if value > 0 else -math.inf
+        return -math.inf if value < 0 else math.inf
 
 
 def _check_real_matrix(field: str, matrix: Any, entity: Any) -> None:
@@ -183,7 +183,7 @@ def _check_real_matrix(field: str, matrix: Any, entity: Any) -> None:
                           error=TypeError)
 
 
-def _check_examples(labels, weights, offsets, entity: Any, row_word: str) -> None:
+def _check_examples(labels: np.ndarray, weights: np.ndarray, offsets: np.ndarray, entity: Any, row_word: str) -> None:
     """Finite labels, weights and offsets; non-negative weights (LL's field names)."""
     check_finite("labels", labels, entity, row_word)
     check_finite("labels_weights", weights, entity, row_word)
@@ -436,7 +436,7 @@ def index_domain_coeffs_to_nt_domain_coeffs(model: Any, index_map: Any
 
 
 def _positive_int(field: str, value: Any) -> int:
-    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1):
         raise input_error(field, value, "must be an int >= 1")
     return int(value)
 
@@ -516,7 +516,9 @@ class _NewtonTrainer:
         work = Round.prepare(dataset, self._loss_name, store, self.param_reg)
         config = SolverConfig(loss=self._loss_name, hessian="full")
         (plan,) = work.plan(1 << 62, config)
-        return work.build(plan._replace(lanes=1))
+        block = work.build(plan._replace(lanes=1))
+        assert isinstance(block, Block), "a full-precision plan has the dense layout"
+        return block
 
     def _scalars(self) -> tuple[jax.Array, jax.Array]:
         return jnp.asarray(self.param_reg, self._dtype), jnp.asarray(self.param_delta, self._dtype)

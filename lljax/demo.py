@@ -25,8 +25,15 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:  # main imports lljax itself, after setting JAX's precision
+    from lljax.data.dataset import Dataset
+    from lljax.model.random_effect import RandomEffectModel
 
 __all__ = ["make_game_data", "main"]
 
@@ -46,7 +53,7 @@ def _power_law_counts(rng: np.random.Generator, size: int, lo: float, hi: float,
     return np.clip(np.floor(x), lo, hi).astype(np.int64)
 
 
-def make_game_data(num_entities: int, seed: int, dtype=np.float64) -> dict[str, np.ndarray]:
+def make_game_data(num_entities: int, seed: int, dtype: npt.DTypeLike = np.float64) -> dict[str, np.ndarray]:
     """Synthetic GAME data, vectorized. Returns a dict of per-example arrays.
 
     Keys: ``entity (n,)``, ``time (n,)``, ``label (n,)`` in {0, 1}, ``offset (n,)``, CSR
@@ -96,7 +103,7 @@ def _split(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndar
     return train & (t <= cut), train & (t > cut), ~train
 
 
-def _dataset(lljax, data: dict[str, np.ndarray], dtype):
+def _dataset(lljax: ModuleType, data: dict[str, np.ndarray], dtype: npt.DTypeLike) -> Dataset:
     """All rows as one :class:`lljax.Dataset` (mini-batches and the test set are ``take``-n from it)."""
     return lljax.Dataset.from_arrays(
         data["entity"], data["label"], indptr=data["indptr"], feature_ids=data["feature_ids"],
@@ -104,7 +111,7 @@ def _dataset(lljax, data: dict[str, np.ndarray], dtype):
     )
 
 
-def _model(lljax):
+def _model(lljax: ModuleType) -> RandomEffectModel:
     return lljax.RandomEffectModel("logistic", l2=1.0, delta=0.8, hessian="full")
 
 

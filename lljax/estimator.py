@@ -41,7 +41,7 @@ from __future__ import annotations
 import inspect
 import numbers
 import warnings
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -50,6 +50,8 @@ from lljax.data.errors import input_error
 from lljax.model.random_effect import RandomEffectModel
 
 __all__ = ["RandomEffectClassifier", "RandomEffectRegressor", "NotFittedError"]
+
+_Estimator = TypeVar("_Estimator", bound="_RandomEffectEstimator")
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -60,6 +62,16 @@ class _RandomEffectEstimator:
     """The shared machinery: parameters, input validation, the model."""
 
     _loss: str = "linear"
+
+    # The constructor arguments both subclasses store as given (declared here for the shared methods).
+    l2: float
+    delta: float
+    hessian: str
+    max_iter: int
+    tol: float | None
+    min_rows: int
+    max_rows: int | None
+    groups_column: Any
 
     # -- scikit-learn's parameter protocol -------------------------------------------------------------
 
@@ -72,7 +84,7 @@ class _RandomEffectEstimator:
         """The constructor arguments, as given (``deep`` is accepted for scikit-learn; nothing is nested)."""
         return {name: getattr(self, name) for name in self._get_param_names()}
 
-    def set_params(self, **params: Any) -> _RandomEffectEstimator:
+    def set_params(self: _Estimator, **params: Any) -> _Estimator:
         """Set constructor arguments; ``ValueError`` naming an unknown one. Returns ``self``."""
         valid = self._get_param_names()
         for name, value in params.items():
@@ -135,7 +147,7 @@ class _RandomEffectEstimator:
             groups = arr[:, column]
             if groups.dtype.kind == "f" and np.all(np.isfinite(groups)) and np.all(groups == np.round(groups)):
                 groups = groups.astype(np.int64)  # ids in a float matrix: integral floats are int keys
-            X = np.delete(arr, column, axis=1)
+            X = np.delete(arr, int(column), axis=1)
         if names is not None and any(not isinstance(n, str) for n in names):
             names = None
         self._check_names(names, reset)
@@ -170,7 +182,7 @@ class _RandomEffectEstimator:
         elif fitted is not None and names is None:
             warnings.warn(f"X does not have valid feature names, but {type(self).__name__} was fitted with feature "
                           "names", UserWarning, stacklevel=3)
-        elif fitted is not None and list(fitted) != list(names):
+        elif fitted is not None and names is not None and list(fitted) != list(names):
             raise ValueError("The feature names should match those that were passed during fit.\n"
                              f"Feature names seen at fit time: {list(fitted)}\nFeature names now: {list(names)}")
 
@@ -206,7 +218,8 @@ class _RandomEffectEstimator:
 
     # -- fitting ------------------------------------------------------------------------------------------------
 
-    def fit(self, X: Any, y: Any, groups: Any = None, sample_weight: Any = None, offset: Any = None):
+    def fit(self: _Estimator, X: Any, y: Any, groups: Any = None, sample_weight: Any = None,
+            offset: Any = None) -> _Estimator:
         """Fit one GLM per group on ``X (n, F)``, ``y (n,)`` (a fresh model); returns ``self``.
 
         ``groups (n,)``: each row's group (entity) key, unless ``groups_column`` names a column of ``X``;
@@ -221,8 +234,8 @@ class _RandomEffectEstimator:
         self.n_iter_ = int(self.report_.iterations.max(initial=0))
         return self
 
-    def partial_fit(self, X: Any, y: Any, groups: Any = None, sample_weight: Any = None, offset: Any = None,
-                    **kwargs: Any):
+    def partial_fit(self: _Estimator, X: Any, y: Any, groups: Any = None, sample_weight: Any = None,
+                    offset: Any = None, **kwargs: Any) -> _Estimator:
         """One sequential Bayesian update on a mini-batch (the posterior so far is the prior, forgetting factor
         ``delta``); the first call starts a fresh model. Returns ``self``."""
         first = not hasattr(self, "model_")
@@ -240,6 +253,10 @@ class _RandomEffectEstimator:
     def _start_partial(self, kwargs: dict) -> None:
         if kwargs:
             raise TypeError(f"partial_fit() got unexpected keyword arguments {sorted(kwargs)}")
+
+    def _check_classes(self, classes: Any, first: bool = False) -> None:
+        """``classes=`` of a later ``partial_fit`` call: only the classifier takes it."""
+        raise TypeError("partial_fit() got unexpected keyword arguments ['classes']")
 
 
 
@@ -361,7 +378,7 @@ class RandomEffectRegressor(_RandomEffectEstimator):
         self.groups_column = groups_column
 
     @property
-    def _loss(self) -> str:  # type: ignore[override]
+    def _loss(self) -> str:  # type: ignore[override]  # a property (validated on read) over the base's class attribute
         if self.loss not in ("linear", "poisson"):
             raise input_error("loss", self.loss, "must be 'linear' or 'poisson' (RandomEffectClassifier is logistic)")
         return self.loss
