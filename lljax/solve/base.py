@@ -15,9 +15,17 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import numpy as np
 
 __all__ = ["Status", "SolverConfig", "SolveResult", "Limits", "HESSIAN_TYPES", "RUNNING", "ARMIJO_C1",
-           "STEP_SHRINK", "SLACK_ULPS", "BACKENDS", "Method"]
+           "STEP_SHRINK", "SLACK_ULPS", "BACKENDS", "Method", "Scalar", "AnyArray"]
+
+# An array leaf of the solvers' records (blocks, penalties): a NumPy array on the host (as the packer builds it),
+# a JAX array on a device, a tracer inside jit.
+AnyArray = jax.Array | np.ndarray
+
+# A scalar argument on the host (l2, delta, a tolerance): a Python or NumPy number, or a 0-d NumPy or JAX array.
+Scalar = float | np.floating | np.ndarray | jax.Array
 
 HESSIAN_TYPES = ("none", "identity", "diagonal", "full")
 
@@ -94,8 +102,8 @@ class Limits(NamedTuple):
       max_iter: ``()`` int32 iteration cap.
     """
 
-    tol: jax.Array
-    max_iter: jax.Array
+    tol: AnyArray
+    max_iter: AnyArray
 
 
 class SolveResult(NamedTuple):

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import numpy as np
+
+from lljax.solve.base import AnyArray
 
 __all__ = ["Block", "SparseBlock", "LAYOUTS", "sparse_from_dense", "dense_from_sparse"]
 
@@ -34,15 +35,18 @@ class Block(NamedTuple):
       feature_ids: ``(E, D)`` global feature id of each local column, -1 for padding.
       prior_mean: ``(E, D)`` prior mean theta0 (0 on padding).
       prior_precision: ``(E, D)`` diagonal or ``(E, D, D)`` full prior precision P0.
+
+    The fields are NumPy arrays as the packer (:mod:`lljax.rounds`) builds them, JAX arrays once put on a
+    device, tracers inside the jitted solves (so do those of :class:`SparseBlock`).
     """
 
-    X: jax.Array
-    y: jax.Array
-    w: jax.Array
-    offset: jax.Array
-    feature_ids: jax.Array
-    prior_mean: jax.Array
-    prior_precision: jax.Array
+    X: AnyArray
+    y: AnyArray
+    w: AnyArray
+    offset: AnyArray
+    feature_ids: AnyArray
+    prior_mean: AnyArray
+    prior_precision: AnyArray
 
 
 class SparseBlock(NamedTuple):
@@ -58,14 +62,14 @@ class SparseBlock(NamedTuple):
       prior_precision: ``(E, D)`` diagonal prior precision P0.
     """
 
-    cols: jax.Array
-    vals: jax.Array
-    y: jax.Array
-    w: jax.Array
-    offset: jax.Array
-    feature_ids: jax.Array
-    prior_mean: jax.Array
-    prior_precision: jax.Array
+    cols: AnyArray
+    vals: AnyArray
+    y: AnyArray
+    w: AnyArray
+    offset: AnyArray
+    feature_ids: AnyArray
+    prior_mean: AnyArray
+    prior_precision: AnyArray
 
 
 def sparse_from_dense(block: Block) -> SparseBlock:

@@ -27,7 +27,7 @@ def compute_dtype(requested: Any, *, caller: str, once: bool = False, stacklevel
       stacklevel: passed to :func:`warnings.warn` (2: the function calling this one).
     """
     dtype = np.dtype(requested)
-    if dtype != np.float64 or jax.config.jax_enable_x64:
+    if dtype != np.float64 or jax.config.read("jax_enable_x64"):
         return dtype
     if not (once and caller in _WARNED):
         _WARNED.add(caller)

@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
 
 from lljax.solve.base import ARMIJO_C1, RUNNING, SLACK_ULPS, STEP_SHRINK, Limits, SolveResult, Status
 from lljax.solve.objective import Entity
@@ -70,7 +72,8 @@ class Step(NamedTuple):
 Direction = Callable[[Iterate], Step]
 
 
-def status_after(value, grad, iteration, limits: Limits, stalled=False):
+def status_after(value: jax.Array, grad: jax.Array, iteration: ArrayLike, limits: Limits,
+                 stalled: ArrayLike = False) -> jax.Array:
     """``()`` int32 status of an iterate: NON_FINITE (value or gradient not finite) over CONVERGED
     (``max |grad| <= tol``) over STALLED over MAX_ITERATIONS over RUNNING."""
     finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
@@ -81,7 +84,8 @@ def status_after(value, grad, iteration, limits: Limits, stalled=False):
     return jnp.where(finite, status, Status.NON_FINITE).astype(jnp.int32)
 
 
-def backtracking_line_search(value_at, value, slope, max_backtracks: int):
+def backtracking_line_search(value_at: Callable[[jax.Array], jax.Array], value: jax.Array, slope: jax.Array,
+                             max_backtracks: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Armijo backtracking from the full step ``t = 1``, shrinking ``t`` by ``STEP_SHRINK`` at most
     ``max_backtracks`` times.
 
@@ -99,27 +103,28 @@ def backtracking_line_search(value_at, value, slope, max_backtracks: int):
     """
     slack = SLACK_ULPS * jnp.finfo(value.dtype).eps * (1.0 + jnp.abs(value))
 
-    def trial(k):
+    def trial(k: ArrayLike) -> tuple[jax.Array, jax.Array]:
         t = jnp.asarray(STEP_SHRINK, value.dtype) ** k
         return value_at(t), t
 
-    def sufficient(trial_value, t):
+    def sufficient(trial_value: jax.Array, t: jax.Array) -> jax.Array:
         return trial_value <= value + ARMIJO_C1 * t * slope + slack
 
-    def keep_backtracking(carry):
+    def keep_backtracking(carry: tuple[int | jax.Array, jax.Array, jax.Array]) -> jax.Array:
         k, trial_value, t = carry
         return (k < max_backtracks) & ~sufficient(trial_value, t) & jnp.isfinite(slope)
 
-    def backtrack(carry):
+    def backtrack(carry: tuple[int | jax.Array, jax.Array, jax.Array]) -> tuple[int | jax.Array, jax.Array, jax.Array]:
         k = carry[0] + 1
         return (k, *trial(k))
 
-    _, new_value, t = jax.lax.while_loop(keep_backtracking, backtrack, (0, *trial(0)))
+    first: tuple[int | jax.Array, jax.Array, jax.Array] = (0, *trial(0))
+    _, new_value, t = jax.lax.while_loop(keep_backtracking, backtrack, first)
     accepted = (sufficient(new_value, t) & (slope < 0)) | ~jnp.isfinite(slope)
     return t, new_value, accepted
 
 
-def start(entity: Entity, theta, limits: Limits, coords: Any = (), memory: Any = ()) -> Iterate:
+def start(entity: Entity, theta: jax.Array, limits: Limits, coords: Any = (), memory: Any = ()) -> Iterate:
     """The iterate at ``theta`` (iteration 0), with its status."""
     margin = entity.margin(theta)
     value = entity.objective(theta, margin)
@@ -149,7 +154,7 @@ def iterate(entity: Entity, direction: Direction, first: Iterate, limits: Limits
                               lambda it: advance(entity, direction, it, limits, max_backtracks), first)
 
 
-def prior_in_form(prior_precision, hessian: str):
+def prior_in_form(prior_precision: jax.Array | np.ndarray, hessian: str) -> jax.Array | np.ndarray | None:
     """The prior precision expressed in the output form of ``hessian`` (kept by failed lanes)."""
     if hessian == "none":
         return None
@@ -160,7 +165,8 @@ def prior_in_form(prior_precision, hessian: str):
     return jnp.ones(prior_precision.shape[0], prior_precision.dtype)
 
 
-def finish(theta0, final: Iterate, precision, prior_precision, *, hessian: str) -> SolveResult:
+def finish(theta0: jax.Array, final: Iterate, precision: jax.Array | None, prior_precision: jax.Array | np.ndarray,
+           *, hessian: str) -> SolveResult:
     """One entity's :class:`SolveResult` from its final iterate: a posterior precision that is not finite
     fails the lane too, and a failed (NON_FINITE) lane returns ``theta0`` and its prior precision."""
     status = final.status
@@ -168,6 +174,8 @@ def finish(theta0, final: Iterate, precision, prior_precision, *, hessian: str) 
         status = jnp.where(jnp.all(jnp.isfinite(precision)), status, Status.NON_FINITE).astype(jnp.int32)
     failed = status == Status.NON_FINITE
     if precision is not None:
-        precision = jnp.where(failed, prior_in_form(prior_precision, hessian), precision)
+        prior = prior_in_form(prior_precision, hessian)
+        assert prior is not None, "a precision is returned only for hessian != 'none'"
+        precision = jnp.where(failed, prior, precision)
     return SolveResult(theta=jnp.where(failed, theta0, final.theta), precision=precision, loss=final.value,
                        grad_norm=jnp.max(jnp.abs(final.grad), initial=0.0), iterations=final.iteration, status=status)

@@ -28,6 +28,7 @@ The posterior precision is ``diag(X^T C X) + A`` (``"diagonal"``), ones (``"iden
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ import optax
 
 from lljax.solve.base import Limits, SolverConfig, SolveResult
 from lljax.solve.blocks import Block
-from lljax.solve.iteration import Iterate, Step, finish, iterate, start
+from lljax.solve.iteration import Direction, Iterate, Step, finish, iterate, start
 from lljax.solve.newton import WORKSPACE_FACTOR
 from lljax.solve.objective import Entity, dense_entity
 
@@ -58,7 +59,7 @@ def _scale(entity: Entity, margin: jax.Array, precondition: str) -> jax.Array:
     return jnp.where(jnp.isfinite(d) & (d > 0), jnp.sqrt(jnp.where(d > 0, d, 1.0)), 1.0)
 
 
-def _direction(entity: Entity, scale: jax.Array, history: optax.GradientTransformation):
+def _direction(entity: Entity, scale: jax.Array, history: optax.GradientTransformation) -> Direction:
     """The L-BFGS step in ``theta`` (``-H_k g`` in ``z``, mapped back); the memory is optax's state."""
 
     def direction(it: Iterate) -> Step:
@@ -70,7 +71,7 @@ def _direction(entity: Entity, scale: jax.Array, history: optax.GradientTransfor
 
 
 def make_direction(entity: Entity, theta: jax.Array, margin: jax.Array, *, precondition: str = "penalty",
-                   memory_size: int = MEMORY_SIZE):
+                   memory_size: int = MEMORY_SIZE) -> tuple[Direction, Any]:
     """The L-BFGS direction of ``entity`` for :func:`lljax.solve.iteration.iterate`, started at ``theta``
     ``(D,)`` with margins ``margin`` ``(N,)``: returns ``(direction, memory)``, ``memory`` the first
     iterate's (empty) history, to pass to :func:`lljax.solve.iteration.start`. ``precondition`` is one of
@@ -80,7 +81,8 @@ def make_direction(entity: Entity, theta: jax.Array, margin: jax.Array, *, preco
     return _direction(entity, scale, history), history.init(theta * scale)
 
 
-def _solve_one(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, limits: Limits, *,
+def _solve_one(X: jax.Array, y: jax.Array, w: jax.Array, offset: jax.Array, feature_ids: jax.Array,
+               prior_mean: jax.Array, prior_precision: jax.Array, l2: jax.Array, delta: jax.Array, limits: Limits, *,
                config: SolverConfig, memory_size: int, precondition: str) -> SolveResult:
     """Solve one entity. Shapes: X ``(N, D)``; y, w, offset ``(N,)``; the rest ``(D,)``."""
     entity = dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, config.loss)
@@ -96,14 +98,14 @@ def _solve_one(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, de
     return finish(theta0, final, precision, prior_precision, hessian=config.hessian)
 
 
-def solve_jax(block: Block, l2, delta, limits: Limits, *, config: SolverConfig, memory_size: int,
-              precondition: str) -> SolveResult:
+def solve_jax(block: Block, l2: jax.Array, delta: jax.Array, limits: Limits, *, config: SolverConfig,
+              memory_size: int, precondition: str) -> SolveResult:
     """Every lane of ``block`` by the shared iteration with L-BFGS directions (``vmap``)."""
     solve = partial(_solve_one, config=config, memory_size=memory_size, precondition=precondition)
+    # The block's fields are tracers here, inside the registry's jit (jnp.asarray only tells the type checker).
+    X, y, w, offset, feature_ids, prior_mean, prior_precision = (jnp.asarray(a) for a in block)
     return jax.vmap(solve, in_axes=(0, 0, 0, 0, 0, 0, 0, None, None, None))(
-        block.X, block.y, block.w, block.offset, block.feature_ids, block.prior_mean, block.prior_precision, l2, delta,
-        limits,
-    )
+        X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, limits)
 
 
 def check(block: Block, config: SolverConfig, options: dict) -> dict:

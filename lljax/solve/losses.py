@@ -20,51 +20,54 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lljax.solve.base import AnyArray
+
 __all__ = ["RowLoss", "LOSSES", "get_loss", "encode_labels", "first_bad_label"]
 
 
 class RowLoss(NamedTuple):
-    """The scalar pieces of a loss. Each maps ``(margin, label)`` arrays to an array of the same shape."""
+    """The scalar pieces of a loss. Each maps ``(margin, label)`` arrays to an array of the same shape (JAX arrays
+    in the solvers; the GAME objective also evaluates ``value`` on NumPy arrays)."""
 
-    value: Callable[[jax.Array, jax.Array], jax.Array]
-    d1: Callable[[jax.Array, jax.Array], jax.Array]
-    d2: Callable[[jax.Array, jax.Array], jax.Array]
+    value: Callable[[AnyArray, AnyArray], AnyArray]
+    d1: Callable[[AnyArray, AnyArray], AnyArray]
+    d2: Callable[[AnyArray, AnyArray], AnyArray]
 
 
-def _linear_value(m, y):
+def _linear_value(m: AnyArray, y: AnyArray) -> AnyArray:
     return 0.5 * jnp.square(m - y)
 
 
-def _linear_d1(m, y):
+def _linear_d1(m: AnyArray, y: AnyArray) -> AnyArray:
     return m - y
 
 
-def _linear_d2(m, y):
+def _linear_d2(m: AnyArray, y: AnyArray) -> AnyArray:
     return jnp.ones_like(m)
 
 
-def _logistic_value(m, y):
+def _logistic_value(m: AnyArray, y: AnyArray) -> AnyArray:
     # log(1 + exp(-y m)), stable for large |m|; y in {-1, +1}.
     return jnp.logaddexp(0.0, -y * m)
 
 
-def _logistic_d1(m, y):
+def _logistic_d1(m: AnyArray, y: AnyArray) -> AnyArray:
     return -y * jax.nn.sigmoid(-y * m)
 
 
-def _logistic_d2(m, y):
+def _logistic_d2(m: AnyArray, y: AnyArray) -> AnyArray:
     return jax.nn.sigmoid(m) * jax.nn.sigmoid(-m)
 
 
-def _poisson_value(m, y):
+def _poisson_value(m: AnyArray, y: AnyArray) -> AnyArray:
     return jnp.exp(m) - y * m
 
 
-def _poisson_d1(m, y):
+def _poisson_d1(m: AnyArray, y: AnyArray) -> AnyArray:
     return jnp.exp(m) - y
 
 
-def _poisson_d2(m, y):
+def _poisson_d2(m: AnyArray, y: AnyArray) -> AnyArray:
     return jnp.exp(m)
 
 

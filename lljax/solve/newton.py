@@ -20,7 +20,7 @@ from jax.scipy.linalg import cho_solve
 from lljax.solve import kernels
 from lljax.solve.base import HESSIAN_TYPES, Limits, SolverConfig, SolveResult
 from lljax.solve.blocks import Block
-from lljax.solve.iteration import Iterate, Step, finish, iterate, start
+from lljax.solve.iteration import Direction, Iterate, Step, finish, iterate, start
 from lljax.solve.objective import Entity, dense_entity
 
 __all__ = ["newton_direction", "make_direction", "solve_jax", "solve_native", "native_supports", "bytes_per_lane",
@@ -32,7 +32,7 @@ NATIVE_MAX_FEATURES = 512  # the kernel's per-thread workspace ~ D^2 x lanes; be
 WORKSPACE_FACTOR = 4
 
 
-def newton_direction(H, g, ridge=None):
+def newton_direction(H: jax.Array, g: jax.Array, ridge: float | None = None) -> jax.Array:
     """Solve ``(H + mu I) p = -g`` by Cholesky, with a tiny relative ridge ``mu = r max diag H + eps``.
 
     The ridge keeps Cholesky defined when a feature has no data and no penalty (zero row of H; its
@@ -51,14 +51,14 @@ def newton_direction(H, g, ridge=None):
     return _ridge_solve(H, g, mu)
 
 
-def _ridge_solve(H, g, mu):
+def _ridge_solve(H: jax.Array, g: jax.Array, mu: jax.Array) -> jax.Array:
     L = jnp.linalg.cholesky(H + mu * jnp.eye(H.shape[0], dtype=H.dtype))
     p = -cho_solve((L, True), g)
     # An overflowed Hessian (e.g. feature values ~1e200) must fail the lane, not stall it with a zero step.
     return jnp.where(jnp.all(jnp.isfinite(H)), p, jnp.nan)
 
 
-def make_direction(entity: Entity, ridge=None):
+def make_direction(entity: Entity, ridge: float | None = None) -> Direction:
     """The Newton direction of ``entity`` for :func:`lljax.solve.iteration.iterate`: the full Hessian
     ``H = X^T C X + A`` at the iterate's margins (its rows need ``weighted_gram``), solved by
     :func:`newton_direction` (with its ``ridge``)."""
@@ -70,7 +70,7 @@ def make_direction(entity: Entity, ridge=None):
     return direction
 
 
-def _posterior_precision(entity: Entity, margin, hessian: str):
+def _posterior_precision(entity: Entity, margin: jax.Array, hessian: str) -> jax.Array | None:
     if hessian == "none":
         return None
     H = entity.hessian(margin)
@@ -81,7 +81,8 @@ def _posterior_precision(entity: Entity, margin, hessian: str):
     return jnp.ones(H.shape[0], H.dtype)  # identity
 
 
-def _solve_one(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, limits: Limits, *,
+def _solve_one(X: jax.Array, y: jax.Array, w: jax.Array, offset: jax.Array, feature_ids: jax.Array,
+               prior_mean: jax.Array, prior_precision: jax.Array, l2: jax.Array, delta: jax.Array, limits: Limits, *,
                config: SolverConfig) -> SolveResult:
     """Solve one entity. Shapes: X ``(N, D)``; y, w, offset ``(N,)``; feature_ids, prior_mean ``(D,)``."""
     entity = dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, config.loss)
@@ -91,16 +92,17 @@ def _solve_one(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, de
     return finish(theta0, final, precision, prior_precision, hessian=config.hessian)
 
 
-def solve_jax(block: Block, l2, delta, limits: Limits, *, config: SolverConfig) -> SolveResult:
+def solve_jax(block: Block, l2: jax.Array, delta: jax.Array, limits: Limits, *, config: SolverConfig) -> SolveResult:
     """Every lane of ``block`` by the pure-JAX iteration (``vmap``; traced inside the registry's jit)."""
     solve = partial(_solve_one, config=config)
+    # The block's fields are tracers here, inside the registry's jit (jnp.asarray only tells the type checker).
+    X, y, w, offset, feature_ids, prior_mean, prior_precision = (jnp.asarray(a) for a in block)
     return jax.vmap(solve, in_axes=(0, 0, 0, 0, 0, 0, 0, None, None, None))(
-        block.X, block.y, block.w, block.offset, block.feature_ids, block.prior_mean, block.prior_precision, l2, delta,
-        limits,
-    )
+        X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, limits)
 
 
-def solve_native(block: Block, l2, delta, limits: Limits, *, config: SolverConfig) -> SolveResult:
+def solve_native(block: Block, l2: jax.Array, delta: jax.Array, limits: Limits, *,
+                 config: SolverConfig) -> SolveResult:
     """:func:`solve_jax` by the native kernel: the same penalty, iteration and finish, in C++ (the kernel
     builds each entity's penalty in cache, so no ``(E, D, D)`` array is made around it)."""
     kind = config.hessian if config.hessian in ("full", "diagonal") else "none"

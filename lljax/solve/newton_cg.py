@@ -19,6 +19,8 @@ non-finite step, so the lane fails (NON_FINITE) rather than stalls.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -29,8 +31,12 @@ __all__ = ["MAX_CG_ITER", "pcg", "make_direction"]
 
 MAX_CG_ITER = 200  # conjugate-gradient iterations per Newton step, at most
 
+# The CG loop's carry: x, r, z, p, r.z, iterations.
+_CGState = tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, int | jax.Array]
 
-def pcg(hvp, b, inv_diag, max_iter: int, rtol):
+
+def pcg(hvp: Callable[[jax.Array], jax.Array], b: jax.Array, inv_diag: jax.Array, max_iter: int,
+        rtol: jax.Array) -> jax.Array:
     """Conjugate gradients with a Jacobi preconditioner for ``H x = b`` from ``x = 0``.
 
     Args:
@@ -43,11 +49,11 @@ def pcg(hvp, b, inv_diag, max_iter: int, rtol):
     bnorm = jnp.linalg.norm(b)
     tiny = jnp.finfo(b.dtype).tiny
 
-    def cond(s):
+    def cond(s: _CGState) -> jax.Array:
         x, r, z, p, rz, k = s
         return (jnp.linalg.norm(r) > rtol * bnorm) & (k < max_iter)
 
-    def body(s):
+    def body(s: _CGState) -> _CGState:
         x, r, z, p, rz, k = s
         hp = hvp(p)
         alpha = rz / jnp.maximum(p @ hp, tiny)
@@ -59,7 +65,8 @@ def pcg(hvp, b, inv_diag, max_iter: int, rtol):
         return x, r, z, p, rz_new, k + 1
 
     z0 = inv_diag * b
-    x, *_ = jax.lax.while_loop(cond, body, (jnp.zeros_like(b), b, z0, z0, b @ z0, 0))
+    first: _CGState = (jnp.zeros_like(b), b, z0, z0, b @ z0, 0)
+    x, *_ = jax.lax.while_loop(cond, body, first)
     return x
 
 
@@ -71,7 +78,7 @@ def make_direction(entity: Entity, *, max_cg_iter: int = MAX_CG_ITER) -> Directi
     def direction(it: Iterate) -> Step:
         c = entity.curvature(it.margin)
 
-        def hvp(v):
+        def hvp(v: jax.Array) -> jax.Array:
             return rows.rmatvec(c * rows.matvec(v)) + penalty.matvec(v)
 
         diag = rows.rmatvec(c, square=True) + penalty.diagonal()

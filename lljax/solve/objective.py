@@ -16,15 +16,30 @@ and any other operator with the same interface (``matvec(v)``, ``rmatvec(r, squa
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, cast
 
 import jax
 import jax.numpy as jnp
 
+from lljax.solve.base import AnyArray
 from lljax.solve.losses import RowLoss, get_loss
 
-__all__ = ["Penalty", "make_penalty", "weighted", "DenseRows", "SparseRows", "Entity", "dense_entity",
-           "entity_objective", "entity_hessian"]
+__all__ = ["Penalty", "make_penalty", "weighted", "Rows", "GramRows", "DenseRows", "SparseRows", "Entity",
+           "dense_entity", "entity_objective", "entity_hessian"]
+
+
+class Rows(Protocol):
+    """One entity's rows as an operator: ``X v`` and ``X^T r`` (``(X o X)^T r`` with ``square``)."""
+
+    def matvec(self, v: jax.Array) -> jax.Array: ...
+
+    def rmatvec(self, r: jax.Array, square: bool = False) -> jax.Array: ...
+
+
+class GramRows(Rows, Protocol):
+    """Rows that also form ``X^T diag(c) X`` (:class:`DenseRows`, the GAME fixed effect's ``Design``)."""
+
+    def weighted_gram(self, c: jax.Array) -> jax.Array: ...
 
 
 class Penalty(NamedTuple):
@@ -33,14 +48,17 @@ class Penalty(NamedTuple):
     ``A = delta P0 + (1 - delta) l2 I`` (``(D,)`` if P0 is diagonal, else ``(D, D)``), with the
     identity on padding features so that they solve to 0; ``b = delta P0 theta0`` ``(D,)``;
     ``c = 1/2 delta theta0^T P0 theta0`` ``()``.
+
+    The fields are JAX arrays, or host NumPy arrays passed into a jitted solve (the GAME fixed effect's
+    :class:`~lljax.game.fixed_effect.Prior`): the methods compute with ``jnp``, as the operators would.
     """
 
-    A: jax.Array
-    b: jax.Array
-    c: jax.Array
+    A: AnyArray
+    b: AnyArray
+    c: AnyArray
 
     def matvec(self, v: jax.Array) -> jax.Array:
-        return self.A @ v if self.A.ndim == 2 else self.A * v
+        return jnp.matmul(self.A, v) if self.A.ndim == 2 else jnp.multiply(self.A, v)
 
     def value(self, theta: jax.Array) -> jax.Array:
         return 0.5 * theta @ self.matvec(theta) - self.b @ theta + self.c
@@ -50,10 +68,11 @@ class Penalty(NamedTuple):
 
     def diagonal(self) -> jax.Array:
         """``(D,)`` ``diag(A)`` (``A`` itself when it is diagonal)."""
-        return jnp.diagonal(self.A) if self.A.ndim == 2 else self.A
+        return jnp.diagonal(self.A) if self.A.ndim == 2 else jnp.asarray(self.A)
 
 
-def make_penalty(prior_mean, prior_precision, mask, l2, delta) -> Penalty:
+def make_penalty(prior_mean: jax.Array, prior_precision: jax.Array, mask: jax.Array, l2: jax.Array,
+                 delta: jax.Array) -> Penalty:
     """The :class:`Penalty` of one entity: prior mean ``(D,)``, prior precision ``(D,)`` or ``(D, D)``,
     ``mask`` ``(D,)`` True on real features; ``l2``, ``delta`` scalars."""
     theta0 = jnp.where(mask, prior_mean, 0.0)
@@ -71,7 +90,7 @@ def make_penalty(prior_mean, prior_precision, mask, l2, delta) -> Penalty:
     return Penalty(A=A, b=delta * P0_theta0, c=0.5 * delta * theta0 @ P0_theta0)
 
 
-def weighted(w, v):
+def weighted(w: jax.Array, v: AnyArray) -> jax.Array:
     """``w * v`` with weight-0 (padding) rows forced to 0 even where ``v`` overflows."""
     return jnp.where(w > 0, w * v, 0.0)
 
@@ -81,13 +100,13 @@ class DenseRows(NamedTuple):
 
     X: jax.Array
 
-    def matvec(self, v):
+    def matvec(self, v: jax.Array) -> jax.Array:
         return self.X @ v
 
-    def rmatvec(self, r, square=False):
+    def rmatvec(self, r: jax.Array, square: bool = False) -> jax.Array:
         return (jnp.square(self.X) if square else self.X).T @ r
 
-    def weighted_gram(self, c):
+    def weighted_gram(self, c: jax.Array) -> jax.Array:
         """``X^T diag(c) X`` ``(D, D)``."""
         return self.X.T @ (self.X * c[:, None])
 
@@ -99,14 +118,14 @@ class SparseRows(NamedTuple):
     vals: jax.Array
     D: int
 
-    def matvec(self, v):
+    def matvec(self, v: jax.Array) -> jax.Array:
         return jnp.sum(self.vals * v[self.cols], axis=-1)
 
-    def rmatvec(self, r, square=False):
+    def rmatvec(self, r: jax.Array, square: bool = False) -> jax.Array:
         vals = jnp.square(self.vals) if square else self.vals
         return jnp.zeros(self.D, r.dtype).at[self.cols].add(vals * r[:, None])
 
-    def row_gram(self, scale):
+    def row_gram(self, scale: jax.Array) -> jax.Array:
         """``X diag(scale) X^T`` ``(N, N)``: scatter into a dense ``X^T (D, N)``, one matrix product."""
         N = self.cols.shape[0]
         cells = (self.cols * N + jnp.arange(N)[:, None]).ravel()
@@ -118,47 +137,50 @@ class Entity(NamedTuple):
     """One entity's data and penalty, closed over by the objective pieces.
 
     Attributes:
-      rows: :class:`DenseRows` or :class:`SparseRows` (``N`` rows, ``D`` features).
+      rows: :class:`DenseRows`, :class:`SparseRows` or another :class:`Rows` (``N`` rows, ``D`` features).
       y, w, offset: ``(N,)`` labels (encoded), weights, offsets.
       penalty: the entity's :class:`Penalty`.
       loss: the :class:`~lljax.solve.losses.RowLoss`.
     """
 
-    rows: DenseRows | SparseRows
+    rows: Rows
     y: jax.Array
     w: jax.Array
     offset: jax.Array
     penalty: Penalty
     loss: RowLoss
 
-    def margin(self, theta):
+    def margin(self, theta: jax.Array) -> jax.Array:
         """``(N,)`` ``X theta + offset``."""
         return self.rows.matvec(theta) + self.offset
 
-    def objective(self, theta, margin):
+    def objective(self, theta: jax.Array, margin: jax.Array) -> jax.Array:
         return jnp.sum(weighted(self.w, self.loss.value(margin, self.y))) + self.penalty.value(theta)
 
-    def residual(self, margin):
+    def residual(self, margin: jax.Array) -> jax.Array:
         """``(N,)`` ``w l'(m)`` (0 on padding rows)."""
         return weighted(self.w, self.loss.d1(margin, self.y))
 
-    def gradient(self, theta, margin):
+    def gradient(self, theta: jax.Array, margin: jax.Array) -> jax.Array:
         return self.rows.rmatvec(self.residual(margin)) + self.penalty.matvec(theta) - self.penalty.b
 
-    def curvature(self, margin):
+    def curvature(self, margin: jax.Array) -> jax.Array:
         """``(N,)`` ``w l''(m)`` (0 on padding rows)."""
         return weighted(self.w, self.loss.d2(margin, self.y))
 
-    def hessian(self, margin):
-        """``(D, D)`` Hessian (dense rows only)."""
-        return self.penalty.add_to(self.rows.weighted_gram(self.curvature(margin)))
+    def hessian(self, margin: jax.Array) -> jax.Array:
+        """``(D, D)`` Hessian (rows with a ``weighted_gram`` only: :class:`GramRows`)."""
+        rows = cast(GramRows, self.rows)  # the callers hold dense rows (a SparseRows has no D x D Gram)
+        return self.penalty.add_to(rows.weighted_gram(self.curvature(margin)))
 
-    def hessian_diagonal(self, margin):
+    def hessian_diagonal(self, margin: jax.Array) -> jax.Array:
         """``(D,)`` ``diag(X^T C X) + diag(A)`` in ``O(N D)`` (no ``D x D`` data matrix is formed)."""
         return self.rows.rmatvec(self.curvature(margin), square=True) + self.penalty.diagonal()
 
 
-def dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, loss: str) -> Entity:
+def dense_entity(X: jax.Array, y: jax.Array, w: jax.Array, offset: jax.Array, feature_ids: jax.Array,
+                 prior_mean: jax.Array, prior_precision: jax.Array, l2: jax.Array, delta: jax.Array,
+                 loss: str) -> Entity:
     """The :class:`Entity` of one lane of a :class:`~lljax.solve.blocks.Block`."""
     mask = feature_ids >= 0
     return Entity(DenseRows(X), y, w, offset, make_penalty(prior_mean, prior_precision, mask, l2, delta),
@@ -166,7 +188,9 @@ def dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, 
 
 
 @partial(jax.jit, static_argnames=("loss",))
-def entity_objective(theta, X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, *, loss: str):
+def entity_objective(theta: jax.Array, X: jax.Array, y: jax.Array, w: jax.Array, offset: jax.Array,
+                     feature_ids: jax.Array, prior_mean: jax.Array, prior_precision: jax.Array, l2: jax.Array,
+                     delta: jax.Array, *, loss: str) -> tuple[jax.Array, jax.Array]:
     """Objective value and gradient of one entity at ``theta`` (the solvers' own functions).
 
     Shapes: theta ``(D,)``, X ``(N, D)``, y/w/offset ``(N,)``, feature_ids/prior_mean ``(D,)``,
@@ -178,7 +202,9 @@ def entity_objective(theta, X, y, w, offset, feature_ids, prior_mean, prior_prec
 
 
 @partial(jax.jit, static_argnames=("loss",))
-def entity_hessian(theta, X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, *, loss: str):
+def entity_hessian(theta: jax.Array, X: jax.Array, y: jax.Array, w: jax.Array, offset: jax.Array,
+                   feature_ids: jax.Array, prior_mean: jax.Array, prior_precision: jax.Array, l2: jax.Array,
+                   delta: jax.Array, *, loss: str) -> jax.Array:
     """``(D, D)`` Hessian of one entity's objective at ``theta`` (data curvature + penalty)."""
     entity = dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, loss)
     return entity.hessian(X @ theta + offset)

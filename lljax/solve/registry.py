@@ -25,9 +25,10 @@ from typing import Any
 
 import jax
 import numpy as np
+import numpy.typing as npt
 
 from lljax.solve import kernels, lbfgs, newton, span
-from lljax.solve.base import BACKENDS, Limits, Method, SolverConfig, SolveResult
+from lljax.solve.base import BACKENDS, AnyArray, Limits, Method, Scalar, SolverConfig, SolveResult
 from lljax.solve.blocks import Block, SparseBlock, dense_from_sparse, sparse_from_dense
 
 __all__ = ["METHODS", "WIDE_FEATURES", "choose_method", "choose_backend", "solve", "solve_block", "bytes_per_lane",
@@ -66,13 +67,13 @@ def choose_backend(method: Method, block: Block | SparseBlock | None, config: So
     the CPU, else as ``"native-on-cpu"`` (the kernel where the computation runs on the CPU, pure JAX on
     other platforms).
     """
-    if method.solve_native is None or config.native is False:
+    if method.solve_native is None or method.native_supports is None or config.native is False:
         return "jax"
     supported = block is None or method.native_supports(block, config)
     if config.native is True:
         if not kernels.available():
             raise RuntimeError(f"SolverConfig(native=True) but the native kernel is not built: {kernels.build_error()}")
-        if not supported:
+        if block is not None and not supported:
             raise ValueError(f"the native kernel does not support {_dtype(block)} {method.name} blocks of shape "
                              f"{tuple(block[0].shape)}")
     elif not (supported and kernels.enabled()):
@@ -87,30 +88,31 @@ def bytes_per_lane(method: Method, rows: int, features: int, itemsize: int, full
     return method.bytes_per_lane(rows, features, itemsize, full_precision, native)
 
 
-def traced_arguments(config: SolverConfig, dtype, l2, delta, max_iter: int) -> tuple:
+def traced_arguments(config: SolverConfig, dtype: npt.DTypeLike, l2: Scalar, delta: Scalar,
+                     max_iter: int | jax.Array) -> tuple[AnyArray, AnyArray, Limits, SolverConfig]:
     """``(l2, delta, limits, static config)`` for the jitted solve: the traced scalars as 0-d NumPy arrays
     (jit takes them with the block's arrays, with no device op per scalar; a JAX array of the right dtype is
     passed as it is) and the config with its traced fields zeroed, so that changing ``tol`` or ``max_iter``
     does not recompile."""
 
-    def scalar(x, dt):
+    def scalar(x: Scalar | int, dt: npt.DTypeLike) -> AnyArray:
         return x if isinstance(x, jax.Array) and x.dtype == dt else np.asarray(x, dt)
 
     limits = Limits(scalar(config.tol, dtype), scalar(max_iter, np.int32))
     return scalar(l2, dtype), scalar(delta, dtype), limits, config._replace(tol=0.0, max_iter=0)
 
 
-def _dtype(block: Block | SparseBlock):
+def _dtype(block: Block | SparseBlock) -> np.dtype:
     return block.X.dtype if isinstance(block, Block) else block.vals.dtype
 
 
-def _convert(block, layout: str):
+def _convert(block: Block | SparseBlock, layout: str) -> Block | SparseBlock:
     if layout == "dense":
         return block if isinstance(block, Block) else dense_from_sparse(block)
     return block if isinstance(block, SparseBlock) else sparse_from_dense(block)
 
 
-def solve(block: Block | SparseBlock, l2, delta, config: SolverConfig, *, method: str = "newton",
+def solve(block: Block | SparseBlock, l2: Scalar, delta: Scalar, config: SolverConfig, *, method: str = "newton",
           max_iter: int | None = None, **options: Any) -> SolveResult:
     """Solve every entity of ``block`` with ``method`` (jitted; ``vmap`` or the native kernel over lanes).
 
@@ -136,6 +138,7 @@ def solve(block: Block | SparseBlock, l2, delta, config: SolverConfig, *, method
     if not isinstance(block, expected):
         raise TypeError(f"the {method} method solves a {expected.__name__}, got {type(block).__name__}")
     if chosen.accepts is not None and not chosen.accepts(block, l2, delta):
+        assert chosen.fallback is not None, f"{method} accepts only some blocks, so it names a fallback"
         chosen = METHODS[chosen.fallback]
         block = _convert(block, chosen.layout)
         options = {}
@@ -148,20 +151,21 @@ def solve(block: Block | SparseBlock, l2, delta, config: SolverConfig, *, method
 
 
 @partial(jax.jit, static_argnames=("config", "method", "backend", "options"))
-def _solve(block, l2, delta, limits: Limits, config: SolverConfig, *, method: str, backend: str,
-           options: tuple) -> SolveResult:
+def _solve(block: Block | SparseBlock, l2: jax.Array, delta: jax.Array, limits: Limits, config: SolverConfig, *,
+           method: str, backend: str, options: tuple) -> SolveResult:
     assert backend in BACKENDS, backend
     chosen = METHODS[method]
     plain = partial(chosen.solve_jax, config=config, **dict(options))
     if backend == "jax":
         return plain(block, l2, delta, limits)
+    assert chosen.solve_native is not None, "choose_backend picks a native backend only for a method with a kernel"
     native = partial(chosen.solve_native, config=config, **dict(options))
     if backend == "native":  # tracing the pure-JAX solver too would cost more than compiling the kernel call
         return native(block, l2, delta, limits)
     return jax.lax.platform_dependent(block, l2, delta, limits, cpu=native, default=plain)
 
 
-def solve_block(block: Block, l2, delta, config: SolverConfig) -> SolveResult:
+def solve_block(block: Block, l2: Scalar, delta: Scalar, config: SolverConfig) -> SolveResult:
     """Solve every entity of a dense block by damped Newton (:func:`solve` with ``method="newton"``).
 
     Only ``config.loss``, ``config.hessian`` and ``config.max_backtracks`` (and the backend, see

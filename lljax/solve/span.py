@@ -41,9 +41,9 @@ import numpy as np
 from jax.scipy.linalg import cho_solve
 
 from lljax.solve import kernels
-from lljax.solve.base import Limits, SolverConfig, SolveResult
+from lljax.solve.base import Limits, Scalar, SolverConfig, SolveResult
 from lljax.solve.blocks import SparseBlock
-from lljax.solve.iteration import Iterate, Step, finish, iterate, start
+from lljax.solve.iteration import Direction, Iterate, Step, finish, iterate, start
 from lljax.solve.losses import get_loss
 from lljax.solve.newton import WORKSPACE_FACTOR
 from lljax.solve.objective import Entity, SparseRows, make_penalty
@@ -55,7 +55,7 @@ HESSIANS = ("none", "identity", "diagonal")
 LANE_MODES = ("map", "vmap")
 
 
-def _direction(entity: Entity, K, A_inv):
+def _direction(entity: Entity, K: jax.Array, A_inv: jax.Array) -> Direction:
     """The Newton step in the span of the rows; the method's coordinates are ``beta`` ``(N,)``."""
     eye = jnp.eye(K.shape[0], dtype=K.dtype)
 
@@ -71,16 +71,17 @@ def _direction(entity: Entity, K, A_inv):
     return direction
 
 
-def _solve_one(cols, vals, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, limits: Limits, *,
-               config: SolverConfig) -> SolveResult:
+def _solve_one(cols: jax.Array, vals: jax.Array, y: jax.Array, w: jax.Array, offset: jax.Array,
+               feature_ids: jax.Array, prior_mean: jax.Array, prior_precision: jax.Array, l2: jax.Array,
+               delta: jax.Array, limits: Limits, *, config: SolverConfig) -> SolveResult:
     """Solve one entity. Shapes: cols, vals ``(N, K)``; y, w, offset ``(N,)``; the rest ``(D,)``."""
     D = feature_ids.shape[0]
     mask = feature_ids >= 0
     rows = SparseRows(cols, jnp.where((w > 0)[:, None], vals, 0.0), D)  # weight-0 rows take no part
     penalty = make_penalty(prior_mean, prior_precision, mask, l2, delta)
     entity = Entity(rows, y, w, offset, penalty, get_loss(config.loss))
-    A_inv = 1.0 / penalty.A
-    mu = penalty.b * A_inv
+    A_inv = 1.0 / jnp.asarray(penalty.A)  # make_penalty's arrays already (asarray: for the type checker)
+    mu = jnp.asarray(penalty.b) * A_inv
     K = rows.row_gram(A_inv)
     first = start(entity, mu, limits, coords=jnp.zeros_like(y))
     final = iterate(entity, _direction(entity, K, A_inv), first, limits, config.max_backtracks)
@@ -92,15 +93,26 @@ def _solve_one(cols, vals, y, w, offset, feature_ids, prior_mean, prior_precisio
     return finish(jnp.where(mask, prior_mean, 0.0), final, precision, prior_precision, hessian=config.hessian)
 
 
-def solve_jax(block: SparseBlock, l2, delta, limits: Limits, *, config: SolverConfig, lanes: str) -> SolveResult:
+def solve_jax(block: SparseBlock, l2: jax.Array, delta: jax.Array, limits: Limits, *, config: SolverConfig,
+              lanes: str) -> SolveResult:
     """Every lane of ``block`` by the pure-JAX iteration, ``lax.map`` or ``vmap`` over lanes."""
     solve = partial(_solve_one, config=config)
+    # The block's fields are tracers here, inside the registry's jit (jnp.asarray only tells the type checker).
+    cols, vals, y, w, offset, feature_ids, prior_mean, prior_precision = (jnp.asarray(a) for a in block)
+    arrays = (cols, vals, y, w, offset, feature_ids, prior_mean, prior_precision)
+
+    def one_lane(lane: tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array,
+                             jax.Array]) -> SolveResult:
+        return solve(*lane, l2, delta, limits)
+
     if lanes == "map":
-        return jax.lax.map(lambda lane: solve(*lane, l2, delta, limits), tuple(block))
-    return jax.vmap(solve, in_axes=(0,) * len(block) + (None, None, None))(*block, l2, delta, limits)
+        return jax.lax.map(one_lane, arrays)
+    return jax.vmap(solve, in_axes=(0,) * len(block) + (None, None, None))(
+        cols, vals, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, limits)
 
 
-def solve_native(block: SparseBlock, l2, delta, limits: Limits, *, config: SolverConfig, lanes: str) -> SolveResult:
+def solve_native(block: SparseBlock, l2: jax.Array, delta: jax.Array, limits: Limits, *, config: SolverConfig,
+                 lanes: str) -> SolveResult:
     """:func:`solve_jax` by the native wide kernel: the same penalty, iteration and finish, in C++."""
     del lanes  # the kernel runs the lanes one after the other
     kind = "diagonal" if config.hessian == "diagonal" else "none"
@@ -116,7 +128,7 @@ def native_supports(block: SparseBlock, config: SolverConfig) -> bool:
     return kernels.supports(block.vals.dtype) and block.cols.ndim == 3 and config.loss in kernels.LOSS_CODES
 
 
-def accepts(block: SparseBlock, l2, delta) -> bool:
+def accepts(block: SparseBlock, l2: Scalar, delta: Scalar) -> bool:
     """Whether ``delta P0 + (1 - delta) l2 > 0`` on every real feature (the method needs ``A^-1``)."""
     A = float(delta) * np.asarray(block.prior_precision, np.float64) + (1.0 - float(delta)) * float(l2)
     return bool(np.all((A > 0) | (np.asarray(block.feature_ids) < 0)))

@@ -31,12 +31,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
+from jax.typing import ArrayLike
 
-from lljax.solve.base import SolveResult
+from lljax.solve.base import AnyArray, SolveResult
 
 __all__ = ["available", "build_error", "enabled", "isa", "supports", "per_entity", "solve_result",
            "compiled_constants", "newton_solve", "wide_solve", "pack_rows", "block_rows",
@@ -47,20 +52,44 @@ PRECISION_CODES = {"diagonal": 0, "full": 1, "none": 2}
 _TARGETS = {np.dtype(np.float64): "lljax_newton_f64", np.dtype(np.float32): "lljax_newton_f32"}
 _WIDE_TARGETS = {np.dtype(np.float64): "lljax_wide_f64", np.dtype(np.float32): "lljax_wide_f32"}
 
-_module = None
+_module: ModuleType | None = None  # the compiled extension (no stubs: its functions are untyped)
 _error: str | None = None
+
 if importlib.util.find_spec(f"{__name__}._newton") is None:
     _error = ("the compiled module lljax.solve.kernels._newton is not installed (built by `pip install` when a C++ "
               "compiler and jaxlib's XLA FFI headers are available; see setup.py)")
 else:
     try:
-        from . import _newton as _module  # type: ignore[attr-defined,no-redef]
+        # The compiled C++ extension (built by setup.py, maybe absent) has no stub for mypy to read.
+        from . import _newton as _compiled  # type: ignore[attr-defined]
 
-        for _name, _capsule in _module.registrations().items():
+        _module = _compiled
+        for _name, _capsule in _compiled.registrations().items():
             jax.ffi.register_ffi_target(_name, _capsule, platform="cpu")
     except Exception as exc:  # a module built for another Python/jaxlib, or an FFI registration failure
         _module = None
         _error = f"{type(exc).__name__}: {exc}"
+
+
+# A kernel's (theta, value, grad_norm, precision or None, iterations, status).
+_Outputs = tuple[jax.Array, jax.Array, jax.Array, jax.Array | None, jax.Array, jax.Array]
+
+
+class _Subspaces(Protocol):
+    """What :func:`pack_rows` reads of a :class:`lljax.rounds.subspaces.Subspaces` (not imported: rounds
+    imports this module)."""
+
+    @property
+    def pair_keys(self) -> np.ndarray: ...
+
+    @property
+    def start(self) -> np.ndarray: ...
+
+    @property
+    def sizes(self) -> np.ndarray: ...
+
+    @property
+    def stride(self) -> int: ...
 
 
 def available() -> bool:
@@ -83,18 +112,18 @@ def isa() -> str | None:
     return _module.isa() if _module is not None else None
 
 
-def supports(dtype) -> bool:
+def supports(dtype: npt.DTypeLike) -> bool:
     """Whether the kernel has a variant for ``dtype``."""
     return np.dtype(dtype) in _TARGETS
 
 
-def per_entity(E: int, *scalars) -> tuple:
+def per_entity(E: int, *scalars: ArrayLike) -> tuple[jax.Array, ...]:
     """Each scalar (``l2``, ``delta``, ``tol``, ``max_iter``) broadcast to ``(E,)``: the kernels take them
     per entity."""
     return tuple(jnp.broadcast_to(x, (E,)) for x in scalars)
 
 
-def solve_result(outputs: tuple, hessian: str) -> SolveResult:
+def solve_result(outputs: _Outputs, hessian: str) -> SolveResult:
     """A :class:`~lljax.solve.base.SolveResult` from a kernel's ``(theta, value, grad_norm, precision,
     iterations, status)`` (already finished as :func:`lljax.solve.iteration.finish`); ``"identity"``
     precision is a vector of ones."""
@@ -105,16 +134,22 @@ def solve_result(outputs: tuple, hessian: str) -> SolveResult:
                        status=status)
 
 
+def _native() -> ModuleType:
+    """The compiled extension; ``RuntimeError`` saying why when it is not available."""
+    if _module is None:
+        raise RuntimeError(f"lljax native kernel not available: {_error}")
+    return _module
+
+
 def compiled_constants() -> dict:
     """The line-search constants and status codes the kernels were compiled with (to check them against
     :mod:`lljax.solve.base`)."""
-    if not available():
-        raise RuntimeError(f"lljax native kernel not available: {_error}")
-    return dict(_module.constants())
+    return dict(_native().constants())
 
 
-def newton_solve(X, y, w, offset, mask, prior_mean, prior_precision, l2, delta, tol, max_iter, *, loss: str,
-                 max_backtracks: int, precision: str):
+def newton_solve(X: AnyArray, y: AnyArray, w: AnyArray, offset: AnyArray, mask: AnyArray, prior_mean: AnyArray,
+                 prior_precision: AnyArray, l2: jax.Array, delta: jax.Array, tol: jax.Array, max_iter: jax.Array, *,
+                 loss: str, max_backtracks: int, precision: str) -> _Outputs:
     """Run the kernel on a block (leading axis ``E``; any extra leading axes are batch axes).
 
     The kernel forms each entity's penalty from its prior as :func:`lljax.solve.newton._make_penalty` does and
@@ -155,8 +190,9 @@ def newton_solve(X, y, w, offset, mask, prior_mean, prior_precision, l2, delta, 
     return theta, value, grad_norm, (None if mode == 2 else prec), iterations, status
 
 
-def wide_solve(cols, vals, y, w, offset, mask, prior_mean, prior_precision, l2, delta, tol, max_iter, *, loss: str,
-               max_backtracks: int, precision: str):
+def wide_solve(cols: AnyArray, vals: AnyArray, y: AnyArray, w: AnyArray, offset: AnyArray, mask: AnyArray,
+               prior_mean: AnyArray, prior_precision: AnyArray, l2: jax.Array, delta: jax.Array, tol: jax.Array,
+               max_iter: jax.Array, *, loss: str, max_backtracks: int, precision: str) -> _Outputs:
     """Run the wide kernel (Newton in the span of the rows, :mod:`lljax.solve.span`) on a sparse block.
 
     Args:
@@ -192,8 +228,9 @@ def wide_solve(cols, vals, y, w, offset, mask, prior_mean, prior_precision, l2, 
     return theta, value, grad_norm, (None if mode == 2 else prec), iterations, status
 
 
-def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, D: int, out, *,
-              slot_cols=None, K: int = 0, leading: int | None = None) -> None:
+def pack_rows(indptr: np.ndarray, feature_ids: np.ndarray, values: np.ndarray, rows: np.ndarray, row_cell: np.ndarray,
+              row_lane: np.ndarray, subspaces: _Subspaces, D: int, out: np.ndarray, *,
+              slot_cols: np.ndarray | None = None, K: int = 0, leading: int | None = None) -> None:
     """Place each row's nonzeros in its block cell, in one pass (C++, see ``pack.cc``).
 
     Dense (``slot_cols`` None): ``out[row_cell[i] * D + col] += value``. Slots (a
@@ -221,12 +258,14 @@ def pack_rows(indptr, feature_ids, values, rows, row_cell, row_lane, subspaces, 
     c = np.ascontiguousarray  # the helper reads C-contiguous buffers (no copy when they already are)
     if (slot_cols is None) != (K == 0):
         raise ValueError("pack_rows: give slot_cols and K > 0 together (slots), or neither (dense)")
-    _module.pack_rows(c(indptr), c(feature_ids), c(values), c(rows, np.int64), c(row_cell, np.int64),
+    _native().pack_rows(c(indptr), c(feature_ids), c(values), c(rows, np.int64), c(row_cell, np.int64),
                       c(row_lane, np.int64), c(subspaces.pair_keys), c(subspaces.start), c(subspaces.sizes),
                       int(subspaces.stride), int(D), out, int(K), slot_cols, -1 if leading is None else int(leading))
 
 
-def block_rows(row_order, row_start, entities, N: int, columns, outputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def block_rows(row_order: np.ndarray, row_start: np.ndarray, entities: np.ndarray, N: int,
+               columns: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A block's rows and their padded cells, in one pass (C++, see ``pack.cc``).
 
     What :func:`lljax.rounds.round.block_rows` computes with NumPy: ``rows`` the dataset rows of
@@ -250,12 +289,13 @@ def block_rows(row_order, row_start, entities, N: int, columns, outputs) -> tupl
         raise IndexError(f"block_rows: entity {int(entities[np.argmax(outside)])} out of range")
     total = int(np.sum(row_start[entities + 1] - row_start[entities]))
     rows, lane, cell = (np.empty(total, np.int64) for _ in range(3))
-    _module.block_rows(c(row_order, np.int64), row_start, entities, int(N),
+    _native().block_rows(c(row_order, np.int64), row_start, entities, int(N),
                        *(c(col, outputs[0].dtype) for col in columns), *outputs, rows, lane, cell)
     return rows, lane, cell
 
 
-def subspace_keys(indptr, feature_ids, row_order, row_start, prior_owner, prior_feature_ids, stride: int) -> np.ndarray:
+def subspace_keys(indptr: np.ndarray, feature_ids: np.ndarray, row_order: np.ndarray, row_start: np.ndarray,
+                  prior_owner: np.ndarray, prior_feature_ids: np.ndarray, stride: int) -> np.ndarray:
     """Sorted distinct ``entity * stride + feature_id`` keys of every entity's nonzeros and prior features.
 
     What :func:`lljax.rounds.subspaces.local_subspaces` computes, entity by entity in one pass over the
@@ -275,6 +315,6 @@ def subspace_keys(indptr, feature_ids, row_order, row_start, prior_owner, prior_
     prior_start = np.zeros(U + 1, np.int64)
     np.cumsum(np.bincount(prior_owner, minlength=U), out=prior_start[1:])
     c = np.ascontiguousarray  # the helper reads C-contiguous buffers (no copy when they already are)
-    keys = _module.subspace_keys(c(indptr), c(feature_ids), c(row_order), c(row_start),
+    keys = _native().subspace_keys(c(indptr), c(feature_ids), c(row_order), c(row_start),
                                  np.asarray(prior_feature_ids, np.int64)[order], prior_start, int(stride))
     return np.frombuffer(keys, np.int64)
