@@ -26,10 +26,11 @@ import numpy as np
 from lljax.data.dataset import Dataset
 from lljax.data.ntv import IndexMap
 from lljax.game.data import GameData, entity_codes, game_error, with_offset
-from lljax.game.fixed_effect import SOLVERS, Prior, choose_method, l2_weights, make_design, solve_glm
+from lljax.game.fixed_effect import SOLVERS, Design, Prior, choose_method, l2_weights, make_design, solve_glm
 from lljax.model.random_effect import RandomEffectModel
 from lljax.solve.base import Status
 from lljax.solve.losses import encode_labels
+from lljax.solve.objective import Penalty
 
 __all__ = ["FixedEffect", "RandomEffect", "ExternalScore", "Coordinate", "FixedEffectState", "StepInfo"]
 
@@ -47,7 +48,7 @@ def _check_name(name: Any) -> str:
 def _check_number(coordinate: str, field: str, value: Any, ok: Callable[[float], bool], expected: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise game_error(f"must be {expected}", coordinate=coordinate, column=field, value=value, error=TypeError)
-    if not (math.isfinite(value) and ok(value)):
+    if not (math.isfinite(value) and ok(float(value))):
         raise game_error(f"must be {expected}", coordinate=coordinate, column=field, value=value)
 
 
@@ -96,7 +97,7 @@ class FixedEffect:
     tol: float | None = None
     dense: bool | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         name = _check_name(self.name)
         _check_column(name, "features", self.features, optional=True)
         _check_number(name, "l2", self.l2, lambda v: v >= 0, "a finite number >= 0")
@@ -135,7 +136,7 @@ class RandomEffect:
     max_iter: int = 50
     tol: float | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         name = _check_name(self.name)
         _check_column(name, "entity", self.entity, optional=False)
         _check_column(name, "features", self.features, optional=True)
@@ -161,7 +162,7 @@ class ExternalScore:
     column: str | None = None
     fn: Callable[[GameData], Any] | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         name = _check_name(self.name)
         if (self.column is None) == (self.fn is None):
             raise game_error("give exactly one of column= and fn=", coordinate=name, column="column",
@@ -201,7 +202,7 @@ class StepInfo(NamedTuple):
 
 
 def _solve_dtype(dtype: np.dtype) -> np.dtype:
-    if dtype == np.float64 and not jax.config.jax_enable_x64:
+    if dtype == np.float64 and not jax.config.read("jax_enable_x64"):
         return np.dtype(np.float32)
     return np.dtype(dtype)
 
@@ -211,7 +212,7 @@ def _status_counts(codes: np.ndarray) -> dict:
     return {s.name.lower(): int(counts[s.value]) for s in Status if counts[s.value]}
 
 
-class _Runtime:
+class Runtime:
     """The trained state of one coordinate and its operations."""
 
     spec: Any
@@ -230,6 +231,14 @@ class _Runtime:
     def trainable(self) -> bool:
         return True
 
+    def fit(self, data: GameData, offset: np.ndarray, loss: str, *, bayesian: bool = False) -> StepInfo:
+        """Train on ``data`` with ``offset (n,)`` (trainable runtimes; the model never asks the others)."""
+        raise NotImplementedError
+
+    def table(self) -> dict[str, np.ndarray]:
+        """The trained coefficients as columns (trainable runtimes)."""
+        raise NotImplementedError
+
 
 def _check_feature_set(coordinate: str, data: GameData, name: str | None) -> None:
     if name is not None and name not in data.features:
@@ -237,7 +246,7 @@ def _check_feature_set(coordinate: str, data: GameData, name: str | None) -> Non
                          coordinate=coordinate, column=name)
 
 
-class FixedRuntime(_Runtime):
+class FixedRuntime(Runtime):
     def __init__(self, spec: FixedEffect):
         self.spec = spec
         self.state: FixedEffectState | None = None
@@ -251,11 +260,11 @@ class FixedRuntime(_Runtime):
                 raise game_error(f"has {got} columns, but the fixed effect was trained on {self.num_columns}",
                                  coordinate=self.spec.name, column=self.spec.features)
 
-    def design(self, data: GameData, need_gram: bool):
+    def design(self, data: GameData, need_gram: bool) -> Design:
         spec = self.spec
         dtype = _solve_dtype(data.dtype)
 
-        def build():
+        def build() -> Design:
             if spec.features is None:
                 n = data.num_examples
                 indptr, indices, values, F = np.zeros(n + 1, np.int64), np.zeros(0, np.int64), np.zeros(0, dtype), 0
@@ -297,7 +306,7 @@ class FixedRuntime(_Runtime):
         if self.state is not None and self.state.coefficients.shape == (d,):
             theta0 = self.state.coefficients.astype(dtype)
             if bayesian:
-                prior = self._bayesian_prior(a, dtype)
+                prior = self._bayesian_prior(self.state, a, dtype)
         elif bayesian:
             raise game_error("has no trained state to update; fit the model first", coordinate=spec.name,
                              column="features", value=spec.features)
@@ -320,9 +329,10 @@ class FixedRuntime(_Runtime):
         return StepInfo(1, _status_counts(np.array([status])), float(result.iterations),
                         time.perf_counter() - started)
 
-    def _bayesian_prior(self, l2_diag: np.ndarray, dtype: np.dtype):
-        """The penalty of an incremental update: ``(1 - delta) a`` plus ``delta`` times the stored posterior."""
-        spec, state = self.spec, self.state
+    def _bayesian_prior(self, state: FixedEffectState, l2_diag: np.ndarray, dtype: np.dtype) -> Penalty:
+        """The penalty of an incremental update: ``(1 - delta) a`` plus ``delta`` times the stored posterior
+        (``state``)."""
+        spec = self.spec
         if state.precision is None or spec.hessian in ("none",):
             raise game_error("an incremental update of a fixed effect needs its posterior precision; use "
                              "hessian='diagonal' or 'full'", coordinate=spec.name, column="hessian",
@@ -341,7 +351,7 @@ class FixedRuntime(_Runtime):
         return np.asarray(X.matvec(jnp.asarray(self.state.coefficients.astype(_solve_dtype(data.dtype)))),
                           np.float64)
 
-    def _cached_design(self, data: GameData):
+    def _cached_design(self, data: GameData) -> Design | None:
         for need_gram in (True, False):
             key = ("fixed", self.spec.features, self.spec.intercept, self.spec.dense, need_gram,
                    _solve_dtype(data.dtype).name)
@@ -375,7 +385,7 @@ class FixedRuntime(_Runtime):
         return out
 
 
-class RandomRuntime(_Runtime):
+class RandomRuntime(Runtime):
     def __init__(self, spec: RandomEffect, model: RandomEffectModel | None = None):
         self.spec = spec
         self.model = model
@@ -383,10 +393,12 @@ class RandomRuntime(_Runtime):
     def new_model(self, data: GameData | None, loss: str) -> RandomEffectModel:
         spec = self.spec
         index_map = None
-        if data is not None and spec.features is not None and data.features[spec.features].names is not None:
+        names = None if data is None or spec.features is None else data.features[spec.features].names
+        if names is not None:
             index_map = IndexMap()
-            for name in data.features[spec.features].names:
-                index_map.push(tuple(name.split("=", 1)) if "=" in name else (name, ""))
+            for name in names:
+                feature, _, term = name.partition("=")  # "name=term", or a name alone (term "")
+                index_map.push((feature, term))
         return RandomEffectModel(loss, l2=spec.l2, delta=spec.delta, hessian=spec.hessian, max_iter=spec.max_iter,
                                  tol=spec.tol, min_rows=spec.min_rows, max_rows=spec.max_rows, index_map=index_map)
 
@@ -402,7 +414,7 @@ class RandomRuntime(_Runtime):
         spec = self.spec
         self.check(data)
 
-        def build():
+        def build() -> Dataset:
             keys = entity_codes(data.ids[spec.entity], spec.name, spec.entity)
             n = data.num_examples
             if spec.features is None:
@@ -453,7 +465,7 @@ class RandomRuntime(_Runtime):
         return self.model.to_table()
 
 
-class ExternalRuntime(_Runtime):
+class ExternalRuntime(Runtime):
     def __init__(self, spec: ExternalScore):
         self.spec = spec
 
@@ -481,7 +493,7 @@ class ExternalRuntime(_Runtime):
         return out.astype(np.float64)
 
 
-def make_runtime(spec: Coordinate) -> _Runtime:
+def make_runtime(spec: Coordinate) -> Runtime:
     if isinstance(spec, FixedEffect):
         return FixedRuntime(spec)
     if isinstance(spec, RandomEffect):
@@ -492,7 +504,7 @@ def make_runtime(spec: Coordinate) -> _Runtime:
                      value=type(spec).__name__, error=TypeError)
 
 
-def snapshot(runtime: _Runtime) -> Any:
+def snapshot(runtime: Runtime) -> Any:
     """A copy of a runtime's trained state, for :func:`restore`."""
     if isinstance(runtime, FixedRuntime):
         return runtime.state, runtime.num_columns
@@ -501,7 +513,7 @@ def snapshot(runtime: _Runtime) -> Any:
     return None
 
 
-def restore(runtime: _Runtime, state: Any) -> None:
+def restore(runtime: Runtime, state: Any) -> None:
     if isinstance(runtime, FixedRuntime):
         runtime.state, runtime.num_columns = state
     elif isinstance(runtime, RandomRuntime):

@@ -72,43 +72,53 @@ class Design:
     sparse design can be built. Static: ``n``, ``d``.
     """
 
-    def __init__(self, n: int, d: int, dense=None, rows=None, cols=None, vals=None, pair_rows=None,
-                 pair_index=None, pair_vals=None):
+    def __init__(self, n: int, d: int, dense: jax.Array | None = None, rows: jax.Array | None = None,
+                 cols: jax.Array | None = None, vals: jax.Array | None = None, pair_rows: jax.Array | None = None,
+                 pair_index: jax.Array | None = None, pair_vals: jax.Array | None = None):
         self.n, self.d = n, d
         self.dense, self.rows, self.cols, self.vals = dense, rows, cols, vals
         self.pair_rows, self.pair_index, self.pair_vals = pair_rows, pair_index, pair_vals
 
-    def tree_flatten(self):
+    def tree_flatten(self) -> tuple[tuple[jax.Array | None, ...], tuple[int, int]]:
         return ((self.dense, self.rows, self.cols, self.vals, self.pair_rows, self.pair_index, self.pair_vals),
                 (self.n, self.d))
 
     @classmethod
-    def tree_unflatten(cls, aux, children):
+    def tree_unflatten(cls, aux: tuple[int, int], children: tuple[jax.Array | None, ...]) -> Design:
         return cls(*aux, *children)
+
+    def _coo(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``(rows, cols, vals)`` of a sparse design."""
+        assert self.rows is not None and self.cols is not None and self.vals is not None, "a sparse design"
+        return self.rows, self.cols, self.vals
 
     @property
     def has_gram(self) -> bool:
         """Whether the ``(d, d)`` Hessian can be formed (dense design, or sparse with row pairs)."""
         return self.dense is not None or self.pair_rows is not None
 
-    def matvec(self, theta):
+    def matvec(self, theta: jax.Array) -> jax.Array:
         """``(n,)`` = X theta."""
         if self.dense is not None:
             return self.dense @ theta
-        return jax.ops.segment_sum(self.vals * theta[self.cols], self.rows, self.n)
+        rows, cols, vals = self._coo()
+        return jax.ops.segment_sum(vals * theta[cols], rows, self.n)
 
-    def rmatvec(self, r, square=False):
+    def rmatvec(self, r: jax.Array, square: bool = False) -> jax.Array:
         """``(d,)`` = X^T r, or ``(X o X)^T r`` = diag(X^T diag(r) X) when ``square``."""
         if self.dense is not None:
             # r @ X, not X.T @ r: XLA's CPU dot transposes a (n, d) parameter for the latter (~3x slower)
             return r @ (jnp.square(self.dense) if square else self.dense)
-        vals = jnp.square(self.vals) if square else self.vals
-        return jax.ops.segment_sum(vals * r[self.rows], self.cols, self.d)
+        rows, cols, vals = self._coo()
+        vals = jnp.square(vals) if square else vals
+        return jax.ops.segment_sum(vals * r[rows], cols, self.d)
 
-    def weighted_gram(self, c):
+    def weighted_gram(self, c: jax.Array) -> jax.Array:
         """``(d, d)`` = X^T diag(c) X (from the rows' pairs when the design keeps them, else dense)."""
         if self.dense is not None:
             return (self.dense * c[:, None]).T @ self.dense
+        assert self.pair_rows is not None and self.pair_vals is not None and self.pair_index is not None, \
+            "weighted_gram needs has_gram"
         flat = jax.ops.segment_sum(c[self.pair_rows] * self.pair_vals, self.pair_index, self.d * self.d)
         return flat.reshape(self.d, self.d)
 
@@ -198,20 +208,23 @@ class Prior:
         return Penalty(A=A, b=b, c=np.asarray(0.5 * mu @ b, a.dtype))
 
 
-def fixed_effect_entity(X: Design, y, w, offset, prior: Penalty, loss: str) -> Entity:
+def fixed_effect_entity(X: Design, y: jax.Array, w: jax.Array, offset: jax.Array, prior: Penalty,
+                        loss: str) -> Entity:
     """The objective (module docstring) as one :class:`lljax.solve.objective.Entity`."""
     return Entity(X, y, w, offset, prior, get_loss(loss))
 
 
-def glm_objective(X: Design, y, w, offset, prior: Penalty, theta, loss: str):
+def glm_objective(X: Design, y: jax.Array, w: jax.Array, offset: jax.Array, prior: Penalty, theta: jax.Array,
+                  loss: str) -> jax.Array:
     """The objective ``f(theta)`` (module docstring); a scalar."""
     entity = fixed_effect_entity(X, y, w, offset, prior, loss)
     return entity.objective(theta, entity.margin(theta))
 
 
 @functools.partial(jax.jit, static_argnames=("loss", "method", "precision", "cg_max_iter"))
-def solve_glm(X: Design, y, w, offset, prior: Penalty, theta0, tol, *, loss: str, method: str, max_iter,
-              precision: str = "none", cg_max_iter: int = newton_cg.MAX_CG_ITER) -> SolveResult:
+def solve_glm(X: Design, y: jax.Array, w: jax.Array, offset: jax.Array, prior: Penalty, theta0: jax.Array,
+              tol: jax.Array, *, loss: str, method: str, max_iter: jax.Array, precision: str = "none",
+              cg_max_iter: int = newton_cg.MAX_CG_ITER) -> SolveResult:
     """Minimize the objective (module docstring) from ``theta0 (d,)`` by the shared iteration.
 
     Args:

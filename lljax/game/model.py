@@ -26,6 +26,7 @@ from lljax.game.coordinates import (
     FixedRuntime,
     RandomEffect,
     RandomRuntime,
+    Runtime,
     make_runtime,
     restore,
     snapshot,
@@ -129,7 +130,7 @@ class GameModel:
     def coordinate(self, name: str) -> Coordinate:
         return self._runtime(name).spec
 
-    def _runtime(self, name: str):
+    def _runtime(self, name: str) -> Runtime:
         if name not in self._runtimes:
             raise game_error(f"is not a coordinate of this model (coordinates: {self.names})", coordinate=name,
                              column="name", value=name, error=KeyError)
@@ -278,7 +279,7 @@ class GameModel:
             vtotal = validation.offset.astype(np.float64) + sum(vcontrib.values())
         steps: list[StepRecord] = []
         best_value, best_at, best_state = None, None, None
-        previous = self.objective(train, total) if tol is not None else None
+        previous = self.objective(train, total) if tol is not None else math.nan  # read only when tol is given
         for p in range(1, passes + 1):
             for name in order:
                 rt = self._runtimes[name]
@@ -335,7 +336,7 @@ class GameModel:
         self._check(batch, "batch")
         self._check_labels(batch, "batch")
         if self.schema is not None:
-            self._check_same_columns_named(batch)
+            self._check_same_columns_named(batch, self.schema)
         if order is None:
             order = [n for n in self.names if isinstance(self._runtimes[n], RandomRuntime)
                      or (update_fixed and isinstance(self._runtimes[n], FixedRuntime))]
@@ -343,7 +344,7 @@ class GameModel:
             order = self._order(order)
         contrib = {name: rt.contribution(batch) for name, rt in self._runtimes.items()}
         total = batch.offset.astype(np.float64) + sum(contrib.values())
-        before = {n: snapshot(self._runtimes[n]) for n in order} if passes > 1 else None
+        before = {n: snapshot(self._runtimes[n]) for n in order} if passes > 1 else {}
         steps = []
         for p in range(1, passes + 1):
             for name in order:
@@ -360,11 +361,12 @@ class GameModel:
                                         time.perf_counter() - t0, objective, {}))
         return GameReport(steps, time.perf_counter() - started)
 
-    def _check_same_columns_named(self, batch: GameData) -> None:
+    def _check_same_columns_named(self, batch: GameData, trained: dict) -> None:
+        """Raise, naming the feature set, when one of ``batch`` has other columns than in the ``trained`` schema."""
         schema = batch.schema()
         for name in self.names:
             self._runtimes[name].check(batch)
-        for name, (cols, _) in self.schema["features"].items():
+        for name, (cols, _) in trained["features"].items():
             if name in schema["features"] and schema["features"][name][0] != cols:
                 raise game_error(f"has {schema['features'][name][0]} columns but the model was trained on {cols}",
                                  column=name, value=schema["features"][name][0])

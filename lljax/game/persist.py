@@ -22,7 +22,7 @@ import json
 import os
 import tempfile
 import zipfile
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -93,7 +93,7 @@ def save_game(model: Any, path: str | os.PathLike) -> None:
     metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "lljax_version": __version__,
                 "loss": model.loss, "metrics": list(model.metrics), "schema": schema, "coordinates": coordinates}
 
-    def write(f):
+    def write(f: IO[bytes]) -> None:
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
             z.writestr("game.json", json.dumps(metadata))
             for name, data in entries.items():

@@ -128,7 +128,7 @@ class GameReport:
             text += f"\nkept the model after pass {self.best[0]}, coordinate {self.best[1]!r} (best {self.best_metric})"
         return text
 
-    def to_pandas(self):
+    def to_pandas(self) -> Any:
         """The table as a pandas DataFrame (needs pandas)."""
         import pandas as pd
 
@@ -164,7 +164,7 @@ class GameStreamReport:
     def rows(self) -> list[dict[str, Any]]:
         out = []
         for w in self.windows:
-            row = {"window": w.index, "examples": w.examples}
+            row: dict[str, Any] = {"window": w.index, "examples": w.examples}
             row.update(w.metrics)
             row["update_seconds"] = w.update.seconds
             row["entities"] = sum(s.entities for s in w.update.steps)
@@ -175,7 +175,7 @@ class GameStreamReport:
         text = text_table(self.rows())
         return text + "\noverall: " + ", ".join(f"{k}={_format(v)}" for k, v in self.overall.items())
 
-    def to_pandas(self):
+    def to_pandas(self) -> Any:
         import pandas as pd
 
         return pd.DataFrame(self.rows())
