@@ -623,7 +623,10 @@ def _update_task(spec: dict, acc: Any) -> Any:
 
         _worker_setup(spec["worker"])
         started = time.perf_counter()
-        table = pa.Table.from_batches(list(batches))
+        received = list(batches)
+        if not received:  # an empty partition: Arrow cannot build a table from no batch (no schema)
+            return
+        table = pa.Table.from_batches(received)
         if table.num_rows == 0:
             return
         part, attempt = _task_info()
@@ -1269,7 +1272,10 @@ def _score_task(spec: dict, acc: Any) -> Any:
 
         _worker_setup(spec["worker"])
         started = time.perf_counter()
-        table = pa.Table.from_batches(list(batches))
+        received = list(batches)
+        if not received:  # an empty partition: Arrow cannot build a table from no batch (no schema)
+            return
+        table = pa.Table.from_batches(received)
         if table.num_rows == 0:
             return
         part, attempt = _task_info()
@@ -1387,7 +1393,10 @@ def _coordinate_task(spec: dict, acc: Any) -> Any:
         import pyarrow as pa
 
         _worker_setup(spec["worker"])
-        table = pa.Table.from_batches(list(batches))
+        received = list(batches)
+        if not received:  # an empty partition: Arrow cannot build a table from no batch (no schema)
+            return
+        table = pa.Table.from_batches(received)
         if table.num_rows == 0:
             return
         part, attempt = _task_info()
