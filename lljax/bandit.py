@@ -280,13 +280,14 @@ def simulate(config: BanditConfig = BanditConfig(), policies: tuple[str, ...] = 
 
     from lljax.data.dataset import Dataset
     from lljax.model.random_effect import RandomEffectModel
+    from lljax.solve.dtypes import x64_enabled
 
     config.validate()
     unknown = [p for p in policies if p not in POLICIES]
     if unknown or not policies:
         raise ValueError(f"field 'policies': value {unknown or policies!r} must be a non-empty subset of {POLICIES}")
     started = time.perf_counter()
-    dtype = np.float64 if jax.config.read("jax_enable_x64") else np.float32
+    dtype = np.float64 if x64_enabled() else np.float32
     _warm_up(config, dtype, policies)
     compile_seconds = time.perf_counter() - started
     env = make_environment(config)

@@ -29,6 +29,7 @@ from lljax.game.data import GameData, entity_codes, game_error, with_offset
 from lljax.game.fixed_effect import SOLVERS, Design, Prior, choose_method, l2_weights, make_design, solve_glm
 from lljax.model.random_effect import RandomEffectModel
 from lljax.solve.base import Status
+from lljax.solve.dtypes import x64_enabled
 from lljax.solve.losses import encode_labels
 from lljax.solve.objective import Penalty
 
@@ -202,7 +203,7 @@ class StepInfo(NamedTuple):
 
 
 def _solve_dtype(dtype: np.dtype) -> np.dtype:
-    if dtype == np.float64 and not jax.config.read("jax_enable_x64"):
+    if dtype == np.float64 and not x64_enabled():
         return np.dtype(np.float32)
     return np.dtype(dtype)
 

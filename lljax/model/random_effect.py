@@ -30,7 +30,7 @@ from lljax.model.report import PhaseTimer, UpdateReport
 from lljax.rounds.plan import BlockPlan
 from lljax.rounds.round import Round
 from lljax.solve.base import HESSIAN_TYPES, SolverConfig, SolveResult, Status
-from lljax.solve.dtypes import compute_dtype
+from lljax.solve.dtypes import compute_dtype, x64_enabled
 from lljax.solve.losses import LOSSES, first_bad_label
 from lljax.solve.registry import solve
 from lljax.state.export import entity_to_ntv, model_to_table, ntv_to_flat, read_parquet, table_to_flat, write_parquet
@@ -208,7 +208,7 @@ class RandomEffectModel:
         if self.hessian == "none":
             raise input_error("hessian", "none", "keeps no posterior precision; exploration needs 'identity', "
                               "'diagonal' or 'full'")
-        dtype = self.dtype if self.dtype is not None else np.dtype(np.float64 if jax.config.read("jax_enable_x64")
+        dtype = self.dtype if self.dtype is not None else np.dtype(np.float64 if x64_enabled()
                                                                    else np.float32)
         return dense_posterior(self._store, entities, feature_ids, self.l2, dtype, full=self.hessian == "full",
                                intercept_id=intercept_id)

@@ -12,9 +12,15 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["compute_dtype"]
+__all__ = ["compute_dtype", "x64_enabled"]
 
 _WARNED: set[str] = set()
+
+
+def x64_enabled() -> bool:
+    """Whether ``jax_enable_x64`` is on (JAX's float64), as ``jax.config.jax_enable_x64`` reads it."""
+    flags: Any = jax.config  # its flags are attributes set at run time: jax.config's type declares none
+    return bool(flags.jax_enable_x64)
 
 
 def compute_dtype(requested: Any, *, caller: str, once: bool = False, stacklevel: int = 3) -> np.dtype:
@@ -27,7 +33,7 @@ def compute_dtype(requested: Any, *, caller: str, once: bool = False, stacklevel
       stacklevel: passed to :func:`warnings.warn` (2: the function calling this one).
     """
     dtype = np.dtype(requested)
-    if dtype != np.float64 or jax.config.read("jax_enable_x64"):
+    if dtype != np.float64 or x64_enabled():
         return dtype
     if not (once and caller in _WARNED):
         _WARNED.add(caller)
