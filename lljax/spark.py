@@ -41,6 +41,7 @@ from lljax.data.dataset import Dataset
 from lljax.data.ntv import IndexMap
 from lljax.model.random_effect import RandomEffectModel
 from lljax.solve.base import Status
+from lljax.solve.dtypes import x64_enabled
 from lljax.state.persist import HYPERPARAMETERS
 from lljax.state.store import EntityStore, FlatEntities
 from lljax.version import __version__
@@ -61,7 +62,7 @@ _INT_TYPES = ("bigint", "int", "smallint", "tinyint")
 _NUM_TYPES = _INT_TYPES + ("double", "float")
 
 
-def _error(kind: type, column: str, value: Any, reason: str, where: str | None = None) -> Exception:
+def _error(kind: type, column: str | None, value: Any, reason: str, where: str | None = None) -> Exception:
     """An error naming the column and the value (and where: an entity, a file)."""
     loc = f"{where}: " if where else ""
     return kind(f"{loc}column {column!r}: value {value!r} {reason}")
@@ -132,11 +133,17 @@ class Features:
     def none(cls) -> Features:
         return cls("none")
 
+    @property
+    def named_column(self) -> str:
+        """The column of a vector, arrays or NTV feature set (its constructor names it)."""
+        assert self.column is not None, f"a {self.kind} feature set names its column"
+        return self.column
+
     def input_columns(self) -> list[str]:
         if self.kind in ("vector", "ntv"):
-            return [self.column]
+            return [self.named_column]
         if self.kind == "arrays":
-            return [self.column, self.numeric[0]]
+            return [self.named_column, self.numeric[0]]
         return list(self.numeric) + list(self.categorical)
 
 
@@ -317,10 +324,10 @@ def _report_accumulator(sc: Any) -> Any:
     from pyspark.accumulators import AccumulatorParam
 
     class _ListParam(AccumulatorParam):
-        def zero(self, value):
+        def zero(self, value: list) -> list:
             return []
 
-        def addInPlace(self, a, b):
+        def addInPlace(self, a: list, b: list) -> list:
             return a + b
 
     return sc.accumulator([], _ListParam())
@@ -347,7 +354,7 @@ def _worker_setup(cfg: dict) -> None:
         return
     import jax
 
-    if cfg.get("x64") and not jax.config.jax_enable_x64:
+    if cfg.get("x64") and not x64_enabled():
         jax.config.update("jax_enable_x64", True)
     if cfg.get("cache_dir"):
         jax.config.update("jax_compilation_cache_dir", cfg["cache_dir"])
@@ -359,9 +366,10 @@ def _worker_setup(cfg: dict) -> None:
 def _driver_config() -> dict:
     import jax
 
-    cache = jax.config.jax_compilation_cache_dir
-    return {"x64": bool(jax.config.jax_enable_x64), "cache_dir": cache or None,
-            "cache_min_secs": float(jax.config.jax_persistent_cache_min_compile_time_secs)}
+    flags: Any = jax.config  # its flags are attributes set at run time: jax.config's type declares none
+    cache = flags.jax_compilation_cache_dir
+    return {"x64": bool(flags.jax_enable_x64), "cache_dir": cache or None,
+            "cache_min_secs": float(flags.jax_persistent_cache_min_compile_time_secs)}
 
 
 def _task_info() -> tuple[int, int]:
@@ -689,7 +697,7 @@ def _types(df: Any) -> dict:
     return dict(df.dtypes)
 
 
-def _check_column(df: Any, name: str, allowed: tuple, what: str) -> str:
+def _check_column(df: Any, name: str | None, allowed: tuple, what: str) -> str:
     types = _types(df)
     if name not in types:
         raise _error(ValueError, name, None, f"is missing: the DataFrame has no such column ({what}; columns: "
@@ -742,7 +750,8 @@ def _build_index_map(df: Any, feats: Features, base: IndexMap | None) -> tuple[I
         imap = base or IndexMap()
         return imap, {"kind": "none"}
     if feats.kind == "vector":
-        first = df.select(feats.column).where(F.col(feats.column).isNotNull()).first()
+        column = feats.named_column
+        first = df.select(column).where(F.col(column).isNotNull()).first()
         if feats.names is not None:
             F_cols = len(feats.names)
         elif first is not None:
@@ -754,12 +763,12 @@ def _build_index_map(df: Any, feats: Features, base: IndexMap | None) -> tuple[I
         imap = IndexMap()
         names = feats.names or tuple(str(j) for j in range(F_cols))
         for name in names:
-            imap.push((feats.column, name) if feats.names is None else (name, ""))
-        return imap, {"kind": "vector", "column": feats.column, "num_columns": F_cols}
+            imap.push((column, name) if feats.names is None else (name, ""))
+        return imap, {"kind": "vector", "column": column, "num_columns": F_cols}
     if feats.kind == "arrays":
         F_cols = feats.numeric[1]
         imap = IndexMap()
-        imap.batch_push([(feats.column, str(j)) for j in range(F_cols)] if feats.names is None
+        imap.batch_push([(feats.named_column, str(j)) for j in range(F_cols)] if feats.names is None
                         else [(name, "") for name in feats.names])
         return imap, {"kind": "arrays", "column": feats.column, "values": feats.numeric[0], "num_columns": F_cols}
     if feats.kind == "ntv":
@@ -767,7 +776,7 @@ def _build_index_map(df: Any, feats: Features, base: IndexMap | None) -> tuple[I
             imap = feats.index_map
         else:
             imap = _copy_map(base) if base is not None else IndexMap()
-            pairs = (df.select(F.explode(feats.column).alias("f")).select("f.name", "f.term")
+            pairs = (df.select(F.explode(feats.named_column).alias("f")).select("f.name", "f.term")
                      .where(F.col("name").isNotNull() & F.col("term").isNotNull()).distinct().collect())
             imap.batch_push(sorted((r[0], r[1]) for r in pairs))
         return imap, {"kind": "ntv", "column": feats.column}
@@ -914,7 +923,8 @@ def _num_partitions(df: Any, num_partitions: int | None) -> int:
     return num_partitions
 
 
-def _prepare(df: Any, model: Any, columns: Columns, state: Any, where: str | None = None):
+def _prepare(df: Any, model: Any, columns: Columns, state: Any,
+             where: str | None = None) -> tuple[str, SparkState | None, dict, IndexMap, dict, str]:
     """Checks, the state, the index map and the task spec shared by :func:`update` and :func:`score`."""
     if not isinstance(columns, Columns):
         raise _error(TypeError, "columns", type(columns).__name__, "must be an lljax.spark.Columns")
@@ -927,9 +937,8 @@ def _prepare(df: Any, model: Any, columns: Columns, state: Any, where: str | Non
     imap, fspec = _build_index_map(df, columns.features, None if state is None else state.info.index_map)
     if state is not None:
         _check_same_space(state.info.index_map, imap, columns.features, state.path)
-    import jax
 
-    dtype = "float64" if jax.config.jax_enable_x64 else "float32"
+    dtype = "float64" if x64_enabled() else "float32"
     return entity_type, state, hyper, imap, _finish_feature_spec(fspec), dtype
 
 
@@ -963,14 +972,14 @@ def update(df: Any, model: RandomEffectModel, columns: Columns, *, state: SparkS
     """
     started = time.perf_counter()
     spark = _session(df)
-    entity_type, state, hyper, imap, fspec, dtype = _prepare(df, model, columns, state)
+    entity_type, prior, hyper, imap, fspec, dtype = _prepare(df, model, columns, state)
     t_map = time.perf_counter() - started
     frame, data_cols = _input_frame(df, columns)
     P = _num_partitions(df, num_partitions)
     acc = _report_accumulator(spark.sparkContext)
     job = uuid.uuid4().hex[:12]
     spec = _task_spec(columns, fspec, imap, hyper, dtype, entity_type, data_cols, delta, job)
-    union = _union(frame, state, columns, entity_type).repartition(P, columns.entity)
+    union = _union(frame, prior, columns, entity_type).repartition(P, columns.entity)
     out = union.mapInArrow(_update_task(spec, acc), _state_schema(entity_type))
     info = StateInfo(hyper, imap, entity_type, dtype)
     t0 = time.perf_counter()
@@ -1133,7 +1142,7 @@ def _normals(seed: int, requests: np.ndarray, fids: np.ndarray, dtype: np.dtype)
 def _normals_impl(base: Any, r: Any, f: Any, dtype: str) -> Any:
     import jax
 
-    def one(ri, fi):
+    def one(ri: jax.Array, fi: jax.Array) -> jax.Array:
         return jax.random.normal(_fold64(_fold64(base, ri), fi), (), dtype)
 
     return jax.vmap(one)(r, f)
@@ -1197,6 +1206,8 @@ def explore_scores(ds: Dataset, store: EntityStore | None, l2: float, precision:
     out["score"] = margin
     if precision is None:
         return out
+    stored_precision = flat.precision
+    assert stored_precision is not None, "the store keeps the precision the state's hyper-parameters name"
     cold_var = 1.0 / l2 if l2 > 0 else np.inf
     widths = sizes
     if alpha is not None:
@@ -1215,13 +1226,13 @@ def explore_scores(ds: Dataset, store: EntityStore | None, l2: float, precision:
             ents = row_flat[members]
             if precision == "full":
                 starts = flat.precision_indptr[ents]
-                P = flat.precision[starts[:, None] + np.arange(d * d)[None, :]].reshape(-1, d, d)
+                P = stored_precision[starts[:, None] + np.arange(d * d)[None, :]].reshape(-1, d, d)
                 L = np.linalg.cholesky(P)
                 v = np.linalg.solve(L, X[..., None])[..., 0]
                 var[members] += (v**2).sum(axis=1)
             else:
                 starts = flat.indptr[ents]
-                Pd = flat.precision[starts[:, None] + np.arange(d)[None, :]]
+                Pd = stored_precision[starts[:, None] + np.arange(d)[None, :]]
                 var[members] += (X**2 / Pd).sum(axis=1)
         out["ucb"] = margin + alpha * np.sqrt(var)
     if seed is not None:
@@ -1252,11 +1263,11 @@ def explore_scores(ds: Dataset, store: EntityStore | None, l2: float, precision:
             mu = flat.means[idx]
             if precision == "full":
                 pst = flat.precision_indptr[ents]
-                P = flat.precision[pst[:, None] + np.arange(d * d)[None, :]].reshape(-1, d, d)
+                P = stored_precision[pst[:, None] + np.arange(d * d)[None, :]].reshape(-1, d, d)
                 L = np.linalg.cholesky(P)
                 step = np.linalg.solve(np.swapaxes(L, 1, 2), z[..., None])[..., 0]
             else:
-                step = z / np.sqrt(flat.precision[idx])
+                step = z / np.sqrt(stored_precision[idx])
             theta = mu + step  # (R_d, d)
             local = np.full(len(ureq), -1, np.int64)
             local[rs] = np.arange(len(rs))
@@ -1321,18 +1332,20 @@ def score(df: Any, state: SparkState | str, columns: Columns, *, output: str = "
 
     spark = _session(df)
     started = time.perf_counter()
-    state = _as_state(spark, state)
-    if state is None:
+    stored = _as_state(spark, state)
+    if stored is None:
         raise _error(ValueError, "state", None, "is required to score")
+    thompson_seed = None
     if thompson is not None:
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
             raise _error(TypeError, "seed", seed, "must be an int: Thompson scores need an explicit seed")
+        thompson_seed = int(seed)
         if request is None:
             raise _error(ValueError, "request", None, "is required for Thompson scores (an integer column of "
                          "request ids)")
         _check_column(df, request, _INT_TYPES, "request ids")
     cols = Columns(columns.entity, None, columns.features, columns.weight, columns.offset)
-    entity_type, state, hyper, imap, fspec, dtype = _prepare(df, None, cols, state)
+    entity_type, prior, hyper, imap, fspec, dtype = _prepare(df, None, cols, stored)
     P = _num_partitions(df, num_partitions)
     names = {"score": output}
     if ucb is not None:
@@ -1352,9 +1365,9 @@ def score(df: Any, state: SparkState | str, columns: Columns, *, output: str = "
     acc = _report_accumulator(spark.sparkContext)
     job = uuid.uuid4().hex[:12]
     spec = _task_spec(cols, fspec, imap, hyper, dtype, entity_type, pass_cols, None, job)
-    spec.update(pass_columns=pass_cols, seed=None if thompson is None else int(seed),
+    spec.update(pass_columns=pass_cols, seed=thompson_seed,
                 alpha=None if ucb is None else float(alpha), request=request, outputs=names)
-    union = _union(frame, state, cols, entity_type).repartition(P, columns.entity)
+    union = _union(frame, prior, cols, entity_type).repartition(P, columns.entity)
     schema = frame.schema
     from pyspark.sql.types import DoubleType, StructField, StructType
 
@@ -1469,9 +1482,9 @@ def fit_game(df: Any, *, loss: str, label: str, coordinates: Sequence[RandomEffe
     if fixed_score is not None and fixed_effect is not None:
         raise _error(ValueError, "fixed_effect", fixed_effect.name, "give fixed_score or fixed_effect, not both")
     _check_column(df, label, _NUM_TYPES, "the label")
-    for c in (weight, offset, fixed_score):
-        if c is not None:
-            _check_column(df, c, _NUM_TYPES, "a weight, offset or score")
+    for numeric_col in (weight, offset, fixed_score):
+        if numeric_col is not None:
+            _check_column(df, numeric_col, _NUM_TYPES, "a weight, offset or score")
     spark = _session(df)
     P = _num_partitions(df, num_partitions)
     base = F.col(offset).cast("double") if offset is not None else F.lit(0.0)
