@@ -81,7 +81,7 @@ class Feature:
     mutable and unhashable.
     """
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable (mutable, == by value); typeshed types a method
 
     def __init__(self, name: Name, term: Term, value: float):
         self.name: Name = name
@@ -170,7 +170,7 @@ class IndexMap:
       intercept_term: term of the intercept feature.
     """
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable (mutable, == by value); typeshed types a method
 
     def __init__(self, intercept_name: Name = "intercept", intercept_term: Term = "intercept"):
         self._intercept_name = intercept_name

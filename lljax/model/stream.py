@@ -129,6 +129,7 @@ def _attach_partial_report(exc: BaseException, windows: list, names: tuple, all_
     (the model holds exactly their updates: each update is atomic), and say so in a note."""
     try:
         overall = _metrics(names, np.concatenate(all_scores), np.concatenate(all_targets)) if windows else {}
+        # A new attribute on the caller's exception, whatever its class (BaseException declares none).
         exc.stream_report = StreamReport(list(windows), overall, names)  # type: ignore[attr-defined]
         if hasattr(exc, "add_note"):
             exc.add_note(f"run_stream: {len(windows)} window(s) finished before this error; their report is "
