@@ -246,6 +246,7 @@ class RandomEffectSpec:
     max_rows: int | None = None
     max_iter: int = 50
     tol: float | None = None
+    penalize_intercept: bool = True
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -1534,7 +1535,7 @@ def fit_game(df: Any, *, loss: str, label: str, coordinates: Sequence[RandomEffe
             t0 = time.perf_counter()
             col = _score_column(c.name)
             model = RandomEffectModel(loss, l2=c.l2, hessian=c.hessian, min_rows=c.min_rows, max_rows=c.max_rows,
-                                      max_iter=c.max_iter, tol=c.tol)
+                                      max_iter=c.max_iter, tol=c.tol, penalize_intercept=c.penalize_intercept)
             cols = Columns(c.entity, label, c.features, weight, "_lljax_offset")
             rows = frame.withColumn("_lljax_offset", others(col))
             if c.name not in prepared:  # the feature space is the data's: built once

@@ -19,12 +19,14 @@ def row_terms(loss, m, y):
 
 
 def penalty_matrix(P0, l2, delta, d):
+    """``l2``: a scalar, or ``(d,)`` per coefficient (0 leaves one out of the L2 term)."""
     P0 = np.diag(P0) if P0.ndim == 1 else P0
-    return delta * P0 + (1.0 - delta) * l2 * np.eye(d), P0
+    return delta * P0 + (1.0 - delta) * np.diag(np.broadcast_to(np.asarray(l2, float), (d,))), P0
 
 
 def objective(theta, X, y, w, o, theta0, P0, l2, delta, loss):
-    """Value, gradient and Hessian of ``sum w l(X theta + o) + prior/L2 penalty``."""
+    """Value, gradient and Hessian of ``sum w l(X theta + o) + prior/L2 penalty`` (``l2`` as in
+    :func:`penalty_matrix`)."""
     m = X @ theta + o
     v, d1, d2 = row_terms(loss, m, y)
     A, P0 = penalty_matrix(P0, l2, delta, len(theta))

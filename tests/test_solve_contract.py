@@ -88,6 +88,31 @@ def test_agrees_with_the_scipy_oracle(method, native, loss):
 
 
 @pytest.mark.parametrize("method, native", CASES)
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("delta", [0.0, 0.6])
+def test_an_unpenalized_intercept_agrees_with_the_scipy_oracle(method, native, loss, delta):
+    """``penalize_intercept=False``: no L2 term on feature id 0 (its prior term stays). With ``delta = 0``
+    the intercept has ``A = 0``, which the span method cannot invert: it hands the block to its fallback."""
+    rng = np.random.default_rng(11)
+    ents, priors = problem(rng, loss)
+    block = dense_block(ents, priors, 16, 12, 4)
+    block.feature_ids[:3, 0] = 0  # column 0 (all ones) is the intercept
+    config = SolverConfig(loss=loss, hessian="diagonal", tol=1e-10, native=native, penalize_intercept=False)
+    l2 = 0.7
+    result = jax.device_get(solve(in_layout(block, method), l2, delta, config, method=method))
+    np.testing.assert_array_equal(result.status[:3], Status.CONVERGED)
+    for lane, ((X, y, w, o), (m, p)) in enumerate(zip(ents, priors)):
+        d = X.shape[1]
+        a = np.r_[0.0, np.full(d - 1, l2)]
+        expected = oracles.fit(X, y, w, o, m, p, a, delta, loss)
+        np.testing.assert_allclose(result.theta[lane, :d], expected, rtol=1e-7, atol=1e-9)
+        H = oracles.objective(expected, X, y, w, o, m, p, a, delta, loss)[2]
+        np.testing.assert_allclose(result.precision[lane, :d], np.diag(H), rtol=1e-7)
+        penalized = oracles.fit(X, y, w, o, m, p, l2, delta, loss)
+        assert abs(expected[0] - penalized[0]) > 1e-4  # the oracle tells the two problems apart
+
+
+@pytest.mark.parametrize("method, native", CASES)
 def test_iteration_cap_is_a_status(method, native):
     rng = np.random.default_rng(2)
     ents, priors = problem(rng, "logistic")

@@ -119,8 +119,10 @@ class RandomEffect:
       name: the coordinate's name.
       entity: the entity column (e.g. ``"user_id"``).
       features: the feature set of the per-entity models (``None``: intercept only). Each entity also has
-        an intercept, penalized like the other coefficients (the unpenalized intercept of random
-        effects is not supported).
+        an intercept.
+      penalize_intercept: ``True`` (default): the L2 term covers each entity's intercept too; ``False``:
+        it does not (see :class:`lljax.RandomEffectModel`; an entity whose rows all have one logistic
+        label then gets a large intercept).
       l2, delta, hessian, min_rows, max_rows, max_iter, tol: as :class:`lljax.RandomEffectModel`.
         ``delta`` applies to incremental updates; coordinate descent in :meth:`GameModel.fit` always
         solves the plain L2 problem.
@@ -136,10 +138,14 @@ class RandomEffect:
     max_rows: int | None = None
     max_iter: int = 50
     tol: float | None = None
+    penalize_intercept: bool = True
 
     def __post_init__(self) -> None:
         name = _check_name(self.name)
         _check_column(name, "entity", self.entity, optional=False)
+        if not isinstance(self.penalize_intercept, bool):
+            raise game_error("must be True or False", coordinate=name, column="penalize_intercept",
+                             value=self.penalize_intercept)
         _check_column(name, "features", self.features, optional=True)
         _check_number(name, "l2", self.l2, lambda v: v >= 0, "a finite number >= 0")
         _check_number(name, "delta", self.delta, lambda v: 0 <= v <= 1, "a number in [0, 1]")
@@ -401,7 +407,8 @@ class RandomRuntime(Runtime):
                 feature, _, term = name.partition("=")  # "name=term", or a name alone (term "")
                 index_map.push((feature, term))
         return RandomEffectModel(loss, l2=spec.l2, delta=spec.delta, hessian=spec.hessian, max_iter=spec.max_iter,
-                                 tol=spec.tol, min_rows=spec.min_rows, max_rows=spec.max_rows, index_map=index_map)
+                                 tol=spec.tol, min_rows=spec.min_rows, max_rows=spec.max_rows, index_map=index_map,
+                                 penalize_intercept=spec.penalize_intercept)
 
     def check(self, data: GameData) -> None:
         spec = self.spec
@@ -456,7 +463,10 @@ class RandomRuntime(Runtime):
     def penalty(self) -> float:
         if self.model is None or len(self.model) == 0:
             return 0.0
-        means = np.asarray(self.model.to_table()["mean"], np.float64)
+        table = self.model.to_table()
+        means = np.asarray(table["mean"], np.float64)
+        if not self.spec.penalize_intercept:
+            means = means[np.asarray(table["feature_id"]) != 0]
         return 0.5 * self.spec.l2 * float(means @ means)
 
     def table(self) -> dict[str, np.ndarray]:

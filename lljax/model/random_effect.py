@@ -117,6 +117,13 @@ class RandomEffectModel:
         rounds (see :meth:`update`). ``None``: no bound.
       index_map: optional :class:`IndexMap` naming the global features; saved with the model
         and used by the name-term exports.
+      penalize_intercept: ``True`` (default): the L2 term covers the intercept (feature id 0) too.
+        ``False``: it does not, and a new entity's intercept has no prior (precision 0), as GDMix's and
+        Photon-ML's fixed effects; a stored posterior's intercept is still the prior of the next update
+        (``delta``). Its coefficient is then bounded by the data only: an entity whose rows all have one
+        logistic label gets a large intercept. Wide entities (see ``max_iter``) whose intercept has no
+        prior are solved by L-BFGS. :meth:`posterior` still gives a never-trained intercept
+        precision ``l2`` (sampling needs a proper prior).
 
     Example::
 
@@ -127,7 +134,7 @@ class RandomEffectModel:
 
     def __init__(self, loss: str = "logistic", *, l2: float = 1.0, delta: float = 0.0, hessian: str = "full",
                  max_iter: int = 50, tol: float | None = None, memory_budget: int | None = None, min_rows: int = 1,
-                 max_rows: int | None = None, index_map: IndexMap | None = None):
+                 max_rows: int | None = None, index_map: IndexMap | None = None, penalize_intercept: bool = True):
         if loss not in LOSSES:
             raise input_error("loss", loss, f"is not one of {sorted(LOSSES)}")
         if hessian not in HESSIAN_TYPES:
@@ -144,12 +151,15 @@ class RandomEffectModel:
             raise input_error("min_rows", min_rows, "must be an int in [0, 2**63)")
         if max_rows is not None and not (_is_int(max_rows) and 1 <= max_rows <= _INT64_MAX):
             raise input_error("max_rows", max_rows, "must be None or an int in [1, 2**63)")
+        if not isinstance(penalize_intercept, (bool, np.bool_)):
+            raise input_error("penalize_intercept", penalize_intercept, "must be True or False", error=TypeError)
         if index_map is not None and not isinstance(index_map, IndexMap):
             raise input_error("index_map", type(index_map).__name__, "must be an lljax.IndexMap or None",
                               error=TypeError)
         self.loss, self.l2, self.delta, self.hessian = loss, float(l2), float(delta), hessian
         self.max_iter, self.tol, self.memory_budget = int(max_iter), None if tol is None else float(tol), memory_budget
         self.min_rows, self.max_rows, self.index_map = int(min_rows), max_rows, index_map
+        self.penalize_intercept = bool(penalize_intercept)
         self._store: EntityStore | None = None
 
     def __repr__(self) -> str:
@@ -344,8 +354,9 @@ class RandomEffectModel:
         tol = self.tol if self.tol is not None else _DEFAULT_TOL[np.dtype(dtype)]
         if self.loss == "poisson":  # a first Newton step of ~count from 0 needs log2(count / log(count)) halvings
             return SolverConfig(loss=self.loss, hessian=self.hessian, max_iter=self.max_iter, tol=tol,
-                                max_backtracks=_POISSON_BACKTRACKS)
-        return SolverConfig(loss=self.loss, hessian=self.hessian, max_iter=self.max_iter, tol=tol)
+                                max_backtracks=_POISSON_BACKTRACKS, penalize_intercept=self.penalize_intercept)
+        return SolverConfig(loss=self.loss, hessian=self.hessian, max_iter=self.max_iter, tol=tol,
+                            penalize_intercept=self.penalize_intercept)
 
     def update(self, dataset: Dataset, *, delta: float | None = None, progress: bool | None = None) -> UpdateReport:
         """Train every entity of ``dataset``, using stored posteriors as priors; return a report.
@@ -455,7 +466,7 @@ class RandomEffectModel:
         U = dataset.num_entities
         config = self.solver_config(dtype)
         with timer("prepare"):
-            work = Round.prepare(dataset, self.loss, store, self.l2)
+            work = Round.prepare(dataset, self.loss, store, self.l2, self.penalize_intercept)
             plans = work.plan(self._block_budget(), config)
         l2, delta_arr = np.asarray(self.l2, dtype), np.asarray(delta, dtype)
         report = _EntityReport.skipped(U, dtype)

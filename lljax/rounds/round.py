@@ -44,6 +44,8 @@ class Round(NamedTuple):
       store: stored priors (``None``: every entity cold-starts).
       slots: ``(U,)`` store slot of each dataset entity (-1: not stored).
       l2: cold-start prior precision lambda of features without a stored prior.
+      penalize_intercept: False: the intercept (feature id 0) cold-starts with precision 0 instead (it has
+        no L2 term either, :attr:`lljax.solve.base.SolverConfig.penalize_intercept`).
     """
 
     dataset: Dataset
@@ -54,9 +56,11 @@ class Round(NamedTuple):
     store: EntityStore | None
     slots: np.ndarray
     l2: float
+    penalize_intercept: bool = True
 
     @classmethod
-    def prepare(cls, dataset: Dataset, loss: str, store: EntityStore | None, l2: float) -> Round:
+    def prepare(cls, dataset: Dataset, loss: str, store: EntityStore | None, l2: float,
+                penalize_intercept: bool = True) -> Round:
         """The working set of an update of every entity of ``dataset``, with ``store``'s priors."""
         U = dataset.num_entities
         if store is None:
@@ -70,7 +74,8 @@ class Round(NamedTuple):
         row_start = np.zeros(U + 1, np.int64)
         np.cumsum(np.bincount(dataset.entity, minlength=U), out=row_start[1:])
         subspaces = local_subspaces(dataset, owner, prior_fids, rows=(row_order, row_start))
-        return cls(dataset, encode_labels(loss, dataset.label), row_order, row_start, subspaces, store, slots, l2)
+        return cls(dataset, encode_labels(loss, dataset.label), row_order, row_start, subspaces, store, slots, l2,
+                   penalize_intercept)
 
     @property
     def full_precision(self) -> bool:
@@ -103,7 +108,8 @@ class Round(NamedTuple):
             cols, vals = _row_slots(dataset, rows, lane, row_cell, local, E, N, D)
         feature_ids = np.full((E, D), -1, np.int64)
         feature_ids[: len(ents)] = local.feature_ids(D)
-        prior_mean, prior_precision = priors(ents, E, D, local, self.store, self.slots, self.l2, dtype)
+        cold = self.l2 if self.penalize_intercept else np.where(feature_ids == 0, 0.0, self.l2)
+        prior_mean, prior_precision = priors(ents, E, D, local, self.store, self.slots, cold, dtype)
         rest = (y.reshape(E, N), w.reshape(E, N), offset.reshape(E, N), feature_ids, prior_mean, prior_precision)
         return Block(X, *rest) if dense else SparseBlock(cols, vals, *rest)
 
@@ -194,21 +200,24 @@ def block_rows(
 
 
 def priors(ents: np.ndarray, E: int, D: int, subspaces: Subspaces, store: EntityStore | None, slots: np.ndarray,
-           l2: float, dtype: npt.DTypeLike) -> tuple[np.ndarray, np.ndarray]:
+           cold: float | np.ndarray, dtype: npt.DTypeLike) -> tuple[np.ndarray, np.ndarray]:
     """Prior mean ``(E, D)`` and precision ``(E, D)``/``(E, D, D)`` in the local subspaces.
 
     Features without a stored prior (and every feature of a new entity) get mean 0 and
-    precision ``l2`` (diagonal); stored means and precisions are scattered to their local
-    positions. One extra column ``D`` catches the scatter of padded stored entries.
+    precision ``cold`` (diagonal; a scalar, usually ``l2``, or ``(E, D)`` per local feature); stored
+    means and precisions are scattered to their local positions. One extra column ``D`` catches the
+    scatter of padded stored entries.
     """
     full = store is not None and store.precision == "full"
     mean = np.zeros((E, D + 1), dtype)
     if full:
         precision = np.zeros((E, D + 1, D + 1), dtype)
         idx = np.arange(D)
-        precision[:, idx, idx] = l2
+        precision[:, idx, idx] = cold
     else:
-        precision = np.full((E, D + 1), l2, dtype)
+        precision = np.empty((E, D + 1), dtype)
+        precision[:, :D] = cold
+        precision[:, D] = 0
     if store is not None:
         for positions, fids, means, stored_precision in store.gather_dense(slots[ents]):
             valid = fids >= 0

@@ -76,13 +76,15 @@ class SolverConfig(NamedTuple):
         :mod:`lljax.solve.lbfgs`).
       tol: convergence when ``max_j |gradient_j| <= tol``.
       max_backtracks: step halvings tried by the line search before declaring STALLED.
+      penalize_intercept: ``True`` (default): the L2 term ``(1 - delta) l2`` covers every feature. ``False``:
+        not the intercept (feature id 0), as GDMix's and Photon-ML's fixed effects; its prior term stays.
       native: the native CPU kernel (:mod:`lljax.solve.kernels`) for methods that have one: ``None``
         (default) when it is built and not disabled by ``LLJAX_NATIVE=0``, ``False`` never (the pure-JAX
         path), ``True`` always (an error if it is not built or does not support the block). Read on
         the host at each call (:func:`lljax.solve.registry.choose_backend`), so changing it, or
         ``LLJAX_NATIVE``, takes effect at the next call.
 
-    ``loss``, ``hessian`` and ``max_backtracks`` are compile-time constants of a jitted solve; ``tol``
+    ``loss``, ``hessian``, ``max_backtracks`` and ``penalize_intercept`` are compile-time constants of a jitted solve; ``tol``
     and ``max_iter`` are traced (changing them does not recompile).
     """
 
@@ -92,6 +94,7 @@ class SolverConfig(NamedTuple):
     tol: float = 1e-6
     max_backtracks: int = 30
     native: bool | None = None
+    penalize_intercept: bool = True
 
 
 class Limits(NamedTuple):
@@ -144,7 +147,7 @@ class Method(NamedTuple):
       bytes_per_lane: ``(rows, features, itemsize, full_precision, native) -> int``: the workspace model
         used to cut blocks under a memory budget.
       iteration_cap: ``config -> int``: the default iteration cap.
-      accepts: ``(block, l2, delta) -> bool`` on concrete arrays, or ``None`` (accepts every block).
+      accepts: ``(block, l2, delta, config) -> bool`` on concrete arrays, or ``None`` (accepts every block).
       fallback: the method that solves a block this one does not accept (converted to its layout).
     """
 

@@ -85,7 +85,8 @@ def _solve_one(X: jax.Array, y: jax.Array, w: jax.Array, offset: jax.Array, feat
                prior_mean: jax.Array, prior_precision: jax.Array, l2: jax.Array, delta: jax.Array, limits: Limits, *,
                config: SolverConfig, memory_size: int, precondition: str) -> SolveResult:
     """Solve one entity. Shapes: X ``(N, D)``; y, w, offset ``(N,)``; the rest ``(D,)``."""
-    entity = dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, config.loss)
+    entity = dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, config.loss,
+                          config.penalize_intercept)
     theta0 = jnp.where(feature_ids >= 0, prior_mean, 0.0)
     direction, memory = make_direction(entity, theta0, entity.margin(theta0), precondition=precondition,
                                        memory_size=memory_size)

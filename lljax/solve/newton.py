@@ -85,7 +85,8 @@ def _solve_one(X: jax.Array, y: jax.Array, w: jax.Array, offset: jax.Array, feat
                prior_mean: jax.Array, prior_precision: jax.Array, l2: jax.Array, delta: jax.Array, limits: Limits, *,
                config: SolverConfig) -> SolveResult:
     """Solve one entity. Shapes: X ``(N, D)``; y, w, offset ``(N,)``; feature_ids, prior_mean ``(D,)``."""
-    entity = dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, config.loss)
+    entity = dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, config.loss,
+                          config.penalize_intercept)
     theta0 = jnp.where(feature_ids >= 0, prior_mean, 0.0)
     final = iterate(entity, make_direction(entity), start(entity, theta0, limits), limits, config.max_backtracks)
     precision = _posterior_precision(entity, final.margin, config.hessian)
@@ -108,7 +109,8 @@ def solve_native(block: Block, l2: jax.Array, delta: jax.Array, limits: Limits, 
     kind = config.hessian if config.hessian in ("full", "diagonal") else "none"
     E = block.X.shape[0]
     outputs = kernels.newton_solve(
-        block.X, block.y, block.w, block.offset, block.feature_ids >= 0, block.prior_mean, block.prior_precision,
+        block.X, block.y, block.w, block.offset, kernels.feature_mask(block.feature_ids, config.penalize_intercept),
+        block.prior_mean, block.prior_precision,
         *kernels.per_entity(E, l2, delta, limits.tol, limits.max_iter), loss=config.loss,
         max_backtracks=config.max_backtracks, precision=kind)
     return kernels.solve_result(outputs, config.hessian)

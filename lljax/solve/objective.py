@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from lljax.solve.base import AnyArray
 from lljax.solve.losses import RowLoss, get_loss
 
-__all__ = ["Penalty", "make_penalty", "weighted", "Rows", "GramRows", "DenseRows", "SparseRows", "Entity",
+__all__ = ["Penalty", "make_penalty", "penalized_features", "weighted", "Rows", "GramRows", "DenseRows", "SparseRows", "Entity",
            "dense_entity", "entity_objective", "entity_hessian"]
 
 
@@ -71,21 +71,29 @@ class Penalty(NamedTuple):
         return jnp.diagonal(self.A) if self.A.ndim == 2 else jnp.asarray(self.A)
 
 
+def penalized_features(feature_ids: jax.Array, penalize_intercept: bool = True) -> jax.Array:
+    """``(D,)`` True where the L2 term applies: every real feature (``feature_ids >= 0``), or every one but the
+    intercept (feature id 0) when ``penalize_intercept`` is False."""
+    return feature_ids >= 0 if penalize_intercept else feature_ids > 0
+
+
 def make_penalty(prior_mean: jax.Array, prior_precision: jax.Array, mask: jax.Array, l2: jax.Array,
-                 delta: jax.Array) -> Penalty:
+                 delta: jax.Array, ridge_mask: jax.Array | None = None) -> Penalty:
     """The :class:`Penalty` of one entity: prior mean ``(D,)``, prior precision ``(D,)`` or ``(D, D)``,
-    ``mask`` ``(D,)`` True on real features; ``l2``, ``delta`` scalars."""
+    ``mask`` ``(D,)`` True on real features; ``l2``, ``delta`` scalars; ``ridge_mask`` ``(D,)`` True where
+    the L2 term applies (default ``mask``; see :func:`penalized_features`)."""
     theta0 = jnp.where(mask, prior_mean, 0.0)
     ridge = (1.0 - delta) * l2
+    ridges = ridge if ridge_mask is None else jnp.where(ridge_mask, ridge, 0.0)  # (D,) or a scalar
     if prior_precision.ndim == 2:
         pair = mask[:, None] & mask[None, :]
         P0 = jnp.where(pair, prior_precision, 0.0)
         eye = jnp.eye(mask.shape[0], dtype=P0.dtype)
-        A = jnp.where(pair, delta * P0 + ridge * eye, eye)
+        A = jnp.where(pair, delta * P0 + jnp.multiply(ridges, eye), eye)
         P0_theta0 = P0 @ theta0
     else:
         P0 = jnp.where(mask, prior_precision, 0.0)
-        A = jnp.where(mask, delta * P0 + ridge, 1.0)
+        A = jnp.where(mask, delta * P0 + ridges, 1.0)
         P0_theta0 = P0 * theta0
     return Penalty(A=A, b=delta * P0_theta0, c=0.5 * delta * theta0 @ P0_theta0)
 
@@ -180,31 +188,33 @@ class Entity(NamedTuple):
 
 def dense_entity(X: jax.Array, y: jax.Array, w: jax.Array, offset: jax.Array, feature_ids: jax.Array,
                  prior_mean: jax.Array, prior_precision: jax.Array, l2: jax.Array, delta: jax.Array,
-                 loss: str) -> Entity:
+                 loss: str, penalize_intercept: bool = True) -> Entity:
     """The :class:`Entity` of one lane of a :class:`~lljax.solve.blocks.Block`."""
-    mask = feature_ids >= 0
-    return Entity(DenseRows(X), y, w, offset, make_penalty(prior_mean, prior_precision, mask, l2, delta),
-                  get_loss(loss))
+    penalty = make_penalty(prior_mean, prior_precision, feature_ids >= 0, l2, delta,
+                           penalized_features(feature_ids, penalize_intercept))
+    return Entity(DenseRows(X), y, w, offset, penalty, get_loss(loss))
 
 
-@partial(jax.jit, static_argnames=("loss",))
+@partial(jax.jit, static_argnames=("loss", "penalize_intercept"))
 def entity_objective(theta: jax.Array, X: jax.Array, y: jax.Array, w: jax.Array, offset: jax.Array,
                      feature_ids: jax.Array, prior_mean: jax.Array, prior_precision: jax.Array, l2: jax.Array,
-                     delta: jax.Array, *, loss: str) -> tuple[jax.Array, jax.Array]:
+                     delta: jax.Array, *, loss: str, penalize_intercept: bool = True) -> tuple[jax.Array, jax.Array]:
     """Objective value and gradient of one entity at ``theta`` (the solvers' own functions).
 
     Shapes: theta ``(D,)``, X ``(N, D)``, y/w/offset ``(N,)``, feature_ids/prior_mean ``(D,)``,
     prior_precision ``(D,)`` or ``(D, D)``. Returns ``(value (), gradient (D,))``.
     """
-    entity = dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, loss)
+    entity = dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, loss,
+                          penalize_intercept)
     margin = X @ theta + offset
     return entity.objective(theta, margin), entity.gradient(theta, margin)
 
 
-@partial(jax.jit, static_argnames=("loss",))
+@partial(jax.jit, static_argnames=("loss", "penalize_intercept"))
 def entity_hessian(theta: jax.Array, X: jax.Array, y: jax.Array, w: jax.Array, offset: jax.Array,
                    feature_ids: jax.Array, prior_mean: jax.Array, prior_precision: jax.Array, l2: jax.Array,
-                   delta: jax.Array, *, loss: str) -> jax.Array:
+                   delta: jax.Array, *, loss: str, penalize_intercept: bool = True) -> jax.Array:
     """``(D, D)`` Hessian of one entity's objective at ``theta`` (data curvature + penalty)."""
-    entity = dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, loss)
+    entity = dense_entity(X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, loss,
+                          penalize_intercept)
     return entity.hessian(X @ theta + offset)

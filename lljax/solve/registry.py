@@ -137,7 +137,7 @@ def solve(block: Block | SparseBlock, l2: Scalar, delta: Scalar, config: SolverC
     expected = Block if chosen.layout == "dense" else SparseBlock
     if not isinstance(block, expected):
         raise TypeError(f"the {method} method solves a {expected.__name__}, got {type(block).__name__}")
-    if chosen.accepts is not None and not chosen.accepts(block, l2, delta):
+    if chosen.accepts is not None and not chosen.accepts(block, l2, delta, config):
         assert chosen.fallback is not None, f"{method} accepts only some blocks, so it names a fallback"
         chosen = METHODS[chosen.fallback]
         block = _convert(block, chosen.layout)

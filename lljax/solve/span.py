@@ -46,7 +46,7 @@ from lljax.solve.blocks import SparseBlock
 from lljax.solve.iteration import Direction, Iterate, Step, finish, iterate, start
 from lljax.solve.losses import get_loss
 from lljax.solve.newton import WORKSPACE_FACTOR
-from lljax.solve.objective import Entity, SparseRows, make_penalty
+from lljax.solve.objective import Entity, SparseRows, make_penalty, penalized_features
 
 __all__ = ["HESSIANS", "LANE_MODES", "solve_jax", "solve_native", "native_supports", "accepts", "check",
            "bytes_per_lane"]
@@ -78,7 +78,8 @@ def _solve_one(cols: jax.Array, vals: jax.Array, y: jax.Array, w: jax.Array, off
     D = feature_ids.shape[0]
     mask = feature_ids >= 0
     rows = SparseRows(cols, jnp.where((w > 0)[:, None], vals, 0.0), D)  # weight-0 rows take no part
-    penalty = make_penalty(prior_mean, prior_precision, mask, l2, delta)
+    penalty = make_penalty(prior_mean, prior_precision, mask, l2, delta,
+                           penalized_features(feature_ids, config.penalize_intercept))
     entity = Entity(rows, y, w, offset, penalty, get_loss(config.loss))
     A_inv = 1.0 / jnp.asarray(penalty.A)  # make_penalty's arrays already (asarray: for the type checker)
     mu = jnp.asarray(penalty.b) * A_inv
@@ -117,8 +118,8 @@ def solve_native(block: SparseBlock, l2: jax.Array, delta: jax.Array, limits: Li
     del lanes  # the kernel runs the lanes one after the other
     kind = "diagonal" if config.hessian == "diagonal" else "none"
     outputs = kernels.wide_solve(
-        block.cols, block.vals, block.y, block.w, block.offset, block.feature_ids >= 0, block.prior_mean,
-        block.prior_precision, *kernels.per_entity(block.cols.shape[0], l2, delta, limits.tol, limits.max_iter),
+        block.cols, block.vals, block.y, block.w, block.offset,
+        kernels.feature_mask(block.feature_ids, config.penalize_intercept), block.prior_mean, block.prior_precision, *kernels.per_entity(block.cols.shape[0], l2, delta, limits.tol, limits.max_iter),
         loss=config.loss, max_backtracks=config.max_backtracks, precision=kind)
     return kernels.solve_result(outputs, config.hessian)
 
@@ -128,10 +129,13 @@ def native_supports(block: SparseBlock, config: SolverConfig) -> bool:
     return kernels.supports(block.vals.dtype) and block.cols.ndim == 3 and config.loss in kernels.LOSS_CODES
 
 
-def accepts(block: SparseBlock, l2: Scalar, delta: Scalar) -> bool:
-    """Whether ``delta P0 + (1 - delta) l2 > 0`` on every real feature (the method needs ``A^-1``)."""
-    A = float(delta) * np.asarray(block.prior_precision, np.float64) + (1.0 - float(delta)) * float(l2)
-    return bool(np.all((A > 0) | (np.asarray(block.feature_ids) < 0)))
+def accepts(block: SparseBlock, l2: Scalar, delta: Scalar, config: SolverConfig) -> bool:
+    """Whether ``A = delta P0 + (1 - delta) l2 > 0`` on every real feature (the method needs ``A^-1``; a cold
+    unpenalized intercept has ``A = 0``)."""
+    feature_ids = np.asarray(block.feature_ids)
+    ridge = (1.0 - float(delta)) * float(l2) * (feature_ids > (-1 if config.penalize_intercept else 0))
+    A = float(delta) * np.asarray(block.prior_precision, np.float64) + ridge
+    return bool(np.all((A > 0) | (feature_ids < 0)))
 
 
 def check(block: SparseBlock, config: SolverConfig, options: dict) -> dict:

@@ -52,7 +52,10 @@ FORMAT_NAME = "lljax.RandomEffectModel"
 FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
 
-HYPERPARAMETERS = ("loss", "l2", "delta", "hessian", "max_iter", "tol", "memory_budget", "min_rows", "max_rows")
+HYPERPARAMETERS = ("loss", "l2", "delta", "hessian", "max_iter", "tol", "memory_budget", "min_rows", "max_rows",
+                   "penalize_intercept")
+# Hyper-parameters added after format version 2 was fixed: a file without them has their defaults.
+_ADDED_HYPERPARAMETERS = frozenset({"penalize_intercept"})
 
 # Loading allocates at most this multiple of the file's size (plus _SLACK_BYTES) for the arrays it
 # reads: our files are stored uncompressed, so their arrays are no larger than the file.
@@ -282,9 +285,11 @@ def _metadata(path: str, arrays: dict[str, np.ndarray]) -> dict:
     if missing:
         raise ModelFileError(f"{path}: corrupt metadata, missing {sorted(missing)}")
     hyper = metadata["hyperparameters"]
-    if not isinstance(hyper, dict) or set(hyper) != set(HYPERPARAMETERS):
+    if not isinstance(hyper, dict) or not set(HYPERPARAMETERS) - _ADDED_HYPERPARAMETERS <= set(hyper) <= set(
+            HYPERPARAMETERS):
         raise _fail(path, "hyperparameters", hyper,
-                    f"must be an object with exactly the fields {list(HYPERPARAMETERS)}")
+                    f"must be an object with exactly the fields {list(HYPERPARAMETERS)} (or without "
+                    f"{sorted(_ADDED_HYPERPARAMETERS)}, in files written before they existed)")
     if metadata["dtype"] not in (None, "float32", "float64"):
         raise _fail(path, "dtype", metadata["dtype"], "must be 'float32', 'float64' or null")
     if metadata["precision"] not in (None, "full", "diagonal"):

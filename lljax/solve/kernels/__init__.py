@@ -45,10 +45,11 @@ from lljax.solve.base import AnyArray, SolveResult
 
 __all__ = ["available", "build_error", "enabled", "isa", "supports", "per_entity", "solve_result",
            "compiled_constants", "newton_solve", "wide_solve", "pack_rows", "block_rows",
-           "subspace_keys", "LOSS_CODES", "PRECISION_CODES"]
+           "subspace_keys", "feature_mask", "LOSS_CODES", "PRECISION_CODES", "MASK_CODES"]
 
 LOSS_CODES = {"linear": 0, "logistic": 1, "poisson": 2}
 PRECISION_CODES = {"diagonal": 0, "full": 1, "none": 2}
+MASK_CODES = {"padding": 0, "penalized": 1, "unpenalized": 2}  # newton_common.h: MaskCode
 _TARGETS = {np.dtype(np.float64): "lljax_newton_f64", np.dtype(np.float32): "lljax_newton_f32"}
 _WIDE_TARGETS = {np.dtype(np.float64): "lljax_wide_f64", np.dtype(np.float32): "lljax_wide_f32"}
 
@@ -147,6 +148,16 @@ def compiled_constants() -> dict:
     return dict(_native().constants())
 
 
+def feature_mask(feature_ids: AnyArray, penalize_intercept: bool) -> jax.Array:
+    """The kernels' int32 feature mask (:data:`MASK_CODES`) of ``feature_ids`` (-1 padding, 0 the
+    intercept): padding, a penalized feature, or the intercept without the L2 term."""
+    ids = jnp.asarray(feature_ids)
+    code = jnp.where(ids >= 0, MASK_CODES["penalized"], MASK_CODES["padding"])
+    if not penalize_intercept:
+        code = jnp.where(ids == 0, MASK_CODES["unpenalized"], code)
+    return code.astype(jnp.int32)
+
+
 def newton_solve(X: AnyArray, y: AnyArray, w: AnyArray, offset: AnyArray, mask: AnyArray, prior_mean: AnyArray,
                  prior_precision: AnyArray, l2: jax.Array, delta: jax.Array, tol: jax.Array, max_iter: jax.Array, *,
                  loss: str, max_backtracks: int, precision: str) -> _Outputs:
@@ -156,8 +167,8 @@ def newton_solve(X: AnyArray, y: AnyArray, w: AnyArray, offset: AnyArray, mask: 
     finishes as :func:`lljax.solve.newton._finish` does, so that no ``(E, D, D)`` temporary is made around it.
 
     Args:
-      X: ``(E, N, D)``; y, w, offset: ``(E, N)``; mask: ``(E, D)`` (nonzero for a real feature, 0 for
-        padding); prior_mean: ``(E, D)``; prior_precision: ``(E, D, D)`` or ``(E, D)``; l2, delta, tol:
+      X: ``(E, N, D)``; y, w, offset: ``(E, N)``; mask: ``(E, D)`` (:func:`feature_mask`: 0 padding, 1 a
+        feature, 2 a feature without the L2 term); prior_mean: ``(E, D)``; prior_precision: ``(E, D, D)`` or ``(E, D)``; l2, delta, tol:
         ``(E,)``; max_iter: ``(E,)`` int32.
       loss: ``"linear"``, ``"logistic"`` or ``"poisson"``.
       max_backtracks: line-search halvings before STALLED.

@@ -2,8 +2,8 @@
 //
 // Targets "lljax_newton_f64" and "lljax_newton_f32" (registered by lljax/solve/kernels/__init__.py). Inputs,
 // each with the same leading (batch) dimensions, E entities in all: X (E, N, D), y, w, offset (E, N),
-// mask (E, D) int32 (feature present), prior_mean (E, D), prior_precision (E, D, D) or (E, D), l2, delta,
-// tol (E,), max_iter (E,) int32. Attributes: loss (0 linear, 1 logistic, 2 poisson), max_backtracks,
+// mask (E, D) int32 (a MaskCode: padding, a feature, a feature without L2), prior_mean (E, D),
+// prior_precision (E, D, D) or (E, D), l2, delta, tol (E,), max_iter (E,) int32. Attributes: loss (0 linear, 1 logistic, 2 poisson), max_backtracks,
 // precision_mode (0 diagonal, 1 full, 2 none). Results, finished as lljax.solve.iteration.finish: theta (E, D),
 // value (E,), grad_norm (E,), precision (E, D, D) / (E, D) / (E, 1) (unused), iterations (E,), status (E,).
 // The groups of entities are spread over XLA's CPU thread pool; the caller thread works too.
@@ -325,10 +325,11 @@ static PyObject* isa(PyObject*, PyObject*) {
 
 static PyObject* constants(PyObject*, PyObject*) {
   using namespace lljax_native;
-  return Py_BuildValue("{s:d,s:d,s:d,s:i,s:i,s:i,s:i,s:i}", "ARMIJO_C1", kArmijoC1, "STEP_SHRINK", kStepShrink,
-                       "SLACK_ULPS", kSlackUlps, "RUNNING", int(kRunning), "CONVERGED", int(kConverged),
-                       "MAX_ITERATIONS", int(kMaxIterations), "NON_FINITE", int(kNonFinite), "STALLED",
-                       int(kStalled));
+  return Py_BuildValue("{s:d,s:d,s:d,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "ARMIJO_C1", kArmijoC1, "STEP_SHRINK",
+                       kStepShrink, "SLACK_ULPS", kSlackUlps, "RUNNING", int(kRunning), "CONVERGED",
+                       int(kConverged), "MAX_ITERATIONS", int(kMaxIterations), "NON_FINITE", int(kNonFinite),
+                       "STALLED", int(kStalled), "MASK_PADDING", int(kPadding), "MASK_PENALIZED",
+                       int(kPenalized), "MASK_UNPENALIZED", int(kUnpenalized));
 }
 
 static PyObject* lanes(PyObject*, PyObject*) {

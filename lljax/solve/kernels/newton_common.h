@@ -35,6 +35,10 @@ constexpr double kArmijoC1 = 1e-4;
 constexpr double kStepShrink = 0.5;
 constexpr double kSlackUlps = 16;
 
+// The feature mask (lljax/solve/kernels/__init__.py: MASK_*): padding, a real feature, a real feature
+// without the L2 term (the unpenalized intercept).
+enum MaskCode : int32_t { kPadding = 0, kPenalized = 1, kUnpenalized = 2 };
+
 template <typename T>
 constexpr int kLanes = 32 / sizeof(T);  // one 256-bit vector per lane-op (4 doubles, 8 floats)
 
@@ -42,7 +46,7 @@ template <typename T>
 struct Problem {
   int64_t E, N, D;
   const T *X, *y, *w, *offset;           // (E, N, D), (E, N) x 3
-  const int32_t* mask;                   // (E, D): 1 for a real feature, 0 for padding
+  const int32_t* mask;                   // (E, D): a MaskCode per feature
   const T *prior_mean, *prior_precision;  // (E, D); (E, D, D) if full_prior else (E, D)
   const T *l2, *delta, *tol;             // (E,) each
   const int32_t* max_iter;               // (E,)
@@ -61,7 +65,7 @@ struct WideProblem {
   int64_t E, N, K, D;
   const int32_t* cols;                   // (E, N, K) local columns in [0, D)
   const T *vals, *y, *w, *offset;        // (E, N, K), (E, N) x 3
-  const int32_t* mask;                   // (E, D)
+  const int32_t* mask;                   // (E, D): a MaskCode per feature
   const T *prior_mean, *prior_precision;  // (E, D) each
   const T *l2, *delta, *tol;             // (E,) each
   const int32_t* max_iter;               // (E,)

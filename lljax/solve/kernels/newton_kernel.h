@@ -340,7 +340,8 @@ struct Group : Features<kD> {
 
   // The lanes' penalties from their entities' priors (lane l: entity ent[l], if valid[l]), as
   // lljax.solve.objective.make_penalty: theta0 = mu on the mask, 0 elsewhere; P0 = the prior precision on the
-  // mask; A = delta P0 + (1 - delta) l2 I on the mask, the identity elsewhere; b = delta P0 theta0;
+  // mask; A = delta P0 + (1 - delta) l2 I on the mask (without the l2 term on a kUnpenalized feature), the
+  // identity elsewhere; b = delta P0 theta0;
   // c = delta/2 theta0 . P0 theta0. The start point is theta0. A missing lane gets an empty mask (A = I,
   // b = 0, c = 0, theta0 = 0). Without contraction: each product rounded as in the JAX path.
   __attribute__((optimize("fp-contract=off"))) void load_penalties(const Problem<T>& P, const int64_t* ent,
@@ -366,18 +367,21 @@ struct Group : Features<kD> {
     V quad = zero;
     for (int64_t i = 0; i < D; i++) {
       V p0t0 = zero;  // (P0 theta0)_i
+      V ridge_i = ridge;  // the L2 weight of feature i: none where the mask says kUnpenalized
+      for (int l = 0; l < W; l++)
+        if (valid[l] && P.mask[ent[l] * D + i] == kUnpenalized) ridge_i[l] = T(0);
       if (full_A) {
         for (int64_t j = 0; j < D; j++) {
           const auto pair = (on[i] != zero) & (on[j] != zero);
           const V p0 = pair ? Av[i * D + j] : zero;
           p0t0 += p0 * t0[j];
-          Av[i * D + j] = pair ? delta * p0 + (i == j ? ridge : zero) : (i == j ? one : zero);
+          Av[i * D + j] = pair ? delta * p0 + (i == j ? ridge_i : zero) : (i == j ? one : zero);
         }
       } else {
         const auto on_i = on[i] != zero;
         const V p0 = on_i ? Av[i] : zero;
         p0t0 = p0 * t0[i];
-        Av[i] = on_i ? delta * p0 + ridge : one;
+        Av[i] = on_i ? delta * p0 + ridge_i : one;
       }
       bv[i] = delta * p0t0;
       quad += t0[i] * p0t0;

@@ -91,7 +91,7 @@ struct WideEntity {
     for (int64_t j = 0; j < D; j++) {
       S.th0[j] = mask[j] ? mu[j] : T(0);
       const T p0 = mask[j] ? prec[j] : T(0);
-      S.A[j] = mask[j] ? delta * p0 + ridge : T(1);
+      S.A[j] = mask[j] ? delta * p0 + (mask[j] == kUnpenalized ? T(0) : ridge) : T(1);
       const T p0t0 = p0 * S.th0[j];
       S.b[j] = delta * p0t0;
       quad += S.th0[j] * p0t0;
