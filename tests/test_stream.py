@@ -379,9 +379,12 @@ def test_update_progress_bar_is_shown_on_request_and_never_when_disabled(capsys)
 
 @pytest.mark.parametrize("hessian", ["full", "diagonal", "none"])
 def test_an_update_that_fails_part_way_leaves_the_model_as_it_was(monkeypatch, hessian):
-    """Blocks are written as they finish; an error after some of them restores the round's entities (stored
-    ones get their coefficients back, new ones are forgotten), and the model then updates as if it never
-    happened."""
+    """Groups of blocks are written as they finish (here each block is a group); an error after some of them
+    restores the round's entities (stored ones get their coefficients back, new ones are forgotten), and the
+    model then updates as if it never happened."""
+    import lljax.model.random_effect as random_effect
+
+    monkeypatch.setattr(random_effect, "_GROUP_BYTES", 1)  # one block per group: writes happen before the error
 
     rng = np.random.default_rng(21)
     first = batch(rng, np.arange(60), 3, [1, 2, 3], loss="logistic")
@@ -426,3 +429,29 @@ def test_an_update_that_fails_part_way_leaves_the_model_as_it_was(monkeypatch, h
         np.testing.assert_array_equal(a.mean, b.mean)
         if hessian != "none":
             np.testing.assert_array_equal(a.precision, b.precision)
+
+
+@pytest.mark.parametrize("hessian", ["full", "diagonal", "none"])
+def test_blocks_read_and_written_in_groups_equal_block_by_block(monkeypatch, hessian):
+    """The store is read and written once per group of blocks (``_GROUP_BYTES``): over three updates that
+    add entities, widen stored ones and leave some alone, the stored models are bit-identical to reading
+    and writing block by block (each block its own group)."""
+    import lljax.model.random_effect as random_effect
+
+    def run(group_bytes):
+        monkeypatch.setattr(random_effect, "_GROUP_BYTES", group_bytes)
+        rng = np.random.default_rng(5)
+        model = RandomEffectModel("logistic", hessian=hessian, delta=0.7, memory_budget=4096)  # many blocks
+        for entities, rows, pool in ((np.arange(80), 3, [1, 2, 3]), (np.arange(40, 160), 2, [2, 4, 5, 6]),
+                                     (np.arange(0, 200, 3), 5, [1, 6, 7, 8, 9])):
+            report = model.update(batch(rng, entities, rows, pool, loss="logistic"))
+            assert report.blocks > 4
+        return model._store.to_flat()
+
+    grouped, alone = run(64 << 20), run(1)
+    for name in ("keys", "indptr", "feature_ids", "means", "precision"):
+        a, b = getattr(grouped, name), getattr(alone, name)
+        if a is None:
+            assert b is None
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=name)

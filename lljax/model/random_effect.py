@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -35,7 +35,7 @@ from lljax.solve.losses import LOSSES, first_bad_label
 from lljax.solve.registry import solve
 from lljax.state.export import entity_to_ntv, model_to_table, ntv_to_flat, read_parquet, table_to_flat, write_parquet
 from lljax.state.persist import HYPERPARAMETERS, load_model, save_model
-from lljax.state.store import EntityCoefficients, EntityStore
+from lljax.state.store import EntityCoefficients, EntityStore, PendingWrites
 from lljax.version import __version__
 
 __all__ = ["RandomEffectModel", "check_labels", "singular_precisions"]
@@ -44,6 +44,7 @@ _STORED_PRECISION = {"none": None, "identity": "diagonal", "diagonal": "diagonal
 _CPU_BLOCK_BUDGET = 16 << 20
 _ACCELERATOR_BLOCK_BUDGET = 256 << 20
 _IN_FLIGHT = 2  # blocks dispatched to the device and not yet collected
+_GROUP_BYTES = 64 << 20  # stored priors and results of the blocks read and written in one pass (about)
 _PROGRESS_DELAY_S = 3.0  # the default progress bar appears only for updates longer than this
 # Poisson line searches may halve the step this many times (SolverConfig's default is 30): a count y
 # makes the first Newton step from 0 about y long, and exp(step) overflows until the step is cut to
@@ -488,36 +489,48 @@ class RandomEffectModel:
             report.grad_norm[plan.entities] = host.grad_norm[:e]
             ok = np.flatnonzero(status != Status.NON_FINITE)
             ents = plan.entities[ok]
-            with timer("write"):  # each entity is in one block, so later blocks' priors are untouched
-                store.write(dataset.entity_keys[ents], slots[ents], feature_ids[ok], host.theta[ok],
-                            None if precision is None else precision[ok])
+            with timer("write"):
+                writes.add(dataset.entity_keys[ents], slots[ents],
+                           store.rows_by_width(feature_ids[ok], host.theta[ok], None if precision is None else
+                                               precision[ok]))
             bar.update(e)
 
         # Dispatch is asynchronous: the host builds the next block while the device solves this one;
         # at most _IN_FLIGHT blocks wait on the device.
-        # Results are written as blocks finish (nothing the size of the whole round is held); an error
-        # part-way restores what the round's entities had before, so a round is atomic.
+        # The blocks go in groups of about _GROUP_BYTES of priors and results: a group's stored priors are
+        # read from the store at once before its first block is built, and its results are written at
+        # once after its last block is collected (the store's cost is per pass, whatever the entities);
+        # each entity is in one block, so a group's writes never touch the priors of a later group.
+        # An error part-way restores what the round's entities had before, so a round is atomic.
         pending: deque = deque()
         slots = work.slots
         if not undo:
             undo.append(store.snapshot(slots))
         devices = jax.local_devices()
+        itemsize = np.dtype(dtype).itemsize
         with _progress_bar(progress, U, "update") as bar:
-            for plan in plans:
+            for group in _plan_groups(plans, work.full_precision, itemsize):
                 with timer("pack"):
-                    block = work.build(plan)
-                feature_ids = block.feature_ids  # the host copy, for the store
-                with timer("dispatch"):
-                    if len(devices) > 1:
-                        device = devices[sum(device_blocks.values()) % len(devices)]
-                        block = jax.device_put(block, device)
-                        device_blocks[str(device)] += 1
-                    pending.append((plan, feature_ids, solve(block, l2, delta_arr, config, method=plan.method)))
-                del block
-                if len(pending) > _IN_FLIGHT * len(devices):
+                    stored = work.gather(group)
+                writes = PendingWrites()
+                for plan in group:
+                    with timer("pack"):
+                        block = work.build(plan, stored)
+                    feature_ids = block.feature_ids  # the host copy, for the store
+                    with timer("dispatch"):
+                        if len(devices) > 1:
+                            device = devices[sum(device_blocks.values()) % len(devices)]
+                            block = jax.device_put(block, device)
+                            device_blocks[str(device)] += 1
+                        pending.append((plan, feature_ids, solve(block, l2, delta_arr, config, method=plan.method)))
+                    del block
+                    if len(pending) > _IN_FLIGHT * len(devices):
+                        collect(*pending.popleft())
+                while pending:
                     collect(*pending.popleft())
-            while pending:
-                collect(*pending.popleft())
+                with timer("write"):
+                    store.write_pending(writes)
+                del stored, writes
         return report, len(plans)
 
     def score(self, dataset: Dataset) -> np.ndarray:
@@ -635,3 +648,19 @@ def _cast(dataset: Dataset, dtype: np.dtype) -> Dataset:
 
     return replace(dataset, label=dataset.label.astype(dtype), weight=dataset.weight.astype(dtype),
                    offset=dataset.offset.astype(dtype), given_values=dataset.given_values.astype(dtype))
+
+
+def _plan_groups(plans: list[BlockPlan], full_precision: bool, itemsize: int) -> Iterator[list[BlockPlan]]:
+    """Consecutive plans in groups whose priors and results (a mean and a precision per lane, gathered and
+    held, twice) take about :data:`_GROUP_BYTES` at most; a plan larger than that is a group alone."""
+    group: list[BlockPlan] = []
+    size = 0
+    for plan in plans:
+        floats = plan.lanes * plan.features * ((plan.features + 1) if full_precision else 2)
+        if group and size + 2 * floats * itemsize > _GROUP_BYTES:
+            yield group
+            group, size = [], 0
+        group.append(plan)
+        size += 2 * floats * itemsize
+    if group:
+        yield group

@@ -14,6 +14,7 @@ No step loops in Python over examples or entities; loops run over blocks only.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -27,9 +28,31 @@ from lljax.solve import kernels, registry
 from lljax.solve.base import SolverConfig
 from lljax.solve.blocks import Block, SparseBlock
 from lljax.solve.losses import encode_labels
-from lljax.state.store import EntityStore
+from lljax.state.store import EntityStore, GatheredRows
 
-__all__ = ["Round", "block_rows", "scatter_rows", "row_entries", "priors"]
+__all__ = ["Round", "StoredPriors", "block_rows", "scatter_rows", "row_entries", "priors"]
+
+
+class StoredPriors(NamedTuple):
+    """Stored priors gathered for some of a round's entities (:meth:`Round.gather`).
+
+    Attributes:
+      position: ``(U,)`` each dataset entity's position in the gathered request, -1 if not in it.
+      rows: the store's :class:`~lljax.state.store.GatheredRows`, ``None`` without a store.
+      full: whether precisions are ``(d, d)``.
+    """
+
+    position: np.ndarray
+    rows: GatheredRows | None
+    full: bool
+
+    def rows_of(self, entities: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
+        """``(positions in entities, feature_ids (g, d), means (g, d), precision)`` per stored width."""
+        if self.rows is None:
+            return iter(())
+        request = self.position[entities]
+        assert (request >= 0).all(), "the block's entities were gathered"
+        return self.rows.dense(request)
 
 
 class Round(NamedTuple):
@@ -92,8 +115,17 @@ class Round(NamedTuple):
 
         return plan_blocks(np.diff(self.row_start), self.subspaces.sizes, memory_budget, choose)
 
-    def build(self, plan: BlockPlan) -> Block | SparseBlock:
-        """The padded NumPy block of ``plan``, in its method's layout."""
+    def gather(self, plans: list[BlockPlan]) -> StoredPriors:
+        """The stored priors of the entities of ``plans``, read from the store at once, for :meth:`build`."""
+        entities = np.concatenate([plan.entities for plan in plans]) if plans else np.zeros(0, np.int64)
+        position = np.full(self.dataset.num_entities, -1, np.int64)
+        position[entities] = np.arange(len(entities))
+        rows = None if self.store is None else self.store.gather(self.slots[entities])
+        return StoredPriors(position, rows, self.full_precision)
+
+    def build(self, plan: BlockPlan, stored: StoredPriors | None = None) -> Block | SparseBlock:
+        """The padded NumPy block of ``plan``, in its method's layout; ``stored``: the priors of a
+        :meth:`gather` that covered ``plan`` (default: gathered for this block alone)."""
         E, N, D = plan.lanes, plan.rows, plan.features
         ents = plan.entities
         dataset = self.dataset
@@ -109,7 +141,9 @@ class Round(NamedTuple):
         feature_ids = np.full((E, D), -1, np.int64)
         feature_ids[: len(ents)] = local.feature_ids(D)
         cold = self.l2 if self.penalize_intercept else np.where(feature_ids == 0, 0.0, self.l2)
-        prior_mean, prior_precision = priors(ents, E, D, local, self.store, self.slots, cold, dtype)
+        if stored is None:
+            stored = self.gather([plan])
+        prior_mean, prior_precision = priors(stored.rows_of(ents), E, D, local, stored.full, cold, dtype)
         rest = (y.reshape(E, N), w.reshape(E, N), offset.reshape(E, N), feature_ids, prior_mean, prior_precision)
         return Block(X, *rest) if dense else SparseBlock(cols, vals, *rest)
 
@@ -199,16 +233,17 @@ def block_rows(
     return rows, lane, row_cell, y, w, offset
 
 
-def priors(ents: np.ndarray, E: int, D: int, subspaces: Subspaces, store: EntityStore | None, slots: np.ndarray,
-           cold: float | np.ndarray, dtype: npt.DTypeLike) -> tuple[np.ndarray, np.ndarray]:
-    """Prior mean ``(E, D)`` and precision ``(E, D)``/``(E, D, D)`` in the local subspaces.
+def priors(stored: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]], E: int, D: int,
+           subspaces: Subspaces, full: bool, cold: float | np.ndarray, dtype: npt.DTypeLike
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Prior mean ``(E, D)`` and precision ``(E, D)``/``(E, D, D)`` (``full``) in the local subspaces.
 
     Features without a stored prior (and every feature of a new entity) get mean 0 and
-    precision ``cold`` (diagonal; a scalar, usually ``l2``, or ``(E, D)`` per local feature); stored
-    means and precisions are scattered to their local positions. One extra column ``D`` catches the
-    scatter of padded stored entries.
+    precision ``cold`` (diagonal; a scalar, usually ``l2``, or ``(E, D)`` per local feature); the
+    ``stored`` rows (``(lanes (g,), feature_ids (g, d), means (g, d), precision)`` per width, as
+    :meth:`StoredPriors.rows_of`) are scattered to their local positions. One extra column ``D`` catches
+    the scatter of padded stored entries.
     """
-    full = store is not None and store.precision == "full"
     mean = np.zeros((E, D + 1), dtype)
     if full:
         precision = np.zeros((E, D + 1, D + 1), dtype)
@@ -218,19 +253,18 @@ def priors(ents: np.ndarray, E: int, D: int, subspaces: Subspaces, store: Entity
         precision = np.empty((E, D + 1), dtype)
         precision[:, :D] = cold
         precision[:, D] = 0
-    if store is not None:
-        for positions, fids, means, stored_precision in store.gather_dense(slots[ents]):
-            valid = fids >= 0
-            owner = np.broadcast_to(positions[:, None], fids.shape)
-            local = np.where(valid, subspaces.local_index(owner, np.maximum(fids, 0)), D)
-            lanes = positions[:, None]
-            mean[lanes, local] = np.where(valid, means, 0)
-            if stored_precision is None:
-                continue
-            if full:
-                precision[lanes[:, :, None], local[:, :, None], local[:, None, :]] = stored_precision
-            else:
-                precision[lanes, local] = stored_precision
+    for positions, fids, means, stored_precision in stored:
+        valid = fids >= 0
+        owner = np.broadcast_to(positions[:, None], fids.shape)
+        local = np.where(valid, subspaces.local_index(owner, np.maximum(fids, 0)), D)
+        lanes = positions[:, None]
+        mean[lanes, local] = np.where(valid, means, 0)
+        if stored_precision is None:
+            continue
+        if full:
+            precision[lanes[:, :, None], local[:, :, None], local[:, None, :]] = stored_precision
+        else:
+            precision[lanes, local] = stored_precision
     if full:
         return mean[:, :D], precision[:, :D, :D]
     return mean[:, :D], precision[:, :D]

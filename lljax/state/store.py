@@ -22,7 +22,8 @@ import numpy.typing as npt
 from lljax.data.arrays import concat_ranges
 from lljax.data.errors import input_error
 
-__all__ = ["EntityStore", "EntityCoefficients", "StoredPairs", "FlatEntities", "WidthRows", "StoreSnapshot"]
+__all__ = ["EntityStore", "EntityCoefficients", "StoredPairs", "FlatEntities", "WidthRows", "StoreSnapshot",
+           "GatheredRows", "PendingWrites"]
 
 
 class EntityCoefficients(NamedTuple):
@@ -153,14 +154,17 @@ class _Slab:
         return rows
 
     def _by_chunk(self, rows: np.ndarray) -> Iterator[tuple[dict[str, np.ndarray], slice | np.ndarray, np.ndarray]]:
-        """Yield ``(chunk, selection of rows, offsets in the chunk)`` for each chunk ``rows`` touch."""
+        """Yield ``(chunk, selection of rows (a slice or positions), offsets in the chunk)`` for each chunk
+        ``rows`` touch."""
         chunk = np.searchsorted(self._chunk_start, rows, side="right") - 1
         offset = rows - self._chunk_start[chunk]
         if len(rows) and chunk.min() == chunk.max():
             yield self._chunks[int(chunk[0])], slice(None), offset
             return
-        for k in np.unique(chunk):
-            selected = chunk == k
+        order = np.argsort(chunk, kind="stable")  # one sort, then each chunk's rows are a slice of it
+        bounds = np.searchsorted(chunk[order], np.arange(len(self._chunks) + 1))
+        for k in np.flatnonzero(np.diff(bounds)):
+            selected = order[bounds[k]:bounds[k + 1]]
             yield self._chunks[int(k)], selected, offset[selected]
 
     def take(self, field: str, rows: np.ndarray) -> np.ndarray:
@@ -179,6 +183,51 @@ class _Slab:
         values = np.asarray(values)
         for chunk, selected, offset in self._by_chunk(rows):
             chunk[field][offset] = values if values.ndim == 0 else values[selected]
+
+
+class GatheredRows:
+    """The stored rows of many entities, read from the store at once and handed out in parts.
+
+    Reading a store costs a pass per width, field and chunk, whatever the number of entities read; an
+    update reads once per group of blocks (:meth:`EntityStore.gather`) and each block takes its part
+    (:meth:`dense`) with plain NumPy indexing.
+    """
+
+    def __init__(self, groups: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]], count: int):
+        self._groups = groups
+        self._group = np.full(count, -1, np.int64)  # width group of each requested entity, -1: none stored
+        self._row = np.zeros(count, np.int64)
+        for g, (positions, *_) in enumerate(groups):
+            self._group[positions] = g
+            self._row[positions] = np.arange(len(positions))
+
+    def dense(self, request: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
+        """As :meth:`EntityStore.gather_dense` for the entities at positions ``request`` of the gathered
+        request: ``(positions in request, feature_ids (g, d), means (g, d), precision)`` per width."""
+        group = self._group[request]
+        for g in np.unique(group[group >= 0]):
+            selected = np.flatnonzero(group == g)
+            _, feature_ids, means, precision = self._groups[int(g)]
+            rows = self._row[request[selected]]
+            yield selected, feature_ids[rows], means[rows], None if precision is None else precision[rows]
+
+
+class PendingWrites:
+    """Solver results of several blocks, held and written to the store in one pass (:meth:`EntityStore.write_pending`)."""
+
+    def __init__(self) -> None:
+        self.keys: list[np.ndarray] = []
+        self.slots: list[np.ndarray] = []
+        self.groups: list[list[WidthRows]] = []
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, keys: np.ndarray, slots: np.ndarray, groups: list[WidthRows]) -> None:
+        """Hold the results of entities ``keys`` (current ``slots``), as :meth:`EntityStore.rows_by_width` groups."""
+        self.keys.append(np.asarray(keys))
+        self.slots.append(np.asarray(slots, np.int64))
+        self.groups.append(groups)
 
 
 def pack_upper(dense: np.ndarray) -> np.ndarray:
@@ -287,6 +336,10 @@ class EntityStore:
                 precision = unpack_upper(precision, slab.width)
             yield positions, slab.take("feature_ids", rows), slab.take("means", rows), precision
 
+    def gather(self, slots: np.ndarray) -> GatheredRows:
+        """:meth:`gather_dense` of ``slots`` at once, kept for :meth:`GatheredRows.dense` of its parts."""
+        return GatheredRows(list(self.gather_dense(slots)), len(slots))
+
     def snapshot(self, slots: np.ndarray) -> StoreSnapshot:
         """What :meth:`restore` needs to undo writes to the entities at ``slots`` (-1: not stored yet) and
         every entity registered from now on: where each stored one lives (width, row), a copy of its row,
@@ -387,6 +440,26 @@ class EntityStore:
         slots = self._register(keys, slots)
         for group in groups:
             self._write_width(slots[group.members], group)
+
+    def write_pending(self, pending: PendingWrites) -> None:
+        """:meth:`write_rows` of everything ``pending`` holds, in one pass per width (each entity at most
+        once in it)."""
+        if not len(pending):
+            return
+        starts = np.cumsum([0] + [len(k) for k in pending.keys])
+        by_width: dict[int, list[WidthRows]] = {}
+        for start, groups in zip(starts, pending.groups):
+            for group in groups:
+                by_width.setdefault(group.feature_ids.shape[1], []).append(
+                    group._replace(members=group.members + start))
+        merged = []
+        for parts in by_width.values():
+            precision = None if parts[0].precision is None else np.concatenate([g.precision for g in parts])
+            merged.append(WidthRows(np.concatenate([g.members for g in parts]),
+                                    np.concatenate([g.feature_ids for g in parts]),
+                                    np.concatenate([g.means for g in parts]), precision))
+        keys = pending.keys[0] if len(pending) == 1 else np.concatenate(pending.keys)
+        self.write_rows(keys, np.concatenate(pending.slots), merged)
 
     def _write_width(self, slots: np.ndarray, group: WidthRows) -> None:
         width = group.feature_ids.shape[1]
