@@ -534,7 +534,7 @@ def _features_csr(table: Any, spec: dict, n: int, dtype: np.dtype,
     k = len(spec["numeric"]) + len(spec["categorical"])
     if k == 0:
         return np.zeros(n + 1, np.int64), np.zeros(0, fid_dtype), np.zeros(0, dtype)
-    grid_ids = np.zeros((n, k), fid_dtype)
+    grid_ids: np.ndarray = np.zeros((n, k), fid_dtype)
     grid_vals = np.zeros((n, k), dtype)
     present = np.zeros((n, k), bool)
     j = 0
