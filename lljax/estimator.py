@@ -72,6 +72,7 @@ class _RandomEffectEstimator:
     min_rows: int
     max_rows: int | None
     groups_column: Any
+    penalize_intercept: bool
 
     # -- scikit-learn's parameter protocol -------------------------------------------------------------
 
@@ -117,7 +118,7 @@ class _RandomEffectEstimator:
     def _model(self) -> RandomEffectModel:
         return RandomEffectModel(self._loss, l2=self.l2, delta=self.delta, hessian=self.hessian,
                                  max_iter=self.max_iter, tol=self.tol, min_rows=self.min_rows,
-                                 max_rows=self.max_rows)
+                                 max_rows=self.max_rows, penalize_intercept=self.penalize_intercept)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
@@ -270,6 +271,7 @@ class RandomEffectClassifier(_RandomEffectEstimator):
       max_iter, tol, min_rows, max_rows: as :class:`RandomEffectModel`.
       groups_column: the column of ``X`` holding each row's group (a DataFrame column name or a position),
         or ``None`` (give ``groups=`` to the methods, or nothing for one group).
+      penalize_intercept: as :class:`RandomEffectModel` (``False``: each group's intercept has no L2 term).
 
     Attributes (after ``fit``): ``classes_`` (the two classes, sorted; the second is the positive one),
     ``model_`` (the :class:`RandomEffectModel`), ``report_`` (the last :class:`UpdateReport`),
@@ -281,7 +283,7 @@ class RandomEffectClassifier(_RandomEffectEstimator):
 
     def __init__(self, l2: float = 1.0, delta: float = 1.0, hessian: str = "full", max_iter: int = 50,
                  tol: float | None = None, min_rows: int = 1, max_rows: int | None = None,
-                 groups_column: Any = None):
+                 groups_column: Any = None, penalize_intercept: bool = True):
         self.l2 = l2
         self.delta = delta
         self.hessian = hessian
@@ -290,6 +292,7 @@ class RandomEffectClassifier(_RandomEffectEstimator):
         self.min_rows = min_rows
         self.max_rows = max_rows
         self.groups_column = groups_column
+        self.penalize_intercept = penalize_intercept
 
     def _encode_target(self, y: Any, n: int, reset: bool) -> np.ndarray:
         y = _target(y, n)
@@ -366,7 +369,7 @@ class RandomEffectRegressor(_RandomEffectEstimator):
 
     def __init__(self, loss: str = "linear", l2: float = 1.0, delta: float = 1.0, hessian: str = "full",
                  max_iter: int = 50, tol: float | None = None, min_rows: int = 1, max_rows: int | None = None,
-                 groups_column: Any = None):
+                 groups_column: Any = None, penalize_intercept: bool = True):
         self.loss = loss
         self.l2 = l2
         self.delta = delta
@@ -376,6 +379,7 @@ class RandomEffectRegressor(_RandomEffectEstimator):
         self.min_rows = min_rows
         self.max_rows = max_rows
         self.groups_column = groups_column
+        self.penalize_intercept = penalize_intercept
 
     @property
     def _loss(self) -> str:  # type: ignore[override]  # a property (validated on read) over the base's class attribute

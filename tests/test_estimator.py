@@ -39,7 +39,7 @@ def test_check_estimator(estimator):
 def test_params_clone_and_repr():
     est = RandomEffectClassifier(l2=3.0, groups_column="user")
     assert est.get_params() == {"delta": 1.0, "groups_column": "user", "hessian": "full", "l2": 3.0, "max_iter": 50,
-                                "max_rows": None, "min_rows": 1, "tol": None}
+                                "max_rows": None, "min_rows": 1, "penalize_intercept": True, "tol": None}
     copy = clone(est)
     assert copy is not est and copy.get_params() == est.get_params()
     assert est.set_params(l2=0.5) is est and est.l2 == 0.5
@@ -87,6 +87,18 @@ def test_classifier_one_group_equals_sklearn_logistic_regression():
     np.testing.assert_allclose(est.predict_proba(X)[:, 1], 1 / (1 + np.exp(-margins)), rtol=1e-6)
     np.testing.assert_allclose(est.predict_log_proba(X), np.log(est.predict_proba(X)), rtol=1e-9)
     np.testing.assert_array_equal(est.predict(X), (margins > 0).astype(int))
+
+
+def test_classifier_with_an_unpenalized_intercept_equals_sklearn_fit_intercept():
+    """scikit-learn's ``fit_intercept=True`` leaves the intercept out of the penalty, as
+    ``penalize_intercept=False`` does."""
+    X, y, _, _, w = data(seed=4)
+    est = RandomEffectClassifier(l2=2.0, tol=1e-10, penalize_intercept=False).fit(X, y, sample_weight=w)
+    model = LogisticRegression(C=1.0 / 2.0, tol=1e-12, max_iter=10_000).fit(X, y, sample_weight=w)
+    np.testing.assert_allclose(est.model_.coefficients(0).mean, np.r_[model.intercept_, model.coef_[0]], rtol=1e-6,
+                               atol=1e-8)
+    penalized = RandomEffectClassifier(l2=2.0, tol=1e-10).fit(X, y, sample_weight=w)
+    assert abs(penalized.model_.coefficients(0).mean[0] - model.intercept_[0]) > 1e-3
 
 
 @pytest.mark.parametrize("how", ["array", "dataframe", "position"])
