@@ -4,9 +4,10 @@ on GitHub).
 
 The kernel runs this interpreter (``sys.executable``, through a kernelspec written for the test and found first
 on ``JUPYTER_PATH``), so the notebooks see the same installed lljax as the tests. Needs the notebooks' packages
-(nbclient, ipykernel, matplotlib, pandas, pyarrow, lambda-learner); ``game_movielens.ipynb`` downloads the
-MovieLens data once (``pip download`` of the recbole wheel into ``~/.cache/lljax`` or ``$LLJAX_DATA``). About a
-minute and a half on 2 cores in all.
+(nbclient, ipykernel, matplotlib, pandas, pyarrow, lambda-learner, pyspark) and, for ``spark.ipynb``, Java 17 or
+21; ``game_movielens.ipynb`` downloads the MovieLens data once (``pip download`` of the recbole wheel into
+``~/.cache/lljax`` or ``$LLJAX_DATA``). About two and a half minutes on a shared 2-core machine in
+all, one and a half of them ``spark.ipynb`` (a local Spark session).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from nbclient import NotebookClient
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-EXPECTED = {"quickstart.ipynb", "game_movielens.ipynb", "streaming_and_bandits.ipynb", "performance.ipynb"}
+EXPECTED = {"quickstart.ipynb", "game_movielens.ipynb", "streaming_and_bandits.ipynb", "performance.ipynb",
+            "spark.ipynb"}
 CELL_TIMEOUT_S = 300
 KERNEL = "lljax-notebook-test"
 
