@@ -54,6 +54,12 @@ def parse_args(argv):
     p.add_argument("--partitions", type=int, default=8, help="Spark tasks (entity partitions)")
     p.add_argument("--driver-memory", default="8g")
     p.add_argument("--skip-local1", action="store_true", help="do not time local[1]")
+    p.add_argument("--floor", action="store_true",
+                   help="also time Spark's own work on the same data under local[2] (no lljax code): the Parquet scan, "
+                        "the scan and shuffle by entity, the shuffle into Python workers (Arrow), and the state's "
+                        "round trip through Python and its Parquet write")
+    p.add_argument("--batch-rows", type=int, default=None,
+                   help="spark.sql.execution.arrow.maxRecordsPerBatch (default: Spark's, 10000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_spark.json"))
     return p.parse_args(argv)
@@ -76,12 +82,15 @@ def write_input(data: dict, path: str) -> None:
     pq.write_table(table, path, row_group_size=1 << 20)
 
 
-def session(master: str, partitions: int, memory: str):
+def session(master: str, partitions: int, memory: str, batch_rows: int | None = None):
     from pyspark.sql import SparkSession
 
-    s = (SparkSession.builder.master(master).appName("bench_spark").config("spark.ui.enabled", "false")
+    b = (SparkSession.builder.master(master).appName("bench_spark").config("spark.ui.enabled", "false")
          .config("spark.sql.shuffle.partitions", str(partitions)).config("spark.driver.memory", memory)
-         .config("spark.sql.adaptive.enabled", "false").getOrCreate())
+         .config("spark.sql.adaptive.enabled", "false"))
+    if batch_rows is not None:
+        b = b.config("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_rows))
+    s = b.getOrCreate()
     s.sparkContext.setLogLevel("ERROR")
     return s
 
@@ -89,7 +98,7 @@ def session(master: str, partitions: int, memory: str):
 def run_spark(master: str, args, input_path: str, work: str, model, cols) -> dict:
     from lljax import spark as ls
 
-    spark = session(master, args.partitions, args.driver_memory)
+    spark = session(master, args.partitions, args.driver_memory, args.batch_rows)
     df = spark.read.parquet(input_path)
     # warm-up: a small update (JVM, Python workers, JAX import, the compile cache)
     ls.update(df.where("entity < 2000"), model, cols, num_partitions=args.partitions)
@@ -102,13 +111,53 @@ def run_spark(master: str, args, input_path: str, work: str, model, cols) -> dic
     wall = time.perf_counter() - t0
     sec = report.seconds
     slowest = max(t["seconds"].get("task", 0.0) for t in report.tasks)
-    res = {"master": master, "wall_s": wall, "repartition_s": repartition, "convert_s": sec.get("convert", 0.0),
+    res = {"master": master, "wall_s": wall, "repartition_s": repartition, "receive_s": sec.get("receive", 0.0),
+           "convert_s": sec.get("convert", 0.0),
            "solve_s": sec.get("solve", 0.0), "output_s": sec.get("output", 0.0),
            "write_s_estimate": max(0.0, report.stages.get("job", wall) - slowest), "slowest_task_s": slowest,
            "swap_s": report.stages.get("swap", 0.0), "entities": report.entities, "rows": report.rows,
            "status_counts": report.status_counts, "tasks": len(report.tasks)}
     res["state_path"] = out
     return res, spark
+
+
+def _consume(batches):
+    """A ``mapInArrow`` function that receives its partition and yields one row (its row count)."""
+    import pyarrow as pa
+
+    n = sum(b.num_rows for b in batches)
+    yield pa.record_batch({"n": pa.array([n], pa.int64())})
+
+
+def _identity(batches):
+    yield from batches
+
+
+def spark_floor(spark, args, input_path: str, state_path: str, work: str) -> dict:
+    """Spark's own work on the benchmark's data, without lljax's code: what an update cannot go below."""
+    from pyspark.sql import functions as F
+
+    df = spark.read.parquet(input_path)
+    out = {}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        fn()
+        out[name] = time.perf_counter() - t0
+        print(f"  floor {name}: {out[name]:.1f}s", flush=True)
+
+    timed("scan_s", lambda: df.write.format("noop").mode("overwrite").save())
+    timed("scan_shuffle_s", lambda: df.repartition(args.partitions, "entity").write.format("noop")
+          .mode("overwrite").save())
+    timed("scan_shuffle_to_python_s", lambda: df.withColumn("_kind", F.lit(0).cast("tinyint"))
+          .repartition(args.partitions, "entity").mapInArrow(_consume, "n bigint").write.format("noop")
+          .mode("overwrite").save())
+    state = spark.read.parquet(state_path)
+    timed("state_scan_s", lambda: state.write.format("noop").mode("overwrite").save())
+    timed("state_copy_s", lambda: state.write.parquet(os.path.join(work, "floor-copy")))
+    timed("state_through_python_copy_s", lambda: state.mapInArrow(_identity, state.schema).write
+          .parquet(os.path.join(work, "floor-python-copy")))
+    return out
 
 
 def max_rel_diff(ref: lljax.RandomEffectModel, got: lljax.RandomEffectModel) -> float:
@@ -179,6 +228,7 @@ def main(argv=None) -> int:
     diff = max_rel_diff(ref, got)
     del got
     runs.append(r2)
+    floor = spark_floor(spark, args, input_path, r2["state_path"], work) if args.floor else None
     spark.stop()
     if not args.skip_local1:
         r1, spark = run_spark("local[1]", args, input_path, work, new_model(), cols)
@@ -202,7 +252,7 @@ def main(argv=None) -> int:
         print(f"local[1] -> local[2]: {speedup:.2f}x faster (goal >= 1.6x)")
     doc = {"benchmark": "bench_spark", "date": dt.datetime.now().isoformat(timespec="seconds"),
            "args": vars(args), "rows": int(len(data["label"])), "single_process_s": single, "runs": runs,
-           "overhead": overhead, "local1_to_local2_speedup": speedup, "max_rel_diff": diff,
+           "overhead": overhead, "local1_to_local2_speedup": speedup, "max_rel_diff": diff, "floor_local2": floor,
            "machine": machine_info(load_before, jax=jax.__version__)}
     write_json(args.out, doc)
     shutil.rmtree(work, ignore_errors=True)
