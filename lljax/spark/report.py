@@ -16,7 +16,8 @@ class SparkReport:
     Attributes:
       tasks: one dict per task (partition): ``partition``, ``entities`` (trained), ``rows``, ``passed``
         (state rows passed through unchanged), ``blocks``, ``status`` (counts by name), ``iterations``
-        (sum), ``seconds`` (by stage: ``convert`` Arrow -> Dataset and priors, ``solve`` the update,
+        (sum), ``seconds`` (by stage: ``receive`` the partition's Arrow batches from Spark (the shuffle read
+        and the transfer to Python), ``convert`` Arrow -> Dataset and priors, ``solve`` the update,
         ``output`` results -> Arrow, ``phases`` of the update), ``host``.
       wall_seconds: the driver's wall time of the whole job (shuffle, tasks, write).
       stages: the driver's stages (``index_map``, ``job``, ``swap``) in seconds.
