@@ -335,3 +335,18 @@ def test_arrays_features_with_order_and_max_rows(spark):
                                 "val array<double>")
     with pytest.raises(ValueError, match=f"column 'idx': value {F} is outside"):
         ls.update(bad, model, cols)
+
+
+def test_report_text_with_and_without_statuses():
+    """``str(SparkReport)`` adds the tasks up; a scoring job's report (no statuses) prints no empty field."""
+    from lljax.spark import SparkReport
+
+    tasks = [{"entities": 3, "rows": 10, "passed": 1, "blocks": 1, "status": {"converged": 3},
+              "seconds": {"convert": 0.5, "solve": 1.0, "phases": {"pack": 0.2}}},
+             {"entities": 2, "rows": 4, "passed": 0, "blocks": 2, "status": {"converged": 1, "stalled": 1},
+              "seconds": {"convert": 0.25, "solve": 0.5}}]
+    text = str(SparkReport(tasks, wall_seconds=2.0))
+    assert text == ("SparkReport(tasks=2, entities=5, rows=14, passed=1, blocks=3, converged=4, stalled=1; wall 2.00s; "
+                    "tasks: convert 0.75s, solve 1.50s)")
+    empty = str(SparkReport([{"rows": 7, "seconds": {"score": 0.5}}], wall_seconds=1.0))
+    assert empty == "SparkReport(tasks=1, entities=0, rows=7, passed=0, blocks=0; wall 1.00s; tasks: score 0.50s)"

@@ -75,8 +75,9 @@ class SparkReport:
     def __str__(self) -> str:
         status = ", ".join(f"{k}={v}" for k, v in self.status_counts.items())
         sec = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items() if not k.startswith("update."))
+        status = f", {status}" if status else ""
         return (f"SparkReport(tasks={len(self.tasks)}, entities={self.entities}, rows={self.rows}, "
-                f"passed={self.passed}, blocks={self.blocks}, {status}; wall {self.wall_seconds:.2f}s; tasks: {sec})")
+                f"passed={self.passed}, blocks={self.blocks}{status}; wall {self.wall_seconds:.2f}s; tasks: {sec})")
 
 
 def report_accumulator(sc: Any) -> Any:
