@@ -474,7 +474,7 @@ class RandomEffectModel:
         report.features[:] = work.subspaces.sizes
         check_singular = self.l2 == 0 and self.hessian in ("full", "diagonal")
 
-        def collect(plan: BlockPlan, feature_ids: np.ndarray, result: SolveResult) -> None:
+        def collect(plan: BlockPlan, feature_ids: np.ndarray, result: SolveResult, writes: PendingWrites) -> None:
             with timer("device_wait"):
                 host = jax.device_get(result)  # the SolveResult with NumPy arrays
             e = len(plan.entities)
@@ -525,12 +525,12 @@ class RandomEffectModel:
                         pending.append((plan, feature_ids, solve(block, l2, delta_arr, config, method=plan.method)))
                     del block
                     if len(pending) > _IN_FLIGHT * len(devices):
-                        collect(*pending.popleft())
+                        collect(*pending.popleft(), writes)
                 while pending:
-                    collect(*pending.popleft())
+                    collect(*pending.popleft(), writes)
                 with timer("write"):
                     store.write_pending(writes)
-                del stored, writes
+                del stored
         return report, len(plans)
 
     def score(self, dataset: Dataset) -> np.ndarray:

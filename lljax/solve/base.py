@@ -84,8 +84,8 @@ class SolverConfig(NamedTuple):
         the host at each call (:func:`lljax.solve.registry.choose_backend`), so changing it, or
         ``LLJAX_NATIVE``, takes effect at the next call.
 
-    ``loss``, ``hessian``, ``max_backtracks`` and ``penalize_intercept`` are compile-time constants of a jitted solve; ``tol``
-    and ``max_iter`` are traced (changing them does not recompile).
+    ``loss``, ``hessian``, ``max_backtracks`` and ``penalize_intercept`` are compile-time constants of a
+    jitted solve; ``tol`` and ``max_iter`` are traced (changing them does not recompile).
     """
 
     loss: str = "logistic"

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 from lljax.solve.base import AnyArray
 from lljax.solve.losses import RowLoss, get_loss
 
-__all__ = ["Penalty", "make_penalty", "penalized_features", "weighted", "Rows", "GramRows", "DenseRows", "SparseRows", "Entity",
-           "dense_entity", "entity_objective", "entity_hessian"]
+__all__ = ["Penalty", "make_penalty", "penalized_features", "weighted", "Rows", "GramRows", "DenseRows",
+           "SparseRows", "Entity", "dense_entity", "entity_objective", "entity_hessian"]
 
 
 class Rows(Protocol):

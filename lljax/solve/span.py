@@ -119,7 +119,8 @@ def solve_native(block: SparseBlock, l2: jax.Array, delta: jax.Array, limits: Li
     kind = "diagonal" if config.hessian == "diagonal" else "none"
     outputs = kernels.wide_solve(
         block.cols, block.vals, block.y, block.w, block.offset,
-        kernels.feature_mask(block.feature_ids, config.penalize_intercept), block.prior_mean, block.prior_precision, *kernels.per_entity(block.cols.shape[0], l2, delta, limits.tol, limits.max_iter),
+        kernels.feature_mask(block.feature_ids, config.penalize_intercept), block.prior_mean, block.prior_precision,
+        *kernels.per_entity(block.cols.shape[0], l2, delta, limits.tol, limits.max_iter),
         loss=config.loss, max_backtracks=config.max_backtracks, precision=kind)
     return kernels.solve_result(outputs, config.hessian)
 

@@ -213,7 +213,8 @@ class GatheredRows:
 
 
 class PendingWrites:
-    """Solver results of several blocks, held and written to the store in one pass (:meth:`EntityStore.write_pending`)."""
+    """Solver results of several blocks, held and written to the store in one pass
+    (:meth:`EntityStore.write_pending`)."""
 
     def __init__(self) -> None:
         self.keys: list[np.ndarray] = []

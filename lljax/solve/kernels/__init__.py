@@ -168,8 +168,8 @@ def newton_solve(X: AnyArray, y: AnyArray, w: AnyArray, offset: AnyArray, mask: 
 
     Args:
       X: ``(E, N, D)``; y, w, offset: ``(E, N)``; mask: ``(E, D)`` (:func:`feature_mask`: 0 padding, 1 a
-        feature, 2 a feature without the L2 term); prior_mean: ``(E, D)``; prior_precision: ``(E, D, D)`` or ``(E, D)``; l2, delta, tol:
-        ``(E,)``; max_iter: ``(E,)`` int32.
+        feature, 2 a feature without the L2 term); prior_mean: ``(E, D)``; prior_precision: ``(E, D, D)`` or
+        ``(E, D)``; l2, delta, tol: ``(E,)``; max_iter: ``(E,)`` int32.
       loss: ``"linear"``, ``"logistic"`` or ``"poisson"``.
       max_backtracks: line-search halvings before STALLED.
       precision: ``"full"`` (``(E, D, D)`` Hessian at the solution), ``"diagonal"`` (``(E, D)``) or
