@@ -502,7 +502,7 @@ class RandomEffectModel:
         # once after its last block is collected (the store's cost is per pass, whatever the entities);
         # each entity is in one block, so a group's writes never touch the priors of a later group.
         # An error part-way restores what the round's entities had before, so a round is atomic.
-        pending: deque = deque()
+        pending: deque[tuple[BlockPlan, np.ndarray, SolveResult]] = deque()
         slots = work.slots
         if not undo:
             undo.append(store.snapshot(slots))
@@ -516,7 +516,7 @@ class RandomEffectModel:
                 for plan in group:
                     with timer("pack"):
                         block = work.build(plan, stored)
-                    feature_ids = block.feature_ids  # the host copy, for the store
+                    feature_ids = np.asarray(block.feature_ids)  # the host copy (a NumPy array already), for the store
                     with timer("dispatch"):
                         if len(devices) > 1:
                             device = devices[sum(device_blocks.values()) % len(devices)]
