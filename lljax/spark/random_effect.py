@@ -21,7 +21,7 @@ from lljax.spark.errors import run_action, task_error
 from lljax.spark.job import partition_count, prepare, session_of, task_spec, union_with_state
 from lljax.spark.report import SparkReport, collect_report, report_accumulator
 from lljax.spark.state import SparkState, StateInfo, read_state, state_schema, write_atomic
-from lljax.spark.worker import task_info, worker_setup
+from lljax.spark.worker import partition_table, task_info
 from lljax.state.store import EntityStore
 
 __all__ = ["update"]
@@ -34,13 +34,9 @@ def _update_task(spec: dict, acc: Any) -> Any:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        worker_setup(spec["worker"])
         started = time.perf_counter()
-        received = list(batches)
-        if not received:  # an empty partition: Arrow cannot build a table from no batch (no schema)
-            return
-        table = pa.Table.from_batches(received)
-        if table.num_rows == 0:
+        table = partition_table(batches, spec["worker"])
+        if table is None:
             return
         part, attempt = task_info()
         try:

@@ -19,7 +19,7 @@ from lljax.spark.errors import column_error, run_action, task_error
 from lljax.spark.job import as_state, partition_count, prepare, session_of, task_spec, union_with_state
 from lljax.spark.report import SparkReport, collect_report, report_accumulator
 from lljax.spark.state import SparkState
-from lljax.spark.worker import task_info, worker_setup
+from lljax.spark.worker import partition_table, task_info
 from lljax.state.store import EntityStore, FlatEntities
 
 __all__ = ["explore_scores", "score"]
@@ -187,13 +187,9 @@ def _score_task(spec: dict, acc: Any) -> Any:
     def run(batches: Iterator[Any]) -> Iterator[Any]:
         import pyarrow as pa
 
-        worker_setup(spec["worker"])
         started = time.perf_counter()
-        received = list(batches)
-        if not received:  # an empty partition: Arrow cannot build a table from no batch (no schema)
-            return
-        table = pa.Table.from_batches(received)
-        if table.num_rows == 0:
+        table = partition_table(batches, spec["worker"])
+        if table is None:
             return
         part, attempt = task_info()
         try:

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from lljax.solve.dtypes import x64_enabled
 
-__all__ = ["worker_setup", "driver_config", "task_info"]
+__all__ = ["worker_setup", "driver_config", "task_info", "partition_table"]
 _WORKER_CONFIG: dict = {}
 
 
@@ -41,3 +42,17 @@ def task_info() -> tuple[int, int]:
     ctx = TaskContext.get()
     return (ctx.partitionId(), ctx.attemptNumber()) if ctx is not None else (0, 0)
 
+
+
+def partition_table(batches: Iterator[Any], cfg: dict) -> Any:
+    """In a ``mapInArrow`` task: :func:`worker_setup` with ``cfg``, then the partition's Arrow batches as one
+    ``pyarrow.Table``, or ``None`` for an empty partition (no batch at all, from which Arrow cannot build a
+    table, or no rows)."""
+    import pyarrow as pa
+
+    worker_setup(cfg)
+    received = list(batches)
+    if not received:
+        return None
+    table = pa.Table.from_batches(received)
+    return table if table.num_rows else None
