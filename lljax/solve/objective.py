@@ -71,14 +71,14 @@ class Penalty(NamedTuple):
         return jnp.diagonal(self.A) if self.A.ndim == 2 else jnp.asarray(self.A)
 
 
-def penalized_features(feature_ids: jax.Array, penalize_intercept: bool = True) -> jax.Array:
+def penalized_features(feature_ids: AnyArray, penalize_intercept: bool = True) -> AnyArray:
     """``(D,)`` True where the L2 term applies: every real feature (``feature_ids >= 0``), or every one but the
     intercept (feature id 0) when ``penalize_intercept`` is False."""
     return feature_ids >= 0 if penalize_intercept else feature_ids > 0
 
 
 def make_penalty(prior_mean: jax.Array, prior_precision: jax.Array, mask: jax.Array, l2: jax.Array,
-                 delta: jax.Array, ridge_mask: jax.Array | None = None) -> Penalty:
+                 delta: jax.Array, ridge_mask: AnyArray | None = None) -> Penalty:
     """The :class:`Penalty` of one entity: prior mean ``(D,)``, prior precision ``(D,)`` or ``(D, D)``,
     ``mask`` ``(D,)`` True on real features; ``l2``, ``delta`` scalars; ``ridge_mask`` ``(D,)`` True where
     the L2 term applies (default ``mask``; see :func:`penalized_features`)."""

@@ -134,7 +134,7 @@ def accepts(block: SparseBlock, l2: Scalar, delta: Scalar, config: SolverConfig)
     """Whether ``A = delta P0 + (1 - delta) l2 > 0`` on every real feature (the method needs ``A^-1``; a cold
     unpenalized intercept has ``A = 0``)."""
     feature_ids = np.asarray(block.feature_ids)
-    ridge = (1.0 - float(delta)) * float(l2) * (feature_ids > (-1 if config.penalize_intercept else 0))
+    ridge = (1.0 - float(delta)) * float(l2) * penalized_features(feature_ids, config.penalize_intercept)
     A = float(delta) * np.asarray(block.prior_precision, np.float64) + ridge
     return bool(np.all((A > 0) | (feature_ids < 0)))
 

@@ -42,6 +42,7 @@ import numpy.typing as npt
 from jax.typing import ArrayLike
 
 from lljax.solve.base import AnyArray, SolveResult
+from lljax.solve.objective import penalized_features
 
 __all__ = ["available", "build_error", "enabled", "isa", "supports", "per_entity", "solve_result",
            "compiled_constants", "newton_solve", "wide_solve", "pack_rows", "block_rows",
@@ -152,10 +153,8 @@ def feature_mask(feature_ids: AnyArray, penalize_intercept: bool) -> jax.Array:
     """The kernels' int32 feature mask (:data:`MASK_CODES`) of ``feature_ids`` (-1 padding, 0 the
     intercept): padding, a penalized feature, or the intercept without the L2 term."""
     ids = jnp.asarray(feature_ids)
-    code = jnp.where(ids >= 0, MASK_CODES["penalized"], MASK_CODES["padding"])
-    if not penalize_intercept:
-        code = jnp.where(ids == 0, MASK_CODES["unpenalized"], code)
-    return code.astype(jnp.int32)
+    code = jnp.where(penalized_features(ids, penalize_intercept), MASK_CODES["penalized"], MASK_CODES["unpenalized"])
+    return jnp.where(ids >= 0, code, MASK_CODES["padding"]).astype(jnp.int32)
 
 
 def newton_solve(X: AnyArray, y: AnyArray, w: AnyArray, offset: AnyArray, mask: AnyArray, prior_mean: AnyArray,
