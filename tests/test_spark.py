@@ -104,6 +104,11 @@ def test_update_incremental_parquet_equal_single_process(spark, tmp_path):
         assert after[k][0] == before[k][0] and after[k][1] == before[k][1]
     some = next(iter(after.values()))
     assert some[2][0] == "intercept"
+    d = len(some[2])  # a full precision is stored as its upper triangle, row by row
+    assert len(some[1]) == d * (d + 1) // 2
+    k = next(iter(after))
+    P = ref.coefficients(k).precision
+    np.testing.assert_array_equal(after[k][1], P[np.triu_indices(len(P))])
     assert not glob.glob(path + ".tmp-*") and not glob.glob(path + ".old-*")
 
 
@@ -303,11 +308,12 @@ def test_bad_input_names_column_and_value(spark, tmp_path):
     # another format version
     meta_path = os.path.join(path, ls.METADATA_FILE)
     meta = json.loads(open(meta_path).read())
-    meta["format_version"] = 99
-    with open(meta_path, "w") as f:
-        json.dump(meta, f)
-    with pytest.raises(ValueError, match="format_version.*99.*another format version"):
-        ls.read_state(spark, path)
+    for version in (1, 99):  # 1: full precisions stored whole (before the upper triangle)
+        meta["format_version"] = version
+        with open(meta_path, "w") as f:
+            json.dump(meta, f)
+        with pytest.raises(ValueError, match=f"format_version.*{version}.*another format version"):
+            ls.read_state(spark, path)
     with pytest.raises(ValueError, match="_lljax_state.json.*missing"):
         ls.read_state(spark, str(tmp_path))
     with pytest.raises(TypeError, match="column 'seed'"):
@@ -350,3 +356,22 @@ def test_report_text_with_and_without_statuses():
                     "tasks: convert 0.75s, solve 1.50s)")
     empty = str(SparkReport([{"rows": 7, "seconds": {"score": 0.5}}], wall_seconds=1.0))
     assert empty == "SparkReport(tasks=1, entities=0, rows=7, passed=0, blocks=0; wall 1.00s; tasks: score 0.50s)"
+
+
+def test_upper_triangle_round_trip():
+    """A full precision is stored as its upper triangle (row by row) and comes back whole, for entities of
+    mixed sizes (0 features included), in their order."""
+    from lljax.spark.convert import full_from_upper, upper_triangle
+
+    rng = np.random.default_rng(3)
+    sizes = np.array([3, 1, 0, 4, 3, 2, 4])
+    mats = []
+    for d in sizes:
+        A = rng.normal(size=(d, d))
+        mats.append(A + A.T)
+    flat = np.concatenate([m.reshape(-1) for m in mats])
+    starts = np.concatenate([[0], np.cumsum(sizes**2)[:-1]])
+    offsets, tri = upper_triangle(flat, starts, sizes)
+    np.testing.assert_array_equal(np.diff(offsets), sizes * (sizes + 1) // 2)
+    np.testing.assert_array_equal(tri, np.concatenate([m[np.triu_indices(len(m))] for m in mats]))
+    np.testing.assert_array_equal(full_from_upper(tri, offsets, sizes), flat)

@@ -26,7 +26,7 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "METADATA_FILE", "STORED_PRECISION",
 
 
 FORMAT_NAME = "lljax.spark.state"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a full precision is stored as its upper triangle (1: all d * d entries)
 METADATA_FILE = "_lljax_state.json"  # Spark skips files whose names start with "_" when it reads the dataset
 STORED_PRECISION = {"none": None, "identity": "diagonal", "diagonal": "diagonal", "full": "full"}
 
@@ -84,7 +84,8 @@ class StateInfo:
 @dataclass
 class SparkState:
     """A random-effect coordinate's state: ``frame`` (one row per entity: ``entity``, ``feature_ids``,
-    ``names``, ``terms``, ``means``, ``precision``; precision ``d`` diagonal entries or ``d * d`` row-major)
+    ``names``, ``terms``, ``means``, ``precision``; precision ``d`` diagonal entries, or the full matrix's upper
+    triangle, row by row: ``d * (d + 1) / 2`` entries)
     and its :class:`StateInfo`. ``path``: where it was read from or written to (``None`` in memory)."""
 
     frame: Any
