@@ -10,13 +10,16 @@ Timed, in one run:
   that compiles the common shapes; the Spark workers get the same warm-up through JAX's persistent
   compilation cache, which the script turns on for both);
 - **Spark local[2]** (and ``local[1]``): ``lljax.spark.update`` from a Parquet input (written with pyarrow
-  beforehand, not timed) to a Parquet state (``output=``: written to a new directory and swapped in). Its
+  beforehand, not timed) to a Parquet state (``output=``: written to a new directory and swapped in). Each
+  master runs in its own Python process, so in its own new JVM after the same warm-up (in one process the
+  second master would run on a JVM that the first one's jobs had already compiled: faster). Its
   stages: *repartition* (a separate job that only shuffles the input by entity, ``noop`` sink), and from
   the report, summed over tasks: *convert* (Arrow batches -> ``Dataset`` and priors), *solve* (the batched
   update), *output* (results -> Arrow); *write* is the job's wall time minus the slowest task's time (the
   shuffle read, the Parquet write and the swap), an estimate.
 - the largest relative difference between the Spark state and the single-process model (means and
   precisions, every entity).
+- ``--floor``: Spark's own work on the same data under each master, without lljax's code.
 
 Run: ``python benchmarks/bench_spark.py`` (1M entities: tens of minutes and ~10 GB on a 2-core machine);
 ``--entities 100000`` for a quick run. Prints a table, writes ``results/bench_spark.json`` and ends with
@@ -61,6 +64,8 @@ def parse_args(argv):
     p.add_argument("--batch-rows", type=int, default=None,
                    help="spark.sql.execution.arrow.maxRecordsPerBatch (default: Spark's, 10000)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--one-master", nargs=3, metavar=("MASTER", "INPUT", "WORK"), default=None,
+                   help=argparse.SUPPRESS)  # internal: time one master in this (new) process
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_spark.json"))
     return p.parse_args(argv)
 
@@ -106,6 +111,7 @@ def run_spark(master: str, args, input_path: str, work: str, model, cols) -> dic
     df.repartition(args.partitions, "entity").write.format("noop").mode("overwrite").save()
     repartition = time.perf_counter() - t0
     out = os.path.join(work, "state-" + master.replace("[", "").replace("]", ""))
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     state, report = ls.update(df, model, cols, output=out, num_partitions=args.partitions)
     wall = time.perf_counter() - t0
@@ -116,7 +122,7 @@ def run_spark(master: str, args, input_path: str, work: str, model, cols) -> dic
            "solve_s": sec.get("solve", 0.0), "output_s": sec.get("output", 0.0),
            "write_s_estimate": max(0.0, report.stages.get("job", wall) - slowest), "slowest_task_s": slowest,
            "swap_s": report.stages.get("swap", 0.0), "entities": report.entities, "rows": report.rows,
-           "status_counts": report.status_counts, "tasks": len(report.tasks)}
+           "status_counts": report.status_counts, "tasks": len(report.tasks), "load_1min_before": load}
     res["state_path"] = out
     return res, spark
 
@@ -133,7 +139,7 @@ def _identity(batches):
     yield from batches
 
 
-def spark_floor(spark, args, input_path: str, state_path: str, work: str) -> dict:
+def spark_floor(spark, args, input_path: str, state_path: str, work: str, master: str = "") -> dict:
     """Spark's own work on the benchmark's data, without lljax's code: what an update cannot go below."""
     from pyspark.sql import functions as F
 
@@ -144,7 +150,7 @@ def spark_floor(spark, args, input_path: str, state_path: str, work: str) -> dic
         t0 = time.perf_counter()
         fn()
         out[name] = time.perf_counter() - t0
-        print(f"  floor {name}: {out[name]:.1f}s", flush=True)
+        print(f"  floor {master} {name}: {out[name]:.1f}s", flush=True)
 
     timed("scan_s", lambda: df.write.format("noop").mode("overwrite").save())
     timed("scan_shuffle_s", lambda: df.repartition(args.partitions, "entity").write.format("noop")
@@ -154,14 +160,27 @@ def spark_floor(spark, args, input_path: str, state_path: str, work: str) -> dic
           .mode("overwrite").save())
     state = spark.read.parquet(state_path)
     timed("state_scan_s", lambda: state.write.format("noop").mode("overwrite").save())
-    timed("state_copy_s", lambda: state.write.parquet(os.path.join(work, "floor-copy")))
+    tag = master.replace("[", "").replace("]", "")
+    timed("state_copy_s", lambda: state.write.parquet(os.path.join(work, f"floor-copy-{tag}")))
     timed("state_through_python_copy_s", lambda: state.mapInArrow(_identity, state.schema).write
-          .parquet(os.path.join(work, "floor-python-copy")))
+          .parquet(os.path.join(work, f"floor-python-copy-{tag}")))
     return out
 
 
-def max_rel_diff(ref: lljax.RandomEffectModel, got: lljax.RandomEffectModel) -> float:
-    a, b = ref.store.to_flat(), got.store.to_flat()
+def read_state_flat(path: str):
+    """A written state's entities as ``FlatEntities`` (read with pyarrow: no Spark session needed)."""
+    import pyarrow.parquet as pq
+
+    from lljax.spark.convert import flat_from_arrow
+    from lljax.spark.state import METADATA_FILE, StateInfo
+
+    with open(os.path.join(path, METADATA_FILE)) as f:
+        info = StateInfo.from_json(f.read(), path)
+    return flat_from_arrow(pq.read_table(path), info.precision, "entity")  # "_" files are not read
+
+
+def max_rel_diff(ref: lljax.RandomEffectModel, b) -> float:
+    a = ref.store.to_flat()
     ia, ib = np.argsort(a.keys, kind="stable"), np.argsort(b.keys, kind="stable")
     if not np.array_equal(a.keys[ia], b.keys[ib]):
         return float("inf")
@@ -182,14 +201,55 @@ def max_rel_diff(ref: lljax.RandomEffectModel, got: lljax.RandomEffectModel) -> 
     return diff
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def new_model():
+    return lljax.RandomEffectModel("logistic", l2=1.0, delta=1.0, hessian="full")
+
+
+def columns(args):
+    from lljax import spark as ls
+
+    return ls.Columns("entity", "label", ls.Features.arrays("idx", "val", args.vocabulary - 1), offset="offset")
+
+
+def one_master(args) -> int:
+    """Time one master in this process (a new JVM): the update, then (``--floor``) Spark's own work."""
+    import json
+
+    master, input_path, work = args.one_master
+    res, spark = run_spark(master, args, input_path, work, new_model(), columns(args))
+    if args.floor:
+        res["floor"] = spark_floor(spark, args, input_path, res["state_path"], work, master)
+    spark.stop()
+    with open(os.path.join(work, f"result-{master}.json"), "w") as f:
+        json.dump(res, f)
+    return 0
+
+
+def spawn(master: str, args, argv, input_path: str, work: str) -> dict:
+    """:func:`one_master` in a new Python process (so a new JVM), with this run's arguments."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--one-master", master, input_path, work]
+    subprocess.run(cmd, check=True)
+    with open(os.path.join(work, f"result-{master}.json")) as f:
+        return json.load(f)
+
+
+def setup_jax() -> None:
     os.environ["PYSPARK_PYTHON"] = sys.executable
     jax.config.update("jax_enable_x64", True)
     cache = os.path.join(tempfile.gettempdir(), "lljax-bench-spark-jax-cache")
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    from lljax import spark as ls
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    setup_jax()
+    if args.one_master is not None:
+        return one_master(args)
 
     load_before = os.getloadavg()
     work = tempfile.mkdtemp(prefix="bench_spark_")
@@ -200,9 +260,6 @@ def main(argv=None) -> int:
     write_input(data, input_path)
     print(f"data: {args.entities} entities, {len(data['label'])} rows, generated and written in "
           f"{time.perf_counter() - t0:.1f}s", flush=True)
-
-    def new_model():
-        return lljax.RandomEffectModel("logistic", l2=1.0, delta=1.0, hessian="full")
 
     # single process (warm-up update first, as the Spark side gets one)
     small = data["entity"] < 2000
@@ -221,38 +278,39 @@ def main(argv=None) -> int:
     del ds
     print(f"single process: {single:.1f}s", flush=True)
 
-    cols = ls.Columns("entity", "label", ls.Features.arrays("idx", "val", args.vocabulary - 1), offset="offset")
-    runs = []
-    r2, spark = run_spark("local[2]", args, input_path, work, new_model(), cols)
-    got = ls.read_state(spark, r2["state_path"]).to_model()
-    diff = max_rel_diff(ref, got)
-    del got
-    runs.append(r2)
-    floor = spark_floor(spark, args, input_path, r2["state_path"], work) if args.floor else None
-    spark.stop()
+    n_rows = int(len(data["label"]))
+    del data
+    runs = [spawn("local[2]", args, argv, input_path, work)]
+    r2 = runs[0]
+    diff = max_rel_diff(ref, read_state_flat(r2["state_path"]))
     if not args.skip_local1:
-        r1, spark = run_spark("local[1]", args, input_path, work, new_model(), cols)
-        runs.append(r1)
-        spark.stop()
+        runs.append(spawn("local[1]", args, argv, input_path, work))
 
     print()
-    header = (f"{'run':<16}{'wall s':>9}{'repart. s':>11}{'convert s':>11}{'solve s':>9}{'output s':>10}"
-              f"{'write s*':>10}{'tasks':>7}{'entities':>10}")
+    header = (f"{'run':<16}{'wall s':>9}{'repart. s':>11}{'receive s':>11}{'convert s':>11}{'solve s':>9}"
+              f"{'output s':>10}{'write s*':>10}{'tasks':>7}{'entities':>10}{'load':>7}")
     print(header)
-    print(f"{'single process':<16}{single:>9.1f}{'':>11}{'':>11}{single:>9.1f}")
+    print(f"{'single process':<16}{single:>9.1f}{'':>11}{'':>11}{'':>11}{single:>9.1f}")
     for r in runs:
-        print(f"{'spark ' + r['master']:<16}{r['wall_s']:>9.1f}{r['repartition_s']:>11.1f}{r['convert_s']:>11.1f}"
-              f"{r['solve_s']:>9.1f}{r['output_s']:>10.1f}{r['write_s_estimate']:>10.1f}{r['tasks']:>7}"
-              f"{r['entities']:>10}")
-    print("(convert/solve/output: summed over tasks; write*: job wall minus the slowest task, an estimate)")
+        print(f"{'spark ' + r['master']:<16}{r['wall_s']:>9.1f}{r['repartition_s']:>11.1f}{r['receive_s']:>11.1f}"
+              f"{r['convert_s']:>11.1f}{r['solve_s']:>9.1f}{r['output_s']:>10.1f}{r['write_s_estimate']:>10.1f}"
+              f"{r['tasks']:>7}{r['entities']:>10}{r['load_1min_before']:>7.2f}")
+    print("(receive/convert/solve/output: summed over tasks; write*: job wall minus the slowest task, an estimate; "
+          "load: 1-minute load average before the update)")
+    floors = [(r["master"], r["floor"]) for r in runs if r.get("floor")]
+    if floors:
+        names = list(floors[0][1])
+        print(f"\nSpark's own work, no lljax code (s):{'':<4}" + "".join(f"{m:>10}" for m, _ in floors))
+        for n in names:
+            print(f"  {n:<38}" + "".join(f"{f[n]:>10.1f}" for _, f in floors))
     overhead = r2["wall_s"] / single
     speedup = runs[1]["wall_s"] / r2["wall_s"] if len(runs) > 1 else None
     print(f"overhead local[2] / single process: {overhead:.2f}x (goal <= 2x)")
     if speedup is not None:
         print(f"local[1] -> local[2]: {speedup:.2f}x faster (goal >= 1.6x)")
     doc = {"benchmark": "bench_spark", "date": dt.datetime.now().isoformat(timespec="seconds"),
-           "args": vars(args), "rows": int(len(data["label"])), "single_process_s": single, "runs": runs,
-           "overhead": overhead, "local1_to_local2_speedup": speedup, "max_rel_diff": diff, "floor_local2": floor,
+           "args": vars(args), "rows": n_rows, "single_process_s": single, "runs": runs,
+           "overhead": overhead, "local1_to_local2_speedup": speedup, "max_rel_diff": diff,
            "machine": machine_info(load_before, jax=jax.__version__)}
     write_json(args.out, doc)
     shutil.rmtree(work, ignore_errors=True)
