@@ -44,6 +44,8 @@ class Iterate(NamedTuple):
     Attributes:
       theta: ``(D,)`` coefficients; margin: ``(N,)`` ``X theta + offset``.
       value: ``()`` objective at ``theta``; grad: ``(D,)`` its gradient.
+      curvature: ``(N,)`` ``w l''(margin)`` (for the direction's Hessian: computed with the value and the
+        gradient, from the same exponentials).
       iteration: ``()`` int32 iterations taken; status: ``()`` int32 :class:`Status` or RUNNING.
       coords: the method's coordinates that move with ``theta`` (a pytree; ``()`` for none).
       memory: the method's memory across iterations (a pytree; ``()`` for none).
@@ -53,6 +55,7 @@ class Iterate(NamedTuple):
     margin: jax.Array
     value: jax.Array
     grad: jax.Array
+    curvature: jax.Array
     iteration: jax.Array
     status: jax.Array
     coords: Any = ()
@@ -84,8 +87,8 @@ def status_after(value: jax.Array, grad: jax.Array, iteration: ArrayLike, limits
     return jnp.where(finite, status, Status.NON_FINITE).astype(jnp.int32)
 
 
-def backtracking_line_search(value_at: Callable[[jax.Array], jax.Array], value: jax.Array, slope: jax.Array,
-                             max_backtracks: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def backtracking_line_search(value_at: Callable[[jax.Array], tuple[jax.Array, Any]], value: jax.Array,
+                             slope: jax.Array, max_backtracks: int) -> tuple[jax.Array, jax.Array, Any, jax.Array]:
     """Armijo backtracking from the full step ``t = 1``, shrinking ``t`` by ``STEP_SHRINK`` at most
     ``max_backtracks`` times.
 
@@ -94,58 +97,74 @@ def backtracking_line_search(value_at: Callable[[jax.Array], jax.Array], value: 
     reject the (then very accurate) full step and crawl with tiny steps instead.
 
     Args:
-      value_at: ``t -> objective at step t`` along the direction.
+      value_at: ``t -> (objective at step t along the direction, aux)``, ``aux`` any pytree of what the
+        caller needs at the accepted point (the iteration's: the rows' residual and curvature).
       value: objective at ``t = 0``; slope: directional derivative there.
     Returns:
-      ``(t, value at t, accepted)``: ``accepted`` is False for an ascent direction or no sufficient
-      decrease (the caller reports STALLED), True for a non-finite slope, so that a NaN direction
-      surfaces as NON_FINITE rather than as a stall.
+      ``(t, value at t, aux at t, accepted)``: ``accepted`` is False for an ascent direction or no
+      sufficient decrease (the caller reports STALLED), True for a non-finite slope, so that a NaN
+      direction surfaces as NON_FINITE rather than as a stall.
     """
     slack = SLACK_ULPS * jnp.finfo(value.dtype).eps * (1.0 + jnp.abs(value))
 
-    def trial(k: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    def trial(k: ArrayLike) -> tuple[jax.Array, jax.Array, Any]:
         t = jnp.asarray(STEP_SHRINK, value.dtype) ** k
-        return value_at(t), t
+        return (t, *value_at(t))
 
     def sufficient(trial_value: jax.Array, t: jax.Array) -> jax.Array:
         return trial_value <= value + ARMIJO_C1 * t * slope + slack
 
-    def keep_backtracking(carry: tuple[int | jax.Array, jax.Array, jax.Array]) -> jax.Array:
-        k, trial_value, t = carry
+    def keep_backtracking(carry: tuple[int | jax.Array, jax.Array, jax.Array, Any]) -> jax.Array:
+        k, t, trial_value, _ = carry
         return (k < max_backtracks) & ~sufficient(trial_value, t) & jnp.isfinite(slope)
 
-    def backtrack(carry: tuple[int | jax.Array, jax.Array, jax.Array]) -> tuple[int | jax.Array, jax.Array, jax.Array]:
+    def backtrack(carry: tuple[int | jax.Array, jax.Array, jax.Array, Any]) -> tuple[int | jax.Array, jax.Array,
+                                                                                     jax.Array, Any]:
         k = carry[0] + 1
         return (k, *trial(k))
 
-    first: tuple[int | jax.Array, jax.Array, jax.Array] = (0, *trial(0))
-    _, new_value, t = jax.lax.while_loop(keep_backtracking, backtrack, first)
+    first: tuple[int | jax.Array, jax.Array, jax.Array, Any] = (0, *trial(0))
+    _, t, new_value, aux = jax.lax.while_loop(keep_backtracking, backtrack, first)
     accepted = (sufficient(new_value, t) & (slope < 0)) | ~jnp.isfinite(slope)
-    return t, new_value, accepted
+    return t, new_value, aux, accepted
 
 
 def start(entity: Entity, theta: jax.Array, limits: Limits, coords: Any = (), memory: Any = ()) -> Iterate:
     """The iterate at ``theta`` (iteration 0), with its status."""
     margin = entity.margin(theta)
-    value = entity.objective(theta, margin)
-    grad = entity.gradient(theta, margin)
-    return Iterate(theta, margin, value, grad, jnp.int32(0), status_after(value, grad, 0, limits), coords, memory)
+    terms = entity.row_terms(margin)
+    A_theta = entity.penalty.matvec(theta)
+    value = terms.value + entity.penalty.value_from(theta, A_theta)
+    grad = entity.gradient_from(terms.residual, A_theta)
+    return Iterate(theta, margin, value, grad, terms.curvature, jnp.int32(0), status_after(value, grad, 0, limits),
+                   coords, memory)
 
 
 def advance(entity: Entity, direction: Direction, it: Iterate, limits: Limits, max_backtracks: int) -> Iterate:
     """One iteration: the method's step, the line search along it, the new iterate and its status."""
     step = direction(it)
     slope = it.grad @ step.p
-    t, value, accepted = backtracking_line_search(
-        lambda t: entity.objective(it.theta + t * step.p, it.margin + t * step.Xp), it.value, slope, max_backtracks)
+    # The penalty along the line by linearity, A (theta + t p) = A theta + t A p: the trials (a while loop) see
+    # two (D,) vectors, not the (D, D) penalty.
+    A_theta, A_p = entity.penalty.matvec(it.theta), entity.penalty.matvec(step.p)
+
+    # Each trial evaluates the rows' terms at its margins once (value, residual and curvature from the same
+    # exponentials): the accepted trial's give the new gradient and the next direction's curvature.
+    def value_at(t: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        terms = entity.row_terms(it.margin + t * step.Xp)
+        value = terms.value + entity.penalty.value_from(it.theta + t * step.p, A_theta + t * A_p)
+        return value, (terms.residual, terms.curvature)
+
+    t, value, (residual, curvature), accepted = backtracking_line_search(value_at, it.value, slope, max_backtracks)
     theta = jnp.where(accepted, it.theta + t * step.p, it.theta)
     margin = jnp.where(accepted, it.margin + t * step.Xp, it.margin)
     value = jnp.where(accepted, value, it.value)
-    grad = jnp.where(accepted, entity.gradient(theta, margin), it.grad)
+    grad = jnp.where(accepted, entity.gradient_from(residual, A_theta + t * A_p), it.grad)
+    curvature = jnp.where(accepted, curvature, it.curvature)
     coords = jax.tree.map(lambda c, d: jnp.where(accepted, c + t * d, c), it.coords, step.dcoords)
     iteration = it.iteration + 1
     status = status_after(value, grad, iteration, limits, stalled=~accepted)
-    return Iterate(theta, margin, value, grad, iteration, status, coords, step.memory)
+    return Iterate(theta, margin, value, grad, curvature, iteration, status, coords, step.memory)
 
 
 def iterate(entity: Entity, direction: Direction, first: Iterate, limits: Limits, max_backtracks: int) -> Iterate:

@@ -93,7 +93,7 @@ def _solve_one(X: jax.Array, y: jax.Array, w: jax.Array, offset: jax.Array, feat
     final = iterate(entity, direction, start(entity, theta0, limits, memory=memory), limits, config.max_backtracks)
     precision = None
     if config.hessian == "diagonal":
-        precision = entity.hessian_diagonal(final.margin)
+        precision = entity.hessian_diagonal_from(final.curvature)
     elif config.hessian == "identity":
         precision = jnp.ones_like(theta0)
     return finish(theta0, final, precision, prior_precision, hessian=config.hessian)

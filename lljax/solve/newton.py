@@ -64,16 +64,16 @@ def make_direction(entity: Entity, ridge: float | None = None) -> Direction:
     :func:`newton_direction` (with its ``ridge``)."""
 
     def direction(it: Iterate) -> Step:
-        p = newton_direction(entity.hessian(it.margin), it.grad, ridge)
+        p = newton_direction(entity.hessian_from(it.curvature), it.grad, ridge)
         return Step(p, entity.rows.matvec(p))
 
     return direction
 
 
-def _posterior_precision(entity: Entity, margin: jax.Array, hessian: str) -> jax.Array | None:
+def _posterior_precision(entity: Entity, curvature: jax.Array, hessian: str) -> jax.Array | None:
     if hessian == "none":
         return None
-    H = entity.hessian(margin)
+    H = entity.hessian_from(curvature)
     if hessian == "full":
         return H
     if hessian == "diagonal":
@@ -89,7 +89,7 @@ def _solve_one(X: jax.Array, y: jax.Array, w: jax.Array, offset: jax.Array, feat
                           config.penalize_intercept)
     theta0 = jnp.where(feature_ids >= 0, prior_mean, 0.0)
     final = iterate(entity, make_direction(entity), start(entity, theta0, limits), limits, config.max_backtracks)
-    precision = _posterior_precision(entity, final.margin, config.hessian)
+    precision = _posterior_precision(entity, final.curvature, config.hessian)
     return finish(theta0, final, precision, prior_precision, hessian=config.hessian)
 
 

@@ -76,7 +76,7 @@ def make_direction(entity: Entity, *, max_cg_iter: int = MAX_CG_ITER) -> Directi
     weight_scale = jnp.maximum(1.0, jnp.sum(entity.w))
 
     def direction(it: Iterate) -> Step:
-        c = entity.curvature(it.margin)
+        c = it.curvature
 
         def hvp(v: jax.Array) -> jax.Array:
             return rows.rmatvec(c * rows.matvec(v)) + penalty.matvec(v)

@@ -25,7 +25,7 @@ from lljax.solve.base import AnyArray
 from lljax.solve.losses import RowLoss, get_loss
 
 __all__ = ["Penalty", "make_penalty", "penalized_features", "weighted", "Rows", "GramRows", "DenseRows",
-           "SparseRows", "Entity", "dense_entity", "entity_objective", "entity_hessian"]
+           "SparseRows", "RowTerms", "Entity", "dense_entity", "entity_objective", "entity_hessian"]
 
 
 class Rows(Protocol):
@@ -61,7 +61,11 @@ class Penalty(NamedTuple):
         return jnp.matmul(self.A, v) if self.A.ndim == 2 else jnp.multiply(self.A, v)
 
     def value(self, theta: jax.Array) -> jax.Array:
-        return 0.5 * theta @ self.matvec(theta) - self.b @ theta + self.c
+        return self.value_from(theta, self.matvec(theta))
+
+    def value_from(self, theta: jax.Array, A_theta: jax.Array) -> jax.Array:
+        """:meth:`value` at ``theta`` given ``A theta`` ``(D,)``."""
+        return 0.5 * theta @ A_theta - self.b @ theta + self.c
 
     def add_to(self, H: jax.Array) -> jax.Array:
         return H + self.A if self.A.ndim == 2 else H + jnp.diag(self.A)
@@ -141,6 +145,16 @@ class SparseRows(NamedTuple):
         return (Xt * scale[:, None]).T @ Xt
 
 
+class RowTerms(NamedTuple):
+    """The data part of one entity's objective at margins ``m``, from one pass over its rows
+    (:meth:`Entity.row_terms`): ``value`` ``()`` ``sum_i w_i l(m_i)``, ``residual`` ``(N,)`` ``w l'(m)``,
+    ``curvature`` ``(N,)`` ``w l''(m)`` (0 on padding rows)."""
+
+    value: jax.Array
+    residual: jax.Array
+    curvature: jax.Array
+
+
 class Entity(NamedTuple):
     """One entity's data and penalty, closed over by the objective pieces.
 
@@ -162,15 +176,28 @@ class Entity(NamedTuple):
         """``(N,)`` ``X theta + offset``."""
         return self.rows.matvec(theta) + self.offset
 
+    def data_value(self, margin: jax.Array) -> jax.Array:
+        """``()`` ``sum_i w_i l(m_i, y_i)`` (the objective without the penalty)."""
+        return jnp.sum(weighted(self.w, self.loss.value(margin, self.y)))
+
+    def row_terms(self, margin: jax.Array) -> RowTerms:
+        """:class:`RowTerms` at ``margin`` (the loss's ``terms``: one transcendental pass for the three)."""
+        value, d1, d2 = self.loss.terms(margin, self.y)
+        return RowTerms(jnp.sum(weighted(self.w, value)), weighted(self.w, d1), weighted(self.w, d2))
+
     def objective(self, theta: jax.Array, margin: jax.Array) -> jax.Array:
-        return jnp.sum(weighted(self.w, self.loss.value(margin, self.y))) + self.penalty.value(theta)
+        return self.data_value(margin) + self.penalty.value(theta)
 
     def residual(self, margin: jax.Array) -> jax.Array:
         """``(N,)`` ``w l'(m)`` (0 on padding rows)."""
         return weighted(self.w, self.loss.d1(margin, self.y))
 
     def gradient(self, theta: jax.Array, margin: jax.Array) -> jax.Array:
-        return self.rows.rmatvec(self.residual(margin)) + self.penalty.matvec(theta) - self.penalty.b
+        return self.gradient_from(self.residual(margin), self.penalty.matvec(theta))
+
+    def gradient_from(self, residual: jax.Array, A_theta: jax.Array) -> jax.Array:
+        """:meth:`gradient` given the :meth:`residual` ``(N,)`` and ``A theta`` ``(D,)``."""
+        return self.rows.rmatvec(residual) + A_theta - self.penalty.b
 
     def curvature(self, margin: jax.Array) -> jax.Array:
         """``(N,)`` ``w l''(m)`` (0 on padding rows)."""
@@ -178,12 +205,20 @@ class Entity(NamedTuple):
 
     def hessian(self, margin: jax.Array) -> jax.Array:
         """``(D, D)`` Hessian (rows with a ``weighted_gram`` only: :class:`GramRows`)."""
+        return self.hessian_from(self.curvature(margin))
+
+    def hessian_from(self, curvature: jax.Array) -> jax.Array:
+        """:meth:`hessian` given the :meth:`curvature` ``(N,)``."""
         rows = cast(GramRows, self.rows)  # the callers hold dense rows (a SparseRows has no D x D Gram)
-        return self.penalty.add_to(rows.weighted_gram(self.curvature(margin)))
+        return self.penalty.add_to(rows.weighted_gram(curvature))
 
     def hessian_diagonal(self, margin: jax.Array) -> jax.Array:
         """``(D,)`` ``diag(X^T C X) + diag(A)`` in ``O(N D)`` (no ``D x D`` data matrix is formed)."""
-        return self.rows.rmatvec(self.curvature(margin), square=True) + self.penalty.diagonal()
+        return self.hessian_diagonal_from(self.curvature(margin))
+
+    def hessian_diagonal_from(self, curvature: jax.Array) -> jax.Array:
+        """:meth:`hessian_diagonal` given the :meth:`curvature` ``(N,)``."""
+        return self.rows.rmatvec(curvature, square=True) + self.penalty.diagonal()
 
 
 def dense_entity(X: jax.Array, y: jax.Array, w: jax.Array, offset: jax.Array, feature_ids: jax.Array,

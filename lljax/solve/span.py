@@ -61,7 +61,7 @@ def _direction(entity: Entity, K: jax.Array, A_inv: jax.Array) -> Direction:
 
     def direction(it: Iterate) -> Step:
         r = entity.residual(it.margin) + it.coords
-        s = jnp.sqrt(entity.curvature(it.margin))
+        s = jnp.sqrt(it.curvature)
         M = eye + s[:, None] * K * s[None, :]
         dbeta = -r + s * cho_solve((jnp.linalg.cholesky(M), True), s * (K @ r))
         # An overflowed K or curvature must fail the lane, not stall it.
@@ -88,7 +88,7 @@ def _solve_one(cols: jax.Array, vals: jax.Array, y: jax.Array, w: jax.Array, off
     final = iterate(entity, _direction(entity, K, A_inv), first, limits, config.max_backtracks)
     precision = None
     if config.hessian == "diagonal":
-        precision = entity.hessian_diagonal(final.margin)
+        precision = entity.hessian_diagonal_from(final.curvature)
     elif config.hessian == "identity":
         precision = jnp.ones_like(mu)
     return finish(jnp.where(mask, prior_mean, 0.0), final, precision, prior_precision, hessian=config.hessian)
