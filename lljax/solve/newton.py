@@ -44,18 +44,24 @@ def newton_direction(H: jax.Array, g: jax.Array, ridge: float | None = None) -> 
     gradient test stops.
     """
     eps = jnp.finfo(H.dtype).eps
+    top = jnp.max(jnp.diag(H))
     if ridge is not None:
-        p = _ridge_solve(H, g, ridge * jnp.max(jnp.diag(H)) + eps)
+        p = _ridge_solve(H, g, ridge * top + eps, top)
         return jax.lax.cond(jnp.all(jnp.isfinite(p)), lambda: p, lambda: newton_direction(H, g))
-    mu = jnp.sqrt(eps) * jnp.max(jnp.diag(H)) + eps
-    return _ridge_solve(H, g, mu)
+    return _ridge_solve(H, g, jnp.sqrt(eps) * top + eps, top)
 
 
-def _ridge_solve(H: jax.Array, g: jax.Array, mu: jax.Array) -> jax.Array:
-    L = jnp.linalg.cholesky(H + mu * jnp.eye(H.shape[0], dtype=H.dtype))
+def _ridge_solve(H: jax.Array, g: jax.Array, mu: jax.Array, top: jax.Array) -> jax.Array:
+    # The Cholesky symmetrizes its input, (M + M^T) / 2, so M^T factors to the same L, bit for bit; passing the
+    # transpose lets XLA hand the row-major H to the column-major LAPACK routine without a copy (and keeps the
+    # penalty, added to H, row-major for its matrix-vector products).
+    L = jnp.linalg.cholesky(H.T + mu * jnp.eye(H.shape[0], dtype=H.dtype))
     p = -cho_solve((L, True), g)
-    # An overflowed Hessian (e.g. feature values ~1e200) must fail the lane, not stall it with a zero step.
-    return jnp.where(jnp.all(jnp.isfinite(H)), p, jnp.nan)
+    # An overflowed Hessian (e.g. feature values ~1e200) must fail the lane, not stall it with a zero step. Its
+    # diagonal's max ``top`` (NaN-propagating) tells: an entry of X^T C X is at most the largest of its row's and
+    # column's diagonal entries (Cauchy-Schwarz), and a non-finite penalty A has already made the objective at the
+    # start non-finite.
+    return jnp.where(jnp.isfinite(top), p, jnp.nan)
 
 
 def make_direction(entity: Entity, ridge: float | None = None) -> Direction:
