@@ -67,14 +67,28 @@ def _logistic_d2(m: AnyArray, y: AnyArray) -> AnyArray:
     return jax.nn.sigmoid(m) * jax.nn.sigmoid(-m)
 
 
+def _log1p_unit(e: jax.Array) -> jax.Array:
+    """``log1p(e)`` for ``e`` in ``[0, 1]``. In float64, ``2 atanh(s)``, ``s = e / (2 + e)`` in ``[0, 1/3]``, by its
+    series (15 terms: within 3 ulp), vectorized, where XLA's CPU ``log1p`` is a scalar call (about 5x the time of
+    an ``exp``); ``jnp.log1p`` in other dtypes."""
+    if e.dtype != jnp.float64:
+        return jnp.log1p(e)
+    s = e / (2.0 + e)
+    s2 = s * s
+    acc = jnp.full_like(s, 1.0 / 31.0)
+    for k in range(14, -1, -1):
+        acc = acc * s2 + 1.0 / (2 * k + 1)
+    return 2.0 * s * acc
+
+
 def _logistic_terms(m: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    # With z = y m and e = exp(-|z|): l = max(-z, 0) + log1p(e) (logaddexp(0, -z), bit for bit); sigmoid(-z) =
-    # e / (1 + e) for z >= 0, 1 / (1 + e) otherwise; l'' = sigmoid(z) sigmoid(-z) = e / (1 + e)^2 (|y| = 1).
+    # With z = y m and e = exp(-|z|): l = max(-z, 0) + log1p(e) (logaddexp(0, -z)); sigmoid(-z) = e / (1 + e) for
+    # z >= 0, 1 / (1 + e) otherwise; l'' = sigmoid(z) sigmoid(-z) = e / (1 + e)^2 (|y| = 1).
     z = y * m
     e = jnp.exp(-jnp.abs(z))
     inv = 1.0 / (1.0 + e)
     small = e * inv  # sigmoid(-|z|)
-    return jnp.maximum(-z, 0.0) + jnp.log1p(e), -y * jnp.where(z >= 0, small, inv), small * inv
+    return jnp.maximum(-z, 0.0) + _log1p_unit(e), -y * jnp.where(z >= 0, small, inv), small * inv
 
 
 def _poisson_value(m: AnyArray, y: AnyArray) -> AnyArray:
