@@ -119,8 +119,10 @@ class DenseRows(NamedTuple):
         return (jnp.square(self.X) if square else self.X).T @ r
 
     def weighted_gram(self, c: jax.Array) -> jax.Array:
-        """``X^T diag(c) X`` ``(D, D)``."""
-        return self.X.T @ (self.X * c[:, None])
+        """``X^T diag(c) X`` ``(D, D)`` for ``c >= 0`` (a curvature: ``w l''``, 0 where ``w <= 0``), as ``Y^T Y`` with
+        ``Y = diag(sqrt(c)) X`` (XLA's CPU batched product of one operand with itself is the faster one)."""
+        Y = self.X * jnp.sqrt(c)[:, None]
+        return Y.T @ Y
 
 
 class SparseRows(NamedTuple):
