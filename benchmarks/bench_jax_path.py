@@ -11,10 +11,11 @@ precision, cold start with ``l2 = 1``, ``delta = 0.8``; ``--dtype``), on JAX's d
 - ``plain until tol``: the same Newton step in a ``lax.while_loop`` until every lane's max-abs gradient is
   under lljax's ``tol`` (the cheapest loop that decides by itself when to stop).
 
-Each is warmed up (compiled) once, then timed ``--repeats`` times on device-resident arrays
-(``block_until_ready``); the table gives the best and median entities/s, the ratio of each plain loop's
-best time to lljax's (> 1: lljax is faster), and the largest difference of the plain loops' coefficients
-from lljax's. Run: ``python benchmarks/bench_jax_path.py [--entities 20000] [--dtype float64]``; writes
+Each is warmed up (compiled) once, then the three are timed in turn, ``--repeats`` rounds, on
+device-resident arrays (``block_until_ready``; interleaved, so that load from other jobs falls on all
+three alike); the table gives the best and median entities/s, the ratio of each plain loop's best time
+to lljax's (> 1: lljax is faster), and the largest difference of the plain loops' coefficients from
+lljax's. Run: ``python benchmarks/bench_jax_path.py [--entities 20000] [--dtype float64]``; writes
 ``results/bench_jax_path.json``.
 """
 
@@ -24,6 +25,7 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -77,21 +79,24 @@ def plain_newton(steps: int | None, tol: float):
     return solve
 
 
-def time_best_median(fn, repeats: int) -> tuple[float, float, object]:
-    result = jax.block_until_ready(fn())  # compile
-    times = []
+def time_interleaved(fns: dict, repeats: int) -> dict[str, tuple[float, float, object]]:
+    """``name -> (best s, median s, result)`` of each function, compiled first, then timed in rounds of one
+    call each."""
+    results = {name: jax.block_until_ready(fn()) for name, fn in fns.items()}  # compile
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        result = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return min(times), float(np.median(times)), result
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            results[name] = jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t)
+    return {name: (min(times[name]), float(np.median(times[name])), results[name]) for name in fns}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--entities", type=int, default=20_000)
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_jax_path.json"))
     args = p.parse_args(argv)
@@ -104,17 +109,22 @@ def main(argv: list[str] | None = None) -> int:
                                      ).solver_config(dtype)._replace(native=False)
     l2, delta = jnp.asarray(bench_suite.L2, dtype), jnp.asarray(bench_suite.DELTA, dtype)
     block = lljax.Block(**arrays)
-    best, median, result = time_best_median(lambda: lljax.solve_block(block, l2, delta, config), args.repeats)
+    lljax_solve = partial(lljax.solve_block, block, l2, delta, config)
+    result = lljax_solve()
     iterations = np.asarray(result.iterations)
     statuses = {lljax.Status(s).name.lower(): int(c) for s, c in enumerate(np.bincount(np.asarray(result.status)))
                 if c}
     theta = np.asarray(result.theta, np.float64)
     K = int(iterations.max())
-    rows = [dict(method="lljax jax", best_s=best, median_s=median, max_abs_diff=0.0)]
     inputs = (arrays["X"], arrays["y"], arrays["w"], arrays["offset"], arrays["prior_precision"], l2, delta)
+    fns = {"lljax jax": lljax_solve}
     for name, steps in ((f"plain fixed {K}", K), ("plain until tol", None)):
-        solve = plain_newton(steps, config.tol)
-        b, m, (plain_theta, _) = time_best_median(lambda solve=solve: solve(*inputs), args.repeats)
+        fns[name] = partial(plain_newton(steps, config.tol), *inputs)
+    timed = time_interleaved(fns, args.repeats)
+    best = timed["lljax jax"][0]
+    rows = []
+    for name, (b, m, out) in timed.items():
+        plain_theta = out.theta if name == "lljax jax" else out[0]
         rows.append(dict(method=name, best_s=b, median_s=m,
                          max_abs_diff=float(np.max(np.abs(np.asarray(plain_theta, np.float64) - theta)))))
     print(f"{E:,} logistic entities x {N} rows x {D} features, {args.dtype}, full precision, on "
