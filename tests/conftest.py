@@ -1,10 +1,20 @@
-"""Test configuration: float64 on (tests may flip JAX flags; the library never does) and a
-persistent compilation cache so repeated runs on one machine skip XLA compiles."""
+"""Test configuration: float64 on (tests may flip JAX flags; the library never does), a
+persistent compilation cache so repeated runs on one machine skip XLA compiles, and JAX's in-memory
+caches emptied after each test module.
 
+Why the last: every CPU executable XLA keeps loaded holds dozens of memory mappings (its JIT-linked
+code and data), and one pytest process compiles thousands of executables. Past the kernel's
+``vm.max_map_count`` (65,530 by default) LLVM's next link fails ("Cannot allocate memory") and the
+process aborts. Emptying the caches after each module frees the executables no test holds any more;
+a later module that needs one again reads it from the persistent cache.
+"""
+
+import gc
 import os
 import tempfile
 
 import jax
+import pytest
 from hypothesis import settings
 
 jax.config.update("jax_enable_x64", True)
@@ -16,3 +26,11 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 settings.register_profile("ci", max_examples=200, deadline=None)
 settings.register_profile("nightly", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_executables():
+    """After each module: drop JAX's compiled executables (see the module docstring)."""
+    yield
+    jax.clear_caches()
+    gc.collect()
