@@ -241,18 +241,22 @@ def priors(stored: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     Features without a stored prior (and every feature of a new entity) get mean 0 and
     precision ``cold`` (diagonal; a scalar, usually ``l2``, or ``(E, D)`` per local feature); the
     ``stored`` rows (``(lanes (g,), feature_ids (g, d), means (g, d), precision)`` per width, as
-    :meth:`StoredPriors.rows_of`) are scattered to their local positions. One extra column ``D`` catches
-    the scatter of padded stored entries.
+    :meth:`StoredPriors.rows_of`) are scattered to their local positions. When a stored row has padded
+    entries (id -1), one extra column ``D`` catches their scatter; otherwise (the store's rows have exact
+    widths) the arrays are ``D`` wide from the start, so the blocks get C-contiguous arrays (a strided one
+    costs JAX a slow copy at dispatch).
     """
-    mean = np.zeros((E, D + 1), dtype)
+    stored = list(stored)
+    width = D + 1 if any((fids < 0).any() for _, fids, _, _ in stored) else D
+    mean = np.zeros((E, width), dtype)
     if full:
-        precision = np.zeros((E, D + 1, D + 1), dtype)
+        precision = np.zeros((E, width, width), dtype)
         idx = np.arange(D)
         precision[:, idx, idx] = cold
     else:
-        precision = np.empty((E, D + 1), dtype)
+        precision = np.empty((E, width), dtype)
         precision[:, :D] = cold
-        precision[:, D] = 0
+        precision[:, D:] = 0
     for positions, fids, means, stored_precision in stored:
         valid = fids >= 0
         owner = np.broadcast_to(positions[:, None], fids.shape)

@@ -11,7 +11,8 @@ stored, and every read and write is a vectorized gather / scatter over a few sla
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, NamedTuple
@@ -169,20 +170,30 @@ class _Slab:
 
     def take(self, field: str, rows: np.ndarray) -> np.ndarray:
         """``(len(rows), ...)`` copy of ``field`` at ``rows``."""
-        shape, dt = self._shapes[field]
-        out = np.empty((len(rows),) + shape, dt)
+        return self.take_fields((field,), rows)[field]
+
+    def take_fields(self, fields: Sequence[str], rows: np.ndarray) -> dict[str, np.ndarray]:
+        """``{field: (len(rows), ...) copy at rows}`` for each of ``fields``, rows split by chunk once."""
+        out = {name: np.empty((len(rows),) + self._shapes[name][0], self._shapes[name][1]) for name in fields}
         if len(rows):
             for chunk, selected, offset in self._by_chunk(rows):
-                out[selected] = chunk[field][offset]
+                for name, values in out.items():
+                    values[selected] = chunk[name][offset]
         return out
 
     def put(self, field: str, rows: np.ndarray, values: npt.ArrayLike) -> None:
         """Write ``values`` (``(len(rows), ...)`` or a scalar) into ``field`` at ``rows``."""
+        self.put_fields(rows, {field: values})
+
+    def put_fields(self, rows: np.ndarray, values: Mapping[str, npt.ArrayLike]) -> None:
+        """Write ``values[field]`` (``(len(rows), ...)`` or a scalar) into each field at ``rows``, rows split
+        by chunk once."""
         if not len(rows):
             return
-        values = np.asarray(values)
+        arrays = {name: np.asarray(v) for name, v in values.items()}
         for chunk, selected, offset in self._by_chunk(rows):
-            chunk[field][offset] = values if values.ndim == 0 else values[selected]
+            for name, v in arrays.items():
+                chunk[name][offset] = v if v.ndim == 0 else v[selected]
 
 
 class GatheredRows:
@@ -229,6 +240,16 @@ class PendingWrites:
         self.keys.append(np.asarray(keys))
         self.slots.append(np.asarray(slots, np.int64))
         self.groups.append(groups)
+
+
+@functools.lru_cache(maxsize=256)
+def _upper_positions(d: int, W: int) -> np.ndarray:
+    """Flat positions ``i * W + j`` (``i <= j < d``, row by row) of a ``d x d`` upper triangle in a ``W x W``
+    matrix (read-only; cached: an update asks for the same few per block)."""
+    i, j = np.triu_indices(d)
+    positions = i * W + j
+    positions.flags.writeable = False
+    return positions
 
 
 def pack_upper(dense: np.ndarray) -> np.ndarray:
@@ -314,11 +335,12 @@ class EntityStore:
         """All stored (feature id, mean) pairs of the entities at ``slots`` (-1 ones have none)."""
         owners, fids, means = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, self.dtype)]
         for slab, positions, rows in self._groups(slots):
-            f = slab.take("feature_ids", rows)
+            taken = slab.take_fields(("feature_ids", "means"), rows)
+            f = taken["feature_ids"]
             valid = f >= 0
             owners.append(np.broadcast_to(positions[:, None], f.shape)[valid])
             fids.append(f[valid])
-            means.append(slab.take("means", rows)[valid])
+            means.append(taken["means"][valid])
         return StoredPairs(np.concatenate(owners), np.concatenate(fids), np.concatenate(means))
 
     def sizes(self, slots: np.ndarray) -> np.ndarray:
@@ -332,10 +354,11 @@ class EntityStore:
         """Yield ``(positions, feature_ids (g, d), means (g, d), precision)`` per stored width ``d``;
         ``precision`` is ``(g, d, d)`` (full), ``(g, d)`` (diagonal) or ``None``."""
         for slab, positions, rows in self._groups(slots):
-            precision = slab.take("precision", rows) if slab.has_precision else None
+            taken = slab.take_fields(slab.fields, rows)
+            precision = taken.get("precision")
             if precision is not None and self.precision == "full":
                 precision = unpack_upper(precision, slab.width)
-            yield positions, slab.take("feature_ids", rows), slab.take("means", rows), precision
+            yield positions, taken["feature_ids"], taken["means"], precision
 
     def gather(self, slots: np.ndarray) -> GatheredRows:
         """:meth:`gather_dense` of ``slots`` at once, kept for :meth:`GatheredRows.dense` of its parts."""
@@ -354,7 +377,7 @@ class EntityStore:
                 continue
             members = np.flatnonzero(width == w)
             slab = self._slabs[int(w)]
-            contents.append((int(w), members, {name: slab.take(name, row[members]) for name in slab.fields}))
+            contents.append((int(w), members, slab.take_fields(slab.fields, row[members])))
         return StoreSnapshot(len(self._keys), self.key_kind, stored, width, row,
                              {w: slab.size for w, slab in self._slabs.items()}, contents)
 
@@ -365,9 +388,7 @@ class EntityStore:
         (width, row) is reset from the snapshot; rows allocated since are released; slabs created since
         are dropped)."""
         for width, members, fields in snapshot.contents:
-            slab = self._slabs[width]
-            for name, values in fields.items():
-                slab.put(name, snapshot.row[members], values)
+            self._slabs[width].put_fields(snapshot.row[members], fields)
         self._width[snapshot.slots] = snapshot.width
         self._row[snapshot.slots] = snapshot.row
         count = snapshot.count
@@ -415,8 +436,7 @@ class EntityStore:
             prec = None
             if self.precision == "full":
                 assert precision is not None, "a store with precision is given one"
-                i, j = np.triu_indices(w)
-                prec = precision.reshape(e, W * W)[take][:, i * W + j]
+                prec = precision.reshape(e, W * W)[take][:, _upper_positions(w, W)]
             elif self.precision == "diagonal":
                 assert precision is not None, "a store with precision is given one"
                 prec = precision[take, :w]
@@ -477,11 +497,11 @@ class EntityStore:
         moved = np.flatnonzero(~in_place)
         rows[moved] = slab.allocate(len(moved))
         self._retire(slots[moved])
-        slab.put("feature_ids", rows, group.feature_ids)
-        slab.put("means", rows, group.means)
+        fields = {"feature_ids": group.feature_ids, "means": group.means}
         if slab.has_precision:
             assert group.precision is not None, "a store with precision is given one"
-            slab.put("precision", rows, group.precision)
+            fields["precision"] = group.precision
+        slab.put_fields(rows, fields)
         self._width[slots[moved]] = width
         self._row[slots[moved]] = rows[moved]
 
@@ -542,18 +562,19 @@ class EntityStore:
         means_of: list[np.ndarray] = []
         precision_of: list[np.ndarray] = []
         for slab, positions, rows in self._groups(slots):
-            fids = slab.take("feature_ids", rows)
+            taken = slab.take_fields(slab.fields, rows)
+            fids = taken["feature_ids"]
             valid = fids >= 0
             sizes[positions] = valid.sum(axis=1)
             if slab.has_precision:
-                p = slab.take("precision", rows)
+                p = taken["precision"]
                 if self.precision == "full":  # rows are live, so every feature is valid
                     precision_of.append(unpack_upper(p, slab.width).reshape(-1))
                 else:
                     precision_of.append(p[valid])
             positions_of.append(positions)
             fids_of.append(fids[valid])
-            means_of.append(slab.take("means", rows)[valid])
+            means_of.append(taken["means"][valid])
         indptr = np.zeros(U + 1, np.int64)
         np.cumsum(sizes, out=indptr[1:])
         per_entity = sizes**2 if self.precision == "full" else sizes
