@@ -190,6 +190,58 @@ def test_unknown_method_option_and_layout_are_refused():
         solve(block, 1.0, 0.0, config, method="newton", lanes="map")
 
 
+DENSE_JAX = [name for name, method in METHODS.items() if method.layout == "dense"]
+
+
+@pytest.mark.parametrize("method", DENSE_JAX)
+@pytest.mark.parametrize("lane_batch", [1, 3, 4])
+def test_lane_batches_give_each_lane_the_result_of_one_vmap(method, lane_batch):
+    """The pure-JAX path over the lanes in batches (``lax.map`` of ``vmap``s; 3 leaves a shorter last
+    batch of the 7 lanes) against one ``vmap`` of the whole block: same statuses and iteration counts,
+    coefficients and precisions to rounding. A lane whose loop runs longer than its batch's others (the
+    capped one) does not change them."""
+    rng = np.random.default_rng(11)
+    ents, priors = problem(rng, "logistic", E=7)
+    block = dense_block(ents, priors, 16, 12, 7)
+    block = block._replace(X=block.X.copy())
+    block.X[5] *= 40.0  # a hard lane: more iterations than the others
+    config = SolverConfig(loss="logistic", hessian="diagonal", tol=1e-10, native=False, max_iter=60)
+    whole = jax.device_get(solve(block, 0.7, 0.6, config, method=method, lane_batch=None))
+    batched = jax.device_get(solve(block, 0.7, 0.6, config, method=method, lane_batch=lane_batch))
+    assert len(set(whole.iterations.tolist())) > 1, whole.iterations
+    np.testing.assert_array_equal(batched.status, whole.status)
+    np.testing.assert_array_equal(batched.iterations, whole.iterations)
+    np.testing.assert_allclose(batched.theta, whole.theta, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(batched.precision, whole.precision, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(batched.loss, whole.loss, rtol=1e-13)
+
+
+@pytest.mark.parametrize("method", DENSE_JAX)
+def test_the_lane_batch_default_and_its_checks(method, monkeypatch):
+    """Decided on the host: on a CPU backend, the largest power of two of lanes whose workspace fits
+    ``CPU_LANE_BATCH_BYTES``, none when that holds the whole block or on another backend; a bad value is
+    refused naming the field."""
+    from lljax.solve import base
+
+    rng = np.random.default_rng(12)
+    block = dense_block(*problem(rng, "linear", E=4), 64, 16, 4096)
+    config = SolverConfig(loss="linear", hessian="diagonal")
+    check = METHODS[method].check
+    lane_bytes = METHODS[method].bytes_per_lane(64, 16, 8, False, False)
+    batch = check(block, config, {})["lane_batch"]
+    assert batch is not None and batch & (batch - 1) == 0
+    assert batch * lane_bytes <= base.CPU_LANE_BATCH_BYTES < 2 * batch * lane_bytes
+    small = dense_block(*problem(rng, "linear", E=4), 64, 16, 4)
+    assert check(small, config, {})["lane_batch"] is None
+    assert check(block, config, {"lane_batch": None})["lane_batch"] is None
+    assert check(block, config, {"lane_batch": 5})["lane_batch"] == 5
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # as in a process with an accelerator
+    assert check(block, config, {})["lane_batch"] is None
+    for bad in (0, -2, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="'lane_batch'"):
+            check(block, config, {"lane_batch": bad})
+
+
 def test_the_kernels_are_compiled_with_the_shared_constants():
     assert kernels.available(), f"the native kernel is not built: {kernels.build_error()}"
     compiled = kernels.compiled_constants()

@@ -18,7 +18,8 @@ import jax
 import numpy as np
 
 __all__ = ["Status", "SolverConfig", "SolveResult", "Limits", "HESSIAN_TYPES", "RUNNING", "ARMIJO_C1",
-           "STEP_SHRINK", "SLACK_ULPS", "BACKENDS", "Method", "Scalar", "AnyArray"]
+           "STEP_SHRINK", "SLACK_ULPS", "BACKENDS", "Method", "Scalar", "AnyArray", "CPU_LANE_BATCH_BYTES",
+           "lane_batch_option"]
 
 # An array leaf of the solvers' records (blocks, penalties): a NumPy array on the host (as the packer builds it),
 # a JAX array on a device, a tracer inside jit.
@@ -44,6 +45,38 @@ RUNNING = -1
 # the CPU, the pure-JAX path on other platforms: ``lax.platform_dependent``). Chosen on the host by
 # :func:`lljax.solve.registry.choose_backend`, passed to jit as a static argument.
 BACKENDS = ("jax", "native", "native-on-cpu")
+
+# The pure-JAX path on a CPU backend solves a block's lanes in batches whose workspace is at most about this
+# many bytes: a ``vmap`` within a batch, ``lax.map`` over the batches. A batch stays in cache across its
+# iterations and stops at its own slowest lane, where one ``vmap`` over the whole block streams every lane
+# from memory at each iteration until the block's slowest lane has converged. Accelerators take the block in
+# one ``vmap`` (their parallelism wants the lanes together).
+CPU_LANE_BATCH_BYTES = 8 << 20
+
+
+def lane_batch_option(options: dict, lanes: int, lane_bytes: int) -> int | None:
+    """The ``lane_batch`` option of the dense methods, checked or defaulted (on the host).
+
+    Args:
+      options: the method's options; ``options["lane_batch"]``, if given: an int >= 1 (lanes per batch) or
+        ``None`` (all lanes in one ``vmap``).
+      lanes: the block's lanes ``E``; lane_bytes: one lane's workspace (the method's ``bytes_per_lane``).
+    Returns:
+      The batch size, or ``None`` for one ``vmap``. The default: on a CPU backend the largest power of two
+      whose lanes take at most :data:`CPU_LANE_BATCH_BYTES` (at least 1), ``None`` elsewhere; ``None``
+      too when the batch would hold every lane.
+    Raises:
+      ValueError: a ``lane_batch`` that is not ``None`` or an int >= 1.
+    """
+    if "lane_batch" in options:
+        batch = options["lane_batch"]
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise ValueError(f"field 'lane_batch': value {batch!r} must be None or an int >= 1")
+    elif jax.default_backend() == "cpu":
+        batch = 1 << max(0, (CPU_LANE_BATCH_BYTES // max(lane_bytes, 1)).bit_length() - 1)
+    else:
+        batch = None
+    return None if batch is None or batch >= lanes else batch
 
 
 class Status(enum.IntEnum):

@@ -35,7 +35,7 @@ from lljax.solve.base import ARMIJO_C1, RUNNING, SLACK_ULPS, STEP_SHRINK, Limits
 from lljax.solve.objective import Entity
 
 __all__ = ["Iterate", "Step", "Direction", "status_after", "backtracking_line_search", "start", "advance", "iterate",
-           "finish", "prior_in_form"]
+           "finish", "prior_in_form", "over_lanes"]
 
 
 class Iterate(NamedTuple):
@@ -198,3 +198,15 @@ def finish(theta0: jax.Array, final: Iterate, precision: jax.Array | None, prior
         precision = jnp.where(failed, prior, precision)
     return SolveResult(theta=jnp.where(failed, theta0, final.theta), precision=precision, loss=final.value,
                        grad_norm=jnp.max(jnp.abs(final.grad), initial=0.0), iterations=final.iteration, status=status)
+
+
+def over_lanes(solve_one: Callable[..., Any], lane_arrays: tuple, shared: tuple, lane_batch: int | None) -> Any:
+    """``solve_one(*lane, *shared)`` for every lane (leading axis ``E``) of ``lane_arrays``, stacked.
+
+    ``lane_batch`` ``None``: one ``vmap`` over the ``E`` lanes. An int: ``lax.map`` over batches of
+    ``lane_batch`` lanes, each batch a ``vmap`` (the last batch may be shorter); each batch's loop stops at
+    its own slowest lane. A lane's arithmetic is the same either way.
+    """
+    if lane_batch is None:
+        return jax.vmap(solve_one, in_axes=(0,) * len(lane_arrays) + (None,) * len(shared))(*lane_arrays, *shared)
+    return jax.lax.map(lambda lane: solve_one(*lane, *shared), lane_arrays, batch_size=lane_batch)

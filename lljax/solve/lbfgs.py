@@ -32,11 +32,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from lljax.solve.base import Limits, SolverConfig, SolveResult
+from lljax.solve.base import Limits, SolverConfig, SolveResult, lane_batch_option
 from lljax.solve.blocks import Block
-from lljax.solve.iteration import Direction, Iterate, Step, finish, iterate, start
+from lljax.solve.iteration import Direction, Iterate, Step, finish, iterate, over_lanes, start
 from lljax.solve.newton import WORKSPACE_FACTOR
 from lljax.solve.objective import Entity, dense_entity
 
@@ -100,34 +101,39 @@ def _solve_one(X: jax.Array, y: jax.Array, w: jax.Array, offset: jax.Array, feat
 
 
 def solve_jax(block: Block, l2: jax.Array, delta: jax.Array, limits: Limits, *, config: SolverConfig,
-              memory_size: int, precondition: str) -> SolveResult:
-    """Every lane of ``block`` by the shared iteration with L-BFGS directions (``vmap``)."""
+              memory_size: int, precondition: str, lane_batch: int | None = None) -> SolveResult:
+    """Every lane of ``block`` by the shared iteration with L-BFGS directions: one ``vmap``, or batches of
+    ``lane_batch`` lanes (:func:`lljax.solve.iteration.over_lanes`)."""
     solve = partial(_solve_one, config=config, memory_size=memory_size, precondition=precondition)
     # The block's fields are tracers here, inside the registry's jit (jnp.asarray only tells the type checker).
-    X, y, w, offset, feature_ids, prior_mean, prior_precision = (jnp.asarray(a) for a in block)
-    return jax.vmap(solve, in_axes=(0, 0, 0, 0, 0, 0, 0, None, None, None))(
-        X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, limits)
+    lane_arrays = tuple(jnp.asarray(a) for a in block)
+    return over_lanes(solve, lane_arrays, (l2, delta, limits), lane_batch)
 
 
 def check(block: Block, config: SolverConfig, options: dict) -> dict:
     """Validate the settings and options (``ValueError`` naming the field); returns the options with their
-    defaults (``memory_size`` :data:`MEMORY_SIZE`, ``precondition`` ``"penalty"``)."""
+    defaults (``memory_size`` :data:`MEMORY_SIZE`, ``precondition`` ``"penalty"``, ``lane_batch``:
+    :func:`lljax.solve.base.lane_batch_option`)."""
     if config.hessian not in HESSIANS:
         raise ValueError(f"field 'hessian': value {config.hessian!r} is not supported by the lbfgs method "
                          f"(expected one of {list(HESSIANS)})")
     if block.prior_precision.ndim != 2:
         raise ValueError(f"field 'prior_precision': shape {tuple(block.prior_precision.shape)} is not diagonal "
                          f"(E, D); the lbfgs method needs a diagonal prior precision")
-    unknown = set(options) - {"memory_size", "precondition"}
+    unknown = set(options) - {"memory_size", "precondition", "lane_batch"}
     if unknown:
-        raise TypeError(f"the lbfgs method takes the options 'memory_size' and 'precondition', got {sorted(unknown)}")
+        raise TypeError(f"the lbfgs method takes the options 'memory_size', 'precondition' and 'lane_batch', "
+                        f"got {sorted(unknown)}")
     memory_size = options.get("memory_size", MEMORY_SIZE)
     precondition = options.get("precondition", "penalty")
     if precondition not in PRECONDITIONERS:
         raise ValueError(f"field 'precondition': value {precondition!r} is not one of {list(PRECONDITIONERS)}")
     if not isinstance(memory_size, int) or memory_size < 1:
         raise ValueError(f"field 'memory_size': value {memory_size!r} must be an int >= 1")
-    return {"memory_size": memory_size, "precondition": precondition}
+    E, N, D = block.X.shape
+    lane_bytes = bytes_per_lane(N, D, np.dtype(block.X.dtype).itemsize, False, native=False)
+    return {"memory_size": memory_size, "precondition": precondition,
+            "lane_batch": lane_batch_option(options, E, lane_bytes)}
 
 
 def iteration_cap(config: SolverConfig) -> int:

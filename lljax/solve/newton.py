@@ -15,12 +15,13 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import cho_solve
 
 from lljax.solve import kernels
-from lljax.solve.base import HESSIAN_TYPES, Limits, SolverConfig, SolveResult
+from lljax.solve.base import HESSIAN_TYPES, Limits, SolverConfig, SolveResult, lane_batch_option
 from lljax.solve.blocks import Block
-from lljax.solve.iteration import Direction, Iterate, Step, finish, iterate, start
+from lljax.solve.iteration import Direction, Iterate, Step, finish, iterate, over_lanes, start
 from lljax.solve.objective import Entity, dense_entity
 
 __all__ = ["newton_direction", "make_direction", "solve_jax", "solve_native", "native_supports", "bytes_per_lane",
@@ -99,19 +100,22 @@ def _solve_one(X: jax.Array, y: jax.Array, w: jax.Array, offset: jax.Array, feat
     return finish(theta0, final, precision, prior_precision, hessian=config.hessian)
 
 
-def solve_jax(block: Block, l2: jax.Array, delta: jax.Array, limits: Limits, *, config: SolverConfig) -> SolveResult:
-    """Every lane of ``block`` by the pure-JAX iteration (``vmap``; traced inside the registry's jit)."""
+def solve_jax(block: Block, l2: jax.Array, delta: jax.Array, limits: Limits, *, config: SolverConfig,
+              lane_batch: int | None = None) -> SolveResult:
+    """Every lane of ``block`` by the pure-JAX iteration (traced inside the registry's jit): one ``vmap``, or
+    batches of ``lane_batch`` lanes (:func:`lljax.solve.iteration.over_lanes`)."""
     solve = partial(_solve_one, config=config)
     # The block's fields are tracers here, inside the registry's jit (jnp.asarray only tells the type checker).
-    X, y, w, offset, feature_ids, prior_mean, prior_precision = (jnp.asarray(a) for a in block)
-    return jax.vmap(solve, in_axes=(0, 0, 0, 0, 0, 0, 0, None, None, None))(
-        X, y, w, offset, feature_ids, prior_mean, prior_precision, l2, delta, limits)
+    lane_arrays = tuple(jnp.asarray(a) for a in block)
+    return over_lanes(solve, lane_arrays, (l2, delta, limits), lane_batch)
 
 
 def solve_native(block: Block, l2: jax.Array, delta: jax.Array, limits: Limits, *,
-                 config: SolverConfig) -> SolveResult:
+                 config: SolverConfig, lane_batch: int | None = None) -> SolveResult:
     """:func:`solve_jax` by the native kernel: the same penalty, iteration and finish, in C++ (the kernel
-    builds each entity's penalty in cache, so no ``(E, D, D)`` array is made around it)."""
+    builds each entity's penalty in cache, so no ``(E, D, D)`` array is made around it; ``lane_batch`` is
+    the pure-JAX path's, unused here)."""
+    del lane_batch
     kind = config.hessian if config.hessian in ("full", "diagonal") else "none"
     E = block.X.shape[0]
     outputs = kernels.newton_solve(
@@ -129,12 +133,16 @@ def native_supports(block: Block, config: SolverConfig) -> bool:
 
 
 def check(block: Block, config: SolverConfig, options: dict) -> dict:
-    """Validate the settings (``ValueError`` naming the field); Newton takes no options."""
+    """Validate the settings and options (``ValueError`` naming the field); returns the options with their
+    defaults (``lane_batch``: :func:`lljax.solve.base.lane_batch_option`)."""
     if config.hessian not in HESSIAN_TYPES:
         raise ValueError(f"field 'hessian': value {config.hessian!r} is not one of {list(HESSIAN_TYPES)}")
-    if options:
-        raise TypeError(f"the newton method takes no options, got {sorted(options)}")
-    return {}
+    unknown = set(options) - {"lane_batch"}
+    if unknown:
+        raise TypeError(f"the newton method takes the options ['lane_batch'] only, got {sorted(unknown)}")
+    E, N, D = block.X.shape
+    lane_bytes = bytes_per_lane(N, D, np.dtype(block.X.dtype).itemsize, config.hessian == "full", native=False)
+    return {"lane_batch": lane_batch_option(options, E, lane_bytes)}
 
 
 def bytes_per_lane(rows: int, features: int, itemsize: int, full_precision: bool, native: bool) -> int:
