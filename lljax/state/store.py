@@ -154,19 +154,21 @@ class _Slab:
         self.size = needed
         return rows
 
-    def _by_chunk(self, rows: np.ndarray) -> Iterator[tuple[dict[str, np.ndarray], slice | np.ndarray, np.ndarray]]:
+    def _by_chunk(self, rows: np.ndarray
+                  ) -> Iterator[tuple[dict[str, np.ndarray], slice | np.ndarray, slice | np.ndarray]]:
         """Yield ``(chunk, selection of rows (a slice or positions), offsets in the chunk)`` for each chunk
-        ``rows`` touch."""
+        ``rows`` touch. The offsets are a slice when they are consecutive (rows just allocated, written in
+        order): a slice copies whole runs of rows, about twice as fast as positions."""
         chunk = np.searchsorted(self._chunk_start, rows, side="right") - 1
         offset = rows - self._chunk_start[chunk]
         if len(rows) and chunk.min() == chunk.max():
-            yield self._chunks[int(chunk[0])], slice(None), offset
+            yield self._chunks[int(chunk[0])], slice(None), _as_run(offset)
             return
         order = np.argsort(chunk, kind="stable")  # one sort, then each chunk's rows are a slice of it
         bounds = np.searchsorted(chunk[order], np.arange(len(self._chunks) + 1))
         for k in np.flatnonzero(np.diff(bounds)):
             selected = order[bounds[k]:bounds[k + 1]]
-            yield self._chunks[int(k)], selected, offset[selected]
+            yield self._chunks[int(k)], selected, _as_run(offset[selected])
 
     def take(self, field: str, rows: np.ndarray) -> np.ndarray:
         """``(len(rows), ...)`` copy of ``field`` at ``rows``."""
@@ -194,6 +196,14 @@ class _Slab:
         for chunk, selected, offset in self._by_chunk(rows):
             for name, v in arrays.items():
                 chunk[name][offset] = v if v.ndim == 0 else v[selected]
+
+
+def _as_run(offsets: np.ndarray) -> slice | np.ndarray:
+    """``offsets`` as the slice ``o[0]:o[0] + len(o)`` when they are exactly that run, else unchanged."""
+    n = len(offsets)
+    if n and offsets[-1] - offsets[0] == n - 1 and (n == 1 or bool((np.diff(offsets) == 1).all())):
+        return slice(int(offsets[0]), int(offsets[0]) + n)
+    return offsets
 
 
 class GatheredRows:
