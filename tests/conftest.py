@@ -28,9 +28,28 @@ settings.register_profile("nightly", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+_MAPS = "/proc/self/maps"  # Linux: one line per memory mapping of this process
+_MAPS_CEILING = 40_000  # well under the default vm.max_map_count of 65,530
+
+
+def _release() -> None:
+    jax.clear_caches()
+    gc.collect()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_executables():
     """After each module: drop JAX's compiled executables (see the module docstring)."""
     yield
-    jax.clear_caches()
-    gc.collect()
+    _release()
+
+
+@pytest.fixture(autouse=True)
+def _release_before_the_map_limit():
+    """After a test that left the process with more than ``_MAPS_CEILING`` mappings, release them at once:
+    one module alone (``test_native``) adds about 26,000."""
+    yield
+    if os.path.exists(_MAPS):
+        with open(_MAPS, "rb") as maps:
+            if sum(1 for _ in maps) > _MAPS_CEILING:
+                _release()
