@@ -180,14 +180,14 @@ def read_state_flat(path: str):
 
 
 def max_rel_diff(ref: lljax.RandomEffectModel, b) -> float:
-    a = ref.store.to_flat()
+    a = ref.store.to_flat(precision_form="upper")  # as the Spark state holds it
     ia, ib = np.argsort(a.keys, kind="stable"), np.argsort(b.keys, kind="stable")
     if not np.array_equal(a.keys[ia], b.keys[ib]):
         return float("inf")
 
     def pairs(flat, order, sizes_of):
         starts = (flat.precision_indptr if sizes_of == "p" else flat.indptr)[order]
-        counts = (flat.sizes**2 if sizes_of == "p" else flat.sizes)[order]
+        counts = (np.diff(flat.precision_indptr) if sizes_of == "p" else flat.sizes)[order]
         idx = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
         return (flat.precision if sizes_of == "p" else flat.means)[idx]
 

@@ -118,6 +118,22 @@ def test_store_keeps_every_entity_across_chunks_and_width_changes(monkeypatch, p
     for a, b in zip(flat, again):
         if a is not None:
             np.testing.assert_array_equal(a, b)
+    # The stored form (a full precision's upper triangle, row by row) out and back in.
+    upper = store.to_flat(precision_form="upper")
+    sizes, start, ustart = flat.sizes, flat.precision_indptr, upper.precision_indptr
+    if precision == "full":
+        np.testing.assert_array_equal(np.diff(ustart), sizes * (sizes + 1) // 2)
+        for u, d in enumerate(sizes):
+            square = flat.precision[start[u]:start[u + 1]].reshape(d, d)
+            np.testing.assert_array_equal(upper.precision[ustart[u]:ustart[u + 1]], square[np.triu_indices(d)])
+    elif precision == "diagonal":
+        np.testing.assert_array_equal(upper.precision, flat.precision)
+    from_upper = EntityStore.from_flat(upper, np.float64, precision).to_flat()
+    for a, b in zip(flat, from_upper):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="'precision_form'"):
+        store.to_flat(precision_form="lower")
 
 
 def test_padded_feature_counts():

@@ -356,22 +356,3 @@ def test_report_text_with_and_without_statuses():
                     "tasks: convert 0.75s, solve 1.50s)")
     empty = str(SparkReport([{"rows": 7, "seconds": {"score": 0.5}}], wall_seconds=1.0))
     assert empty == "SparkReport(tasks=1, entities=0, rows=7, passed=0, blocks=0; wall 1.00s; tasks: score 0.50s)"
-
-
-def test_upper_triangle_round_trip():
-    """A full precision is stored as its upper triangle (row by row) and comes back whole, for entities of
-    mixed sizes (0 features included), in their order."""
-    from lljax.spark.convert import full_from_upper, upper_triangle
-
-    rng = np.random.default_rng(3)
-    sizes = np.array([3, 1, 0, 4, 3, 2, 4])
-    mats = []
-    for d in sizes:
-        A = rng.normal(size=(d, d))
-        mats.append(A + A.T)
-    flat = np.concatenate([m.reshape(-1) for m in mats])
-    starts = np.concatenate([[0], np.cumsum(sizes**2)[:-1]])
-    offsets, tri = upper_triangle(flat, starts, sizes)
-    np.testing.assert_array_equal(np.diff(offsets), sizes * (sizes + 1) // 2)
-    np.testing.assert_array_equal(tri, np.concatenate([m[np.triu_indices(len(m))] for m in mats]))
-    np.testing.assert_array_equal(full_from_upper(tri, offsets, sizes), flat)

@@ -14,11 +14,11 @@ import numpy as np
 
 from lljax.data.dataset import Dataset
 from lljax.spark.errors import column_error
-from lljax.state.store import FlatEntities
+from lljax.state.store import EntityStore, FlatEntities
 
 __all__ = ["KIND", "STATE_PREFIX", "STATE_FIELDS", "to_numpy", "check_no_nulls", "features_csr",
-           "dataset_from_arrow", "split_union", "upper_triangle", "full_from_upper", "flat_from_arrow",
-           "state_to_arrow", "collect_arrow"]
+           "dataset_from_arrow", "split_union", "flat_from_arrow", "state_to_arrow", "store_to_arrow",
+           "collect_arrow"]
 
 
 KIND = "_lljax_kind"  # union of data rows (0) and state rows (1) in one shuffle
@@ -289,51 +289,10 @@ def split_union(table: Any, spec: dict, group: bool = False) -> tuple[Any, Any]:
     return data, state
 
 
-def _triangle_positions(sizes: np.ndarray) -> tuple[np.ndarray, list]:
-    """The offsets of each entity's upper triangle (``d * (d + 1) / 2`` entries for ``d`` features) in one
-    flat array, and per distinct ``d``: ``(d, the entities of that size, the row-major positions (r * d + c,
-    r <= c) of the upper triangle in a d x d matrix, the same positions mirrored (c * d + r))``."""
-    tri = sizes * (sizes + 1) // 2
-    offsets = np.zeros(len(sizes) + 1, np.int64)
-    np.cumsum(tri, out=offsets[1:])
-    groups = []
-    for d in np.unique(sizes):
-        r, c = np.triu_indices(int(d))
-        groups.append((int(d), np.flatnonzero(sizes == d), r * d + c, c * d + r))
-    return offsets, groups
-
-
-def upper_triangle(precision: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(offsets, values)``: each entity's ``d x d`` row-major precision (at ``starts``, of ``d = sizes``) as
-    its upper triangle, row by row (``d * (d + 1) / 2`` entries), vectorized per distinct ``d``. The stored
-    precisions are symmetric (bit for bit), so nothing is lost."""
-    offsets, groups = _triangle_positions(sizes)
-    out = np.empty(int(offsets[-1]), precision.dtype)
-    for d, ents, upper, _ in groups:
-        t = d * (d + 1) // 2
-        src = (starts[ents][:, None] + upper).reshape(-1)
-        out[(offsets[ents][:, None] + np.arange(t)).reshape(-1)] = precision[src]
-    return offsets, out
-
-
-def full_from_upper(values: np.ndarray, offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """The inverse of :func:`upper_triangle`: the entities' full ``d x d`` row-major precisions, one after
-    another, from their upper triangles (``values[offsets[i]:offsets[i + 1]]``)."""
-    _, groups = _triangle_positions(sizes)
-    starts = np.zeros(len(sizes) + 1, np.int64)
-    np.cumsum(sizes * sizes, out=starts[1:])
-    out = np.empty(int(starts[-1]), values.dtype)
-    for d, ents, upper, lower in groups:
-        t = d * (d + 1) // 2
-        tri = values[(offsets[ents][:, None] + np.arange(t)).reshape(-1)]
-        out[(starts[ents][:, None] + upper).reshape(-1)] = tri
-        out[(starts[ents][:, None] + lower).reshape(-1)] = tri
-    return out
-
-
 def flat_from_arrow(table: Any, precision: str | None, entity_col: str) -> FlatEntities:
     """State rows (Arrow: entity, feature_ids, means, precision) as :class:`FlatEntities`, checked. A full
-    precision is stored as its upper triangle (:func:`upper_triangle`) and comes back whole."""
+    precision is stored as its upper triangle, row by row, and comes as that (``precision_form="upper"``, the
+    store's own layout)."""
     keys = to_numpy(table.column(entity_col))
     indptr, fids = _list_parts(table.column("feature_ids"))
     moffsets, means = _list_parts(table.column("means"))
@@ -357,18 +316,17 @@ def flat_from_arrow(table: Any, precision: str | None, entity_col: str) -> FlatE
                                f"is not {what} precision of the entity's {int(sizes[i])} features",
                                f"state, entity {keys[i]!r}")
         prec = prec_arr.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-        if precision == "full":
-            prec = full_from_upper(prec, poffsets, sizes)
     for name, arr in (("means", means), ("precision", prec)):
         if arr is not None and not np.isfinite(arr).all():
             k = int(np.argmax(~np.isfinite(arr)))
             raise column_error(ValueError, name, float(arr[k]), "is not finite", "state")
-    return FlatEntities(keys, indptr, fids, means, prec)
+    return FlatEntities(keys, indptr, fids, means, prec, "upper")
 
 
 def state_to_arrow(flat: FlatEntities, spec: dict, entity_name: str = "entity") -> Any:
     """:class:`FlatEntities` as Arrow state rows (entity, feature_ids, names, terms, means, precision; a full
-    precision as its upper triangle, :func:`upper_triangle`)."""
+    precision as its upper triangle, row by row: ``flat`` comes from ``EntityStore.to_flat(...,
+    precision_form="upper")``)."""
     import pyarrow as pa
 
     n = len(flat.keys)
@@ -383,7 +341,10 @@ def state_to_arrow(flat: FlatEntities, spec: dict, entity_name: str = "entity") 
     else:
         p_values = flat.precision.astype(np.float64, copy=False)
         if spec["precision"] == "full":
-            p_off, p_values = upper_triangle(p_values, flat.precision_indptr[:-1], np.diff(flat.indptr))
+            if flat.precision_form != "upper":
+                raise ValueError("state_to_arrow: a full precision goes out as its upper triangle: give "
+                                 "EntityStore.to_flat(..., precision_form='upper')")
+            p_off = flat.precision_indptr
         else:
             p_off = flat.indptr
         prec = pa.ListArray.from_arrays(pa.array(p_off.astype(np.int32)), pa.array(p_values))
@@ -391,6 +352,14 @@ def state_to_arrow(flat: FlatEntities, spec: dict, entity_name: str = "entity") 
     keys = pa.array(flat.keys if key_type == pa.string() else flat.keys.astype(np.int64, copy=False), key_type)
     return pa.table({entity_name: keys, "feature_ids": fid_list, "names": names, "terms": terms, "means": means,
                      "precision": prec})
+
+
+def store_to_arrow(store: EntityStore | None, spec: dict) -> Any:
+    """A task's entities as Arrow state rows (:func:`state_to_arrow`; a full precision as the store holds it,
+    its upper triangle), or ``None`` when the store holds none."""
+    if store is None or not len(store):
+        return None
+    return state_to_arrow(store.to_flat(precision_form="upper"), spec)
 
 
 def collect_arrow(df: Any) -> Any:

@@ -23,7 +23,7 @@ from lljax.spark.convert import (
     features_csr,
     flat_from_arrow,
     split_union,
-    state_to_arrow,
+    store_to_arrow,
     to_numpy,
 )
 from lljax.spark.errors import column_error, run_action, task_error
@@ -96,7 +96,7 @@ def _coordinate_task(spec: dict, acc: Any) -> Any:
             report = model.update(ds, delta=0.0, progress=False)
             contribution = model.score(ds.with_offset(np.zeros(ds.num_examples, ds.dtype)))
             t2 = time.perf_counter()
-            st = state_to_arrow(model.store.to_flat(), spec) if model.store is not None and len(model) else None
+            st = store_to_arrow(model.store, spec)
         except (ValueError, TypeError) as exc:
             raise task_error(exc) from exc
         counts = np.bincount(report.status, minlength=len(Status))

@@ -16,7 +16,7 @@ import numpy as np
 from lljax.model.random_effect import RandomEffectModel
 from lljax.solve.base import Status
 from lljax.spark.columns import Columns, input_frame
-from lljax.spark.convert import dataset_from_arrow, flat_from_arrow, split_union, state_to_arrow
+from lljax.spark.convert import dataset_from_arrow, flat_from_arrow, split_union, store_to_arrow
 from lljax.spark.errors import run_action, task_error
 from lljax.spark.job import partition_count, prepare, session_of, task_spec, union_with_state
 from lljax.spark.report import SparkReport, collect_report, report_accumulator
@@ -68,7 +68,7 @@ def _update_task(spec: dict, acc: Any) -> Any:
             t1 = time.perf_counter()
             report = model.update(ds, delta=spec["delta"], progress=False)
             t2 = time.perf_counter()
-            out = state_to_arrow(model.store.to_flat(), spec) if model.store is not None and len(model) else None
+            out = store_to_arrow(model.store, spec)
             t3 = time.perf_counter()
             counts = np.bincount(report.status, minlength=len(Status))
             rec.update(entities=int(len(report.entity_keys)), passed=int(passed.num_rows), blocks=int(report.blocks),

@@ -24,7 +24,7 @@ from lljax.data.arrays import concat_ranges
 from lljax.data.errors import input_error
 
 __all__ = ["EntityStore", "EntityCoefficients", "StoredPairs", "FlatEntities", "WidthRows", "StoreSnapshot",
-           "GatheredRows", "PendingWrites"]
+           "GatheredRows", "PendingWrites", "PRECISION_FORMS"]
 
 
 class EntityCoefficients(NamedTuple):
@@ -79,6 +79,9 @@ _CHUNK_BYTES = 32 << 20
 _FIRST_CHUNK_ROWS = 64
 
 
+PRECISION_FORMS = ("square", "upper")
+
+
 class FlatEntities(NamedTuple):
     """All stored entities in compact form (the persistence and export layout), in slot order.
 
@@ -87,8 +90,10 @@ class FlatEntities(NamedTuple):
       indptr: ``(U+1,)`` offsets of each entity's pairs.
       feature_ids: ``(P,)`` global feature ids, sorted within each entity.
       means: ``(P,)`` posterior means.
-      precision: ``(P,)`` diagonals, or ``(sum d_u^2,)`` row-major ``(d_u, d_u)`` full matrices
-        one after the other, or ``None``.
+      precision: ``(P,)`` diagonals, or full matrices one after the other (``precision_form``), or ``None``.
+      precision_form: how a full precision is laid out: ``"square"``, the row-major ``(d_u, d_u)`` matrix
+        (``d_u^2`` entries), or ``"upper"``, its upper triangle row by row (``d_u (d_u + 1) / 2`` entries: what
+        the store holds and the Spark state writes). Diagonals ignore it.
     """
 
     keys: np.ndarray
@@ -96,6 +101,7 @@ class FlatEntities(NamedTuple):
     feature_ids: np.ndarray
     means: np.ndarray
     precision: np.ndarray | None
+    precision_form: str = "square"
 
     @property
     def sizes(self) -> np.ndarray:
@@ -103,9 +109,10 @@ class FlatEntities(NamedTuple):
 
     @property
     def precision_indptr(self) -> np.ndarray:
-        """``(U+1,)`` offsets of each entity's flattened full precision."""
+        """``(U+1,)`` offsets of each entity's flattened full precision (in ``precision_form``)."""
+        sizes = self.sizes
         out = np.zeros(len(self.keys) + 1, np.int64)
-        np.cumsum(self.sizes**2, out=out[1:])
+        np.cumsum(sizes * (sizes + 1) // 2 if self.precision_form == "upper" else sizes**2, out=out[1:])
         return out
 
 
@@ -561,8 +568,12 @@ class EntityStore:
             precision = precision.reshape(d, d)
         return EntityCoefficients(flat.feature_ids, flat.means, precision)
 
-    def to_flat(self, slots: np.ndarray | None = None) -> FlatEntities:
-        """The entities at ``slots`` (default: all, in slot order) in compact form (copies)."""
+    def to_flat(self, slots: np.ndarray | None = None, *, precision_form: str = "square") -> FlatEntities:
+        """The entities at ``slots`` (default: all, in slot order) in compact form (copies); a full precision
+        as its square matrix or (``precision_form="upper"``) as its upper triangle, as stored."""
+        if precision_form not in PRECISION_FORMS:
+            raise ValueError(f"field 'precision_form': value {precision_form!r} is not one of {list(PRECISION_FORMS)}")
+        upper = precision_form == "upper"
         slots = np.arange(len(self._keys)) if slots is None else np.asarray(slots, np.int64)
         U = len(slots)
         sizes = np.zeros(U, np.int64)
@@ -579,7 +590,7 @@ class EntityStore:
             if slab.has_precision:
                 p = taken["precision"]
                 if self.precision == "full":  # rows are live, so every feature is valid
-                    precision_of.append(unpack_upper(p, slab.width).reshape(-1))
+                    precision_of.append((p if upper else unpack_upper(p, slab.width)).reshape(-1))
                 else:
                     precision_of.append(p[valid])
             positions_of.append(positions)
@@ -587,14 +598,14 @@ class EntityStore:
             means_of.append(taken["means"][valid])
         indptr = np.zeros(U + 1, np.int64)
         np.cumsum(sizes, out=indptr[1:])
-        per_entity = sizes**2 if self.precision == "full" else sizes
+        per_entity = (sizes * (sizes + 1) // 2 if upper else sizes**2) if self.precision == "full" else sizes
         fids = _in_slot_order(fids_of, positions_of, sizes, U, np.int64)
         means = _in_slot_order(means_of, positions_of, sizes, U, self.dtype)
         precision = None if self.precision is None else _in_slot_order(precision_of, positions_of, per_entity, U,
                                                                         self.dtype)
         keys = np.empty(U, object)  # only the requested keys: converting all of them costs O(stored)
         keys[:] = [self._keys[i] for i in slots.tolist()]
-        return FlatEntities(_plain_keys(keys, self.key_kind), indptr, fids, means, precision)
+        return FlatEntities(_plain_keys(keys, self.key_kind), indptr, fids, means, precision, precision_form)
 
     @classmethod
     def from_flat(cls, flat: FlatEntities, dtype: Any, precision: str | None) -> EntityStore:
@@ -606,7 +617,8 @@ class EntityStore:
     def write_flat(self, flat: FlatEntities) -> None:
         """Store (add or replace) the entities of ``flat``; new keys get slots in ``flat``'s order.
 
-        ``flat.precision`` must match the store's kind (``None`` for a store without precision).
+        ``flat.precision`` must match the store's kind (``None`` for a store without precision); a full one is
+        read in ``flat.precision_form``.
         """
         slots = self._register(flat.keys, self.lookup(flat.keys))
         sizes = flat.sizes
@@ -620,6 +632,10 @@ class EntityStore:
             if self.precision == "diagonal":
                 assert flat.precision is not None, "a store with precision is given one"
                 prec = flat.precision[pairs].reshape(g, d)
+            elif self.precision == "full" and flat.precision_form == "upper":  # as stored: taken as it is
+                assert flat.precision is not None, "a store with precision is given one"
+                t = d * (d + 1) // 2
+                prec = flat.precision[concat_ranges(prec_indptr[members], np.full(g, t))].reshape(g, t)
             elif self.precision == "full":
                 assert flat.precision is not None, "a store with precision is given one"
                 dense = flat.precision[concat_ranges(prec_indptr[members], np.full(g, d * d))].reshape(g, d, d)
