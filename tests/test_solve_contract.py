@@ -194,10 +194,11 @@ DENSE_JAX = [name for name, method in METHODS.items() if method.layout == "dense
 
 
 @pytest.mark.parametrize("method", DENSE_JAX)
-@pytest.mark.parametrize("lane_batch", [1, 3, 4])
+@pytest.mark.parametrize("lane_batch", [1, 2, 3, 4])
 def test_lane_batches_give_each_lane_the_result_of_one_vmap(method, lane_batch):
-    """The pure-JAX path over the lanes in batches (``lax.map`` of ``vmap``s; 3 leaves a shorter last
-    batch of the 7 lanes) against one ``vmap`` of the whole block: same statuses and iteration counts,
+    """The pure-JAX path over the lanes in batches (``lax.map`` of ``vmap``s; 2, 3 and 4 do not divide the 7
+    lanes, so the last lane is repeated to fill the last batch) against one ``vmap`` of the whole block: same
+    statuses and iteration counts,
     coefficients and precisions to rounding. A lane whose loop runs longer than its batch's others (the
     capped one) does not change them."""
     rng = np.random.default_rng(11)
@@ -214,6 +215,9 @@ def test_lane_batches_give_each_lane_the_result_of_one_vmap(method, lane_batch):
     np.testing.assert_allclose(batched.theta, whole.theta, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(batched.precision, whole.precision, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(batched.loss, whole.loss, rtol=1e-13)
+    if lane_batch > 1:  # every batch as wide as the others (the last one filled): the same rounding here too
+        np.testing.assert_array_equal(batched.theta, whole.theta)
+        np.testing.assert_array_equal(batched.precision, whole.precision)
 
 
 @pytest.mark.parametrize("method", DENSE_JAX)
@@ -235,6 +239,8 @@ def test_the_lane_batch_default_and_its_checks(method, monkeypatch):
     assert check(small, config, {})["lane_batch"] is None
     assert check(block, config, {"lane_batch": None})["lane_batch"] is None
     assert check(block, config, {"lane_batch": 5})["lane_batch"] == 5
+    assert check(block, config, {"lane_batch": np.int64(5)})["lane_batch"] == 5
+    assert type(check(block, config, {"lane_batch": np.int64(5)})["lane_batch"]) is int
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # as in a process with an accelerator
     assert check(block, config, {})["lane_batch"] is None
     for bad in (0, -2, 2.5, True, "8"):

@@ -11,6 +11,7 @@ values below.
 from __future__ import annotations
 
 import enum
+import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -63,17 +64,18 @@ def lane_batch_option(options: dict, lanes: int, lane_bytes: int) -> int | None:
       lanes: the block's lanes ``E``; lane_bytes: one lane's workspace (the method's ``bytes_per_lane``).
     Returns:
       The batch size, or ``None`` for one ``vmap``. The default: on a CPU backend the largest power of two
-      whose lanes take at most :data:`CPU_LANE_BATCH_BYTES` (at least 1), ``None`` elsewhere; ``None``
-      too when the batch would hold every lane.
+      whose lanes take at most :data:`CPU_LANE_BATCH_BYTES` (at least 2: XLA drops the batch axis of a
+      one-lane batch), ``None`` elsewhere; ``None`` too when the batch would hold every lane.
     Raises:
       ValueError: a ``lane_batch`` that is not ``None`` or an int >= 1.
     """
     if "lane_batch" in options:
         batch = options["lane_batch"]
-        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1):
             raise ValueError(f"field 'lane_batch': value {batch!r} must be None or an int >= 1")
+        batch = None if batch is None else int(batch)
     elif jax.default_backend() == "cpu":
-        batch = 1 << max(0, (CPU_LANE_BATCH_BYTES // max(lane_bytes, 1)).bit_length() - 1)
+        batch = 1 << max(1, (CPU_LANE_BATCH_BYTES // max(lane_bytes, 1)).bit_length() - 1)
     else:
         batch = None
     return None if batch is None or batch >= lanes else batch

@@ -203,10 +203,22 @@ def finish(theta0: jax.Array, final: Iterate, precision: jax.Array | None, prior
 def over_lanes(solve_one: Callable[..., Any], lane_arrays: tuple, shared: tuple, lane_batch: int | None) -> Any:
     """``solve_one(*lane, *shared)`` for every lane (leading axis ``E``) of ``lane_arrays``, stacked.
 
-    ``lane_batch`` ``None``: one ``vmap`` over the ``E`` lanes. An int: ``lax.map`` over batches of
-    ``lane_batch`` lanes, each batch a ``vmap`` (the last batch may be shorter); each batch's loop stops at
-    its own slowest lane. A lane's arithmetic is the same either way.
+    ``lane_batch`` ``None``: one ``vmap`` over the ``E`` lanes. An int ``b``: ``lax.map`` over batches of
+    ``b`` lanes, each batch a ``vmap``; each batch's loop stops at its own slowest lane. When ``b`` does not
+    divide ``E``, the last lane is repeated up to a multiple of ``b`` (a copy converges with the lane it
+    copies, so it never lengthens a loop) and the copies' results are dropped: every batch is ``b`` wide,
+    and one loop body is compiled. Every lane runs the same operations either way; the results agree to
+    rounding (XLA may order a reduction differently for another batch width, and drops the batch axis of a
+    one-lane batch).
     """
+    in_axes = (0,) * len(lane_arrays) + (None,) * len(shared)
     if lane_batch is None:
-        return jax.vmap(solve_one, in_axes=(0,) * len(lane_arrays) + (None,) * len(shared))(*lane_arrays, *shared)
-    return jax.lax.map(lambda lane: solve_one(*lane, *shared), lane_arrays, batch_size=lane_batch)
+        return jax.vmap(solve_one, in_axes=in_axes)(*lane_arrays, *shared)
+    E = lane_arrays[0].shape[0]
+    batches = -(-E // lane_batch)
+    pad = batches * lane_batch - E
+    if pad:
+        lane_arrays = tuple(jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) for a in lane_arrays)
+    stacked = tuple(a.reshape((batches, lane_batch) + a.shape[1:]) for a in lane_arrays)
+    out = jax.lax.map(lambda batch: jax.vmap(solve_one, in_axes=in_axes)(*batch, *shared), stacked)
+    return jax.tree.map(lambda x: x.reshape((batches * lane_batch,) + x.shape[2:])[:E], out)

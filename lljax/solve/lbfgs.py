@@ -131,7 +131,7 @@ def check(block: Block, config: SolverConfig, options: dict) -> dict:
     if not isinstance(memory_size, int) or memory_size < 1:
         raise ValueError(f"field 'memory_size': value {memory_size!r} must be an int >= 1")
     E, N, D = block.X.shape
-    lane_bytes = bytes_per_lane(N, D, np.dtype(block.X.dtype).itemsize, False, native=False)
+    lane_bytes = bytes_per_lane(N, D, np.dtype(block.X.dtype).itemsize, False, native=False, memory_size=memory_size)
     return {"memory_size": memory_size, "precondition": precondition,
             "lane_batch": lane_batch_option(options, E, lane_bytes)}
 
@@ -141,7 +141,9 @@ def iteration_cap(config: SolverConfig) -> int:
     return ITER_FACTOR * config.max_iter
 
 
-def bytes_per_lane(rows: int, features: int, itemsize: int, full_precision: bool, native: bool) -> int:
-    """Bytes one lane needs: no ``D x D`` matrix; ``X``, ``X^2`` and the L-BFGS history."""
-    floats = 2 * rows * features + 3 * rows + (2 * MEMORY_SIZE + 12) * features
+def bytes_per_lane(rows: int, features: int, itemsize: int, full_precision: bool, native: bool,
+                   memory_size: int = MEMORY_SIZE) -> int:
+    """Bytes one lane needs: no ``D x D`` matrix; ``X``, ``X^2`` and the L-BFGS history (``memory_size``
+    pairs)."""
+    floats = 2 * rows * features + 3 * rows + (2 * memory_size + 12) * features
     return WORKSPACE_FACTOR * (floats * itemsize + 8 * features)

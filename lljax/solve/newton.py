@@ -141,7 +141,8 @@ def check(block: Block, config: SolverConfig, options: dict) -> dict:
     if unknown:
         raise TypeError(f"the newton method takes the options ['lane_batch'] only, got {sorted(unknown)}")
     E, N, D = block.X.shape
-    lane_bytes = bytes_per_lane(N, D, np.dtype(block.X.dtype).itemsize, config.hessian == "full", native=False)
+    full_prior = np.ndim(block.prior_precision) == 3
+    lane_bytes = bytes_per_lane(N, D, np.dtype(block.X.dtype).itemsize, full_prior, native=False)
     return {"lane_batch": lane_batch_option(options, E, lane_bytes)}
 
 

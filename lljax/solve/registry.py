@@ -124,8 +124,8 @@ def solve(block: Block | SparseBlock, l2: Scalar, delta: Scalar, config: SolverC
       config: :class:`~lljax.solve.base.SolverConfig`.
       method: a name in :data:`METHODS`.
       max_iter: iteration cap (traced); ``None``: the method's default from ``config.max_iter``.
-      options: the method's options (``"span"``: ``lanes``; ``"lbfgs"``: ``memory_size``,
-        ``precondition``), compile-time constants.
+      options: the method's options (``"span"``: ``lanes``; ``"newton"``: ``lane_batch``; ``"lbfgs"``:
+        ``memory_size``, ``precondition``, ``lane_batch``), compile-time constants.
     Returns:
       :class:`~lljax.solve.base.SolveResult` with leading axis ``E``.
     Raises:

@@ -259,7 +259,7 @@ class PendingWrites:
         self.groups.append(groups)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=32)
 def _upper_positions(d: int, W: int) -> np.ndarray:
     """Flat positions ``i * W + j`` (``i <= j < d``, row by row) of a ``d x d`` upper triangle in a ``W x W``
     matrix (read-only; cached: an update asks for the same few per block)."""
@@ -620,6 +620,9 @@ class EntityStore:
         ``flat.precision`` must match the store's kind (``None`` for a store without precision); a full one is
         read in ``flat.precision_form``.
         """
+        if flat.precision_form not in PRECISION_FORMS:
+            raise ValueError(f"field 'precision_form': value {flat.precision_form!r} is not one of "
+                             f"{list(PRECISION_FORMS)}")
         slots = self._register(flat.keys, self.lookup(flat.keys))
         sizes = flat.sizes
         prec_indptr = flat.precision_indptr if self.precision == "full" else flat.indptr
