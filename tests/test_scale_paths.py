@@ -134,6 +134,8 @@ def test_store_keeps_every_entity_across_chunks_and_width_changes(monkeypatch, p
             np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="'precision_form'"):
         store.to_flat(precision_form="lower")
+    with pytest.raises(ValueError, match="'precision_form'"):
+        EntityStore.from_flat(upper._replace(precision_form="Upper"), np.float64, precision)
 
 
 def test_padded_feature_counts():
