@@ -260,28 +260,28 @@ class PendingWrites:
 
 
 @functools.lru_cache(maxsize=32)
-def _upper_positions(d: int, W: int) -> np.ndarray:
-    """Flat positions ``i * W + j`` (``i <= j < d``, row by row) of a ``d x d`` upper triangle in a ``W x W``
-    matrix (read-only; cached: an update asks for the same few per block)."""
+def _upper_positions(d: int, W: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat positions in a ``W x W`` matrix of a ``d x d`` upper triangle, row by row (``i * W + j``, ``i <= j <
+    d``), and of its mirror (``j * W + i``); read-only, cached: the store's every triangle uses the same few."""
     i, j = np.triu_indices(d)
-    positions = i * W + j
-    positions.flags.writeable = False
-    return positions
+    upper, lower = i * W + j, j * W + i
+    upper.flags.writeable = lower.flags.writeable = False
+    return upper, lower
 
 
 def pack_upper(dense: np.ndarray) -> np.ndarray:
     """``(g, d, d)`` symmetric matrices -> ``(g, d (d + 1) / 2)`` upper triangles, row by row."""
-    i, j = np.triu_indices(dense.shape[-1])
-    return dense[:, i, j]
+    g, d = dense.shape[0], dense.shape[-1]
+    return dense.reshape(g, d * d)[:, _upper_positions(d, d)[0]]
 
 
 def unpack_upper(packed: np.ndarray, d: int) -> np.ndarray:
     """Inverse of :func:`pack_upper`: ``(g, d (d + 1) / 2)`` -> symmetric ``(g, d, d)``."""
-    i, j = np.triu_indices(d)
-    out = np.empty((packed.shape[0], d, d), packed.dtype)
-    out[:, i, j] = packed
-    out[:, j, i] = packed
-    return out
+    upper, lower = _upper_positions(d, d)
+    out = np.empty((packed.shape[0], d * d), packed.dtype)
+    out[:, upper] = packed
+    out[:, lower] = packed
+    return out.reshape(packed.shape[0], d, d)
 
 
 def _grow(arr: np.ndarray, capacity: int, fill: float) -> np.ndarray:
@@ -453,7 +453,7 @@ class EntityStore:
             prec = None
             if self.precision == "full":
                 assert precision is not None, "a store with precision is given one"
-                prec = precision.reshape(e, W * W)[take][:, _upper_positions(w, W)]
+                prec = precision.reshape(e, W * W)[take][:, _upper_positions(w, W)[0]]
             elif self.precision == "diagonal":
                 assert precision is not None, "a store with precision is given one"
                 prec = precision[take, :w]
