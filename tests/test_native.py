@@ -667,7 +667,7 @@ def test_sparse_block_packing_equals_numpy(monkeypatch, fid_dtype, dtype, interc
     row_start = np.r_[0, np.cumsum(np.bincount(data.entity, minlength=U))].astype(np.int64)
     ents = rng.permutation(U)[:20]
     plan = BlockPlan(ents, 32, int(np.diff(row_start)[ents].max()), int(sub.sizes[ents].max()), "span")
-    work = Round(data, np.zeros(data.num_examples), row_order, row_start, sub, None, np.full(U, -1), 1.0)
+    work = Round(data, np.zeros(data.num_examples), row_order, row_start, sub, None, np.full(U, -1), None, 1.0)
     assert kernels.enabled()
     native = work.build(plan)
     monkeypatch.setenv("LLJAX_NATIVE", "0")

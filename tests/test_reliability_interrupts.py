@@ -89,6 +89,7 @@ def test_a_keyboard_interrupt_at_every_line_of_the_write_path_leaves_the_model_a
     """Every distinct line of the store and of the update's write-back, interrupted at its first execution."""
     first = batch(0, np.arange(12), 3, 3)
     second = batch(1, np.arange(6, 20), 6, 6)  # stored and new entities, wider (they move slab), 2 rounds
+    fresh(hessian, first).update(second)  # fills the process's caches (a cache's first miss runs lines only once)
     counter = Interrupt(files=[STORE_FILE, MODEL_FILE])
     reference = fresh(hessian, first)
     counter.run(reference.update, second)
@@ -178,6 +179,9 @@ def test_an_interrupted_table_import_leaves_the_model_as_it_was(hessian):
     before = state(model)
     table = {"entity": np.array([1, 1, 2, 9, 9, 9]), "feature_id": np.array([0, 7, 1, 0, 1, 2]),
              "mean": np.arange(6.0), "variance": np.ones(6)}
+    warm = RandomEffectModel("linear", hessian=hessian)  # fills the process's caches (see the write-path test)
+    warm.update(batch(8, np.arange(6), 3, 3, loss="linear"))
+    warm.import_table(table)
     counter2 = Interrupt(files=[STORE_FILE, MODEL_FILE])
     probe = RandomEffectModel("linear", hessian=hessian)
     probe.update(batch(8, np.arange(6), 3, 3, loss="linear"))

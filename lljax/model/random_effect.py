@@ -27,6 +27,7 @@ from lljax.data.ntv import Feature, IndexMap
 from lljax.explore.posterior import dense_posterior
 from lljax.explore.scoring import Posterior
 from lljax.model.report import PhaseTimer, UpdateReport
+from lljax.rounds.buffers import BufferPool, Buffers
 from lljax.rounds.plan import BlockPlan
 from lljax.rounds.round import Round
 from lljax.solve.base import HESSIAN_TYPES, SolverConfig, SolveResult, Status
@@ -44,7 +45,7 @@ _STORED_PRECISION = {"none": None, "identity": "diagonal", "diagonal": "diagonal
 _CPU_BLOCK_BUDGET = 16 << 20
 _ACCELERATOR_BLOCK_BUDGET = 256 << 20
 _IN_FLIGHT = 2  # blocks dispatched to the device and not yet collected
-_GROUP_BYTES = 64 << 20  # stored priors and results of the blocks read and written in one pass (about)
+_GROUP_BYTES = 64 << 20  # results of the blocks written in one pass (about)
 _PROGRESS_DELAY_S = 3.0  # the default progress bar appears only for updates longer than this
 # Poisson line searches may halve the step this many times (SolverConfig's default is 30): a count y
 # makes the first Newton step from 0 about y long, and exp(step) overflows until the step is cut to
@@ -474,9 +475,11 @@ class RandomEffectModel:
         report.features[:] = work.subspaces.sizes
         check_singular = self.l2 == 0 and self.hessian in ("full", "diagonal")
 
-        def collect(plan: BlockPlan, feature_ids: np.ndarray, result: SolveResult, writes: PendingWrites) -> None:
+        def collect(plan: BlockPlan, feature_ids: np.ndarray, result: SolveResult, lease: Buffers,
+                    writes: PendingWrites, pool: BufferPool) -> None:
             with timer("device_wait"):
                 host = jax.device_get(result)  # the SolveResult with NumPy arrays
+            pool.give_back(lease)  # the solve that read the block's arrays is over
             e = len(plan.entities)
             precision = host.precision  # identity is kept as a diagonal of ones; none as None
             status = np.array(host.status[:e])
@@ -497,40 +500,43 @@ class RandomEffectModel:
 
         # Dispatch is asynchronous: the host builds the next block while the device solves this one;
         # at most _IN_FLIGHT blocks wait on the device.
-        # The blocks go in groups of about _GROUP_BYTES of priors and results: a group's stored priors are
-        # read from the store at once before its first block is built, and its results are written at
-        # once after its last block is collected (the store's cost is per pass, whatever the entities);
-        # each entity is in one block, so a group's writes never touch the priors of a later group.
+        # The round's stored rows were read from the store once (Round.prepare): the blocks' priors come
+        # from that copy, and so does the undo snapshot of the first round. The blocks go in groups of about
+        # _GROUP_BYTES of results, each group's written at once after its last block is collected (the
+        # store's cost is per pass, whatever the entities); each entity is in one block, so a write never
+        # touches the priors of a block still to come.
         # An error part-way restores what the round's entities had before, so a round is atomic.
-        pending: deque[tuple[BlockPlan, np.ndarray, SolveResult]] = deque()
+        pending: deque[tuple[BlockPlan, np.ndarray, SolveResult, Buffers]] = deque()
+        # A collected block's arrays serve the next blocks (see lljax.rounds.buffers); its feature_ids
+        # are fresh memory, as the writes keep them until the group is written.
+        pool = BufferPool(max_free_bytes=(_IN_FLIGHT + 2) * self._block_budget())
         slots = work.slots
         if not undo:
-            undo.append(store.snapshot(slots))
+            undo.append(store.snapshot(slots, rows=work.stored))
         devices = jax.local_devices()
         itemsize = np.dtype(dtype).itemsize
         with _progress_bar(progress, U, "update") as bar:
             for group in _plan_groups(plans, work.full_precision, itemsize):
-                with timer("pack"):
-                    stored = work.gather(group)
                 writes = PendingWrites()
                 for plan in group:
+                    lease = pool.lease()
                     with timer("pack"):
-                        block = work.build(plan, stored)
+                        block = work.build(plan, lease)
                     feature_ids = np.asarray(block.feature_ids)  # the host copy (a NumPy array already), for the store
                     with timer("dispatch"):
                         if len(devices) > 1:
                             device = devices[sum(device_blocks.values()) % len(devices)]
                             block = jax.device_put(block, device)
                             device_blocks[str(device)] += 1
-                        pending.append((plan, feature_ids, solve(block, l2, delta_arr, config, method=plan.method)))
+                        pending.append((plan, feature_ids, solve(block, l2, delta_arr, config, method=plan.method),
+                                        lease))
                     del block
                     if len(pending) > _IN_FLIGHT * len(devices):
-                        collect(*pending.popleft(), writes)
+                        collect(*pending.popleft(), writes, pool)
                 while pending:
-                    collect(*pending.popleft(), writes)
+                    collect(*pending.popleft(), writes, pool)
                 with timer("write"):
                     store.write_pending(writes)
-                del stored
         return report, len(plans)
 
     def score(self, dataset: Dataset) -> np.ndarray:
@@ -651,8 +657,8 @@ def _cast(dataset: Dataset, dtype: np.dtype) -> Dataset:
 
 
 def _plan_groups(plans: list[BlockPlan], full_precision: bool, itemsize: int) -> Iterator[list[BlockPlan]]:
-    """Consecutive plans in groups whose priors and results (a mean and a precision per lane, gathered and
-    held, twice) take about :data:`_GROUP_BYTES` at most; a plan larger than that is a group alone."""
+    """Consecutive plans in groups whose results (a mean and a precision per lane, held before they are
+    written, counted twice) take about :data:`_GROUP_BYTES` at most; a plan larger than that is a group alone."""
     group: list[BlockPlan] = []
     size = 0
     for plan in plans:

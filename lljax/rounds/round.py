@@ -1,20 +1,21 @@
 """A round: one update's working set, and the blocks built from it.
 
 :meth:`Round.prepare` gathers what an update of a dataset's entities needs (encoded labels, rows grouped
-by entity, local feature subspaces, stored priors); :meth:`Round.plan` buckets the entities into
-:class:`~lljax.rounds.plan.BlockPlan` s, each with the method :mod:`lljax.solve.registry` chooses for
-its shape; :meth:`Round.build` builds a plan's padded block in its method's layout with vectorized NumPy
-(or the native host helpers): the same beginning for every layout (the block's rows, labels, weights,
-offsets), the layout's design (a dense ``(E, N, D)`` matrix, or each row's nonzeros in ``K`` slots), and
-the same end (global feature ids, prior means and precisions). Padding rows have weight 0; padding
-features have no data, prior mean 0 and id -1; padding entities are all padding.
+by entity, local feature subspaces, the stored rows of its entities, read once); :meth:`Round.plan`
+buckets the entities into :class:`~lljax.rounds.plan.BlockPlan` s, each with the method
+:mod:`lljax.solve.registry` chooses for its shape; :meth:`Round.build` builds a plan's padded block in
+its method's layout with vectorized NumPy (or the native host helpers): the same beginning for every
+layout (the block's rows, labels, weights, offsets), the layout's design (a dense ``(E, N, D)`` matrix,
+or each row's nonzeros in ``K`` slots), and the same end (global feature ids, prior means and
+precisions). Padding rows have weight 0; padding features have no data, prior mean 0 and id -1; padding
+entities are all padding.
 
 No step loops in Python over examples or entities; loops run over blocks only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
@@ -22,6 +23,7 @@ import numpy.typing as npt
 
 from lljax.data.arrays import concat_ranges, next_pow2, segments
 from lljax.data.dataset import Dataset, prepend_intercept
+from lljax.rounds.buffers import Buffers
 from lljax.rounds.plan import BlockPlan, plan_blocks
 from lljax.rounds.subspaces import Subspaces, local_subspaces
 from lljax.solve import kernels, registry
@@ -30,29 +32,7 @@ from lljax.solve.blocks import Block, SparseBlock
 from lljax.solve.losses import encode_labels
 from lljax.state.store import EntityStore, GatheredRows
 
-__all__ = ["Round", "StoredPriors", "block_rows", "scatter_rows", "row_entries", "priors"]
-
-
-class StoredPriors(NamedTuple):
-    """Stored priors gathered for some of a round's entities (:meth:`Round.gather`).
-
-    Attributes:
-      position: ``(U,)`` each dataset entity's position in the gathered request, -1 if not in it.
-      rows: the store's :class:`~lljax.state.store.GatheredRows`, ``None`` without a store.
-      full: whether precisions are ``(d, d)``.
-    """
-
-    position: np.ndarray
-    rows: GatheredRows | None
-    full: bool
-
-    def rows_of(self, entities: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
-        """``(positions in entities, feature_ids (g, d), means (g, d), precision)`` per stored width."""
-        if self.rows is None:
-            return iter(())
-        request = self.position[entities]
-        assert (request >= 0).all(), "the block's entities were gathered"
-        return self.rows.dense(request)
+__all__ = ["Round", "block_rows", "scatter_rows", "row_entries", "priors"]
 
 
 class Round(NamedTuple):
@@ -66,6 +46,9 @@ class Round(NamedTuple):
       subspaces: local feature subspaces of all dataset entities.
       store: stored priors (``None``: every entity cold-starts).
       slots: ``(U,)`` store slot of each dataset entity (-1: not stored).
+      stored: the stored rows of the dataset's entities (request positions = entity codes), read from the
+        store once (``None`` without a store): the local subspaces, every block's priors and the
+        update's undo snapshot come from it.
       l2: cold-start prior precision lambda of features without a stored prior.
       penalize_intercept: False: the intercept (feature id 0) cold-starts with precision 0 instead (it has
         no L2 term either, :attr:`lljax.solve.base.SolverConfig.penalize_intercept`).
@@ -78,6 +61,7 @@ class Round(NamedTuple):
     subspaces: Subspaces
     store: EntityStore | None
     slots: np.ndarray
+    stored: GatheredRows | None
     l2: float
     penalize_intercept: bool = True
 
@@ -86,19 +70,21 @@ class Round(NamedTuple):
                 penalize_intercept: bool = True) -> Round:
         """The working set of an update of every entity of ``dataset``, with ``store``'s priors."""
         U = dataset.num_entities
+        stored = None
         if store is None:
             slots = np.full(U, -1, np.int64)
             owner, prior_fids = np.zeros(0, np.int64), np.zeros(0, np.int64)
         else:
             slots = store.lookup(dataset.entity_keys)
-            prior = store.gather_pairs(slots)
+            stored = store.gather(slots)
+            prior = stored.pairs()
             owner, prior_fids = prior.owner, prior.feature_ids
         row_order = np.argsort(dataset.entity, kind="stable")
         row_start = np.zeros(U + 1, np.int64)
         np.cumsum(np.bincount(dataset.entity, minlength=U), out=row_start[1:])
         subspaces = local_subspaces(dataset, owner, prior_fids, rows=(row_order, row_start))
-        return cls(dataset, encode_labels(loss, dataset.label), row_order, row_start, subspaces, store, slots, l2,
-                   penalize_intercept)
+        return cls(dataset, encode_labels(loss, dataset.label), row_order, row_start, subspaces, store, slots, stored,
+                   l2, penalize_intercept)
 
     @property
     def full_precision(self) -> bool:
@@ -115,71 +101,75 @@ class Round(NamedTuple):
 
         return plan_blocks(np.diff(self.row_start), self.subspaces.sizes, memory_budget, choose)
 
-    def gather(self, plans: list[BlockPlan]) -> StoredPriors:
-        """The stored priors of the entities of ``plans``, read from the store at once, for :meth:`build`."""
-        entities = np.concatenate([plan.entities for plan in plans]) if plans else np.zeros(0, np.int64)
-        position = np.full(self.dataset.num_entities, -1, np.int64)
-        position[entities] = np.arange(len(entities))
-        rows = None if self.store is None else self.store.gather(self.slots[entities])
-        return StoredPriors(position, rows, self.full_precision)
-
-    def build(self, plan: BlockPlan, stored: StoredPriors | None = None) -> Block | SparseBlock:
-        """The padded NumPy block of ``plan``, in its method's layout; ``stored``: the priors of a
-        :meth:`gather` that covered ``plan`` (default: gathered for this block alone)."""
+    def build(self, plan: BlockPlan, buffers: Buffers | None = None) -> Block | SparseBlock:
+        """The padded NumPy block of ``plan``, in its method's layout; ``buffers``: where the block's arrays
+        are allocated (aligned, see :mod:`lljax.rounds.buffers`; default: fresh), except ``feature_ids``,
+        which is fresh memory always (the caller keeps it after the block is solved)."""
         E, N, D = plan.lanes, plan.rows, plan.features
         ents = plan.entities
         dataset = self.dataset
         dtype = dataset.dtype
-        rows, lane, row_cell, y, w, offset = block_rows(dataset, self.labels, plan, self.row_order, self.row_start)
+        buffers = Buffers() if buffers is None else buffers
+        rows, lane, row_cell, y, w, offset = block_rows(dataset, self.labels, plan, self.row_order, self.row_start,
+                                                        buffers)
         local = self.subspaces.restrict(ents)
         dense = registry.METHODS[plan.method].layout == "dense"
         if dense:
-            X = (scatter_rows(dataset, rows, lane, row_cell, local, E * N, D).astype(dtype, copy=False)
-                 .reshape(E, N, D))
+            X = _as_dtype(scatter_rows(dataset, rows, lane, row_cell, local, E * N, D, buffers), dtype, buffers)
+            X = X.reshape(E, N, D)
         else:
-            cols, vals = _row_slots(dataset, rows, lane, row_cell, local, E, N, D)
+            cols, vals = _row_slots(dataset, rows, lane, row_cell, local, E, N, D, buffers)
         feature_ids = np.full((E, D), -1, np.int64)
         feature_ids[: len(ents)] = local.feature_ids(D)
         cold = self.l2 if self.penalize_intercept else np.where(feature_ids == 0, 0.0, self.l2)
-        if stored is None:
-            stored = self.gather([plan])
-        prior_mean, prior_precision = priors(stored.rows_of(ents), E, D, local, stored.full, cold, dtype)
+        stored = () if self.stored is None else self.stored.dense(ents)
+        prior_mean, prior_precision = priors(stored, E, D, local, self.full_precision, cold, dtype, buffers)
         rest = (y.reshape(E, N), w.reshape(E, N), offset.reshape(E, N), feature_ids, prior_mean, prior_precision)
         return Block(X, *rest) if dense else SparseBlock(cols, vals, *rest)
 
 
+def _as_dtype(values: np.ndarray, dtype: npt.DTypeLike, buffers: Buffers) -> np.ndarray:
+    """``values`` in ``dtype``: ``values`` itself when it has that dtype, else a copy from ``buffers``."""
+    if values.dtype == dtype:
+        return values
+    out = buffers.empty(values.shape, dtype)
+    np.copyto(out, values, casting="unsafe")
+    return out
+
+
 def _row_slots(dataset: Dataset, rows: np.ndarray, lane: np.ndarray, row_cell: np.ndarray, local: Subspaces,
-               E: int, N: int, D: int) -> tuple[np.ndarray, np.ndarray]:
+               E: int, N: int, D: int, buffers: Buffers) -> tuple[np.ndarray, np.ndarray]:
     """``(cols, vals)`` ``(E, N, K)``: each row's nonzeros as (local column, value) in
     ``K = next_pow2(most nonzeros in a row)`` slots; nothing of size ``N x D`` is formed."""
     dtype = dataset.dtype
     entries = dataset.given_indptr[rows + 1] - dataset.given_indptr[rows] + (dataset.intercept_id is not None)
     K = int(next_pow2(max(int(entries.max(initial=0)), 1)))
-    cols = np.zeros(E * N * K, np.int32)
+    cols = buffers.zeros(E * N * K, np.int32)
     if kernels.enabled():  # one pass (see scatter_rows)
-        vals = np.zeros(E * N * K, np.float64)
+        vals = buffers.zeros(E * N * K, np.float64)
         kernels.pack_rows(dataset.given_indptr, dataset.given_feature_ids, dataset.given_values, rows, row_cell, lane,
                           local, D, vals, slot_cols=cols, K=K, leading=dataset.intercept_id)
-        vals = vals.astype(dtype, copy=False)
+        vals = _as_dtype(vals, dtype, buffers)
     else:
         nnz_per_row, feature_ids, values = row_entries(dataset, rows)
         slot = np.repeat(row_cell * K, nnz_per_row) + segments(nnz_per_row)[1]
-        vals = np.zeros(E * N * K, dtype)
+        vals = buffers.zeros(E * N * K, dtype)
         cols[slot] = local.local_index(np.repeat(lane, nnz_per_row), feature_ids)
         vals[slot] = values
     return cols.reshape(E, N, K), vals.reshape(E, N, K)
 
 
 def scatter_rows(dataset: Dataset, rows: np.ndarray, lane: np.ndarray, row_cell: np.ndarray, local: Subspaces,
-                  cells: int, D: int) -> np.ndarray:
-    """``(cells * D,)`` float64: each row's nonzeros added at ``row_cell * D + local column``.
+                  cells: int, D: int, buffers: Buffers | None = None) -> np.ndarray:
+    """``(cells * D,)`` float64: each row's nonzeros added at ``row_cell * D + local column`` (in ``buffers``
+    on the native path).
 
     By the native helper (:func:`lljax.solve.kernels.pack_rows`, one pass) when it is built and enabled, else
     by NumPy (local columns by :meth:`Subspaces.local_index` with the rank-in-row guess, then a
     ``bincount``); both add repeated (row, feature) values in float64 and give the same array.
     """
     if kernels.enabled():
-        out = np.zeros(cells * D, np.float64)
+        out = (Buffers() if buffers is None else buffers).zeros(cells * D, np.float64)
         kernels.pack_rows(dataset.given_indptr, dataset.given_feature_ids, dataset.given_values, rows, row_cell, lane,
                           local, D, out, leading=dataset.intercept_id)
         return out
@@ -205,20 +195,22 @@ def row_entries(dataset: Dataset, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def block_rows(
-    dataset: Dataset, labels: np.ndarray, plan: BlockPlan, row_order: np.ndarray, row_start: np.ndarray
+    dataset: Dataset, labels: np.ndarray, plan: BlockPlan, row_order: np.ndarray, row_start: np.ndarray,
+    buffers: Buffers | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The examples of a block's entities and their padded per-row arrays.
 
     Returns ``(rows, lane, row_cell, y, w, offset)``: ``rows`` the dataset examples, entity by entity;
     ``lane`` and ``row_cell = lane * N + rank`` their lane and flat ``(E * N)`` position; ``y``, ``w``,
-    ``offset`` ``(E * N,)`` with zeros in padding rows (weight 0 marks them). By the native helper
+    ``offset`` ``(E * N,)`` with zeros in padding rows (weight 0 marks them), in ``buffers``. By the native helper
     (:func:`lljax.solve.kernels.block_rows`, one pass) when it is built and enabled, else by NumPy: the same arrays.
     """
     E, N = plan.lanes, plan.rows
     dtype = dataset.dtype
-    y = np.zeros(E * N, dtype)
-    w = np.zeros(E * N, dtype)
-    offset = np.zeros(E * N, dtype)
+    buffers = Buffers() if buffers is None else buffers
+    y = buffers.zeros(E * N, dtype)
+    w = buffers.zeros(E * N, dtype)
+    offset = buffers.zeros(E * N, dtype)
     if kernels.enabled():
         rows, lane, row_cell = kernels.block_rows(row_order, row_start, plan.entities, N,
                                                   (labels, dataset.weight, dataset.offset), (y, w, offset))
@@ -234,27 +226,29 @@ def block_rows(
 
 
 def priors(stored: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]], E: int, D: int,
-           subspaces: Subspaces, full: bool, cold: float | np.ndarray, dtype: npt.DTypeLike
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """Prior mean ``(E, D)`` and precision ``(E, D)``/``(E, D, D)`` (``full``) in the local subspaces.
+           subspaces: Subspaces, full: bool, cold: float | np.ndarray, dtype: npt.DTypeLike,
+           buffers: Buffers | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Prior mean ``(E, D)`` and precision ``(E, D)``/``(E, D, D)`` (``full``) in the local subspaces, in
+    ``buffers``.
 
     Features without a stored prior (and every feature of a new entity) get mean 0 and
     precision ``cold`` (diagonal; a scalar, usually ``l2``, or ``(E, D)`` per local feature); the
     ``stored`` rows (``(lanes (g,), feature_ids (g, d), means (g, d), precision)`` per width, as
-    :meth:`StoredPriors.rows_of`) are scattered to their local positions. When a stored row has padded
+    :meth:`lljax.state.store.GatheredRows.dense`) are scattered to their local positions. When a stored row has padded
     entries (id -1), one extra column ``D`` catches their scatter; otherwise (the store's rows have exact
     widths) the arrays are ``D`` wide from the start, so the blocks get C-contiguous arrays (a strided one
     costs JAX a slow copy at dispatch).
     """
     stored = list(stored)
     width = D + 1 if any((fids < 0).any() for _, fids, _, _ in stored) else D
-    mean = np.zeros((E, width), dtype)
+    buffers = Buffers() if buffers is None else buffers
+    mean = buffers.zeros((E, width), dtype)
     if full:
-        precision = np.zeros((E, width, width), dtype)
+        precision = buffers.zeros((E, width, width), dtype)
         idx = np.arange(D)
         precision[:, idx, idx] = cold
     else:
-        precision = np.empty((E, width), dtype)
+        precision = buffers.empty((E, width), dtype)
         precision[:, :D] = cold
         precision[:, D:] = 0
     for positions, fids, means, stored_precision in stored:

@@ -214,20 +214,36 @@ def _as_run(offsets: np.ndarray) -> slice | np.ndarray:
 
 
 class GatheredRows:
-    """The stored rows of many entities, read from the store at once and handed out in parts.
+    """Copies of the stored rows of many entities, read from the store at once and handed out in parts.
 
     Reading a store costs a pass per width, field and chunk, whatever the number of entities read; an
-    update reads once per group of blocks (:meth:`EntityStore.gather`) and each block takes its part
-    (:meth:`dense`) with plain NumPy indexing.
+    update reads its round's entities once (:meth:`EntityStore.gather`): their stored features for the
+    local subspaces (:meth:`pairs`), their priors for the blocks (:meth:`dense`, block by block, with plain
+    NumPy indexing) and the undo snapshot (:meth:`EntityStore.snapshot` with ``rows``) all come from
+    this one copy.
     """
 
-    def __init__(self, groups: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]], count: int):
-        self._groups = groups
+    def __init__(self, groups: list[tuple[int, np.ndarray, dict[str, np.ndarray]]], count: int, full: bool,
+                 dtype: np.dtype):
+        self.groups = groups  # (width, positions in the request, {field: (g, ...) copies in the store's layout})
+        self.full = full
+        self.dtype = dtype
         self._group = np.full(count, -1, np.int64)  # width group of each requested entity, -1: none stored
         self._row = np.zeros(count, np.int64)
-        for g, (positions, *_) in enumerate(groups):
+        for g, (_, positions, _) in enumerate(groups):
             self._group[positions] = g
             self._row[positions] = np.arange(len(positions))
+
+    def pairs(self) -> StoredPairs:
+        """Every gathered (feature id, mean) pair, its owner the entity's position in the request."""
+        owners, fids, means = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, self.dtype)]
+        for _, positions, fields in self.groups:
+            f = fields["feature_ids"]
+            valid = f >= 0
+            owners.append(np.broadcast_to(positions[:, None], f.shape)[valid])
+            fids.append(f[valid])
+            means.append(fields["means"][valid])
+        return StoredPairs(np.concatenate(owners), np.concatenate(fids), np.concatenate(means))
 
     def dense(self, request: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
         """As :meth:`EntityStore.gather_dense` for the entities at positions ``request`` of the gathered
@@ -235,9 +251,12 @@ class GatheredRows:
         group = self._group[request]
         for g in np.unique(group[group >= 0]):
             selected = np.flatnonzero(group == g)
-            _, feature_ids, means, precision = self._groups[int(g)]
+            width, _, fields = self.groups[int(g)]
             rows = self._row[request[selected]]
-            yield selected, feature_ids[rows], means[rows], None if precision is None else precision[rows]
+            precision = fields.get("precision")
+            if precision is not None:
+                precision = unpack_upper(precision[rows], width) if self.full else precision[rows]
+            yield selected, fields["feature_ids"][rows], fields["means"][rows], precision
 
 
 class PendingWrites:
@@ -378,23 +397,34 @@ class EntityStore:
             yield positions, taken["feature_ids"], taken["means"], precision
 
     def gather(self, slots: np.ndarray) -> GatheredRows:
-        """:meth:`gather_dense` of ``slots`` at once, kept for :meth:`GatheredRows.dense` of its parts."""
-        return GatheredRows(list(self.gather_dense(slots)), len(slots))
+        """Copies of every field of the entities at ``slots`` (-1 ones have none), kept for
+        :meth:`GatheredRows.pairs`, :meth:`GatheredRows.dense` and :meth:`snapshot`."""
+        groups = [(slab.width, positions, slab.take_fields(slab.fields, rows))
+                  for slab, positions, rows in self._groups(slots)]
+        return GatheredRows(groups, len(slots), self.precision == "full", self.dtype)
 
-    def snapshot(self, slots: np.ndarray) -> StoreSnapshot:
+    def snapshot(self, slots: np.ndarray, rows: GatheredRows | None = None) -> StoreSnapshot:
         """What :meth:`restore` needs to undo writes to the entities at ``slots`` (-1: not stored yet) and
         every entity registered from now on: where each stored one lives (width, row), a copy of its row,
-        the key count, the key kind and each slab's size. O(number of stored entities in ``slots``)."""
+        the key count, the key kind and each slab's size. O(number of stored entities in ``slots``).
+
+        ``rows``: the :meth:`gather` of the same ``slots``, with nothing written since, whose copies the
+        snapshot then keeps instead of reading the rows again (``slots`` must then be distinct but -1)."""
         slots = np.asarray(slots, np.int64)
         stored = np.unique(slots[slots >= 0])
         width, row = self._width[stored].copy(), self._row[stored].copy()
         contents = []
-        for w in np.unique(width):
-            if w == 0:
-                continue
-            members = np.flatnonzero(width == w)
-            slab = self._slabs[int(w)]
-            contents.append((int(w), members, slab.take_fields(slab.fields, row[members])))
+        if rows is not None:
+            assert len(stored) == int((slots >= 0).sum()), "the slots of a shared gather are distinct"
+            for w, positions, fields in rows.groups:
+                contents.append((int(w), np.searchsorted(stored, slots[positions]), fields))
+        else:
+            for w in np.unique(width):
+                if w == 0:
+                    continue
+                members = np.flatnonzero(width == w)
+                slab = self._slabs[int(w)]
+                contents.append((int(w), members, slab.take_fields(slab.fields, row[members])))
         return StoreSnapshot(len(self._keys), self.key_kind, stored, width, row,
                              {w: slab.size for w, slab in self._slabs.items()}, contents)
 
@@ -501,8 +531,7 @@ class EntityStore:
 
     def _write_width(self, slots: np.ndarray, group: WidthRows) -> None:
         width = group.feature_ids.shape[1]
-        if width == 0:  # no features: registered, nothing stored
-            self._retire(slots)
+        if width == 0:  # no features: registered, nothing stored (a row it had is dead: nothing points at it)
             self._width[slots] = 0
             return
         slab = self._slabs.get(width)
@@ -512,8 +541,7 @@ class EntityStore:
         rows = np.empty(len(slots), np.int64)
         rows[in_place] = self._row[slots[in_place]]
         moved = np.flatnonzero(~in_place)
-        rows[moved] = slab.allocate(len(moved))
-        self._retire(slots[moved])
+        rows[moved] = slab.allocate(len(moved))  # the rows they leave are dead: nothing points at them
         fields = {"feature_ids": group.feature_ids, "means": group.means}
         if slab.has_precision:
             assert group.precision is not None, "a store with precision is given one"
@@ -521,11 +549,6 @@ class EntityStore:
         slab.put_fields(rows, fields)
         self._width[slots[moved]] = width
         self._row[slots[moved]] = rows[moved]
-
-    def _retire(self, slots: np.ndarray) -> None:
-        """Mark the old rows of entities that move to another slab as dead."""
-        for slab, _, rows in self._groups(slots):
-            slab.put("feature_ids", rows, -1)
 
     def _register(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Give the keys with slot -1 new slots (width 0: no row yet); return all slots.
