@@ -724,3 +724,47 @@ def test_from_arrays_keeps_the_given_rows_with_an_intercept():
     assert data.given_feature_ids is fids and data.given_values is values and data.intercept_id == 0
     assert data.feature_ids.tolist() == [0, 1, 0, 2, 0, 2] and data.values.tolist() == [1, 0.5, 1, -1, 1, 2]
     assert data.indptr.tolist() == [0, 2, 4, 6] and data.num_nonzeros == 6 and "nnz=6" in repr(data)
+
+
+@needs_native
+@pytest.mark.parametrize("hessian", ["full", "diagonal", "none"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_stored_priors_placed_by_the_native_helper_equal_numpy_and_the_store(monkeypatch, hessian, dtype):
+    """A block's priors from stored rows (scatter_priors) equal the NumPy path's bit for bit, and each
+    stored feature's mean and precision sit at its column of the entity's subspace, which interleaves
+    stored and new features (oracle: the store's own coefficients)."""
+    from lljax import RandomEffectModel
+    from lljax.rounds.round import Round
+
+    rng = np.random.default_rng(21)
+    first = _mixed_rows_dataset(rng, np.int64, dtype, entities=30, vocabulary=40, intercept_id=0)
+    model = RandomEffectModel("linear", hessian=hessian, l2=0.5)
+    model.update(first)
+    second = _mixed_rows_dataset(rng, np.int64, dtype, entities=45, vocabulary=40, intercept_id=0)  # 15 new
+    work = Round.prepare(second, "linear", model.store, 0.5)
+    plans = work.plan(1 << 20, model.solver_config(np.dtype(dtype)))
+    assert kernels.enabled()
+    native = [work.build(plan) for plan in plans]
+    monkeypatch.setenv("LLJAX_NATIVE", "0")
+    plain = [work.build(plan) for plan in plans]
+    checked = interleaved = 0
+    for plan, a, b in zip(plans, native, plain):
+        for name in ("prior_mean", "prior_precision"):
+            x, y = np.asarray(getattr(a, name)), np.asarray(getattr(b, name))
+            assert x.dtype == y.dtype == dtype and x.shape == y.shape, name
+            np.testing.assert_array_equal(x, y, err_msg=name)
+        for lane, entity in enumerate(plan.entities):
+            key = second.entity_keys[entity]
+            if key not in model:
+                continue
+            stored = model.coefficients(key)
+            ids = list(np.asarray(a.feature_ids)[lane])
+            cols = [ids.index(f) for f in stored.feature_ids]
+            interleaved += len(cols) < sum(f >= 0 for f in ids) and cols != list(range(len(cols)))
+            np.testing.assert_array_equal(np.asarray(a.prior_mean)[lane, cols], stored.mean)
+            if hessian == "full":
+                np.testing.assert_array_equal(np.asarray(a.prior_precision)[lane][np.ix_(cols, cols)], stored.precision)
+            elif hessian == "diagonal":
+                np.testing.assert_array_equal(np.asarray(a.prior_precision)[lane, cols], stored.precision)
+            checked += 1
+    assert checked >= 25 and interleaved >= 5

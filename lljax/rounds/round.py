@@ -30,7 +30,7 @@ from lljax.solve import kernels, registry
 from lljax.solve.base import SolverConfig
 from lljax.solve.blocks import Block, SparseBlock
 from lljax.solve.losses import encode_labels
-from lljax.state.store import EntityStore, GatheredRows
+from lljax.state.store import EntityStore, GatheredRows, unpack_upper
 
 __all__ = ["Round", "block_rows", "scatter_rows", "row_entries", "priors"]
 
@@ -122,7 +122,7 @@ class Round(NamedTuple):
         feature_ids = np.full((E, D), -1, np.int64)
         feature_ids[: len(ents)] = local.feature_ids(D)
         cold = self.l2 if self.penalize_intercept else np.where(feature_ids == 0, 0.0, self.l2)
-        stored = () if self.stored is None else self.stored.dense(ents)
+        stored = () if self.stored is None else self.stored.rows(ents)
         prior_mean, prior_precision = priors(stored, E, D, local, self.full_precision, cold, dtype, buffers)
         rest = (y.reshape(E, N), w.reshape(E, N), offset.reshape(E, N), feature_ids, prior_mean, prior_precision)
         return Block(X, *rest) if dense else SparseBlock(cols, vals, *rest)
@@ -233,11 +233,13 @@ def priors(stored: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
 
     Features without a stored prior (and every feature of a new entity) get mean 0 and
     precision ``cold`` (diagonal; a scalar, usually ``l2``, or ``(E, D)`` per local feature); the
-    ``stored`` rows (``(lanes (g,), feature_ids (g, d), means (g, d), precision)`` per width, as
-    :meth:`lljax.state.store.GatheredRows.dense`) are scattered to their local positions. When a stored row has padded
-    entries (id -1), one extra column ``D`` catches their scatter; otherwise (the store's rows have exact
-    widths) the arrays are ``D`` wide from the start, so the blocks get C-contiguous arrays (a strided one
-    costs JAX a slow copy at dispatch).
+    ``stored`` rows, in the store's layout (``(lanes (g,), feature_ids (g, d), means (g, d), precision)`` per
+    width, ``precision`` ``(g, d (d + 1) / 2)`` upper triangles when ``full``, else ``(g, d)`` or ``None``, as
+    :meth:`lljax.state.store.GatheredRows.rows`), are scattered to their local positions: by the native
+    helper (:func:`lljax.solve.kernels.scatter_priors`) when it is built and enabled and no row is padded,
+    else by NumPy, with the same result. When a stored row has padded entries (id -1), one extra column
+    ``D`` catches their scatter; otherwise (the store's rows have exact widths) the arrays are ``D`` wide
+    from the start, so the blocks get C-contiguous arrays (a strided one costs JAX a copy at dispatch).
     """
     stored = list(stored)
     width = D + 1 if any((fids < 0).any() for _, fids, _, _ in stored) else D
@@ -251,6 +253,11 @@ def priors(stored: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
         precision = buffers.empty((E, width), dtype)
         precision[:, :D] = cold
         precision[:, D:] = 0
+    if width == D and kernels.enabled():
+        for positions, fids, means, stored_precision in stored:
+            kernels.scatter_priors(positions, fids, means, stored_precision, full, subspaces, mean,
+                                   None if stored_precision is None else precision)
+        return mean, precision
     for positions, fids, means, stored_precision in stored:
         valid = fids >= 0
         owner = np.broadcast_to(positions[:, None], fids.shape)
@@ -260,6 +267,7 @@ def priors(stored: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
         if stored_precision is None:
             continue
         if full:
+            stored_precision = unpack_upper(stored_precision, fids.shape[1])
             precision[lanes[:, :, None], local[:, :, None], local[:, None, :]] = stored_precision
         else:
             precision[lanes, local] = stored_precision

@@ -24,7 +24,7 @@ from lljax.data.arrays import concat_ranges
 from lljax.data.errors import input_error
 
 __all__ = ["EntityStore", "EntityCoefficients", "StoredPairs", "FlatEntities", "WidthRows", "StoreSnapshot",
-           "GatheredRows", "PendingWrites", "PRECISION_FORMS"]
+           "GatheredRows", "PendingWrites", "PRECISION_FORMS", "pack_upper", "unpack_upper"]
 
 
 class EntityCoefficients(NamedTuple):
@@ -218,15 +218,13 @@ class GatheredRows:
 
     Reading a store costs a pass per width, field and chunk, whatever the number of entities read; an
     update reads its round's entities once (:meth:`EntityStore.gather`): their stored features for the
-    local subspaces (:meth:`pairs`), their priors for the blocks (:meth:`dense`, block by block, with plain
+    local subspaces (:meth:`pairs`), their priors for the blocks (:meth:`rows`, block by block, with plain
     NumPy indexing) and the undo snapshot (:meth:`EntityStore.snapshot` with ``rows``) all come from
     this one copy.
     """
 
-    def __init__(self, groups: list[tuple[int, np.ndarray, dict[str, np.ndarray]]], count: int, full: bool,
-                 dtype: np.dtype):
+    def __init__(self, groups: list[tuple[int, np.ndarray, dict[str, np.ndarray]]], count: int, dtype: np.dtype):
         self.groups = groups  # (width, positions in the request, {field: (g, ...) copies in the store's layout})
-        self.full = full
         self.dtype = dtype
         self._group = np.full(count, -1, np.int64)  # width group of each requested entity, -1: none stored
         self._row = np.zeros(count, np.int64)
@@ -245,18 +243,18 @@ class GatheredRows:
             means.append(fields["means"][valid])
         return StoredPairs(np.concatenate(owners), np.concatenate(fids), np.concatenate(means))
 
-    def dense(self, request: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
-        """As :meth:`EntityStore.gather_dense` for the entities at positions ``request`` of the gathered
-        request: ``(positions in request, feature_ids (g, d), means (g, d), precision)`` per width."""
+    def rows(self, request: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
+        """The rows of the entities at positions ``request`` of the gathered request, in the store's layout:
+        ``(positions in request, feature_ids (g, d), means (g, d), precision)`` per width, ``precision``
+        ``(g, d (d + 1) / 2)`` upper triangles (full), ``(g, d)`` or ``None``."""
         group = self._group[request]
         for g in np.unique(group[group >= 0]):
             selected = np.flatnonzero(group == g)
-            width, _, fields = self.groups[int(g)]
+            _, _, fields = self.groups[int(g)]
             rows = self._row[request[selected]]
             precision = fields.get("precision")
-            if precision is not None:
-                precision = unpack_upper(precision[rows], width) if self.full else precision[rows]
-            yield selected, fields["feature_ids"][rows], fields["means"][rows], precision
+            yield selected, fields["feature_ids"][rows], fields["means"][rows], None if precision is None else \
+                precision[rows]
 
 
 class PendingWrites:
@@ -398,10 +396,10 @@ class EntityStore:
 
     def gather(self, slots: np.ndarray) -> GatheredRows:
         """Copies of every field of the entities at ``slots`` (-1 ones have none), kept for
-        :meth:`GatheredRows.pairs`, :meth:`GatheredRows.dense` and :meth:`snapshot`."""
+        :meth:`GatheredRows.pairs`, :meth:`GatheredRows.rows` and :meth:`snapshot`."""
         groups = [(slab.width, positions, slab.take_fields(slab.fields, rows))
                   for slab, positions, rows in self._groups(slots)]
-        return GatheredRows(groups, len(slots), self.precision == "full", self.dtype)
+        return GatheredRows(groups, len(slots), self.dtype)
 
     def snapshot(self, slots: np.ndarray, rows: GatheredRows | None = None) -> StoreSnapshot:
         """What :meth:`restore` needs to undo writes to the entities at ``slots`` (-1: not stored yet) and

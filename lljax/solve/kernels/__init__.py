@@ -13,8 +13,9 @@ is available; see ``setup.py``) holds:
   ``K = X A^-1 X^T`` built from the nonzeros grouped by column;
 - **host helpers** (``pack.cc``, plain CPython): :func:`pack_rows` scatters a block's sparse rows into
   its dense design matrix or sparse slots, :func:`block_rows` gathers a block's rows and their
-  label / weight / offset columns, and :func:`subspace_keys` finds every entity's distinct features,
-  each in one pass, for :mod:`lljax.rounds.round` (which keeps its NumPy paths as the fallback).
+  label / weight / offset columns, :func:`scatter_priors` puts stored priors at their local columns and
+  :func:`subspace_keys` finds every entity's distinct features, each in one pass, for
+  :mod:`lljax.rounds.round` (which keeps its NumPy paths as the fallback).
 
 Without the extension (or with ``LLJAX_NATIVE=0``) the pure-JAX / NumPy paths run; results of the
 two agree to rounding (the host helpers exactly).
@@ -46,7 +47,7 @@ from lljax.solve.objective import penalized_features
 
 __all__ = ["available", "build_error", "enabled", "isa", "supports", "per_entity", "solve_result",
            "compiled_constants", "newton_solve", "wide_solve", "pack_rows", "block_rows",
-           "subspace_keys", "feature_mask", "LOSS_CODES", "PRECISION_CODES", "MASK_CODES"]
+           "scatter_priors", "subspace_keys", "feature_mask", "LOSS_CODES", "PRECISION_CODES", "MASK_CODES"]
 
 LOSS_CODES = {"linear": 0, "logistic": 1, "poisson": 2}
 PRECISION_CODES = {"diagonal": 0, "full": 1, "none": 2}
@@ -302,6 +303,33 @@ def block_rows(row_order: np.ndarray, row_start: np.ndarray, entities: np.ndarra
     _native().block_rows(c(row_order, np.int64), row_start, entities, int(N),
                        *(c(col, outputs[0].dtype) for col in columns), *outputs, rows, lane, cell)
     return rows, lane, cell
+
+
+def scatter_priors(lanes: np.ndarray, feature_ids: np.ndarray, means: np.ndarray, precision: np.ndarray | None,
+                   full: bool, subspaces: _Subspaces, mean_out: np.ndarray, precision_out: np.ndarray | None) -> None:
+    """Put ``g`` stored rows of one width ``d`` into a block's prior arrays, at their local columns (C++, see
+    ``pack.cc``): what :func:`lljax.rounds.round.priors` does with NumPy for rows without padding.
+
+    Args:
+      lanes: ``(g,)`` each row's lane in the block.
+      feature_ids: ``(g, d)`` int64, each row's features, sorted, distinct, all in its lane's subspace.
+      means: ``(g, d)``.
+      precision: ``(g, d (d + 1) / 2)`` upper triangles row by row (``full``), ``(g, d)`` diagonals, or ``None``.
+      full: whether ``precision`` holds upper triangles (``precision_out`` is then ``(E, D, D)``: both
+        triangles are written).
+      subspaces: the block's :class:`lljax.rounds.subspaces.Subspaces` (lane-numbered, see ``restrict``).
+      mean_out: ``(E, D)``, C-contiguous, written in place; precision_out: ``(E, D, D)`` or ``(E, D)`` of the
+        same dtype, or ``None`` with ``precision``.
+    Raises:
+      ValueError: a row's feature is not in its lane's subspace; IndexError: a lane out of range.
+    """
+    c = np.ascontiguousarray
+    kind = 0 if precision is None else 2 if full else 1
+    D = mean_out.shape[-1]
+    _native().scatter_priors(c(lanes, np.int64), c(feature_ids, np.int64), c(means, mean_out.dtype),
+                             None if precision is None else c(precision, mean_out.dtype), kind,
+                             c(subspaces.pair_keys), c(subspaces.start), c(subspaces.sizes), int(subspaces.stride),
+                             int(D), mean_out, precision_out)
 
 
 def subspace_keys(indptr: np.ndarray, feature_ids: np.ndarray, row_order: np.ndarray, row_start: np.ndarray,

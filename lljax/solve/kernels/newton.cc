@@ -340,6 +340,7 @@ static PyObject* lanes(PyObject*, PyObject*) {
 PyObject* lljax_pack_rows(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_subspace_keys(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_block_rows(PyObject*, PyObject* args);  // pack.cc
+PyObject* lljax_scatter_priors(PyObject*, PyObject* args);  // pack.cc
 
 static PyMethodDef methods[] = {
     {"pack_rows", lljax_pack_rows, METH_VARARGS,
@@ -352,6 +353,9 @@ static PyMethodDef methods[] = {
     {"block_rows", lljax_block_rows, METH_VARARGS,
      "block_rows(row_order, row_start, entities, N, label, weight, offset, y, w, o, rows, lane, cell): a block's "
      "rows, lanes and cells; y, w, o filled at the cells (see pack.cc)."},
+    {"scatter_priors", lljax_scatter_priors, METH_VARARGS,
+     "scatter_priors(lanes, feature_ids, means, precision, kind, keys, start, sizes, stride, D, mean_out, "
+     "precision_out): stored rows of one width into a block's prior arrays at their local columns (see pack.cc)."},
     {"registrations", registrations, METH_NOARGS, "FFI target name -> PyCapsule of the XLA FFI handler."},
     {"isa", isa, METH_NOARGS, "The kernel variant this CPU runs: 'avx2+fma' or 'generic'."},
     {"lanes", lanes, METH_NOARGS, "Entities per SIMD group, by dtype."},
