@@ -195,3 +195,60 @@ def test_an_interrupted_table_import_leaves_the_model_as_it_was(hessian):
         model2.store.check()
     model.import_table(table)
     assert model.coefficients(9).mean.tolist() == [3.0, 4.0, 5.0]
+
+
+def dense_batch(seed, keys, rows, features):
+    """Every row of every entity has all ``features`` columns (nonzero): an entity's width is known."""
+    rng = np.random.default_rng(seed)
+    entity = np.repeat(np.asarray(keys), rows)
+    n = len(entity)
+    return Dataset.from_arrays(entity, (rng.random(n) < 0.5).astype(float), X=rng.normal(size=(n, features)) + 3.0)
+
+
+@pytest.mark.parametrize("hessian", ["full", "diagonal", "none"])
+def test_rows_left_by_entities_that_grow_are_reused_and_an_interrupt_anywhere_in_the_reuse_undoes_it(hessian):
+    """Entities whose features grow leave their narrow rows; once that update is committed, new narrow
+    entities take those rows instead of new ones. The results are those of models that never shared
+    rows, and an interrupt at any line of the store during the reusing update leaves the model as it was."""
+    narrow, wide, newcomers = dense_batch(20, np.arange(8), 3, 2), dense_batch(21, np.arange(8), 3, 5), \
+        dense_batch(22, np.arange(100, 108), 3, 2)
+
+    def grown():
+        model = RandomEffectModel("logistic", hessian=hessian, delta=0.5)
+        model.update(narrow)
+        model.update(wide)  # the 8 entities move from width 3 (intercept + 2) to width 6
+        return model
+
+    model = grown()
+    assert model.store.row_usage() == {3: (8, 0, 8), 6: (8, 8, 0)}
+    model.update(newcomers)
+    assert model.store.row_usage() == {3: (8, 8, 0), 6: (8, 8, 0)}  # no new row: the 8 left ones are reused
+    model.store.check()
+    alone, old = RandomEffectModel("logistic", hessian=hessian, delta=0.5), RandomEffectModel(
+        "logistic", hessian=hessian, delta=0.5)
+    alone.update(newcomers)
+    old.update(narrow)
+    old.update(wide)
+    for key in range(8):
+        np.testing.assert_array_equal(model.coefficients(key).mean, old.coefficients(key).mean)
+    for key in range(100, 108):
+        got, expected = model.coefficients(key), alone.coefficients(key)
+        np.testing.assert_array_equal(got.mean, expected.mean)
+        if hessian != "none":
+            np.testing.assert_array_equal(got.precision, expected.precision)
+    reference = state(model)
+
+    counter = Interrupt(files=[STORE_FILE])
+    counter.run(grown().update, newcomers)
+    assert counter.count > 100
+    for at in range(0, counter.count, 2):
+        model = grown()
+        before = state(model)
+        with pytest.raises(KeyboardInterrupt):
+            Interrupt(files=[STORE_FILE], at=at).run(model.update, newcomers)
+        assert state(model) == before, at
+        model.store.check()
+        assert model.store.row_usage() == {3: (8, 0, 8), 6: (8, 8, 0)}, at
+        if at % 40 == 0:
+            model.update(newcomers)
+            assert state(model) == reference, at

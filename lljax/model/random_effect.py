@@ -274,6 +274,7 @@ class RandomEffectModel:
         snapshot = store.snapshot(store.lookup(flat.keys))
         try:
             store.write_flat(flat)
+            store.commit()
         except BaseException:
             store.restore(snapshot)
             raise
@@ -450,6 +451,8 @@ class RandomEffectModel:
                                                                 device_blocks)
                 report.merge(codes, round_report, first=r == 0)
                 blocks += round_blocks
+            if undo:
+                store.commit()
             return UpdateReport(dataset.entity_keys, report.status, report.iterations, report.loss,
                                 report.grad_norm, rows, report.features, blocks, time.perf_counter() - started,
                                 timer.seconds, dict(device_blocks))

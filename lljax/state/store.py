@@ -62,8 +62,9 @@ class WidthRows(NamedTuple):
 class StoreSnapshot:
     """What :meth:`EntityStore.restore` puts back: ``count`` keys registered and their ``key_kind``;
     the covered stored entities' ``slots (k,)``, ``width (k,)`` and ``row (k,)``; each slab's ``size``
-    (``slab_sizes``, by width); and ``contents``: per width, ``(width, members, {field: rows})`` copies
-    of the covered entities' rows (``members`` index ``slots``)."""
+    (``slab_sizes``, by width) and its free and retired rows (``slab_recycling``, by width); and
+    ``contents``: per width, ``(width, members, {field: rows})`` copies of the covered entities' rows
+    (``members`` index ``slots``)."""
 
     count: int
     key_kind: str | None
@@ -71,6 +72,7 @@ class StoreSnapshot:
     width: np.ndarray
     row: np.ndarray
     slab_sizes: dict[int, int]
+    slab_recycling: dict[int, _Recycling]
     contents: list[tuple[int, np.ndarray, dict[str, np.ndarray]]]
 
 
@@ -116,9 +118,23 @@ class FlatEntities(NamedTuple):
         return out
 
 
+class _Recycling(NamedTuple):
+    """A slab's rows that no entity uses: ``free[:count]`` may be given out again; ``retired`` rows were
+    left by entities that moved in a write not yet committed (an undo may still put them back), so they
+    wait. Never changed in place: a slab replaces the whole tuple, so a snapshot keeps it as it was."""
+
+    free: np.ndarray
+    count: int
+    retired: tuple[np.ndarray, ...]
+
+
 class _Slab:
     """Entities of one width ``d``: rows of ``feature_ids (d,)``, ``means (d,)`` and ``precision``
     (``(d (d + 1) / 2,)`` packed upper triangle, ``(d,)`` or none), kept in chunks.
+
+    A row left by an entity that moves to another width is retired, and free to be given out again once
+    the write is committed (:meth:`EntityStore.commit`), so that entities whose features grow do not
+    leave the slab ever larger.
 
     Chunks never move once allocated, so growing the slab never copies what is stored (a
     doubling array would copy gigabytes of full precisions at a million entities, stalling the
@@ -129,6 +145,7 @@ class _Slab:
     def __init__(self, width: int, dtype: np.dtype, precision: str | None):
         self.width = width
         self.size = 0
+        self.recycling = _Recycling(np.zeros(0, np.int64), 0, ())
         self._shapes = {"feature_ids": ((width,), np.dtype(np.int64)), "means": ((width,), dtype)}
         if precision is not None:
             shape = (width * (width + 1) // 2,) if precision == "full" else (width,)
@@ -147,7 +164,29 @@ class _Slab:
         return tuple(self._shapes)
 
     def allocate(self, count: int) -> np.ndarray:
-        """Return ``count`` fresh row indices, adding chunks as needed (nothing is copied)."""
+        """Return ``count`` row indices: free rows first, then new ones, adding chunks as needed (nothing
+        is copied)."""
+        free, available, retired = self.recycling
+        reused = min(count, available)
+        rows = self._append(count - reused)
+        self.recycling = _Recycling(free, available - reused, retired)
+        return np.concatenate([free[available - reused:available], rows]) if reused else rows
+
+    def retire(self, rows: np.ndarray) -> None:
+        """Rows no entity uses any more, free once committed (:meth:`commit`)."""
+        if len(rows):
+            free, available, retired = self.recycling
+            self.recycling = _Recycling(free, available, retired + (np.array(rows, np.int64),))
+
+    def commit(self) -> None:
+        """The retired rows become free."""
+        free, available, retired = self.recycling
+        if retired:
+            free = np.concatenate((free[:available],) + retired)
+            self.recycling = _Recycling(free, len(free), ())
+
+    def _append(self, count: int) -> np.ndarray:
+        """``count`` new row indices past ``size``."""
         needed = self.size + count
         while self._chunk_start[-1] < needed:
             chunks = len(self._chunk_start) - 1  # the chunks _chunk_start describes (an interrupted append
@@ -328,6 +367,7 @@ class EntityStore:
         self._width = np.zeros(16, np.int64)  # capacity grows geometrically; first len(self) are live
         self._row = np.zeros(16, np.int64)
         self._slabs: dict[int, _Slab] = {}
+        self._open = 0  # snapshots taken and neither restored nor committed: rows are not recycled meanwhile
         self.key_kind: str | None = None  # "int" or "str": set by the first key stored
 
     def __len__(self) -> int:
@@ -404,7 +444,9 @@ class EntityStore:
     def snapshot(self, slots: np.ndarray, rows: GatheredRows | None = None) -> StoreSnapshot:
         """What :meth:`restore` needs to undo writes to the entities at ``slots`` (-1: not stored yet) and
         every entity registered from now on: where each stored one lives (width, row), a copy of its row,
-        the key count, the key kind and each slab's size. O(number of stored entities in ``slots``).
+        the key count, the key kind and each slab's size and unused rows. O(number of stored entities in
+        ``slots``). It begins a write, which ends with :meth:`restore` of it (failure) or :meth:`commit`
+        (success): until then no row an entity leaves is given out again.
 
         ``rows``: the :meth:`gather` of the same ``slots``, with nothing written since, whose copies the
         snapshot then keeps instead of reading the rows again (``slots`` must then be distinct but -1)."""
@@ -423,8 +465,10 @@ class EntityStore:
                 members = np.flatnonzero(width == w)
                 slab = self._slabs[int(w)]
                 contents.append((int(w), members, slab.take_fields(slab.fields, row[members])))
+        self._open += 1
         return StoreSnapshot(len(self._keys), self.key_kind, stored, width, row,
-                             {w: slab.size for w, slab in self._slabs.items()}, contents)
+                             {w: slab.size for w, slab in self._slabs.items()},
+                             {w: slab.recycling for w, slab in self._slabs.items()}, contents)
 
     def restore(self, snapshot: StoreSnapshot) -> None:
         """Undo everything written since :meth:`snapshot` to the entities it covered: entities registered
@@ -448,22 +492,42 @@ class EntityStore:
             del self._slabs[width]
         for width, size in snapshot.slab_sizes.items():
             self._slabs[width].size = size
+            self._slabs[width].recycling = snapshot.slab_recycling[width]
+        self._open = max(self._open - 1, 0)
+
+    def commit(self) -> None:
+        """End a write that began with :meth:`snapshot` and succeeded: the rows its entities left become
+        free for later writes, once no other snapshot is open (an open one may still put them back)."""
+        self._open = max(self._open - 1, 0)
+        if self._open == 0:
+            for slab in self._slabs.values():
+                slab.commit()
+
+    def row_usage(self) -> dict[int, tuple[int, int, int]]:
+        """``{width: (rows allocated, rows in use, rows unused)}`` of each width's slab (an unused row is free
+        for the next writes, or left by a write not yet committed)."""
+        n = len(self._keys)
+        out = {}
+        for w, slab in sorted(self._slabs.items()):
+            _, available, retired = slab.recycling
+            out[w] = (slab.size, int((self._width[:n] == w).sum()), available + sum(map(len, retired)))
+        return out
 
     def check(self) -> None:
-        """``AssertionError`` unless the store's structures agree (keys, slot map, widths, rows, slabs): a
-        self-test for the tests; O(stored)."""
+        """``AssertionError`` unless the store's structures agree (keys, slot map, widths, rows, slabs; no row
+        both live and free or retired, or held twice): a self-test for the tests; O(stored)."""
         n = len(self._keys)
         assert len(self._slot_of) == n, (len(self._slot_of), n)
         assert all(self._slot_of[k] == i for i, k in enumerate(self._keys))
         assert self._width.shape[0] >= n and self._row.shape[0] >= n
-        for w in np.unique(self._width[:n]):
-            if w == 0:
-                continue
-            slots = np.flatnonzero(self._width[:n] == w)
-            slab = self._slabs[int(w)]
-            rows = self._row[slots]
-            assert rows.min() >= 0 and rows.max() < slab.size and len(np.unique(rows)) == len(rows)
-            assert (slab.take("feature_ids", rows) >= 0).all()
+        for w, slab in self._slabs.items():
+            live = self._row[np.flatnonzero(self._width[:n] == w)]
+            free, available, retired = slab.recycling
+            unused = np.concatenate((free[:available],) + retired)
+            held = np.concatenate([live, unused])  # a row is live, free or retired, never two of them
+            assert held.size == 0 or (held.min() >= 0 and held.max() < slab.size), w
+            assert len(np.unique(held)) == len(held), w
+            assert (slab.take("feature_ids", live) >= 0).all()
 
     def rows_by_width(self, feature_ids: np.ndarray, means: np.ndarray,
                       precision: np.ndarray | None) -> list[WidthRows]:
@@ -529,8 +593,10 @@ class EntityStore:
 
     def _write_width(self, slots: np.ndarray, group: WidthRows) -> None:
         width = group.feature_ids.shape[1]
-        if width == 0:  # no features: registered, nothing stored (a row it had is dead: nothing points at it)
+        if width == 0:  # no features: registered, nothing stored
+            left = self._leaving(slots)
             self._width[slots] = 0
+            self._retire(left)
             return
         slab = self._slabs.get(width)
         if slab is None:
@@ -539,7 +605,8 @@ class EntityStore:
         rows = np.empty(len(slots), np.int64)
         rows[in_place] = self._row[slots[in_place]]
         moved = np.flatnonzero(~in_place)
-        rows[moved] = slab.allocate(len(moved))  # the rows they leave are dead: nothing points at them
+        left = self._leaving(slots[moved])
+        rows[moved] = slab.allocate(len(moved))
         fields = {"feature_ids": group.feature_ids, "means": group.means}
         if slab.has_precision:
             assert group.precision is not None, "a store with precision is given one"
@@ -547,6 +614,15 @@ class EntityStore:
         slab.put_fields(rows, fields)
         self._width[slots[moved]] = width
         self._row[slots[moved]] = rows[moved]
+        self._retire(left)  # after the pointers moved: an interrupt before leaves them unused, never reused
+
+    def _leaving(self, slots: np.ndarray) -> list[tuple[_Slab, np.ndarray]]:
+        """The rows the entities at ``slots`` hold now, per slab (they are about to leave them)."""
+        return [(slab, rows) for slab, _, rows in self._groups(slots)]
+
+    def _retire(self, left: list[tuple[_Slab, np.ndarray]]) -> None:
+        for slab, rows in left:
+            slab.retire(rows)
 
     def _register(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Give the keys with slot -1 new slots (width 0: no row yet); return all slots.
