@@ -119,12 +119,12 @@ class FlatEntities(NamedTuple):
 
 
 class _Recycling(NamedTuple):
-    """A slab's rows that no entity uses: ``free[:count]`` may be given out again; ``retired`` rows were
+    """A slab's rows that no entity uses: ``free[:available]`` may be given out again; ``retired`` rows were
     left by entities that moved in a write not yet committed (an undo may still put them back), so they
     wait. Never changed in place: a slab replaces the whole tuple, so a snapshot keeps it as it was."""
 
     free: np.ndarray
-    count: int
+    available: int
     retired: tuple[np.ndarray, ...]
 
 
