@@ -226,7 +226,7 @@ class _Slab:
         if len(rows):
             for chunk, selected, offset in self._by_chunk(rows):
                 for name, values in out.items():
-                    values[selected] = chunk[name][offset]
+                    values[selected] = _rows(chunk[name], offset)
         return out
 
     def put(self, field: str, rows: np.ndarray, values: npt.ArrayLike) -> None:
@@ -241,7 +241,12 @@ class _Slab:
         arrays = {name: np.asarray(v) for name, v in values.items()}
         for chunk, selected, offset in self._by_chunk(rows):
             for name, v in arrays.items():
-                chunk[name][offset] = v if v.ndim == 0 else v[selected]
+                chunk[name][offset] = v if v.ndim == 0 else _rows(v, selected)
+
+
+def _rows(array: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:
+    """``array[rows]``; for positions by ``np.take``, which copies rows about 1.5 times as fast."""
+    return array[rows] if isinstance(rows, slice) else np.take(array, rows, axis=0)
 
 
 def _as_run(offsets: np.ndarray) -> slice | np.ndarray:
@@ -292,8 +297,8 @@ class GatheredRows:
             _, _, fields = self.groups[int(g)]
             rows = self._row[request[selected]]
             precision = fields.get("precision")
-            yield selected, fields["feature_ids"][rows], fields["means"][rows], None if precision is None else \
-                precision[rows]
+            precision = None if precision is None else _rows(precision, rows)
+            yield selected, _rows(fields["feature_ids"], rows), _rows(fields["means"], rows), precision
 
 
 class PendingWrites:
@@ -328,7 +333,7 @@ def _upper_positions(d: int, W: int) -> tuple[np.ndarray, np.ndarray]:
 def pack_upper(dense: np.ndarray) -> np.ndarray:
     """``(g, d, d)`` symmetric matrices -> ``(g, d (d + 1) / 2)`` upper triangles, row by row."""
     g, d = dense.shape[0], dense.shape[-1]
-    return dense.reshape(g, d * d)[:, _upper_positions(d, d)[0]]
+    return np.take(dense.reshape(g, d * d), _upper_positions(d, d)[0], axis=1)
 
 
 def unpack_upper(packed: np.ndarray, d: int) -> np.ndarray:
@@ -545,7 +550,7 @@ class EntityStore:
             prec = None
             if self.precision == "full":
                 assert precision is not None, "a store with precision is given one"
-                prec = precision.reshape(e, W * W)[take][:, _upper_positions(w, W)[0]]
+                prec = np.take(precision.reshape(e, W * W)[take], _upper_positions(w, W)[0], axis=1)
             elif self.precision == "diagonal":
                 assert precision is not None, "a store with precision is given one"
                 prec = precision[take, :w]
