@@ -6,7 +6,8 @@ The direction solves ``(H + mu I) p = -g`` with the full Hessian ``H = X^T C X +
 (:func:`lljax.solve.kernels.newton_solve`) runs the same iteration with the entity axis in SIMD lanes.
 
 Per-lane workspace (:func:`bytes_per_lane`): the ``(N, D)`` rows, a few ``D x D`` matrices (Hessian,
-Cholesky factor, full prior) and vectors, times a factor for XLA's temporaries.
+Cholesky factor, full prior) and vectors, times a factor for XLA's temporaries; on the native kernel,
+the block's arrays and results only.
 """
 
 from __future__ import annotations
@@ -147,7 +148,11 @@ def check(block: Block, config: SolverConfig, options: dict) -> dict:
 
 
 def bytes_per_lane(rows: int, features: int, itemsize: int, full_precision: bool, native: bool) -> int:
-    """Bytes one lane of a ``rows x features`` block needs, workspace included."""
+    """Bytes one lane of a ``rows x features`` block needs, workspace included: on the native kernel the
+    block's arrays and its results (the kernel's workspace is per thread, a few groups of lanes), else
+    those and XLA's temporaries (:data:`WORKSPACE_FACTOR`)."""
     prior = features * features if full_precision else features
+    if native:  # X, y, w, offset, feature ids, prior; theta, precision and four per-lane results
+        return (rows * features + 3 * rows + 2 * features + 2 * prior + 4) * itemsize + 8 * features
     floats = rows * features + 3 * rows + 2 * features + prior + features * features
     return WORKSPACE_FACTOR * (floats * itemsize + 8 * features)
