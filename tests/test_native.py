@@ -518,6 +518,36 @@ def test_subspace_keys_equal_the_numpy_dedupe(fid_dtype, with_priors):
 
 
 @needs_native
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_subspace_keys_over_threads_equal_the_numpy_dedupe(monkeypatch, threads):
+    """Many entities: the helper splits them over threads (ranges of about equal row counts); the keys
+    are those of the NumPy dedupe, in order, whatever the number of threads."""
+    from lljax import Dataset
+    from lljax.rounds.subspaces import local_subspaces
+
+    rng = np.random.default_rng(31)
+    U = 20_000
+    rows = rng.integers(1, 6, U)
+    entity = rng.permutation(np.repeat(np.arange(U), rows))  # rows of an entity spread over the data
+    nnz = rng.integers(1, 5, len(entity))
+    indptr = np.r_[0, np.cumsum(nnz)]
+    fids = rng.integers(1, 500, indptr[-1])  # repeated ids in a row add up, and are one key (0: the intercept)
+    data = Dataset.from_arrays(entity, rng.random(len(entity)), indptr=indptr, feature_ids=fids,
+                               values=rng.normal(size=indptr[-1]), num_features=500)
+    owner, prior = rng.integers(0, U, 3000), rng.integers(0, 700, 3000)
+    row_order = np.argsort(data.entity, kind="stable")
+    row_start = np.r_[0, np.cumsum(np.bincount(data.entity, minlength=U))].astype(np.int64)
+    monkeypatch.setattr(kernels, "host_threads", lambda: threads)
+    native = local_subspaces(data, owner, prior, rows=(row_order, row_start))
+    plain = local_subspaces(data, owner, prior)
+    np.testing.assert_array_equal(native.pair_keys, plain.pair_keys)
+    np.testing.assert_array_equal(native.sizes, plain.sizes)
+    with pytest.raises(ValueError, match="outside"):  # a bad id is found in any thread's range
+        kernels.subspace_keys(data.given_indptr, data.given_feature_ids, row_order, row_start,
+                              np.array([U - 1]), np.array([10_000]), 700)
+
+
+@needs_native
 def test_host_helpers_take_strided_arrays():
     """Dataset arrays may be views (e.g. a column of a wider array): the helpers take them as they are."""
     from lljax.rounds.subspaces import Subspaces

@@ -24,7 +24,8 @@ two agree to rounding (the host helpers exactly).
 - Which blocks run on a kernel is decided on the host by :func:`lljax.solve.registry.choose_backend`
   at every call: ``LLJAX_NATIVE=0`` in the environment forces the pure-JAX path for both kernels (and
   turns off the host helpers: then NumPy packs); ``SolverConfig(native=False/True)`` does so per call.
-- ``LLJAX_NATIVE_THREADS=k`` caps the threads the kernel uses (default: XLA's CPU thread pool).
+- ``LLJAX_NATIVE_THREADS=k`` caps the threads the kernel uses (default: XLA's CPU thread pool) and those of
+  the host helpers that use several (:func:`host_threads`).
 - ``LLJAX_NATIVE_ISA=generic`` (read once per process) runs the baseline-ISA variant on an AVX2 CPU.
 """
 
@@ -47,7 +48,8 @@ from lljax.solve.objective import penalized_features
 
 __all__ = ["available", "build_error", "enabled", "isa", "supports", "per_entity", "solve_result",
            "compiled_constants", "newton_solve", "wide_solve", "pack_rows", "block_rows",
-           "scatter_priors", "subspace_keys", "feature_mask", "LOSS_CODES", "PRECISION_CODES", "MASK_CODES"]
+           "scatter_priors", "subspace_keys", "host_threads", "feature_mask", "LOSS_CODES", "PRECISION_CODES",
+           "MASK_CODES"]
 
 LOSS_CODES = {"linear": 0, "logistic": 1, "poisson": 2}
 PRECISION_CODES = {"diagonal": 0, "full": 1, "none": 2}
@@ -332,12 +334,23 @@ def scatter_priors(lanes: np.ndarray, feature_ids: np.ndarray, means: np.ndarray
                              int(D), mean_out, precision_out)
 
 
+def host_threads() -> int:
+    """Threads a host helper may use: the CPUs this process may run on, capped by ``LLJAX_NATIVE_THREADS``."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cap = os.environ.get("LLJAX_NATIVE_THREADS", "").strip()
+    if cap.isdigit() and int(cap) > 0:
+        count = min(count, int(cap))
+    return max(1, count)
+
+
 def subspace_keys(indptr: np.ndarray, feature_ids: np.ndarray, row_order: np.ndarray, row_start: np.ndarray,
                   prior_owner: np.ndarray, prior_feature_ids: np.ndarray, stride: int) -> np.ndarray:
     """Sorted distinct ``entity * stride + feature_id`` keys of every entity's nonzeros and prior features.
 
     What :func:`lljax.rounds.subspaces.local_subspaces` computes, entity by entity in one pass over the
-    nonzeros (C++, see ``pack.cc``; a mark array of ``stride`` uint32).
+    nonzeros (C++, see ``pack.cc``; a mark array of ``stride`` uint32), on :func:`host_threads` threads
+    (each a range of entities) when there are many entities: it runs before any solve, while the cores
+    are otherwise idle.
 
     Args:
       indptr, feature_ids: the dataset's CSR rows (int64; int32 or int64).
@@ -354,5 +367,6 @@ def subspace_keys(indptr: np.ndarray, feature_ids: np.ndarray, row_order: np.nda
     np.cumsum(np.bincount(prior_owner, minlength=U), out=prior_start[1:])
     c = np.ascontiguousarray  # the helper reads C-contiguous buffers (no copy when they already are)
     keys = _native().subspace_keys(c(indptr), c(feature_ids), c(row_order), c(row_start),
-                                 np.asarray(prior_feature_ids, np.int64)[order], prior_start, int(stride))
+                                 np.asarray(prior_feature_ids, np.int64)[order], prior_start, int(stride),
+                                 host_threads())
     return np.frombuffer(keys, np.int64)

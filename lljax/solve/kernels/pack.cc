@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <exception>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -255,16 +257,18 @@ PyObject* lljax_pack_rows(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
-// subspace_keys(indptr, feature_ids, row_order, row_start, prior_feature_ids, prior_start, stride)
+// subspace_keys(indptr, feature_ids, row_order, row_start, prior_feature_ids, prior_start, stride, threads)
 //   -> bytearray of int64: the sorted distinct keys entity * stride + feature id over every entity's
 // nonzeros and its prior features, as lljax/rounds/round.py's local_subspaces (NumPy: chunked sort).
 // Entity by entity (rows in row_order, grouped by row_start; prior features grouped by prior_start), a
 // feature is taken once by stamping mark[feature] with the entity; each entity's few features are then
-// sorted. One pass over the nonzeros, a mark array of `stride` uint32.
+// sorted. One pass over the nonzeros, a mark array of `stride` uint32 per thread (up to `threads`, over
+// contiguous ranges of entities).
 PyObject* lljax_subspace_keys(PyObject*, PyObject* args) {
   PyObject *o_indptr, *o_fids, *o_order, *o_start, *o_pfids, *o_pstart;
-  long long stride;
-  if (!PyArg_ParseTuple(args, "OOOOOOL", &o_indptr, &o_fids, &o_order, &o_start, &o_pfids, &o_pstart, &stride)) {
+  long long stride, threads;
+  if (!PyArg_ParseTuple(args, "OOOOOOLL", &o_indptr, &o_fids, &o_order, &o_start, &o_pfids, &o_pstart, &stride,
+                        &threads)) {
     return nullptr;
   }
   View indptr, fids, order, start, pfids, pstart;
@@ -300,41 +304,68 @@ PyObject* lljax_subspace_keys(PyObject*, PyObject* args) {
       return nullptr;
     }
   }
-  std::vector<int64_t> keys;
-  bool bad = false;
-  Py_BEGIN_ALLOW_THREADS;
-  std::vector<uint32_t> mark(static_cast<size_t>(stride), 0);
-  std::vector<int64_t> mine;
-  keys.reserve(static_cast<size_t>(n));
-  for (int64_t u = 0; u < U && !bad; u++) {
-    const uint32_t stamp = static_cast<uint32_t>(u + 1);
-    mine.clear();
-    auto take = [&](int64_t f) {
-      if (f < 0 || f >= stride) {
-        bad = true;
-      } else if (mark[f] != stamp) {
-        mark[f] = stamp;
-        mine.push_back(f);
+  // Entities in `parts` contiguous ranges of about equal row counts, one thread each, each with its own
+  // mark array; the ranges' keys are concatenated in order.
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, U / 4096 + 1));
+  std::vector<std::vector<int64_t>> keys_of(static_cast<size_t>(parts));
+  std::vector<char> bad_of(static_cast<size_t>(parts), 0);
+  std::vector<int64_t> bounds(static_cast<size_t>(parts + 1), U);
+  bounds[0] = 0;
+  for (int64_t p = 1; p < parts; p++) bounds[p] = std::lower_bound(st, st + U, n * p / parts) - st;
+  auto run = [&](int64_t p) {
+    std::vector<uint32_t> mark(static_cast<size_t>(stride), 0);
+    std::vector<int64_t> mine;
+    std::vector<int64_t>& keys = keys_of[p];
+    keys.reserve(static_cast<size_t>(st[bounds[p + 1]] - st[bounds[p]]));
+    bool bad = false;
+    for (int64_t u = bounds[p]; u < bounds[p + 1] && !bad; u++) {
+      const uint32_t stamp = static_cast<uint32_t>(u + 1);
+      mine.clear();
+      auto take = [&](int64_t f) {
+        if (f < 0 || f >= stride) {
+          bad = true;
+        } else if (mark[f] != stamp) {
+          mark[f] = stamp;
+          mine.push_back(f);
+        }
+      };
+      for (int64_t i = st[u]; i < st[u + 1]; i++) {
+        const int64_t r = ord[i];
+        for (int64_t k = ip[r]; k < ip[r + 1]; k++) {
+          take(f32 ? static_cast<int64_t>(fids.data<int32_t>()[k]) : fids.data<int64_t>()[k]);
+        }
       }
-    };
-    for (int64_t i = st[u]; i < st[u + 1]; i++) {
-      const int64_t r = ord[i];
-      for (int64_t k = ip[r]; k < ip[r + 1]; k++) {
-        take(f32 ? static_cast<int64_t>(fids.data<int32_t>()[k]) : fids.data<int64_t>()[k]);
-      }
+      for (int64_t k = ps[u]; k < ps[u + 1]; k++) take(pf[k]);
+      std::sort(mine.begin(), mine.end());
+      for (const int64_t f : mine) keys.push_back(u * stride + f);
     }
-    for (int64_t k = ps[u]; k < ps[u + 1]; k++) take(pf[k]);
-    std::sort(mine.begin(), mine.end());
-    for (const int64_t f : mine) keys.push_back(u * stride + f);
+    bad_of[p] = bad;
+  };
+  Py_BEGIN_ALLOW_THREADS;
+  std::vector<std::thread> helpers;
+  int64_t started = 1;
+  try {
+    for (; started < parts; started++) helpers.emplace_back(run, started);
+  } catch (const std::exception&) {  // no thread to be had: the calling thread runs the rest
   }
+  run(0);
+  for (int64_t p = started; p < parts; p++) run(p);
+  for (auto& t : helpers) t.join();
   Py_END_ALLOW_THREADS;
+  const bool bad = std::any_of(bad_of.begin(), bad_of.end(), [](char b) { return b != 0; });
+  size_t total = 0;
+  for (const auto& k : keys_of) total += k.size();
   if (bad) {
     PyErr_SetString(PyExc_ValueError, "subspace_keys: a feature id is outside [0, stride)");
     return nullptr;
   }
-  PyObject* out = PyByteArray_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(keys.size() * sizeof(int64_t)));
+  PyObject* out = PyByteArray_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(total * sizeof(int64_t)));
   if (out == nullptr) return nullptr;
-  if (!keys.empty()) std::memcpy(PyByteArray_AS_STRING(out), keys.data(), keys.size() * sizeof(int64_t));
+  char* at = PyByteArray_AS_STRING(out);
+  for (const auto& k : keys_of) {
+    if (!k.empty()) std::memcpy(at, k.data(), k.size() * sizeof(int64_t));
+    at += k.size() * sizeof(int64_t);
+  }
   return out;
 }
 
