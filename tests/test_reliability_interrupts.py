@@ -114,8 +114,21 @@ def test_a_keyboard_interrupt_at_every_line_of_the_write_path_leaves_the_model_a
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fraction=st.floats(0, 1, exclude_max=True), hessian=st.sampled_from(["full", "diagonal"]))
 def test_property_an_interrupt_anywhere_in_an_update_leaves_the_model_as_it_was(fraction, hessian):
-    first = batch(2, np.arange(10), 3, 3)
-    second = batch(3, np.arange(5, 15), 5, 5)
+    first = batch(2, np.arange(10), 3, 5)
+    wider = batch(6, np.arange(3), 3, 8)  # 3 entities move to wider rows: their old rows are free after it
+    second = batch(3, np.arange(5, 15), 5, 5)  # new entities as narrow as the first: they take the free rows
+
+    def fresh(hessian, first):
+        model = RandomEffectModel("logistic", hessian=hessian, delta=0.5, memory_budget=1 << 12, max_rows=4)
+        model.update(first)
+        model.update(wider)
+        return model
+
+    reusing = fresh(hessian, first)
+    unused = sum(u for _, _, u in reusing.store.row_usage().values())
+    allocated = sum(a for a, _, _ in reusing.store.row_usage().values())
+    reusing.update(second)
+    assert unused > 0 and sum(a for a, _, _ in reusing.store.row_usage().values()) < allocated + 5  # 5 new entities
     counter = Interrupt(prefix=LLJAX_DIR)
     counter.run(fresh(hessian, first).update, second)
     model = fresh(hessian, first)
