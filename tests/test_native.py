@@ -798,3 +798,37 @@ def test_stored_priors_placed_by_the_native_helper_equal_numpy_and_the_store(mon
                 np.testing.assert_array_equal(np.asarray(a.prior_precision)[lane, cols], stored.precision)
             checked += 1
     assert checked >= 25 and interleaved >= 5
+
+
+@needs_native
+@pytest.mark.parametrize("hessian", ["full", "diagonal"])
+def test_stored_priors_with_unsorted_feature_ids_are_placed_as_numpy_places_them(monkeypatch, hessian):
+    """A store filled from flat rows keeps each entity's ids in the order given (e.g. a Spark state): the
+    native placement finds every column whatever the order, as the NumPy path does."""
+    from lljax import Dataset
+    from lljax.rounds.round import Round
+    from lljax.state.store import EntityStore, FlatEntities
+
+    ids, means = np.array([5, 2, 7, 9, 3]), np.array([0.5, -1.0, 2.0, 0.25, 1.5])
+    d = np.array([3, 2])  # entity 0: ids 5, 2, 7; entity 1: 9, 3
+    if hessian == "full":
+        blocks = [np.array([[2.0, 0.3, 0.1], [0.3, 3.0, 0.2], [0.1, 0.2, 4.0]]), np.array([[1.5, 0.4], [0.4, 2.5]])]
+        precision = np.concatenate([b.ravel() for b in blocks])
+    else:
+        precision = np.array([2.0, 3.0, 4.0, 1.5, 2.5])
+    flat = FlatEntities(np.array([0, 1]), np.r_[0, np.cumsum(d)], ids, means, precision)
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(12, 10))
+    data = Dataset.from_arrays(np.repeat([0, 1], 6), rng.normal(size=12), X=X, intercept_id=None)
+    store = EntityStore.from_flat(flat, np.float64, "full" if hessian == "full" else "diagonal")
+    work = Round.prepare(data, "linear", store, 1.0)
+    (plan,) = work.plan(1 << 20, SolverConfig(loss="linear", hessian=hessian))
+    assert kernels.enabled()
+    native = work.build(plan)
+    monkeypatch.setenv("LLJAX_NATIVE", "0")
+    plain = work.build(plan)
+    for name in ("prior_mean", "prior_precision"):
+        np.testing.assert_array_equal(np.asarray(getattr(native, name)), np.asarray(getattr(plain, name)))
+    columns = list(np.asarray(native.feature_ids)[0])
+    placed = [columns.index(f) for f in (5, 2, 7)]
+    np.testing.assert_array_equal(np.asarray(native.prior_mean)[0, placed], means[:3])

@@ -265,3 +265,65 @@ def test_rows_left_by_entities_that_grow_are_reused_and_an_interrupt_anywhere_in
         if at % 40 == 0:
             model.update(newcomers)
             assert state(model) == reference, at
+
+
+def test_a_snapshot_dropped_without_restore_or_commit_does_not_stop_row_reuse():
+    """An interrupt between taking a snapshot and holding it leaves a snapshot no one will close; once it
+    is gone, rows left by later writes are still reused."""
+    narrow, wide = dense_batch(30, np.arange(8), 3, 2), dense_batch(31, np.arange(8), 3, 5)
+    model = RandomEffectModel("logistic", hessian="full", delta=0.5)
+    model.update(narrow)
+    model.store.snapshot(model.store.lookup(np.arange(8)))  # taken and dropped at once
+    model.update(wide)
+    model.update(dense_batch(32, np.arange(100, 108), 3, 2))
+    assert model.store.row_usage() == {3: (8, 8, 0), 6: (8, 8, 0)}
+    model.store.check()
+
+
+@pytest.mark.parametrize("hessian", ["full", "diagonal"])
+def test_an_interrupt_inside_the_undo_of_a_failed_update_does_not_stop_the_undo(monkeypatch, hessian):
+    """The undo of a failed update, itself interrupted at any of its lines, is finished before the
+    interrupt goes on: the model is as it was, and no row is both in use and free."""
+    from lljax.state.store import EntityStore
+
+    first, second = batch(40, np.arange(8), 2, 3), batch(41, np.arange(4, 12), 9, 5)  # 3 max_rows rounds
+    real_prepare, real_restore = Round.prepare, EntityStore._restore
+
+    def failing_in_round_two():
+        model = RandomEffectModel("logistic", hessian=hessian, delta=0.5, max_rows=4)
+        monkeypatch.setattr(Round, "prepare", real_prepare)
+        model.update(first)
+        calls = []
+
+        def fails(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("round two")
+            return real_prepare(*args, **kwargs)
+
+        monkeypatch.setattr(Round, "prepare", fails)
+        return model
+
+    counted = Interrupt(files=[STORE_FILE])
+    model = failing_in_round_two()
+    monkeypatch.setattr(EntityStore, "_restore", lambda self, snap: counted.run(real_restore, self, snap))
+    with pytest.raises(RuntimeError, match="round two"):
+        model.update(second)
+    assert counted.count > 20
+    for at in range(counted.count):
+        model = failing_in_round_two()
+        before = state(model)
+        attempts = []
+
+        def interrupted_once(self, snap, at=at, attempts=attempts):
+            attempts.append(1)
+            if len(attempts) == 1:
+                return Interrupt(files=[STORE_FILE], at=at).run(real_restore, self, snap)
+            return real_restore(self, snap)
+
+        monkeypatch.setattr(EntityStore, "_restore", interrupted_once)
+        with pytest.raises(KeyboardInterrupt):
+            model.update(second)
+        assert len(attempts) == 2, at
+        assert state(model) == before, at
+        model.store.check()

@@ -274,7 +274,7 @@ class RandomEffectModel:
         snapshot = store.snapshot(store.lookup(flat.keys))
         try:
             store.write_flat(flat)
-            store.commit()
+            store.commit(snapshot)
         except BaseException:
             store.restore(snapshot)
             raise
@@ -452,7 +452,7 @@ class RandomEffectModel:
                 report.merge(codes, round_report, first=r == 0)
                 blocks += round_blocks
             if undo:
-                store.commit()
+                store.commit(undo[0])
             return UpdateReport(dataset.entity_keys, report.status, report.iterations, report.loss,
                                 report.grad_norm, rows, report.features, blocks, time.perf_counter() - started,
                                 timer.seconds, dict(device_blocks))

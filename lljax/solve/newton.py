@@ -152,7 +152,7 @@ def bytes_per_lane(rows: int, features: int, itemsize: int, full_precision: bool
     block's arrays and its results (the kernel's workspace is per thread, a few groups of lanes), else
     those and XLA's temporaries (:data:`WORKSPACE_FACTOR`)."""
     prior = features * features if full_precision else features
-    if native:  # X, y, w, offset, feature ids, prior; theta, precision and four per-lane results
+    if native and features <= NATIVE_MAX_FEATURES:  # X, y, w, offset, ids, prior; theta, precision, 4 scalars
         return (rows * features + 3 * rows + 2 * features + 2 * prior + 4) * itemsize + 8 * features
     floats = rows * features + 3 * rows + 2 * features + prior + features * features
     return WORKSPACE_FACTOR * (floats * itemsize + 8 * features)

@@ -83,8 +83,10 @@ def choose_backend(method: Method, block: Block | SparseBlock | None, config: So
 
 def bytes_per_lane(method: Method, rows: int, features: int, itemsize: int, full_precision: bool,
                    config: SolverConfig) -> int:
-    """The workspace model of ``method`` for one lane, on the backend :func:`choose_backend` would pick."""
-    native = choose_backend(method, None, config) != "jax"
+    """The workspace model of ``method`` for one lane, on the backend :func:`choose_backend` would pick (the
+    kernel's model only where it runs everything: ``"native"``; with ``"native-on-cpu"`` blocks run pure JAX
+    on the default, non-CPU device)."""
+    native = choose_backend(method, None, config) == "native"
     return method.bytes_per_lane(rows, features, itemsize, full_precision, native)
 
 

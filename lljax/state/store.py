@@ -5,13 +5,15 @@ padding is stored). A slab holds ``(rows, d)`` feature ids, means, and the preci
 diagonal, ``(rows, d (d + 1) / 2)`` for a full one (its upper triangle, row by row: half of the
 ``d x d`` matrix, which is symmetric), or none. An update writes the rows of the entities it touched
 in place; an entity whose feature count changed moves to the slab of its new width (its old row is
-marked dead). So the cost of an update follows the number of entities it touches, not the number
-stored, and every read and write is a vectorized gather / scatter over a few slabs.
+retired, and given out again once the write is committed). So the cost of an update follows the
+number of entities it touches, not the number stored, and every read and write is a vectorized
+gather / scatter over a few slabs.
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -58,7 +60,7 @@ class WidthRows(NamedTuple):
     precision: np.ndarray | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: EntityStore keeps the open ones
 class StoreSnapshot:
     """What :meth:`EntityStore.restore` puts back: ``count`` keys registered and their ``key_kind``;
     the covered stored entities' ``slots (k,)``, ``width (k,)`` and ``row (k,)``; each slab's ``size``
@@ -372,7 +374,8 @@ class EntityStore:
         self._width = np.zeros(16, np.int64)  # capacity grows geometrically; first len(self) are live
         self._row = np.zeros(16, np.int64)
         self._slabs: dict[int, _Slab] = {}
-        self._open = 0  # snapshots taken and neither restored nor committed: rows are not recycled meanwhile
+        # Snapshots taken and neither restored nor committed (nor dropped): no row is recycled meanwhile.
+        self._open: weakref.WeakSet[StoreSnapshot] = weakref.WeakSet()
         self.key_kind: str | None = None  # "int" or "str": set by the first key stored
 
     def __len__(self) -> int:
@@ -380,6 +383,16 @@ class EntityStore:
 
     def __contains__(self, key: Any) -> bool:
         return key in self._slot_of
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy (pickle, ``copy.deepcopy``) has no open snapshot: the snapshots are of this store."""
+        state = self.__dict__.copy()
+        del state["_open"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open = weakref.WeakSet()
 
     @property
     def keys(self) -> list:
@@ -470,17 +483,32 @@ class EntityStore:
                 members = np.flatnonzero(width == w)
                 slab = self._slabs[int(w)]
                 contents.append((int(w), members, slab.take_fields(slab.fields, row[members])))
-        self._open += 1
-        return StoreSnapshot(len(self._keys), self.key_kind, stored, width, row,
-                             {w: slab.size for w, slab in self._slabs.items()},
-                             {w: slab.recycling for w, slab in self._slabs.items()}, contents)
+        snapshot = StoreSnapshot(len(self._keys), self.key_kind, stored, width, row,
+                                 {w: slab.size for w, slab in self._slabs.items()},
+                                 {w: slab.recycling for w, slab in self._slabs.items()}, contents)
+        self._open.add(snapshot)  # weakly: a snapshot its caller never got (an interrupt) closes by itself
+        return snapshot
 
     def restore(self, snapshot: StoreSnapshot) -> None:
         """Undo everything written since :meth:`snapshot` to the entities it covered: entities registered
         since are forgotten, the others get their rows back, where they were. Only the snapshot is
         trusted, so the store is restored exactly wherever a write was interrupted (each entity's
         (width, row) is reset from the snapshot; rows allocated since are released; slabs created since
-        are dropped)."""
+        are dropped).
+
+        A restore is finished whatever happens: a ``KeyboardInterrupt`` during it starts it over (it is
+        idempotent; one half done could leave a row both in use and free) and is raised once it is done."""
+        interrupt = None
+        while True:
+            try:
+                self._restore(snapshot)
+                break
+            except KeyboardInterrupt as exc:
+                interrupt = exc
+        if interrupt is not None:
+            raise interrupt
+
+    def _restore(self, snapshot: StoreSnapshot) -> None:
         for width, members, fields in snapshot.contents:
             self._slabs[width].put_fields(snapshot.row[members], fields)
         self._width[snapshot.slots] = snapshot.width
@@ -498,13 +526,14 @@ class EntityStore:
         for width, size in snapshot.slab_sizes.items():
             self._slabs[width].size = size
             self._slabs[width].recycling = snapshot.slab_recycling[width]
-        self._open = max(self._open - 1, 0)
+        self._open.discard(snapshot)
 
-    def commit(self) -> None:
-        """End a write that began with :meth:`snapshot` and succeeded: the rows its entities left become
-        free for later writes, once no other snapshot is open (an open one may still put them back)."""
-        self._open = max(self._open - 1, 0)
-        if self._open == 0:
+    def commit(self, snapshot: StoreSnapshot) -> None:
+        """End the write that began with ``snapshot`` (:meth:`snapshot`) and succeeded: the rows its entities
+        left become free for later writes, once no other snapshot is open (an open one may still put them
+        back)."""
+        self._open.discard(snapshot)
+        if not self._open:
             for slab in self._slabs.values():
                 slab.commit()
 

@@ -306,13 +306,15 @@ PyObject* lljax_subspace_keys(PyObject*, PyObject* args) {
   }
   // Entities in `parts` contiguous ranges of about equal row counts, one thread each, each with its own
   // mark array; the ranges' keys are concatenated in order.
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, U / 4096 + 1));
+  // Each thread's mark array takes stride * 4 bytes: at most 256 MiB of them in all.
+  const int64_t parts = std::max<int64_t>(
+      1, std::min<int64_t>({threads, U / 4096 + 1, (int64_t(1) << 26) / std::max<int64_t>(stride, 1)}));
   std::vector<std::vector<int64_t>> keys_of(static_cast<size_t>(parts));
-  std::vector<char> bad_of(static_cast<size_t>(parts), 0);
+  std::vector<char> bad_of(static_cast<size_t>(parts), 0), failed_of(static_cast<size_t>(parts), 0);
   std::vector<int64_t> bounds(static_cast<size_t>(parts + 1), U);
   bounds[0] = 0;
   for (int64_t p = 1; p < parts; p++) bounds[p] = std::lower_bound(st, st + U, n * p / parts) - st;
-  auto run = [&](int64_t p) {
+  auto run_part = [&](int64_t p) {
     std::vector<uint32_t> mark(static_cast<size_t>(stride), 0);
     std::vector<int64_t> mine;
     std::vector<int64_t>& keys = keys_of[p];
@@ -341,6 +343,13 @@ PyObject* lljax_subspace_keys(PyObject*, PyObject* args) {
     }
     bad_of[p] = bad;
   };
+  auto run = [&](int64_t p) noexcept {
+    try {
+      run_part(p);
+    } catch (const std::exception&) {  // out of memory: reported once every thread is joined
+      failed_of[p] = 1;
+    }
+  };
   Py_BEGIN_ALLOW_THREADS;
   std::vector<std::thread> helpers;
   int64_t started = 1;
@@ -352,6 +361,7 @@ PyObject* lljax_subspace_keys(PyObject*, PyObject* args) {
   for (int64_t p = started; p < parts; p++) run(p);
   for (auto& t : helpers) t.join();
   Py_END_ALLOW_THREADS;
+  if (std::any_of(failed_of.begin(), failed_of.end(), [](char f) { return f != 0; })) return PyErr_NoMemory();
   const bool bad = std::any_of(bad_of.begin(), bad_of.end(), [](char b) { return b != 0; });
   size_t total = 0;
   for (const auto& k : keys_of) total += k.size();
@@ -465,13 +475,14 @@ PyObject* lljax_block_rows(PyObject*, PyObject* args) {
 
 namespace {
 
-// The loop of scatter_priors (arguments checked by the caller). Row i's d features (sorted, distinct) are
-// matched with its lane's sorted subspace keys by one merge walk; false if one is not in the subspace.
+// The loop of scatter_priors (arguments checked by the caller; `col` has room for d columns). Row i's d
+// features are matched with its lane's sorted subspace keys by one merge walk when they are sorted (the
+// store keeps them so), by binary search where the walk misses (any order works); false if one is not in
+// the subspace.
 template <typename T>
 bool place_priors(const int64_t* lanes, int64_t g, const int64_t* fids, const T* means, const T* precision,
                   int kind, int64_t d, const int64_t* keys, const int64_t* start, const int64_t* sizes,
-                  int64_t stride, int64_t D, T* mean_out, T* precision_out, int64_t* bad_row) {
-  std::vector<int64_t> col(static_cast<size_t>(d));
+                  int64_t stride, int64_t D, T* mean_out, T* precision_out, int64_t* col, int64_t* bad_row) {
   const int64_t T_ = d * (d + 1) / 2;
   for (int64_t i = 0; i < g; i++) {
     const int64_t l = lanes[i], lo = start[l], size = sizes[l], base = l * stride;
@@ -479,11 +490,13 @@ bool place_priors(const int64_t* lanes, int64_t g, const int64_t* fids, const T*
     for (int64_t k = 0; k < d; k++) {
       const int64_t key = base + fids[i * d + k];
       while (c < size && keys[lo + c] < key) c++;
-      if (c == size || keys[lo + c] != key) {
+      int64_t at = c;
+      if (at == size || keys[lo + at] != key) at = search(keys, lo, lo + size, key) - lo;
+      if (at == size || keys[lo + at] != key) {
         *bad_row = i;
         return false;
       }
-      col[static_cast<size_t>(k)] = c;
+      col[k] = at;
     }
     T* m = mean_out + l * D;
     for (int64_t k = 0; k < d; k++) m[col[k]] = means[i * d + k];
@@ -510,7 +523,7 @@ bool place_priors(const int64_t* lanes, int64_t g, const int64_t* fids, const T*
 
 // scatter_priors(lanes, feature_ids, means, precision, kind, keys, start, sizes, stride, D, mean_out,
 // precision_out): g stored rows of width d into a block's prior arrays. Row i (lane lanes[i]; feature ids
-// sorted, distinct, all >= 0) puts mean k at mean_out[lane, c_k], c_k the feature's column in the lane's
+// distinct, all >= 0, best sorted) puts mean k at mean_out[lane, c_k], c_k the feature's column in the lane's
 // subspace (keys lane * stride + feature id, sorted, as pack_rows reads them); kind 1: precision (g, d)
 // at precision_out[lane, c_k]; kind 2: precision (g, d (d + 1) / 2), upper triangles row by row, at
 // precision_out[lane, c_a, c_b] and its mirror; kind 0: no precision. lljax/rounds/round.py's `priors`
@@ -569,15 +582,21 @@ PyObject* lljax_scatter_priors(PyObject*, PyObject* args) {
   }
   int64_t bad = -1;
   bool ok;
+  std::vector<int64_t> col;
+  try {
+    col.resize(static_cast<size_t>(d));
+  } catch (const std::exception&) {
+    return PyErr_NoMemory();
+  }
   Py_BEGIN_ALLOW_THREADS;
   if (code == 'd') {
     ok = place_priors<double>(ln, g, f, means.data<double>(), kind > 0 ? prec.data<double>() : nullptr, kind, d,
                               keys.data<int64_t>(), st, sz, stride, D, mean_out.data<double>(),
-                              kind > 0 ? prec_out.data<double>() : nullptr, &bad);
+                              kind > 0 ? prec_out.data<double>() : nullptr, col.data(), &bad);
   } else {
     ok = place_priors<float>(ln, g, f, means.data<float>(), kind > 0 ? prec.data<float>() : nullptr, kind, d,
                              keys.data<int64_t>(), st, sz, stride, D, mean_out.data<float>(),
-                             kind > 0 ? prec_out.data<float>() : nullptr, &bad);
+                             kind > 0 ? prec_out.data<float>() : nullptr, col.data(), &bad);
   }
   Py_END_ALLOW_THREADS;
   if (!ok) {
