@@ -144,21 +144,29 @@ def test_property_an_interrupt_anywhere_in_an_update_leaves_the_model_as_it_was(
     assert state(model) == state(replay)
 
 
+def fail_in_round_two(monkeypatch):
+    """Make the second ``Round.prepare`` from now on raise ``RuntimeError("round two failed")``; returns
+    the list of calls."""
+    real, calls = Round.prepare, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("round two failed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(Round, "prepare", failing)
+    return calls
+
+
 def test_an_error_in_a_later_max_rows_round_undoes_the_earlier_rounds(monkeypatch):
     first = batch(4, np.arange(8), 2, 3)
     second = batch(5, np.arange(4, 12), 9, 3)  # 9 rows, max_rows 4: three rounds
     model = RandomEffectModel("logistic", hessian="full", delta=0.5, max_rows=4)
     model.update(first)
     before = state(model)
-    real, calls = Round.prepare, []
-
-    def fail_in_round_two(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("round two failed")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(Round, "prepare", fail_in_round_two)
+    real = Round.prepare
+    calls = fail_in_round_two(monkeypatch)
     with pytest.raises(RuntimeError, match="round two"):
         model.update(second)
     assert len(calls) == 2 and state(model) == before  # round 1's results were undone too
@@ -293,15 +301,7 @@ def test_an_interrupt_inside_the_undo_of_a_failed_update_does_not_stop_the_undo(
         model = RandomEffectModel("logistic", hessian=hessian, delta=0.5, max_rows=4)
         monkeypatch.setattr(Round, "prepare", real_prepare)
         model.update(first)
-        calls = []
-
-        def fails(*args, **kwargs):
-            calls.append(1)
-            if len(calls) == 2:
-                raise RuntimeError("round two")
-            return real_prepare(*args, **kwargs)
-
-        monkeypatch.setattr(Round, "prepare", fails)
+        fail_in_round_two(monkeypatch)
         return model
 
     counted = Interrupt(files=[STORE_FILE])

@@ -39,12 +39,6 @@ class Buffers:
         """An aligned ``np.empty(shape, dtype)``."""
         return self._array(shape, dtype, zero=False)
 
-    def full(self, shape: int | tuple[int, ...], value: float, dtype: npt.DTypeLike) -> np.ndarray:
-        """An aligned ``np.full(shape, value, dtype)``."""
-        out = self._array(shape, dtype, zero=False)
-        out.fill(value)
-        return out
-
     def _array(self, shape: int | tuple[int, ...], dtype: npt.DTypeLike, zero: bool) -> np.ndarray:
         dtype = np.dtype(dtype)
         shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, NamedTuple
@@ -280,14 +280,7 @@ class GatheredRows:
 
     def pairs(self) -> StoredPairs:
         """Every gathered (feature id, mean) pair, its owner the entity's position in the request."""
-        owners, fids, means = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, self.dtype)]
-        for _, positions, fields in self.groups:
-            f = fields["feature_ids"]
-            valid = f >= 0
-            owners.append(np.broadcast_to(positions[:, None], f.shape)[valid])
-            fids.append(f[valid])
-            means.append(fields["means"][valid])
-        return StoredPairs(np.concatenate(owners), np.concatenate(fids), np.concatenate(means))
+        return _stored_pairs(((positions, fields) for _, positions, fields in self.groups), self.dtype)
 
     def rows(self, request: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
         """The rows of the entities at positions ``request`` of the gathered request, in the store's layout:
@@ -301,6 +294,19 @@ class GatheredRows:
             precision = fields.get("precision")
             precision = None if precision is None else _rows(precision, rows)
             yield selected, _rows(fields["feature_ids"], rows), _rows(fields["means"], rows), precision
+
+
+def _stored_pairs(parts: Iterable[tuple[np.ndarray, Mapping[str, np.ndarray]]], dtype: np.dtype) -> StoredPairs:
+    """The valid (feature id, mean) pairs of ``(positions (g,), {"feature_ids": (g, d), "means": (g, d)})``
+    parts, each owned by its row's position."""
+    owners, fids, means = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, dtype)]
+    for positions, fields in parts:
+        f = fields["feature_ids"]
+        valid = f >= 0
+        owners.append(np.broadcast_to(positions[:, None], f.shape)[valid])
+        fids.append(f[valid])
+        means.append(fields["means"][valid])
+    return StoredPairs(np.concatenate(owners), np.concatenate(fids), np.concatenate(means))
 
 
 class PendingWrites:
@@ -425,15 +431,8 @@ class EntityStore:
 
     def gather_pairs(self, slots: np.ndarray) -> StoredPairs:
         """All stored (feature id, mean) pairs of the entities at ``slots`` (-1 ones have none)."""
-        owners, fids, means = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, self.dtype)]
-        for slab, positions, rows in self._groups(slots):
-            taken = slab.take_fields(("feature_ids", "means"), rows)
-            f = taken["feature_ids"]
-            valid = f >= 0
-            owners.append(np.broadcast_to(positions[:, None], f.shape)[valid])
-            fids.append(f[valid])
-            means.append(taken["means"][valid])
-        return StoredPairs(np.concatenate(owners), np.concatenate(fids), np.concatenate(means))
+        return _stored_pairs(((positions, slab.take_fields(("feature_ids", "means"), rows))
+                              for slab, positions, rows in self._groups(slots)), self.dtype)
 
     def sizes(self, slots: np.ndarray) -> np.ndarray:
         """``(len(slots),)`` stored feature count of each entity (0 for slot -1)."""
