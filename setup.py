@@ -64,7 +64,7 @@ def _extensions() -> list[Extension]:
     return [Extension(
         "lljax.solve.kernels._newton",
         sources=[str(NATIVE / f) for f in ("newton.cc", "newton_avx2.cc", "newton_generic.cc", "pack.cc")],
-        depends=[str(NATIVE / f) for f in ("newton_common.h", "newton_kernel.h", "wide_kernel.h")],
+        depends=[str(NATIVE / f) for f in ("newton_common.h", "newton_kernel.h", "wide_kernel.h", "py_buffer.h")],
         include_dirs=[include, str(NATIVE)],
         extra_compile_args=COMPILE_ARGS,
         libraries=["mvec"],

@@ -516,7 +516,7 @@ class _NewtonTrainer:
         work = Round.prepare(dataset, self._loss_name, store, self.param_reg)
         config = SolverConfig(loss=self._loss_name, hessian="full")
         (plan,) = work.plan(1 << 62, config)
-        block = work.build(plan._replace(lanes=1))
+        block = work.build(plan._replace(lanes=1, layout=None))  # the dense block itself (for its objective)
         assert isinstance(block, Block), "a full-precision plan has the dense layout"
         return block
 

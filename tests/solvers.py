@@ -18,13 +18,13 @@ def spy_model_solves(monkeypatch) -> list:
     import lljax.model.random_effect as random_effect
 
     calls = []
-    real = random_effect.solve
+    real = random_effect.dispatch
 
     def spy(block, *args, method, **kwargs):
         calls.append((method, block))
         return real(block, *args, method=method, **kwargs)
 
-    monkeypatch.setattr(random_effect, "solve", spy)
+    monkeypatch.setattr(random_effect, "dispatch", spy)
     return calls
 
 

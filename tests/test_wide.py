@@ -9,7 +9,7 @@ import pytest
 
 from lljax import Block, Dataset, RandomEffectModel, SolverConfig, Status, solve_block
 from lljax.rounds.round import Round
-from lljax.solve.blocks import dense_from_sparse, sparse_from_dense
+from lljax.solve.blocks import RowsBlock, SparseBlock, dense_from_rows, dense_from_sparse, sparse_from_dense
 from lljax.solve.registry import WIDE_FEATURES
 from tests.solvers import force_newton, solve_span, spy_model_solves
 from tests.test_lbfgs import rel_err, sparse_entity
@@ -144,10 +144,13 @@ def test_sparse_block_is_the_dense_block():
     plans = work.plan(1 << 20, SolverConfig(hessian="diagonal"))
     assert plans
     for plan in plans:
-        dense, sparse = work.build(plan._replace(method="newton")), work.build(plan._replace(method="span"))
-        assert isinstance(dense, Block) and not isinstance(sparse, Block)
-        for a, b in zip(dense, dense_from_sparse(sparse)):
+        dense = work.build(plan._replace(method="newton", layout=None))
+        sparse = work.build(plan._replace(method="span", layout=None))
+        rows = work.build(plan._replace(method="newton", layout="rows"))
+        assert isinstance(dense, Block) and isinstance(sparse, SparseBlock) and isinstance(rows, RowsBlock)
+        for a, b, c in zip(dense, dense_from_sparse(sparse), dense_from_rows(rows)):
             np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, c)
 
 
 @pytest.mark.parametrize("loss", LOSSES)

@@ -30,10 +30,10 @@ from lljax.model.report import PhaseTimer, UpdateReport
 from lljax.rounds.buffers import BufferPool, Buffers
 from lljax.rounds.plan import BlockPlan
 from lljax.rounds.round import Round
-from lljax.solve.base import HESSIAN_TYPES, SolverConfig, SolveResult, Status
+from lljax.solve.base import HESSIAN_TYPES, SolverConfig, Status
 from lljax.solve.dtypes import compute_dtype, x64_enabled
 from lljax.solve.losses import LOSSES, first_bad_label
-from lljax.solve.registry import solve
+from lljax.solve.registry import dispatch
 from lljax.state.export import entity_to_ntv, model_to_table, ntv_to_flat, read_parquet, table_to_flat, write_parquet
 from lljax.state.persist import HYPERPARAMETERS, load_model, save_model
 from lljax.state.store import EntityCoefficients, EntityStore, PendingWrites
@@ -478,10 +478,10 @@ class RandomEffectModel:
         report.features[:] = work.subspaces.sizes
         check_singular = self.l2 == 0 and self.hessian in ("full", "diagonal")
 
-        def collect(plan: BlockPlan, feature_ids: np.ndarray, result: SolveResult, lease: Buffers,
+        def collect(plan: BlockPlan, feature_ids: np.ndarray, started: Any, lease: Buffers,
                     writes: PendingWrites, pool: BufferPool) -> None:
             with timer("device_wait"):
-                host = jax.device_get(result)  # the SolveResult with NumPy arrays
+                host = started.result()  # the SolveResult with NumPy arrays
             pool.give_back(lease)  # the solve that read the block's arrays is over
             e = len(plan.entities)
             precision = host.precision  # identity is kept as a diagonal of ones; none as None
@@ -509,7 +509,7 @@ class RandomEffectModel:
         # store's cost is per pass, whatever the entities); each entity is in one block, so a write never
         # touches the priors of a block still to come.
         # An error part-way restores what the round's entities had before, so a round is atomic.
-        pending: deque[tuple[BlockPlan, np.ndarray, SolveResult, Buffers]] = deque()
+        pending: deque[tuple[BlockPlan, np.ndarray, Any, Buffers]] = deque()
         # A collected block's arrays serve the next blocks (see lljax.rounds.buffers); its feature_ids
         # are fresh memory, as the writes keep them until the group is written.
         pool = BufferPool(max_free_bytes=(_IN_FLIGHT + 2) * self._block_budget())
@@ -527,12 +527,12 @@ class RandomEffectModel:
                         block = work.build(plan, lease)
                     feature_ids = np.asarray(block.feature_ids)  # the host copy (a NumPy array already), for the store
                     with timer("dispatch"):
-                        if len(devices) > 1:
+                        if len(devices) > 1:  # (a RowsBlock is planned with one local device only)
                             device = devices[sum(device_blocks.values()) % len(devices)]
                             block = jax.device_put(block, device)
                             device_blocks[str(device)] += 1
-                        pending.append((plan, feature_ids, solve(block, l2, delta_arr, config, method=plan.method),
-                                        lease))
+                        started = dispatch(block, l2, delta_arr, config, method=plan.method)
+                        pending.append((plan, feature_ids, started, lease))
                     del block
                     if len(pending) > _IN_FLIGHT * len(devices):
                         collect(*pending.popleft(), writes, pool)

@@ -2,8 +2,8 @@
 
 Entities are bucketed by rows rounded up to a power of two (at least ``MIN_ROWS``) and features rounded
 up by :func:`padded_features`, so only a few shapes are ever compiled. Each bucket gets its solve method
-and that method's workspace model from the caller (``choose``; :class:`lljax.rounds.round.Round` asks
-:mod:`lljax.solve.registry`), and is cut along the entity axis into blocks that fit a memory budget
+its layout and that method's workspace model from the caller (``choose``; :class:`lljax.rounds.round.Round`
+asks :mod:`lljax.solve.registry`), and is cut along the entity axis into blocks that fit a memory budget
 (the entity count of a block is a power of two, at least ``MIN_LANES``). No loop over entities.
 """
 
@@ -25,13 +25,15 @@ MIN_LANES = 8
 
 class BlockPlan(NamedTuple):
     """One block to build: ``entities (e,)`` dataset entity codes, padded to ``lanes`` entities of ``rows``
-    rows and ``features`` features each, solved by ``method`` (a name in :mod:`lljax.solve.registry`)."""
+    rows and ``features`` features each, solved by ``method`` (a name in :mod:`lljax.solve.registry`) in
+    ``layout`` (one of :data:`lljax.solve.blocks.LAYOUTS`; ``None``: the method's own)."""
 
     entities: np.ndarray
     lanes: int
     rows: int
     features: int
     method: str = "newton"
+    layout: str | None = None
 
 
 def padded_features(features: np.ndarray) -> np.ndarray:
@@ -47,13 +49,13 @@ def padded_features(features: np.ndarray) -> np.ndarray:
 
 
 def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, memory_budget: int,
-                choose: Callable[[int, int], tuple[str, int]]) -> list[BlockPlan]:
+                choose: Callable[[int, int], tuple[str, str | None, int]]) -> list[BlockPlan]:
     """Bucket entities by ``(next_pow2(rows), padded_features(features))`` and cut buckets into blocks.
 
     Args:
       rows_per_entity, features_per_entity: ``(U,)`` counts.
       memory_budget: bytes a block (with solver workspace) may use.
-      choose: ``(padded rows, padded features) -> (method name, bytes per lane)``.
+      choose: ``(padded rows, padded features) -> (method name, layout or None, bytes per lane)``.
     Returns:
       Blocks ordered by bucket, each with at most ``max_lanes`` entities, a power of two.
     """
@@ -67,11 +69,11 @@ def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, me
         if members.size == 0:
             continue
         rows, features = int(rows_b[members[0]]), int(feats_b[members[0]])
-        method, per_lane = choose(rows, features)
+        method, layout, per_lane = choose(rows, features)
         max_lanes = int(next_pow2(max(1, memory_budget // per_lane) + 1) // 2)  # largest pow2 <= budget
         # A bucket that fits one block gets the smallest power of two that holds it; a bucket cut into
         # several blocks pads its last one to full size too, so each bucket compiles one shape.
         lanes = max_lanes if members.size > max_lanes else min(max_lanes, max(int(next_pow2(members.size)), MIN_LANES))
         for lo in range(0, members.size, max_lanes):
-            plans.append(BlockPlan(members[lo: lo + max_lanes], lanes, rows, features, method))
+            plans.append(BlockPlan(members[lo: lo + max_lanes], lanes, rows, features, method, layout))
     return plans

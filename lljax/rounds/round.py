@@ -28,7 +28,7 @@ from lljax.rounds.plan import BlockPlan, plan_blocks
 from lljax.rounds.subspaces import Subspaces, local_subspaces
 from lljax.solve import kernels, registry
 from lljax.solve.base import SolverConfig
-from lljax.solve.blocks import Block, SparseBlock
+from lljax.solve.blocks import Block, RowsBlock, RowSource, SparseBlock
 from lljax.solve.losses import encode_labels
 from lljax.state.store import EntityStore, GatheredRows, unpack_upper
 
@@ -95,37 +95,59 @@ class Round(NamedTuple):
         """The round's blocks: buckets of padded shape, each with its method and cut to ``memory_budget``."""
         itemsize = self.dataset.dtype.itemsize
 
-        def choose(rows: int, features: int) -> tuple[str, int]:
+        def choose(rows: int, features: int) -> tuple[str, str | None, int]:
             method = registry.choose_method(rows, features, self.full_precision)
-            return method.name, registry.bytes_per_lane(method, rows, features, itemsize, self.full_precision, config)
+            layout = registry.choose_layout(method, features, self.dataset.dtype, config)
+            return (method.name, None if layout == method.layout else layout,
+                    registry.bytes_per_lane(method, rows, features, itemsize, self.full_precision, config))
 
         return plan_blocks(np.diff(self.row_start), self.subspaces.sizes, memory_budget, choose)
 
-    def build(self, plan: BlockPlan, buffers: Buffers | None = None) -> Block | SparseBlock:
-        """The padded NumPy block of ``plan``, in its method's layout; ``buffers``: where the block's arrays
-        are allocated (aligned, see :mod:`lljax.rounds.buffers`; default: fresh), except ``feature_ids``,
-        which is fresh memory always (the caller keeps it after the block is solved)."""
+    def build(self, plan: BlockPlan, buffers: Buffers | None = None) -> Block | SparseBlock | RowsBlock:
+        """The padded NumPy block of ``plan``, in its layout (``plan.layout``, else its method's); ``buffers``:
+        where the block's arrays are allocated (aligned, see :mod:`lljax.rounds.buffers`; default: fresh),
+        except ``feature_ids``, which is fresh memory always (the caller keeps it after the block is
+        solved). A ``"rows"`` block holds the lanes' ranges of the round's rows instead of their data."""
         E, N, D = plan.lanes, plan.rows, plan.features
         ents = plan.entities
         dataset = self.dataset
         dtype = dataset.dtype
         buffers = Buffers() if buffers is None else buffers
-        rows, lane, row_cell, y, w, offset = block_rows(dataset, self.labels, plan, self.row_order, self.row_start,
-                                                        buffers)
+        layout = plan.layout or registry.METHODS[plan.method].layout
         local = self.subspaces.restrict(ents)
-        dense = registry.METHODS[plan.method].layout == "dense"
-        if dense:
-            X = _as_dtype(scatter_rows(dataset, rows, lane, row_cell, local, E * N, D, buffers), dtype, buffers)
-            X = X.reshape(E, N, D)
-        else:
-            cols, vals = _row_slots(dataset, rows, lane, row_cell, local, E, N, D, buffers)
         feature_ids = np.full((E, D), -1, np.int64)
         feature_ids[: len(ents)] = local.feature_ids(D)
         cold = self.l2 if self.penalize_intercept else np.where(feature_ids == 0, 0.0, self.l2)
         stored = () if self.stored is None else self.stored.rows(ents)
         prior_mean, prior_precision = priors(stored, E, D, local, self.full_precision, cold, dtype, buffers)
+        if layout == "rows":
+            e = len(ents)
+            lane_begin, lane_end, sizes = np.zeros(E, np.int64), np.zeros(E, np.int64), np.zeros(E, np.int64)
+            lane_begin[:e], lane_end[:e], sizes[:e] = self.row_start[ents], self.row_start[ents + 1], local.sizes
+            start = np.full(E + 1, local.start[-1], np.int64)
+            start[: e + 1] = local.start
+            return RowsBlock(self.row_source(), lane_begin, lane_end, local.pair_keys, start, sizes, local.stride, N,
+                             feature_ids, prior_mean, prior_precision)
+        rows, lane, row_cell, y, w, offset = block_rows(dataset, self.labels, plan, self.row_order, self.row_start,
+                                                        buffers)
+        if layout == "dense":
+            X = _as_dtype(scatter_rows(dataset, rows, lane, row_cell, local, E * N, D, buffers), dtype, buffers)
+            X = X.reshape(E, N, D)
+        else:
+            cols, vals = _row_slots(dataset, rows, lane, row_cell, local, E, N, D, buffers)
         rest = (y.reshape(E, N), w.reshape(E, N), offset.reshape(E, N), feature_ids, prior_mean, prior_precision)
-        return Block(X, *rest) if dense else SparseBlock(cols, vals, *rest)
+        return Block(X, *rest) if layout == "dense" else SparseBlock(cols, vals, *rest)
+
+    def row_source(self) -> RowSource:
+        """The round's examples as :class:`~lljax.solve.blocks.RowsBlock` s read them (views, in the dataset's
+        dtype)."""
+        dataset = self.dataset
+        dtype = dataset.dtype
+        leading = -1 if dataset.intercept_id is None else int(dataset.intercept_id)
+        values, label, weight, offset = (a.astype(dtype, copy=False) for a in (dataset.given_values, self.labels,
+                                                                              dataset.weight, dataset.offset))
+        return RowSource(dataset.given_indptr, dataset.given_feature_ids, values, label, weight, offset, self.row_order,
+                         leading)
 
 
 def _as_dtype(values: np.ndarray, dtype: npt.DTypeLike, buffers: Buffers) -> np.ndarray:

@@ -155,14 +155,17 @@ class SolveResult(NamedTuple):
       grad_norm: ``(E,)`` max-abs gradient at ``theta``.
       iterations: ``(E,)`` iterations taken.
       status: ``(E,)`` :class:`Status` codes.
+
+    JAX arrays from a solve on a device (inside jit: tracers), NumPy arrays on the host (after
+    ``jax.device_get``, or from a :class:`~lljax.solve.blocks.RowsBlock`).
     """
 
-    theta: jax.Array
-    precision: jax.Array | None
-    loss: jax.Array
-    grad_norm: jax.Array
-    iterations: jax.Array
-    status: jax.Array
+    theta: AnyArray
+    precision: AnyArray | None
+    loss: AnyArray
+    grad_norm: AnyArray
+    iterations: AnyArray
+    status: AnyArray
 
 
 class Method(NamedTuple):
@@ -171,7 +174,8 @@ class Method(NamedTuple):
     Attributes:
       name: the method's name (``"newton"``, ``"span"``, ``"lbfgs"``).
       layout: the block it solves: ``"dense"`` (:class:`~lljax.solve.blocks.Block`) or ``"sparse"``
-        (:class:`~lljax.solve.blocks.SparseBlock`); the packer builds that layout.
+        (:class:`~lljax.solve.blocks.SparseBlock`); the packer builds that layout, or ``"rows"`` where
+        :func:`lljax.solve.registry.choose_layout` says so.
       hessians: the posterior precisions it can return.
       solve_jax: ``(block, l2, delta, limits, *, config, **options) -> SolveResult``, pure JAX, traced
         inside the registry's jit.
@@ -184,6 +188,12 @@ class Method(NamedTuple):
       iteration_cap: ``config -> int``: the default iteration cap.
       accepts: ``(block, l2, delta, config) -> bool`` on concrete arrays, or ``None`` (accepts every block).
       fallback: the method that solves a block this one does not accept (converted to its layout).
+      solve_rows: ``(block, l2, delta, config, max_iter) -> pending`` on a
+        :class:`~lljax.solve.blocks.RowsBlock` (host NumPy arrays: the native kernel reading the dataset's rows
+        itself), started at once; ``pending.result()`` waits and gives the ``SolveResult`` (NumPy arrays).
+        ``None``: the method never gets that layout.
+      rows_supports: ``(features, dtype, config) -> bool``: whether ``solve_rows`` runs blocks of ``features``
+        padded features (host side), or ``None``.
     """
 
     name: str
@@ -197,3 +207,5 @@ class Method(NamedTuple):
     iteration_cap: Callable = lambda config: config.max_iter
     accepts: Callable | None = None
     fallback: str | None = None
+    solve_rows: Callable | None = None
+    rows_supports: Callable | None = None

@@ -6,9 +6,13 @@ padding lanes are all padding. Two layouts:
 
 - :class:`Block` (``"dense"``): the ``(E, N, D)`` design matrix, for dense Newton and L-BFGS;
 - :class:`SparseBlock` (``"sparse"``): each row's nonzeros, ``K`` (column, value) slots per row and
-  nothing of size ``N x D``, for Newton in the span of the rows (wide entities).
+  nothing of size ``N x D``, for Newton in the span of the rows (wide entities);
+- :class:`RowsBlock` (``"rows"``): no design at all, but where each lane's examples are in the dataset's
+  CSR rows (:class:`RowSource`); the native kernel reads them as it loads the lanes (host arrays only,
+  the dense Newton method's layout where the kernel runs on the host).
 
-:func:`sparse_from_dense` and :func:`dense_from_sparse` convert between them (NumPy, host side).
+:func:`sparse_from_dense`, :func:`dense_from_sparse` and :func:`dense_from_rows` convert between them
+(NumPy, host side).
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import numpy as np
 
 from lljax.solve.base import AnyArray
 
-__all__ = ["Block", "SparseBlock", "LAYOUTS", "sparse_from_dense", "dense_from_sparse"]
+__all__ = ["Block", "SparseBlock", "RowSource", "RowsBlock", "LAYOUTS", "sparse_from_dense", "dense_from_sparse",
+           "dense_from_rows"]
 
-LAYOUTS = ("dense", "sparse")
+LAYOUTS = ("dense", "sparse", "rows")
 
 
 class Block(NamedTuple):
@@ -70,6 +75,89 @@ class SparseBlock(NamedTuple):
     feature_ids: AnyArray
     prior_mean: AnyArray
     prior_precision: AnyArray
+
+
+class RowSource(NamedTuple):
+    """A dataset's examples as the :class:`RowsBlock` s of one update read them (host NumPy arrays, shared by
+    the blocks, never copied per block).
+
+    Attributes:
+      indptr: ``(n + 1,)`` int64 CSR offsets of the ``n`` rows' stored nonzeros.
+      feature_ids: ``(nnz,)`` int32 or int64 global feature ids.
+      values: ``(nnz,)`` values, in the blocks' dtype.
+      label: ``(n,)`` labels encoded for the loss; weight, offset: ``(n,)``; all in the blocks' dtype.
+      row_order: ``(n,)`` int64 row indices grouped by entity (a lane's rows are a range of it).
+      leading: a feature id every row starts with, of value 1, before its stored nonzeros (the dataset's
+        implicit intercept), or -1.
+    """
+
+    indptr: np.ndarray
+    feature_ids: np.ndarray
+    values: np.ndarray
+    label: np.ndarray
+    weight: np.ndarray
+    offset: np.ndarray
+    row_order: np.ndarray
+    leading: int
+
+
+class RowsBlock(NamedTuple):
+    """A padded block of ``E`` entities of at most ``N`` rows and ``D`` local features whose rows stay where
+    they are: lane ``l``'s examples are ``source.row_order[lane_begin[l]:lane_end[l]]`` (none for a padding
+    lane), its local columns the positions of its features in its sorted subspace keys
+    ``keys[start[l]:start[l] + sizes[l]]`` (``l * stride + feature id``). It stands for the :class:`Block`
+    that :func:`dense_from_rows` builds, with the same results; nothing of size ``N x D`` is made.
+
+    Attributes:
+      source: the :class:`RowSource`.
+      lane_begin, lane_end: ``(E,)`` int64.
+      keys, start, sizes: the lanes' subspaces, ``(P,)``, ``(E,)``, ``(E,)`` int64; stride: an int.
+      N: rows per lane, at most (the padded row count).
+      feature_ids, prior_mean, prior_precision: as in :class:`Block`.
+    """
+
+    source: RowSource
+    lane_begin: np.ndarray
+    lane_end: np.ndarray
+    keys: np.ndarray
+    start: np.ndarray
+    sizes: np.ndarray
+    stride: int
+    N: int
+    feature_ids: np.ndarray
+    prior_mean: np.ndarray
+    prior_precision: np.ndarray
+
+
+def dense_from_rows(block: RowsBlock) -> Block:
+    """The dense :class:`Block` a :class:`RowsBlock` stands for (NumPy; repeated (row, feature) entries add up
+    in float64, as the packer's)."""
+    src = block.source
+    E, D, N = len(block.lane_begin), block.feature_ids.shape[1], block.N
+    dtype = src.values.dtype
+    counts = block.lane_end - block.lane_begin
+    lane = np.repeat(np.arange(E), counts)
+    rank = np.arange(len(lane)) - np.repeat(np.cumsum(counts) - counts, counts)  # a row's rank in its lane
+    rows = src.row_order[np.repeat(block.lane_begin, counts) + rank]
+    cell = lane * N + rank
+    y, w, offset = (np.zeros(E * N, dtype) for _ in range(3))
+    y[cell], w[cell], offset[cell] = src.label[rows], src.weight[rows], src.offset[rows]
+    nnz = src.indptr[rows + 1] - src.indptr[rows]
+    entry = np.repeat(src.indptr[rows], nnz) + np.arange(int(nnz.sum())) - np.repeat(np.cumsum(nnz) - nnz, nnz)
+    entry_cell, entry_lane = np.repeat(cell, nnz), np.repeat(lane, nnz)
+    fids, vals = src.feature_ids[entry].astype(np.int64), src.values[entry].astype(np.float64)
+    if src.leading >= 0:  # each row's leading entry first, then its stored ones (the order of the sums)
+        order = np.argsort(np.r_[cell, entry_cell], kind="stable")
+        entry_cell, entry_lane = np.r_[cell, entry_cell][order], np.r_[lane, entry_lane][order]
+        fids, vals = np.r_[np.full(len(rows), src.leading), fids][order], np.r_[np.ones(len(rows)), vals][order]
+    keys = entry_lane * block.stride + fids
+    at = np.minimum(np.searchsorted(block.keys, keys), max(len(block.keys) - 1, 0))
+    col = at - block.start[entry_lane]
+    if len(keys) and not ((block.keys[at] == keys) & (col < block.sizes[entry_lane])).all():
+        raise ValueError("a row's feature is not in its lane's subspace")
+    X = np.bincount(entry_cell * D + col, weights=vals, minlength=E * N * D).astype(dtype).reshape(E, N, D)
+    return Block(X, y.reshape(E, N), w.reshape(E, N), offset.reshape(E, N), block.feature_ids, block.prior_mean,
+                 block.prior_precision)
 
 
 def sparse_from_dense(block: Block) -> SparseBlock:

@@ -3,7 +3,8 @@
 The direction solves ``(H + mu I) p = -g`` with the full Hessian ``H = X^T C X + A``; the iteration
 (line search, statuses, finish) is :mod:`lljax.solve.iteration`'s. It returns any posterior precision
 (``"full"`` included) and takes a diagonal or full prior precision. On the CPU the native kernel
-(:func:`lljax.solve.kernels.newton_solve`) runs the same iteration with the entity axis in SIMD lanes.
+(:func:`lljax.solve.kernels.newton_solve`) runs the same iteration with the entity axis in SIMD lanes; on a
+:class:`~lljax.solve.blocks.RowsBlock` (:func:`solve_rows`) it reads the dataset's rows itself.
 
 Per-lane workspace (:func:`bytes_per_lane`): the ``(N, D)`` rows, a few ``D x D`` matrices (Hessian,
 Cholesky factor, full prior) and vectors, times a factor for XLA's temporaries; on the native kernel,
@@ -13,6 +14,7 @@ the block's arrays and results only.
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,13 +22,13 @@ import numpy as np
 from jax.scipy.linalg import cho_solve
 
 from lljax.solve import kernels
-from lljax.solve.base import HESSIAN_TYPES, Limits, SolverConfig, SolveResult, lane_batch_option
-from lljax.solve.blocks import Block
+from lljax.solve.base import HESSIAN_TYPES, Limits, Scalar, SolverConfig, SolveResult, lane_batch_option
+from lljax.solve.blocks import Block, RowsBlock
 from lljax.solve.iteration import Direction, Iterate, Step, finish, iterate, over_lanes, start
 from lljax.solve.objective import Entity, dense_entity
 
-__all__ = ["newton_direction", "make_direction", "solve_jax", "solve_native", "native_supports", "bytes_per_lane",
-           "check", "NATIVE_MAX_FEATURES", "WORKSPACE_FACTOR"]
+__all__ = ["newton_direction", "make_direction", "solve_jax", "solve_native", "native_supports", "solve_rows",
+           "RowsResult", "rows_supports", "bytes_per_lane", "check", "NATIVE_MAX_FEATURES", "WORKSPACE_FACTOR"]
 
 NATIVE_MAX_FEATURES = 512  # the kernel's per-thread workspace ~ D^2 x lanes; beyond this the pure-JAX path runs
 # Solver temporaries (X * curvature, a few D x D matrices, line-search copies) on top of the block's own
@@ -125,6 +127,48 @@ def solve_native(block: Block, l2: jax.Array, delta: jax.Array, limits: Limits, 
         *kernels.per_entity(E, l2, delta, limits.tol, limits.max_iter), loss=config.loss,
         max_backtracks=config.max_backtracks, precision=kind)
     return kernels.solve_result(outputs, config.hessian)
+
+
+class RowsResult(NamedTuple):
+    """:func:`solve_rows` in progress; :meth:`result` waits for it."""
+
+    solve: kernels.RowsSolve
+    hessian: str
+
+    def result(self) -> SolveResult:
+        """The :class:`~lljax.solve.base.SolveResult` (NumPy arrays), once the kernel is done."""
+        theta, value, grad_norm, precision, iterations, status = self.solve.result()
+        if self.hessian == "identity":
+            precision = np.ones_like(theta)
+        return SolveResult(theta=theta, precision=precision, loss=value, grad_norm=grad_norm, iterations=iterations,
+                           status=status)
+
+
+def solve_rows(block: RowsBlock, l2: Scalar, delta: Scalar, config: SolverConfig, max_iter: int) -> RowsResult:
+    """Start :func:`solve_native` on the dense block that ``block`` stands for, on the host: the kernel reads each
+    lane's rows from the dataset as it loads the lane (:func:`lljax.solve.kernels.newton_solve_rows`), so no
+    design matrix is packed. Returns at once; the result (NumPy arrays) equals :func:`solve_native`'s on
+    :func:`lljax.solve.blocks.dense_from_rows` of ``block`` bit for bit."""
+    if config.hessian not in HESSIAN_TYPES:
+        raise ValueError(f"field 'hessian': value {config.hessian!r} is not one of {list(HESSIAN_TYPES)}")
+    dtype = np.dtype(block.prior_mean.dtype)
+    E = len(block.lane_begin)
+    ids = np.asarray(block.feature_ids)
+    codes = kernels.MASK_CODES
+    penalized = np.where(ids > 0 if not config.penalize_intercept else ids >= 0, codes["penalized"],
+                         codes["unpenalized"])
+    mask = np.where(ids >= 0, penalized, codes["padding"]).astype(np.int32)
+    kind = config.hessian if config.hessian in ("full", "diagonal") else "none"
+    started = kernels.newton_solve_rows(
+        block, mask, np.full(E, l2, dtype), np.full(E, delta, dtype), np.full(E, config.tol, dtype),
+        np.full(E, max_iter, np.int32), loss=config.loss, max_backtracks=config.max_backtracks, precision=kind)
+    return RowsResult(started, config.hessian)
+
+
+def rows_supports(features: int, dtype: np.dtype, config: SolverConfig) -> bool:
+    """Whether :func:`solve_rows` runs blocks of ``features`` padded features in ``dtype`` (host side)."""
+    return kernels.available() and kernels.supports(dtype) and features <= NATIVE_MAX_FEATURES and \
+        config.loss in kernels.LOSS_CODES
 
 
 def native_supports(block: Block, config: SolverConfig) -> bool:

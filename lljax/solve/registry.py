@@ -8,9 +8,13 @@ here, once, on the host, outside traced code:
 - :func:`choose_backend`: pure JAX or the native CPU kernel, from ``SolverConfig.native``, the
   ``LLJAX_NATIVE`` environment variable, whether the kernel is built and supports the block, and JAX's
   default backend;
+- :func:`choose_layout`: the block layout the packer builds: the method's own, or ``"rows"``
+  (:class:`~lljax.solve.blocks.RowsBlock`) where the method's native kernel runs on the host and can read
+  the dataset's rows itself, so that no design matrix is packed;
 - :func:`solve`: validates, picks the backend, and calls one jitted function whose static arguments
   are the method, the config and the backend, so changing any of them recompiles (it is never silently
-  ignored by a cached trace).
+  ignored by a cached trace); a :class:`~lljax.solve.blocks.RowsBlock` goes to the method's ``solve_rows``
+  (host arrays, no jit), or, where that cannot run, to the dense path as :func:`dense_from_rows`.
 
 Adding a method: write its module (a direction for :mod:`lljax.solve.iteration`, ``solve_jax``,
 ``check``, ``bytes_per_lane``; optionally a native kernel), add its :class:`Method` record to
@@ -21,7 +25,7 @@ Adding a method: write its module (a direction for :mod:`lljax.solve.iteration`,
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -29,14 +33,15 @@ import numpy.typing as npt
 
 from lljax.solve import kernels, lbfgs, newton, span
 from lljax.solve.base import BACKENDS, AnyArray, Limits, Method, Scalar, SolverConfig, SolveResult
-from lljax.solve.blocks import Block, SparseBlock, dense_from_sparse, sparse_from_dense
+from lljax.solve.blocks import Block, RowsBlock, SparseBlock, dense_from_rows, dense_from_sparse, sparse_from_dense
 
-__all__ = ["METHODS", "WIDE_FEATURES", "choose_method", "choose_backend", "solve", "solve_block", "bytes_per_lane",
-           "traced_arguments"]
+__all__ = ["METHODS", "WIDE_FEATURES", "choose_method", "choose_backend", "choose_layout", "solve", "dispatch",
+           "solve_block", "bytes_per_lane", "traced_arguments"]
 
 METHODS: dict[str, Method] = {
     "newton": Method("newton", "dense", ("none", "identity", "diagonal", "full"), newton.solve_jax,
-                     newton.solve_native, newton.native_supports, newton.check, newton.bytes_per_lane),
+                     newton.solve_native, newton.native_supports, newton.check, newton.bytes_per_lane,
+                     solve_rows=newton.solve_rows, rows_supports=newton.rows_supports),
     "span": Method("span", "sparse", span.HESSIANS, span.solve_jax, span.solve_native, span.native_supports,
                    span.check, span.bytes_per_lane, accepts=span.accepts, fallback="lbfgs"),
     "lbfgs": Method("lbfgs", "dense", lbfgs.HESSIANS, lbfgs.solve_jax, None, None, lbfgs.check,
@@ -81,6 +86,19 @@ def choose_backend(method: Method, block: Block | SparseBlock | None, config: So
     return "native" if jax.default_backend() == "cpu" else "native-on-cpu"
 
 
+def choose_layout(method: Method, features: int, dtype: npt.DTypeLike, config: SolverConfig) -> str:
+    """The layout the packer builds for ``method``'s blocks of ``features`` padded features: ``"rows"`` (a
+    :class:`~lljax.solve.blocks.RowsBlock`: the kernel reads the dataset's rows itself) where the method has a
+    ``solve_rows`` that runs such blocks and the kernel would run every block on this host
+    (:func:`choose_backend` says ``"native"``) with one local device, else the method's own layout (blocks
+    dealt to several local devices stay device blocks)."""
+    if (method.solve_rows is not None and method.rows_supports is not None
+            and method.rows_supports(features, np.dtype(dtype), config)
+            and choose_backend(method, None, config) == "native" and len(jax.local_devices()) == 1):
+        return "rows"
+    return method.layout
+
+
 def bytes_per_lane(method: Method, rows: int, features: int, itemsize: int, full_precision: bool,
                    config: SolverConfig) -> int:
     """The workspace model of ``method`` for one lane, on the backend :func:`choose_backend` would pick (the
@@ -120,7 +138,8 @@ def solve(block: Block | SparseBlock, l2: Scalar, delta: Scalar, config: SolverC
 
     Args:
       block: a :class:`~lljax.solve.blocks.Block` or :class:`~lljax.solve.blocks.SparseBlock` of ``E``
-        entities (the method's layout).
+        entities (the method's layout), or a :class:`~lljax.solve.blocks.RowsBlock` (method ``"newton"``;
+        solved on the host, synchronously, with NumPy results, where :func:`choose_layout` gives ``"rows"``).
       l2: scalar L2 weight lambda (> 0 keeps cold-start features identified).
       delta: scalar forgetting factor in [0, 1]; 0 is plain L2.
       config: :class:`~lljax.solve.base.SolverConfig`.
@@ -136,6 +155,13 @@ def solve(block: Block | SparseBlock, l2: Scalar, delta: Scalar, config: SolverC
     if method not in METHODS:
         raise ValueError(f"field 'method': value {method!r} is not one of {sorted(METHODS)}")
     chosen = METHODS[method]
+    if isinstance(block, RowsBlock):
+        if chosen.solve_rows is None:
+            raise TypeError(f"the {method} method does not solve a RowsBlock")
+        D = block.feature_ids.shape[1]
+        if choose_layout(chosen, D, block.prior_mean.dtype, config) == "rows":
+            return dispatch(block, l2, delta, config, method=method, max_iter=max_iter).result()
+        block = dense_from_rows(block)  # where the kernel cannot read the rows: the block it stands for
     expected = Block if chosen.layout == "dense" else SparseBlock
     if not isinstance(block, expected):
         raise TypeError(f"the {method} method solves a {expected.__name__}, got {type(block).__name__}")
@@ -165,6 +191,32 @@ def _solve(block: Block | SparseBlock, l2: jax.Array, delta: jax.Array, limits: 
     if backend == "native":  # tracing the pure-JAX solver too would cost more than compiling the kernel call
         return native(block, l2, delta, limits)
     return jax.lax.platform_dependent(block, l2, delta, limits, cpu=native, default=plain)
+
+
+class _OnDevice(NamedTuple):
+    """A solve dispatched to a JAX device (asynchronous)."""
+
+    value: SolveResult
+
+    def result(self) -> SolveResult:
+        return jax.device_get(self.value)
+
+
+def dispatch(block: Block | SparseBlock | RowsBlock, l2: Scalar, delta: Scalar, config: SolverConfig, *,
+             method: str = "newton", max_iter: int | None = None, **options: Any) -> Any:
+    """:func:`solve`, started: returns at once an object whose ``result()`` waits for the
+    :class:`~lljax.solve.base.SolveResult` and gives it with NumPy arrays. A dense or sparse block is dispatched
+    to its JAX device (asynchronous dispatch); a :class:`~lljax.solve.blocks.RowsBlock` that the host kernel
+    runs starts on the kernel's own threads (:func:`lljax.solve.newton.solve_rows`). Either way the caller
+    builds and writes other blocks meanwhile."""
+    chosen = METHODS.get(method)
+    if (isinstance(block, RowsBlock) and chosen is not None and chosen.solve_rows is not None
+            and choose_layout(chosen, block.feature_ids.shape[1], block.prior_mean.dtype, config) == "rows"):
+        cap = chosen.iteration_cap(config) if max_iter is None else max_iter
+        return chosen.solve_rows(block, l2, delta, config, cap)
+    if isinstance(block, RowsBlock):  # where the kernel cannot read the rows: the block it stands for
+        block = dense_from_rows(block)
+    return _OnDevice(solve(block, l2, delta, config, method=method, max_iter=max_iter, **options))
 
 
 def solve_block(block: Block, l2: Scalar, delta: Scalar, config: SolverConfig) -> SolveResult:

@@ -7,7 +7,11 @@ is available; see ``setup.py``) holds:
   iteration (:mod:`lljax.solve.iteration`), penalty and finish as the ``"newton"`` method, with the entity axis
   in the SIMD lanes (4 float64 or 8 float32 entities per group, AVX2 + FMA when the CPU has them,
   chosen at run time) and each group's whole solve fused in cache. Every loss goes through the same
-  kernel (one row function per loss);
+  kernel (one row function per loss). It runs as an XLA custom call on a dense block
+  (:func:`newton_solve`), or called from Python on a :class:`~lljax.solve.blocks.RowsBlock`
+  (:func:`newton_solve_rows`): then it reads each lane's examples from the dataset's CSR rows as it loads
+  the lane's group, on :func:`host_threads` threads of its own while the caller goes on (as an
+  asynchronous dispatch does), and no ``(E, N, D)`` design is packed at all;
 - the **wide kernel** (``wide_kernel.h``): Newton in the span of the rows on sparse blocks, the
   same iterates as the ``"span"`` method (:mod:`lljax.solve.span`), one entity at a time with
   ``K = X A^-1 X^T`` built from the nonzeros grouped by column;
@@ -44,12 +48,13 @@ import numpy.typing as npt
 from jax.typing import ArrayLike
 
 from lljax.solve.base import AnyArray, SolveResult
+from lljax.solve.blocks import RowsBlock
 from lljax.solve.objective import penalized_features
 
 __all__ = ["available", "build_error", "enabled", "isa", "supports", "per_entity", "solve_result",
-           "compiled_constants", "newton_solve", "wide_solve", "pack_rows", "block_rows",
-           "scatter_priors", "subspace_keys", "host_threads", "feature_mask", "LOSS_CODES", "PRECISION_CODES",
-           "MASK_CODES"]
+           "compiled_constants", "newton_solve", "newton_solve_rows", "RowsSolve", "wide_solve", "pack_rows",
+           "block_rows", "scatter_priors", "subspace_keys", "host_threads", "feature_mask", "LOSS_CODES",
+           "PRECISION_CODES", "MASK_CODES"]
 
 LOSS_CODES = {"linear": 0, "logistic": 1, "poisson": 2}
 PRECISION_CODES = {"diagonal": 0, "full": 1, "none": 2}
@@ -201,6 +206,65 @@ def newton_solve(X: AnyArray, y: AnyArray, w: AnyArray, offset: AnyArray, mask: 
         max_iter.astype(jnp.int32), loss=np.int32(LOSS_CODES[loss]), max_backtracks=np.int32(max_backtracks),
         precision_mode=np.int32(mode))
     return theta, value, grad_norm, (None if mode == 2 else prec), iterations, status
+
+
+class RowsSolve:
+    """A :func:`newton_solve_rows` call in progress: the kernel runs on threads of its own (no GIL), writing
+    its results in place, while the caller goes on; :meth:`result` waits for it. If nobody waits, the kernel
+    is waited for when this object is freed (its arrays stay alive until then)."""
+
+    def __init__(self, job: object, outputs: tuple) -> None:
+        self._job, self._outputs = job, outputs
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        """``(theta, value, grad_norm, precision, iterations, status)`` once the kernel is done (the GIL is
+        released while waiting).
+
+        Raises:
+          ValueError: a row's feature is not in its lane's subspace; IndexError: a row index (or its indptr)
+          out of range; MemoryError: no thread got its workspace.
+        """
+        _native().newton_rows_wait(self._job)
+        return self._outputs
+
+
+def newton_solve_rows(block: RowsBlock, mask: np.ndarray, l2: np.ndarray, delta: np.ndarray, tol: np.ndarray,
+                      max_iter: np.ndarray, *, loss: str, max_backtracks: int, precision: str) -> RowsSolve:
+    """Start :func:`newton_solve` on the dense block that ``block`` stands for
+    (:func:`lljax.solve.blocks.dense_from_rows`), without making it: the kernel reads each lane's rows from
+    ``block.source`` as it loads the lane's group (C++, see ``newton.cc``), on :func:`host_threads` threads
+    of its own, and the call returns at once. The results are the same, bit for bit.
+
+    Args:
+      block: the :class:`~lljax.solve.blocks.RowsBlock` (``E`` lanes, ``D`` features; its float arrays of one
+        dtype, float32 or float64).
+      mask: ``(E, D)`` int32 (:func:`feature_mask`); l2, delta, tol: ``(E,)`` of the block's dtype; max_iter:
+        ``(E,)`` int32.
+      loss, max_backtracks, precision: as in :func:`newton_solve`.
+    Returns:
+      The :class:`RowsSolve`, whose ``result()`` is ``(theta, value, grad_norm, precision, iterations,
+      status)``, NumPy arrays as :func:`newton_solve`'s (``precision`` ``None`` for ``"none"``).
+    Raises:
+      IndexError: a lane's rows or subspace out of range (checked before the kernel starts; the rows themselves
+      are checked as the kernel reads them, and reported by ``result()``).
+    """
+    dtype = np.dtype(block.prior_mean.dtype)
+    E, D = block.feature_ids.shape
+    mode = PRECISION_CODES[precision]
+    theta = np.empty((E, D), dtype)
+    value, grad_norm = np.empty(E, dtype), np.empty(E, dtype)
+    prec = np.empty((E,) + {0: (D,), 1: (D, D), 2: (1,)}[mode], dtype)
+    iterations, status = np.empty(E, np.int32), np.empty(E, np.int32)
+    c = np.ascontiguousarray  # the kernel reads C-contiguous buffers (no copy when they already are)
+    src = block.source
+    job = _native().newton_rows_start(
+        c(src.indptr, np.int64), c(src.feature_ids), c(src.values, dtype), c(src.label, dtype), c(src.weight, dtype),
+        c(src.offset, dtype), c(src.row_order, np.int64), c(block.lane_begin, np.int64), c(block.lane_end, np.int64),
+        c(block.keys, np.int64), c(block.start[:E], np.int64), c(block.sizes, np.int64), int(block.stride),
+        int(src.leading), int(block.N), c(mask, np.int32), c(block.prior_mean, dtype), c(block.prior_precision, dtype),
+        c(l2, dtype), c(delta, dtype), c(tol, dtype), c(max_iter, np.int32), LOSS_CODES[loss], int(max_backtracks),
+        mode, theta, value, grad_norm, prec, iterations, status, host_threads())
+    return RowsSolve(job, (theta, value, grad_norm, None if mode == 2 else prec, iterations, status))
 
 
 def wide_solve(cols: AnyArray, vals: AnyArray, y: AnyArray, w: AnyArray, offset: AnyArray, mask: AnyArray,

@@ -1,6 +1,8 @@
 // XLA FFI entry points of lljax's native CPU Newton kernel and the Python module that exposes them.
 //
-// Targets "lljax_newton_f64" and "lljax_newton_f32" (registered by lljax/solve/kernels/__init__.py). Inputs,
+// Targets "lljax_newton_f64" and "lljax_newton_f32" (registered by lljax/solve/kernels/__init__.py), and
+// newton_rows_start / newton_rows_wait, the same kernel started from Python on host arrays, on threads of its own
+// (a RowsBlock: it reads the dataset's rows). Inputs,
 // each with the same leading (batch) dimensions, E entities in all: X (E, N, D), y, w, offset (E, N),
 // mask (E, D) int32 (a MaskCode: padding, a feature, a feature without L2), prior_mean (E, D),
 // prior_precision (E, D, D) or (E, D), l2, delta, tol (E,), max_iter (E,) int32. Attributes: loss (0 linear, 1 logistic, 2 poisson), max_backtracks,
@@ -16,12 +18,15 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <thread>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
 
 #include "newton_common.h"
+#include "py_buffer.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -290,8 +295,215 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(WideF32, Wide<ffi::F32>, LLJAX_BIND_WIDE(ffi::F32)
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NewtonF64, Newton<ffi::F64>, LLJAX_BIND(ffi::F64));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NewtonF32, Newton<ffi::F32>, LLJAX_BIND(ffi::F32));
 
+// newton_rows_start's arguments that are arrays, in order.
+enum RowsArg { kIndptr, kFids, kValues, kLabel, kWeight, kOffset, kOrder, kBegin, kEnd, kKeys, kStart, kSizes, kMask,
+               kMean, kPrior, kL2, kDelta, kTol, kMaxIter, kTheta, kValue, kGrad, kPrecision, kIterations, kStatus,
+               kRowsArrays };
+
+// A RowsBlock solve running on its own threads, started by newton_rows_start and joined by newton_rows_wait (or,
+// if nobody waits, when its capsule is freed). It holds the buffers it reads and writes (released with the GIL held,
+// after the threads are joined).
+struct RowsJob {
+  lljax_py::View v[kRowsArrays];
+  bool f64 = true;
+  Problem<double> Pd;
+  Problem<float> Pf;
+  RowSource<double> Sd;
+  RowSource<float> Sf;
+  int64_t missing[2] = {-1, 0};
+  int64_t bad_row = -1;
+  int64_t groups = 0;
+  Pool pool;
+  std::vector<std::thread> threads;
+  bool joined = false;
+
+  template <typename T>
+  Problem<T>& problem() {
+    if constexpr (sizeof(T) == 8) return Pd;
+    else return Pf;
+  }
+  template <typename T>
+  RowSource<T>& source() {
+    if constexpr (sizeof(T) == 8) return Sd;
+    else return Sf;
+  }
+  void join() {
+    for (auto& t : threads) t.join();
+    threads.clear();
+    joined = true;
+  }
+};
+
+// Checks the arguments (sizes, the lanes' ranges; the kernel checks each row it reads, so that it cannot read
+// outside the buffers) and fills job's problem and row source; false with a Python error set.
+template <typename T>
+bool prepare_rows(RowsJob* job, int64_t stride, int64_t leading, int64_t N, int32_t loss, int32_t max_backtracks,
+                  int32_t precision_mode) {
+  lljax_py::View* v = job->v;
+  const int64_t E = v[kBegin].size();
+  const int64_t D = E > 0 ? v[kMask].size() / E : 0;
+  const int64_t n = v[kIndptr].size() - 1, nnz = v[kFids].size();
+  const int64_t p_count = v[kPrior].size();
+  const int64_t prec_count = precision_mode == kPrecisionFull ? E * D * D : precision_mode == kPrecisionDiagonal ? E * D : E;
+  const bool ok = n >= 0 && v[kValues].size() == nnz && v[kLabel].size() == n && v[kWeight].size() == n &&
+                  v[kOffset].size() == n && v[kEnd].size() == E && v[kStart].size() == E && v[kSizes].size() == E &&
+                  v[kMask].size() == E * D && v[kMean].size() == E * D && (p_count == E * D * D || p_count == E * D) &&
+                  v[kL2].size() == E && v[kDelta].size() == E && v[kTol].size() == E && v[kMaxIter].size() == E &&
+                  v[kTheta].size() == E * D && v[kValue].size() == E && v[kGrad].size() == E &&
+                  v[kPrecision].size() >= prec_count && v[kIterations].size() == E && v[kStatus].size() == E &&
+                  stride >= 1 && leading < stride && N >= 1 && (E == 0 || D >= 1);
+  if (!ok) {
+    PyErr_SetString(PyExc_ValueError, "newton_rows: inconsistent argument sizes");
+    return false;
+  }
+  if (loss < kLinear || loss > kPoisson || precision_mode < 0 || precision_mode > 2) {
+    PyErr_SetString(PyExc_ValueError, "newton_rows: unknown loss or precision mode");
+    return false;
+  }
+  const int64_t *ip = v[kIndptr].data<int64_t>(), *order = v[kOrder].data<int64_t>();
+  const int64_t *begin = v[kBegin].data<int64_t>(), *end = v[kEnd].data<int64_t>();
+  const int64_t *start = v[kStart].data<int64_t>(), *sizes = v[kSizes].data<int64_t>();
+  for (int64_t l = 0; l < E; l++) {
+    if (begin[l] < 0 || end[l] < begin[l] || end[l] > v[kOrder].size() || end[l] - begin[l] > N) {
+      PyErr_Format(PyExc_IndexError, "newton_rows: rows of lane %lld out of range", (long long)l);
+      return false;
+    }
+    if (start[l] < 0 || sizes[l] < 0 || sizes[l] > D || start[l] + sizes[l] > v[kKeys].size()) {
+      PyErr_Format(PyExc_IndexError, "newton_rows: subspace of lane %lld out of range", (long long)l);
+      return false;
+    }
+  }  // each row index and its indptr entries are checked by the kernel as it reads the row (RowSource)
+  RowSource<T>& S = job->source<T>();
+  S.indptr = ip;
+  S.fid32 = v[kFids].buffer.itemsize == 4 ? v[kFids].data<int32_t>() : nullptr;
+  S.fid64 = v[kFids].buffer.itemsize == 8 ? v[kFids].data<int64_t>() : nullptr;
+  S.values = v[kValues].data<T>();
+  S.label = v[kLabel].data<T>(), S.weight = v[kWeight].data<T>(), S.offset = v[kOffset].data<T>();
+  S.row_order = order, S.lane_begin = begin, S.lane_end = end;
+  S.keys = v[kKeys].data<int64_t>(), S.start = start, S.sizes = sizes;
+  S.stride = stride, S.leading = leading, S.n = n, S.nnz = nnz;
+  S.missing = job->missing, S.bad_row = &job->bad_row;
+  Problem<T>& P = job->problem<T>();
+  P.E = E, P.N = N, P.D = D;
+  P.X = P.y = P.w = P.offset = nullptr;
+  P.rows = &S;
+  P.mask = v[kMask].data<int32_t>();
+  P.prior_mean = v[kMean].data<T>(), P.prior_precision = v[kPrior].data<T>();
+  P.l2 = v[kL2].data<T>(), P.delta = v[kDelta].data<T>(), P.tol = v[kTol].data<T>();
+  P.max_iter = v[kMaxIter].data<int32_t>();
+  P.full_prior = p_count == E * D * D && D > 1;
+  P.loss = loss, P.max_backtracks = max_backtracks, P.precision_mode = precision_mode;
+  P.theta = v[kTheta].data<T>(), P.value = v[kValue].data<T>(), P.grad_norm = v[kGrad].data<T>();
+  P.precision = v[kPrecision].data<T>();
+  P.iterations = v[kIterations].data<int32_t>(), P.status = v[kStatus].data<int32_t>();
+  job->groups = (E + kLanes<T> - 1) / kLanes<T>;
+  return true;
+}
+
+// Starts up to `threads` threads on the job's groups; false if none could be started.
+template <typename T>
+bool start_rows(RowsJob* job, int64_t threads) {
+  const Problem<T>* P = &job->problem<T>();
+  const int64_t groups = job->groups, count = std::min<int64_t>(std::max<int64_t>(threads, 1), groups);
+  Pool* pool = &job->pool;
+  for (int64_t h = 0; h < count; h++) {
+    try {
+      job->threads.emplace_back([P, groups, pool]() { run_groups<T>(P, groups, pool); });
+    } catch (...) {  // no more threads to be had: those started do the work
+      break;
+    }
+  }
+  return !job->threads.empty() || groups == 0;
+}
+
+void free_rows_job(PyObject* capsule) {
+  auto* job = static_cast<RowsJob*>(PyCapsule_GetPointer(capsule, "lljax.RowsJob"));
+  if (job == nullptr) return;
+  if (!job->joined) {  // abandoned (an exception in the caller): its threads still use the buffers
+    Py_BEGIN_ALLOW_THREADS;
+    job->join();
+    Py_END_ALLOW_THREADS;
+  }
+  delete job;  // releases the buffers, with the GIL held
+}
+
 }  // namespace
 }  // namespace lljax_native
+
+// newton_rows_start(indptr, feature_ids, values, label, weight, offset, row_order, lane_begin, lane_end, keys, start,
+//                   sizes, stride, leading, N, mask, prior_mean, prior_precision, l2, delta, tol, max_iter, loss,
+//                   max_backtracks, precision_mode, theta, value, grad_norm, precision, iterations, status, threads)
+//   -> capsule: the Newton kernel on E lanes whose data are read from the dataset's CSR rows (a RowSource,
+// newton_common.h), started on `threads` threads of its own; it runs while the caller goes on (no GIL needed) and
+// writes the results in place. newton_rows_wait(capsule) joins it (GIL released) and raises what went wrong.
+PyObject* lljax_newton_rows_start(PyObject*, PyObject* args) {
+  using namespace lljax_native;
+  PyObject* o[kRowsArrays];
+  long long stride, leading, N, threads;
+  int loss, max_backtracks, precision_mode;
+  if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOLLLOOOOOOOiiiOOOOOOL", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6],
+                        &o[7], &o[8], &o[9], &o[10], &o[11], &stride, &leading, &N, &o[12], &o[13], &o[14], &o[15],
+                        &o[16], &o[17], &o[18], &loss, &max_backtracks, &precision_mode, &o[19], &o[20], &o[21],
+                        &o[22], &o[23], &o[24], &threads)) {
+    return nullptr;
+  }
+  static const char* names[kRowsArrays] = {"indptr", "feature_ids", "values", "label", "weight", "offset",
+                                           "row_order", "lane_begin", "lane_end", "keys", "start", "sizes", "mask",
+                                           "prior_mean", "prior_precision", "l2", "delta", "tol", "max_iter",
+                                           "theta", "value", "grad_norm", "precision", "iterations", "status"};
+  // Element kind of each: q int64, i int32, I int32 or int64, R the floats (prior_mean's dtype, for all of them).
+  static const char kinds[] = "qIRRRRqqqqqqiRRRRRiRRRRii";
+  std::unique_ptr<RowsJob> job(new (std::nothrow) RowsJob());
+  if (!job) return PyErr_NoMemory();
+  lljax_py::View* v = job->v;
+  const char real = v[kMean].get(o[kMean], names[kMean], "df", false);
+  if (real == 0) return nullptr;
+  const char reals[2] = {real, 0};
+  for (int i = 0; i < kRowsArrays; i++) {
+    const char* allowed = kinds[i] == 'R' ? reals : kinds[i] == 'I' ? "iq" : kinds[i] == 'i' ? "i" : "q";
+    if (i != kMean && !v[i].get(o[i], names[i], allowed, i >= kTheta)) return nullptr;
+  }
+  job->f64 = real == 'd';
+  const bool ready = job->f64 ? prepare_rows<double>(job.get(), stride, leading, N, loss, max_backtracks, precision_mode)
+                              : prepare_rows<float>(job.get(), stride, leading, N, loss, max_backtracks, precision_mode);
+  if (!ready) return nullptr;
+  const bool started = job->f64 ? start_rows<double>(job.get(), threads) : start_rows<float>(job.get(), threads);
+  if (!started) {
+    PyErr_SetString(PyExc_RuntimeError, "newton_rows_start: no thread could be started");
+    return nullptr;
+  }
+  PyObject* capsule = PyCapsule_New(job.get(), "lljax.RowsJob", free_rows_job);
+  if (capsule == nullptr) {  // the job's threads run on: wait for them before its buffers go
+    Py_BEGIN_ALLOW_THREADS;
+    job->join();
+    Py_END_ALLOW_THREADS;
+    return nullptr;
+  }
+  job.release();
+  return capsule;
+}
+
+PyObject* lljax_newton_rows_wait(PyObject*, PyObject* capsule) {
+  auto* job = static_cast<lljax_native::RowsJob*>(PyCapsule_GetPointer(capsule, "lljax.RowsJob"));
+  if (job == nullptr) return nullptr;
+  if (!job->joined) {
+    Py_BEGIN_ALLOW_THREADS;
+    job->join();
+    Py_END_ALLOW_THREADS;
+  }
+  if (job->pool.next.load() < job->groups) return PyErr_NoMemory();  // no thread got its workspace
+  if (job->bad_row >= 0) {
+    PyErr_Format(PyExc_IndexError, "newton_rows: dataset row %lld (or its indptr) out of range",
+                 (long long)job->bad_row);
+    return nullptr;
+  }
+  if (job->missing[0] >= 0) {
+    PyErr_Format(PyExc_ValueError, "newton_rows: feature %lld of dataset row %lld is not in its entity's subspace",
+                 (long long)job->missing[1], (long long)job->missing[0]);
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
 
 // ------------------------------------------------------------------------------------------------
 // Python module lljax.solve.kernels._newton
@@ -356,6 +568,13 @@ static PyMethodDef methods[] = {
     {"scatter_priors", lljax_scatter_priors, METH_VARARGS,
      "scatter_priors(lanes, feature_ids, means, precision, kind, keys, start, sizes, stride, D, mean_out, "
      "precision_out): stored rows of one width into a block's prior arrays at their local columns (see pack.cc)."},
+    {"newton_rows_start", lljax_newton_rows_start, METH_VARARGS,
+     "newton_rows_start(indptr, feature_ids, values, label, weight, offset, row_order, lane_begin, lane_end, keys, "
+     "start, sizes, stride, leading, N, mask, prior_mean, prior_precision, l2, delta, tol, max_iter, loss, "
+     "max_backtracks, precision_mode, theta, value, grad_norm, precision, iterations, status, threads) -> job: the "
+     "Newton kernel started on lanes read from the dataset's rows, results in place (see newton.cc)."},
+    {"newton_rows_wait", lljax_newton_rows_wait, METH_O,
+     "newton_rows_wait(job): waits for a newton_rows_start job; raises what went wrong in it."},
     {"registrations", registrations, METH_NOARGS, "FFI target name -> PyCapsule of the XLA FFI handler."},
     {"isa", isa, METH_NOARGS, "The kernel variant this CPU runs: 'avx2+fma' or 'generic'."},
     {"lanes", lanes, METH_NOARGS, "Entities per SIMD group, by dtype."},

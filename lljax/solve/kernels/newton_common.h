@@ -42,10 +42,36 @@ enum MaskCode : int32_t { kPadding = 0, kPenalized = 1, kUnpenalized = 2 };
 template <typename T>
 constexpr int kLanes = 32 / sizeof(T);  // one 256-bit vector per lane-op (4 doubles, 8 floats)
 
+// The "rows" source of a block's data: each lane's examples read from the dataset's CSR rows as the kernel
+// loads the lane's group (lljax.solve.blocks.RowsBlock), instead of from a padded (E, N, D) X. Lane l has the
+// dataset rows row_order[lane_begin[l] : lane_end[l]] (at most N; none for a padding lane); a row's entries are
+// feature `leading` of value 1 first (when leading >= 0, the dataset's implicit intercept), then its stored
+// nonzeros indptr[r] .. indptr[r + 1]. An entry's local column is its position in the lane's sorted subspace
+// keys (lane * stride + feature id, keys[start[l] : start[l] + sizes[l]]): its rank in the row when the key is
+// there (checked), else found by binary search. Repeated (row, feature) entries add up in double and are
+// rounded once, as lljax.solve.kernels.pack_rows does, so the loaded X equals the packed one bit for bit. Each
+// row index and its indptr entries are checked as the row is read (a bad one ends its lane's load and is
+// reported), so the caller checks only the lanes' ranges.
+template <typename T>
+struct RowSource {
+  const int64_t* indptr;                                  // (n + 1,)
+  const int32_t* fid32;                                   // (nnz,) feature ids, one of fid32 / fid64
+  const int64_t* fid64;
+  const T* values;                                        // (nnz,)
+  const T *label, *weight, *offset;                       // (n,) each (the label encoded for the loss)
+  const int64_t *row_order, *lane_begin, *lane_end;       // (n,), (E,), (E,)
+  const int64_t *keys, *start, *sizes;                    // the lanes' subspaces: (P,), (E,), (E,)
+  int64_t stride, leading;
+  int64_t n, nnz;    // rows and nonzeros of the dataset: a row index or an indptr entry outside them ends the lane
+  int64_t* missing;  // (2,): the first (dataset row, feature) outside its lane's subspace; row -1 if none
+  int64_t* bad_row;  // (1,): a row_order entry out of range, or a row whose indptr is; -1 if none
+};
+
 template <typename T>
 struct Problem {
   int64_t E, N, D;
-  const T *X, *y, *w, *offset;           // (E, N, D), (E, N) x 3
+  const T *X, *y, *w, *offset;           // (E, N, D), (E, N) x 3; unused with rows
+  const RowSource<T>* rows = nullptr;    // the rows source instead of X, y, w, offset, or null
   const int32_t* mask;                   // (E, D): a MaskCode per feature
   const T *prior_mean, *prior_precision;  // (E, D); (E, D, D) if full_prior else (E, D)
   const T *l2, *delta, *tol;             // (E,) each
@@ -81,7 +107,7 @@ inline int64_t wide_workspace_ints(int64_t N, int64_t K, int64_t D) { return D +
 // Elements of T the kernel needs as workspace per thread (one group at a time).
 inline int64_t workspace_size(int64_t N, int64_t D, int lanes) {
   const int64_t Dp = (D + 3) / 4 * 4;
-  return (2 * N * Dp + 12 * N + Dp * Dp + 2 * D * D + 12 * D + 64) * lanes + 1024;
+  return (2 * N * Dp + 12 * N + Dp * Dp + 2 * D * D + 12 * D + 64) * lanes + 1024 + 5 * Dp + 64;  // + rows scratch
 }
 
 #define LLJAX_DECLARE_ISA(ns)                                                                          \

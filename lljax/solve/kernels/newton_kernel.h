@@ -297,6 +297,11 @@ struct Group : Features<kD> {
   // D x D product per trial and none per gradient).
   T *x, *xc, *y, *w, *m, *mt, *xp, *e, *et, *r, *c, *v, *S, *A, *L, *b, *th, *tt, *g, *gn, *p, *Ap, *ath, *att, *th0;
   T* present;  // (D, W): 1 for a feature on the lane's mask, else 0
+  // Scratch of load_rows (Dp each, zero between rows): a row's sums by column, its columns, and whether a
+  // column is among them.
+  double* acc;
+  int64_t* touched;
+  unsigned char* seen;
   T cst[W];
   bool unit_labels;
   Ahead ahead;
@@ -336,6 +341,11 @@ struct Group : Features<kD> {
     att = take(D * W);
     th0 = take(D * W);
     present = take(D * W);
+    unsigned char* scratch = reinterpret_cast<unsigned char*>(take(5 * Dp + 16));
+    acc = reinterpret_cast<double*>(scratch);
+    touched = reinterpret_cast<int64_t*>(scratch + 8 * Dp);
+    seen = scratch + 16 * Dp;
+    for (int64_t j = 0; j < Dp; j++) acc[j] = 0, seen[j] = 0;
   }
 
   // The lanes' penalties from their entities' priors (lane l: entity ent[l], if valid[l]), as
@@ -816,6 +826,85 @@ static inline int32_t status_after(T value, T grad_max_abs, bool grad_finite, in
   return fin ? status : kNonFinite;
 }
 
+// Loads lanes (lane l: entity ent[l], if valid[l]) from a RowSource (see newton_common.h) into x (N, Dp, W) and
+// y, w, off (N, W), entity axis last, zeros in padding rows, padding columns and missing lanes: what the
+// dense load reads from the (E, N, D) block that lljax.solve.kernels.pack_rows and block_rows would pack, bit
+// for bit. acc, touched, seen: Dp each, zero (left zero). A feature outside its lane's subspace is recorded in
+// S.missing (the first one), a row out of range in S.bad_row; either ends that lane's load.
+template <typename T, int W, typename F>
+static void load_rows(const RowSource<T>& S, const F* __restrict fids, int64_t N, int64_t Dp, const int64_t* ent,
+                      const bool* valid, T* __restrict x, T* __restrict y, T* __restrict w, T* __restrict off,
+                      double* __restrict acc, int64_t* __restrict touched, unsigned char* __restrict seen) {
+  for (int64_t i = 0; i < N * Dp * W; i++) x[i] = T(0);
+  for (int64_t i = 0; i < N * W; i++) y[i] = T(0), w[i] = T(0), off[i] = T(0);
+  const int64_t shift = S.leading >= 0 ? 1 : 0;
+  const int64_t* keys = S.keys;
+  for (int l = 0; l < W; l++) {
+    if (!valid[l]) continue;
+    const int64_t e = ent[l], b = S.lane_begin[e], count = S.lane_end[e] - b;
+    const int64_t lo = S.start[e], size = S.sizes[e], base = e * S.stride;
+    // Local column of `feature`: its rank in the row when the subspace has it there, else searched; -1 if absent.
+    const auto column = [&](int64_t feature, int64_t rank) -> int64_t {
+      const int64_t key = base + feature;
+      if (rank < size && keys[lo + rank] == key) return rank;
+      int64_t a = lo, z = lo + size;
+      while (a < z) {
+        const int64_t mid = a + (z - a) / 2;
+        if (keys[mid] < key) a = mid + 1;
+        else z = mid;
+      }
+      return a < lo + size && keys[a] == key ? a - lo : -1;
+    };
+    for (int64_t n = 0; n < count; n++) {
+      const int64_t r = S.row_order[b + n];
+      if (r < 0 || r >= S.n || S.indptr[r] < 0 || S.indptr[r] > S.indptr[r + 1] || S.indptr[r + 1] > S.nnz) {
+        int64_t none = -1;
+        __atomic_compare_exchange_n(S.bad_row, &none, r, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+        break;
+      }
+      y[n * W + l] = S.label[r];
+      w[n * W + l] = S.weight[r];
+      off[n * W + l] = S.offset[r];
+      T* xr = x + n * Dp * W + l;  // column j of the row at xr[j * W]
+      const int64_t k0 = S.indptr[r], k1 = S.indptr[r + 1];
+      // The usual layout: the row lists the first features of its subspace, in order (distinct: no sums).
+      bool in_order = k1 - k0 + shift <= size && (shift == 0 || keys[lo] == base + S.leading);
+      for (int64_t k = k0; in_order && k < k1; k++) in_order = keys[lo + shift + (k - k0)] == base + int64_t(fids[k]);
+      if (in_order) {
+        if (shift) xr[0] = T(1);
+        for (int64_t k = k0; k < k1; k++) xr[(shift + k - k0) * W] = S.values[k];
+        continue;
+      }
+      int64_t m = 0;
+      const auto add = [&](int64_t feature, int64_t rank, double value) -> bool {
+        const int64_t col = column(feature, rank);
+        if (col < 0) return false;
+        if (!seen[col]) seen[col] = 1, touched[m++] = col;
+        acc[col] += value;
+        return true;
+      };
+      bool ok = shift == 0 || add(S.leading, 0, 1.0);
+      int64_t bad = ok ? -1 : S.leading;
+      for (int64_t k = k0; ok && k < k1; k++) {
+        ok = add(int64_t(fids[k]), shift + k - k0, double(S.values[k]));
+        if (!ok) bad = int64_t(fids[k]);
+      }
+      for (int64_t q = 0; q < m; q++) {
+        const int64_t col = touched[q];
+        xr[col * W] = T(acc[col]);
+        acc[col] = 0, seen[col] = 0;
+      }
+      if (!ok) {
+        int64_t none = -1;
+        if (__atomic_compare_exchange_n(&S.missing[0], &none, r, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+          __atomic_store_n(&S.missing[1], bad, __ATOMIC_RELEASE);
+        }
+        break;
+      }
+    }
+  }
+}
+
 template <typename T, int W, int kD>
 static void solve_group(const Problem<T>& P, int64_t g0, Group<T, W, kD>& G) {
   typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));
@@ -835,15 +924,24 @@ static void solve_group(const Problem<T>& P, int64_t g0, Group<T, W, kD>& G) {
     tol[l] = valid[l] ? P.tol[ent[l]] : T(1);
     max_iter[l] = valid[l] ? P.max_iter[ent[l]] : 0;
   }
-  for (int64_t n = 0; n < N; n++) {
-    load_lanes<T, W>(P.X + n * D, N * D, D, ent, valid, G.x + n * Dp * W);
-    for (int64_t j = D; j < Dp; j++) {
-      LLJAX_LANES G.x[(n * Dp + j) * W + l] = T(0);
+  if (P.rows != nullptr) {
+    const RowSource<T>& S = *P.rows;
+    if (S.fid32 != nullptr) {
+      load_rows<T, W>(S, S.fid32, N, Dp, ent, valid, G.x, G.y, G.w, G.mt, G.acc, G.touched, G.seen);
+    } else {
+      load_rows<T, W>(S, S.fid64, N, Dp, ent, valid, G.x, G.y, G.w, G.mt, G.acc, G.touched, G.seen);
     }
+  } else {
+    for (int64_t n = 0; n < N; n++) {
+      load_lanes<T, W>(P.X + n * D, N * D, D, ent, valid, G.x + n * Dp * W);
+      for (int64_t j = D; j < Dp; j++) {
+        LLJAX_LANES G.x[(n * Dp + j) * W + l] = T(0);
+      }
+    }
+    load_lanes<T, W>(P.y, N, N, ent, valid, G.y);
+    load_lanes<T, W>(P.w, N, N, ent, valid, G.w);
+    load_lanes<T, W>(P.offset, N, N, ent, valid, G.mt);
   }
-  load_lanes<T, W>(P.y, N, N, ent, valid, G.y);
-  load_lanes<T, W>(P.w, N, N, ent, valid, G.w);
-  load_lanes<T, W>(P.offset, N, N, ent, valid, G.mt);
   G.load_penalties(P, ent, valid);
   int other_labels = 0;
 #pragma omp simd reduction(| : other_labels)
@@ -984,10 +1082,12 @@ static void solve_groups_for(const Problem<T>& P, int64_t g0, int64_t g1, T* wor
     const int64_t e1 = (gi + 1) * W, e2 = e1 + W < P.E ? e1 + W : P.E;  // the next group's entities
     if (gi + 1 < g1 && e1 < e2) {
       const int64_t k = e2 - e1, s = sizeof(T);
-      G.ahead.add(P.X + e1 * P.N * P.D, k * P.N * P.D * s);
-      G.ahead.add(P.y + e1 * P.N, k * P.N * s);
-      G.ahead.add(P.w + e1 * P.N, k * P.N * s);
-      G.ahead.add(P.offset + e1 * P.N, k * P.N * s);
+      if (P.rows == nullptr) {
+        G.ahead.add(P.X + e1 * P.N * P.D, k * P.N * P.D * s);
+        G.ahead.add(P.y + e1 * P.N, k * P.N * s);
+        G.ahead.add(P.w + e1 * P.N, k * P.N * s);
+        G.ahead.add(P.offset + e1 * P.N, k * P.N * s);
+      }
       G.ahead.add(P.prior_precision + e1 * na, k * na * s);
       G.ahead.add(P.prior_mean + e1 * P.D, k * P.D * s);
       G.ahead.add(P.mask + e1 * P.D, k * P.D * 4);

@@ -1,0 +1,160 @@
+"""The ``"rows"`` layout: the native kernel reading each lane's examples from the dataset's CSR rows.
+
+A :class:`~lljax.solve.blocks.RowsBlock` stands for the dense block the packer would build; solving it must
+give the dense native solve's results bit for bit, and ``update`` with it the same model as with packed dense
+blocks. The oracle of what a RowsBlock stands for, :func:`~lljax.solve.blocks.dense_from_rows`, is itself
+checked against the packer (:meth:`lljax.rounds.round.Round.build` in the dense layout).
+"""
+
+import gc
+
+import numpy as np
+import pytest
+
+from lljax import Dataset, RandomEffectModel, SolverConfig
+from lljax.rounds.round import Round
+from lljax.solve import registry
+from lljax.solve.blocks import Block, RowsBlock, dense_from_rows
+from lljax.solve.losses import LOSSES
+
+def messy_dataset(rng: np.random.Generator, dtype, intercept: bool, U: int = 37) -> Dataset:
+    """CSR rows of ``U`` entities (1 to 12 rows each) whose nonzeros are unsorted, sometimes repeated in a row,
+    sometimes in subspace order: every lookup path of the loader (rank guess, search, sums) is used."""
+    rows_per = rng.integers(1, 13, U)
+    entity = rng.permutation(np.repeat(np.arange(U), rows_per))  # rows of an entity scattered in the dataset
+    n = len(entity)
+    nnz = rng.integers(0, 6, n)
+    indptr = np.r_[0, np.cumsum(nnz)]
+    own = [rng.choice(np.arange(1, 40), 7, replace=False) for _ in range(U)]  # each entity's features
+    fids = np.concatenate([rng.choice(own[e], k) for e, k in zip(entity, nnz)]).astype(np.int64)  # repeats too
+    for r in range(0, n, 3):  # every third row: its entity's first features, in order (the rank-guess path)
+        k = int(nnz[r])
+        fids[indptr[r]:indptr[r + 1]] = np.sort(own[entity[r]])[:k]
+    values = rng.normal(size=len(fids))
+    label = (rng.random(n) < 0.4).astype(float)
+    return Dataset.from_arrays(entity, label, indptr=indptr, feature_ids=fids, values=values,
+                               weight=rng.uniform(0.5, 2.0, n), offset=0.3 * rng.normal(size=n), num_features=40,
+                               intercept_id=0 if intercept else None, dtype=dtype)
+
+
+def label_for(loss: str, data: Dataset, rng: np.random.Generator) -> Dataset:
+    if loss == "logistic":
+        return data
+    label = rng.normal(size=data.num_examples) if loss == "linear" else rng.poisson(1.5, data.num_examples)
+    return Dataset.from_arrays(data.entity_keys[data.entity], label.astype(float), indptr=data.given_indptr,
+                               feature_ids=data.given_feature_ids, values=data.given_values, weight=data.weight,
+                               offset=data.offset, num_features=data.num_features, intercept_id=data.intercept_id,
+                               dtype=data.dtype)
+
+
+def assert_results_equal(a, b) -> None:
+    for field in a._fields:
+        x, y = getattr(a, field), getattr(b, field)
+        if x is None or y is None:
+            assert x is None and y is None, field
+            continue
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=field)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("hessian", ["full", "diagonal", "none"])
+@pytest.mark.parametrize("intercept", [True, False])
+def test_a_rows_block_solves_as_its_dense_block_bit_for_bit(loss, dtype, hessian, intercept):
+    rng = np.random.default_rng(hash((loss, np.dtype(dtype).name, hessian, intercept)) % 2**32)
+    data = label_for(loss, messy_dataset(rng, dtype, intercept), rng)
+    model = RandomEffectModel(loss, l2=0.7, delta=0.6, hessian=hessian if hessian != "none" else "diagonal")
+    model.update(data)  # stored priors for the rounds below (a full or diagonal precision)
+    config = SolverConfig(loss=loss, hessian=hessian, tol=1e-6)
+    work = Round.prepare(data, loss, model.store, 0.7)
+    plans = work.plan(1 << 14, config)  # small blocks: several blocks, padding lanes in the last
+    assert {plan.layout for plan in plans} == {"rows"}
+    l2, delta = np.asarray(0.7, dtype), np.asarray(0.6, dtype)
+    for plan in plans:
+        rows = work.build(plan)
+        dense = work.build(plan._replace(layout=None))  # the packer's dense block
+        assert isinstance(rows, RowsBlock) and isinstance(dense, Block)
+        for packed, unpacked in zip(dense, dense_from_rows(rows)):
+            np.testing.assert_array_equal(np.asarray(packed), np.asarray(unpacked))
+        assert_results_equal(registry.solve(rows, l2, delta, config),
+                             registry.solve(dense, l2, delta, config._replace(native=True)))
+
+
+def test_update_with_rows_blocks_equals_update_with_packed_blocks(monkeypatch):
+    rng = np.random.default_rng(5)
+    batches = [messy_dataset(rng, np.float64, True, U=200) for _ in range(3)]
+
+    def fit(layouts: bool) -> dict:
+        if not layouts:
+            monkeypatch.setattr(registry, "choose_layout", lambda method, *args: method.layout)
+        model = RandomEffectModel("logistic", l2=1.0, delta=0.8, hessian="full", memory_budget=1 << 16)
+        statuses = [model.update(batch).status.copy() for batch in batches]
+        monkeypatch.undo()
+        return dict(model.to_table(), statuses=np.concatenate(statuses))
+
+    calls = []
+    real = registry.choose_layout
+
+    def spy(*args):
+        calls.append(real(*args))
+        return calls[-1]
+
+    monkeypatch.setattr(registry, "choose_layout", spy)
+    with_rows = fit(True)
+    assert "rows" in calls
+    packed = fit(False)
+    for name in ("entity", "feature_id", "mean", "variance", "statuses"):
+        np.testing.assert_array_equal(with_rows[name], packed[name], err_msg=name)
+
+
+def small_block(dtype=np.float64) -> tuple[RowsBlock, SolverConfig]:
+    data = messy_dataset(np.random.default_rng(1), dtype, True, U=9)
+    config = SolverConfig(loss="logistic", hessian="full")
+    work = Round.prepare(data, "logistic", None, 1.0)
+    block = work.build(work.plan(1 << 30, config)[0])
+    assert isinstance(block, RowsBlock)
+    return block, config
+
+
+def test_a_feature_outside_the_lanes_subspace_is_named():
+    block, config = small_block()
+    lane = int(np.flatnonzero(block.lane_end > block.lane_begin)[0])
+    sizes = block.sizes.copy()
+    sizes[lane] = 0  # the lane's rows now have features outside its (empty) subspace
+    with pytest.raises(ValueError, match=r"feature \d+ of dataset row \d+ is not in its entity's subspace"):
+        registry.solve(block._replace(sizes=sizes), 1.0, 0.5, config)
+
+
+def test_rows_out_of_range_raise_index_errors():
+    block, config = small_block()
+    src = block.source
+    order = src.row_order.copy()
+    order[block.lane_begin[0]] = len(order) + 5  # a row index past the dataset
+    with pytest.raises(IndexError, match=f"dataset row {len(order) + 5}"):
+        registry.solve(block._replace(source=src._replace(row_order=order)), 1.0, 0.5, config)
+    end = block.lane_end.copy()
+    end[0] = len(order) + 1  # a lane's range past row_order
+    with pytest.raises(IndexError, match="rows of lane 0 out of range"):
+        registry.solve(block._replace(lane_end=end), 1.0, 0.5, config)
+    begin, end = block.lane_begin.copy(), block.lane_end.copy()
+    begin[0], end[0] = 0, block.N + 1  # more rows than the block's N, all of them in range
+    assert end[0] <= len(order)
+    with pytest.raises(IndexError, match="rows of lane 0 out of range"):
+        registry.solve(block._replace(lane_begin=begin, lane_end=end), 1.0, 0.5, config)
+
+
+def test_an_abandoned_solve_is_waited_for_and_one_thread_gives_the_same_result(monkeypatch):
+    block, config = small_block(np.float32)
+    reference = registry.solve(block, np.float32(1.0), np.float32(0.5), config)
+    for _ in range(5):  # started and dropped: freeing it waits for the kernel, whose arrays it holds
+        registry.dispatch(block, np.float32(1.0), np.float32(0.5), config)
+    gc.collect()
+    monkeypatch.setenv("LLJAX_NATIVE_THREADS", "1")
+    assert_results_equal(registry.solve(block, np.float32(1.0), np.float32(0.5), config), reference)
+
+
+def test_without_the_kernel_a_rows_block_is_solved_as_its_dense_block():
+    block, config = small_block()
+    plain = registry.solve(block, 1.0, 0.5, config._replace(native=False))  # pure JAX on dense_from_rows
+    dense = registry.solve(dense_from_rows(block), 1.0, 0.5, config._replace(native=False))
+    assert_results_equal(plain, dense)
