@@ -17,6 +17,14 @@ from lljax.solve import registry
 from lljax.solve.blocks import Block, RowsBlock, dense_from_rows
 from lljax.solve.losses import LOSSES
 
+
+@pytest.fixture(autouse=True)
+def rows_for_every_block(monkeypatch):
+    """Plan every block these tests build as a RowsBlock, however few its rows (the default threshold keeps
+    short lanes packed: see test_short_lanes_are_packed_and_long_ones_read_from_the_rows)."""
+    monkeypatch.setattr(registry, "ROWS_LAYOUT_MIN_ROWS", 1)
+
+
 def messy_dataset(rng: np.random.Generator, dtype, intercept: bool, U: int = 37) -> Dataset:
     """CSR rows of ``U`` entities (1 to 12 rows each) whose nonzeros are unsorted, sometimes repeated in a row,
     sometimes in subspace order: every lookup path of the loader (rank guess, search, sums) is used."""
@@ -85,11 +93,9 @@ def test_update_with_rows_blocks_equals_update_with_packed_blocks(monkeypatch):
     batches = [messy_dataset(rng, np.float64, True, U=200) for _ in range(3)]
 
     def fit(layouts: bool) -> dict:
-        if not layouts:
-            monkeypatch.setattr(registry, "choose_layout", lambda method, *args: method.layout)
+        monkeypatch.setattr(registry, "ROWS_LAYOUT_MIN_ROWS", 1 if layouts else 1 << 30)
         model = RandomEffectModel("logistic", l2=1.0, delta=0.8, hessian="full", memory_budget=1 << 16)
         statuses = [model.update(batch).status.copy() for batch in batches]
-        monkeypatch.undo()
         return dict(model.to_table(), statuses=np.concatenate(statuses))
 
     calls = []
@@ -101,8 +107,10 @@ def test_update_with_rows_blocks_equals_update_with_packed_blocks(monkeypatch):
 
     monkeypatch.setattr(registry, "choose_layout", spy)
     with_rows = fit(True)
-    assert "rows" in calls
+    assert set(calls) == {"rows"}
+    calls.clear()
     packed = fit(False)
+    assert set(calls) == {"dense"}
     for name in ("entity", "feature_id", "mean", "variance", "statuses"):
         np.testing.assert_array_equal(with_rows[name], packed[name], err_msg=name)
 
@@ -158,3 +166,18 @@ def test_without_the_kernel_a_rows_block_is_solved_as_its_dense_block():
     plain = registry.solve(block, 1.0, 0.5, config._replace(native=False))  # pure JAX on dense_from_rows
     dense = registry.solve(dense_from_rows(block), 1.0, 0.5, config._replace(native=False))
     assert_results_equal(plain, dense)
+
+
+def test_short_lanes_are_packed_and_long_ones_read_from_the_rows(monkeypatch):
+    monkeypatch.undo()  # the default threshold
+    rng = np.random.default_rng(2)
+    rows_per = np.r_[np.full(20, 3), np.full(20, registry.ROWS_LAYOUT_MIN_ROWS)]
+    entity = np.repeat(np.arange(40), rows_per)
+    data = Dataset.from_arrays(entity, (rng.random(len(entity)) < 0.5).astype(float),
+                               X=rng.normal(size=(len(entity), 5)))
+    config = SolverConfig(loss="logistic", hessian="full")
+    plans = Round.prepare(data, "logistic", None, 1.0).plan(1 << 30, config)
+    layouts = {plan.rows: plan.layout for plan in plans}
+    assert layouts == {4: None, registry.ROWS_LAYOUT_MIN_ROWS: "rows"}
+    assert registry.choose_layout(registry.METHODS["newton"], 64, 16, np.float64, config._replace(native=False)) \
+        == "dense"

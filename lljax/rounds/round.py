@@ -97,7 +97,7 @@ class Round(NamedTuple):
 
         def choose(rows: int, features: int) -> tuple[str, str | None, int]:
             method = registry.choose_method(rows, features, self.full_precision)
-            layout = registry.choose_layout(method, features, self.dataset.dtype, config)
+            layout = registry.choose_layout(method, rows, features, self.dataset.dtype, config)
             return (method.name, None if layout == method.layout else layout,
                     registry.bytes_per_lane(method, rows, features, itemsize, self.full_precision, config))
 

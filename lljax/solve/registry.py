@@ -10,11 +10,13 @@ here, once, on the host, outside traced code:
   default backend;
 - :func:`choose_layout`: the block layout the packer builds: the method's own, or ``"rows"``
   (:class:`~lljax.solve.blocks.RowsBlock`) where the method's native kernel runs on the host and can read
-  the dataset's rows itself, so that no design matrix is packed;
+  the dataset's rows itself (:func:`reads_rows`) and the lanes have enough rows for that to pay, so that no
+  design matrix is packed;
 - :func:`solve`: validates, picks the backend, and calls one jitted function whose static arguments
   are the method, the config and the backend, so changing any of them recompiles (it is never silently
   ignored by a cached trace); a :class:`~lljax.solve.blocks.RowsBlock` goes to the method's ``solve_rows``
-  (host arrays, no jit), or, where that cannot run, to the dense path as :func:`dense_from_rows`.
+  (host arrays, no jit), or, where that cannot run, to the dense path as :func:`dense_from_rows`;
+  :func:`dispatch` starts either without waiting.
 
 Adding a method: write its module (a direction for :mod:`lljax.solve.iteration`, ``solve_jax``,
 ``check``, ``bytes_per_lane``; optionally a native kernel), add its :class:`Method` record to
@@ -35,7 +37,8 @@ from lljax.solve import kernels, lbfgs, newton, span
 from lljax.solve.base import BACKENDS, AnyArray, Limits, Method, Scalar, SolverConfig, SolveResult
 from lljax.solve.blocks import Block, RowsBlock, SparseBlock, dense_from_rows, dense_from_sparse, sparse_from_dense
 
-__all__ = ["METHODS", "WIDE_FEATURES", "choose_method", "choose_backend", "choose_layout", "solve", "dispatch",
+__all__ = ["METHODS", "WIDE_FEATURES", "ROWS_LAYOUT_MIN_ROWS", "choose_method", "choose_backend", "choose_layout",
+           "reads_rows", "solve", "dispatch",
            "solve_block", "bytes_per_lane", "traced_arguments"]
 
 METHODS: dict[str, Method] = {
@@ -86,15 +89,29 @@ def choose_backend(method: Method, block: Block | SparseBlock | None, config: So
     return "native" if jax.default_backend() == "cpu" else "native-on-cpu"
 
 
-def choose_layout(method: Method, features: int, dtype: npt.DTypeLike, config: SolverConfig) -> str:
-    """The layout the packer builds for ``method``'s blocks of ``features`` padded features: ``"rows"`` (a
-    :class:`~lljax.solve.blocks.RowsBlock`: the kernel reads the dataset's rows itself) where the method has a
-    ``solve_rows`` that runs such blocks and the kernel would run every block on this host
-    (:func:`choose_backend` says ``"native"``) with one local device, else the method's own layout (blocks
-    dealt to several local devices stay device blocks)."""
-    if (method.solve_rows is not None and method.rows_supports is not None
+# From this many padded rows per lane on, a block that the host kernel can read from the dataset's rows is
+# planned as a RowsBlock: packing its (E, N, D) design costs more than the kernel's reading the rows. Below it
+# (a stream's mini-batches: a few rows per entity) the packed blocks are as fast or faster (measured:
+# benchmarks/README.md).
+ROWS_LAYOUT_MIN_ROWS = 16
+
+
+def reads_rows(method: Method, features: int, dtype: npt.DTypeLike, config: SolverConfig) -> bool:
+    """Whether ``method`` can solve a :class:`~lljax.solve.blocks.RowsBlock` of ``features`` padded features
+    here: it has a ``solve_rows`` that runs such blocks, and the kernel would run every block on this host
+    (:func:`choose_backend` says ``"native"``) with one local device (blocks dealt to several local devices
+    stay device blocks)."""
+    return (method.solve_rows is not None and method.rows_supports is not None
             and method.rows_supports(features, np.dtype(dtype), config)
-            and choose_backend(method, None, config) == "native" and len(jax.local_devices()) == 1):
+            and choose_backend(method, None, config) == "native" and len(jax.local_devices()) == 1)
+
+
+def choose_layout(method: Method, rows: int, features: int, dtype: npt.DTypeLike, config: SolverConfig) -> str:
+    """The layout the packer builds for ``method``'s blocks of ``rows`` x ``features`` padded lanes: ``"rows"``
+    (a :class:`~lljax.solve.blocks.RowsBlock`: the kernel reads the dataset's rows itself, no design is packed)
+    where :func:`reads_rows` and the lanes have at least :data:`ROWS_LAYOUT_MIN_ROWS` rows, else the method's
+    own layout."""
+    if rows >= ROWS_LAYOUT_MIN_ROWS and reads_rows(method, features, dtype, config):
         return "rows"
     return method.layout
 
@@ -159,7 +176,7 @@ def solve(block: Block | SparseBlock, l2: Scalar, delta: Scalar, config: SolverC
         if chosen.solve_rows is None:
             raise TypeError(f"the {method} method does not solve a RowsBlock")
         D = block.feature_ids.shape[1]
-        if choose_layout(chosen, D, block.prior_mean.dtype, config) == "rows":
+        if reads_rows(chosen, D, block.prior_mean.dtype, config):
             return dispatch(block, l2, delta, config, method=method, max_iter=max_iter).result()
         block = dense_from_rows(block)  # where the kernel cannot read the rows: the block it stands for
     expected = Block if chosen.layout == "dense" else SparseBlock
@@ -211,7 +228,7 @@ def dispatch(block: Block | SparseBlock | RowsBlock, l2: Scalar, delta: Scalar, 
     builds and writes other blocks meanwhile."""
     chosen = METHODS.get(method)
     if (isinstance(block, RowsBlock) and chosen is not None and chosen.solve_rows is not None
-            and choose_layout(chosen, block.feature_ids.shape[1], block.prior_mean.dtype, config) == "rows"):
+            and reads_rows(chosen, block.feature_ids.shape[1], block.prior_mean.dtype, config)):
         cap = chosen.iteration_cap(config) if max_iter is None else max_iter
         return chosen.solve_rows(block, l2, delta, config, cap)
     if isinstance(block, RowsBlock):  # where the kernel cannot read the rows: the block it stands for
