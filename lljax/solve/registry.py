@@ -90,9 +90,9 @@ def choose_backend(method: Method, block: Block | SparseBlock | None, config: So
 
 
 # From this many padded rows per lane on, a block that the host kernel can read from the dataset's rows is
-# planned as a RowsBlock: packing its (E, N, D) design costs more than the kernel's reading the rows. Below it
-# (a stream's mini-batches: a few rows per entity) the packed blocks are as fast or faster (measured:
-# benchmarks/README.md).
+# planned as a RowsBlock: packing its (E, N, D) design costs more than the kernel's reading the rows (64 rows:
+# 20% faster updates). A stream's mini-batches (4 padded rows) were slower as RowsBlocks, so they stay packed;
+# where between 4 and 64 the two cross is not measured (benchmarks/README.md).
 ROWS_LAYOUT_MIN_ROWS = 16
 
 
