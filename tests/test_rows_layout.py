@@ -38,6 +38,7 @@ def messy_dataset(rng: np.random.Generator, dtype, intercept: bool, U: int = 37)
     for r in range(0, n, 3):  # every third row: its entity's first features, in order (the rank-guess path)
         k = int(nnz[r])
         fids[indptr[r]:indptr[r + 1]] = np.sort(own[entity[r]])[:k]
+    fids = fids.astype(np.int32) if np.dtype(dtype) == np.float32 else fids  # both id widths the kernel reads
     values = rng.normal(size=len(fids))
     label = (rng.random(n) < 0.4).astype(float)
     return Dataset.from_arrays(entity, label, indptr=indptr, feature_ids=fids, values=values,
@@ -136,10 +137,17 @@ def test_a_feature_outside_the_lanes_subspace_is_named():
 def test_rows_out_of_range_raise_index_errors():
     block, config = small_block()
     src = block.source
-    order = src.row_order.copy()
-    order[block.lane_begin[0]] = len(order) + 5  # a row index past the dataset
-    with pytest.raises(IndexError, match=f"dataset row {len(order) + 5}"):
-        registry.solve(block._replace(source=src._replace(row_order=order)), 1.0, 0.5, config)
+    for bad in (len(src.row_order) + 5, -1, -3):  # a row index past the dataset, or negative
+        order = src.row_order.copy()
+        order[block.lane_begin[0]] = bad
+        with pytest.raises(IndexError, match=f"dataset row {bad} "):
+            registry.solve(block._replace(source=src._replace(row_order=order)), 1.0, 0.5, config)
+    indptr = src.indptr.copy()
+    row = src.row_order[block.lane_begin[0]]
+    indptr[row + 1] = indptr[-1] + 1  # a row's entries past the nonzeros
+    with pytest.raises(IndexError, match=f"dataset row {row} "):
+        registry.solve(block._replace(source=src._replace(indptr=indptr)), 1.0, 0.5, config)
+    order = src.row_order
     end = block.lane_end.copy()
     end[0] = len(order) + 1  # a lane's range past row_order
     with pytest.raises(IndexError, match="rows of lane 0 out of range"):
@@ -181,3 +189,36 @@ def test_short_lanes_are_packed_and_long_ones_read_from_the_rows(monkeypatch):
     assert layouts == {4: None, registry.ROWS_LAYOUT_MIN_ROWS: "rows"}
     assert registry.choose_layout(registry.METHODS["newton"], 64, 16, np.float64, config._replace(native=False)) \
         == "dense"
+
+
+def test_an_interrupted_update_with_solves_in_flight_leaves_the_model_as_it_was(monkeypatch):
+    rng = np.random.default_rng(9)
+    first, second = (messy_dataset(rng, np.float64, True, U=300) for _ in range(2))
+    model = RandomEffectModel("logistic", l2=1.0, delta=0.8, hessian="full", memory_budget=1 << 14)
+    model.update(first)
+    before = model.to_table()
+    reference = RandomEffectModel("logistic", l2=1.0, delta=0.8, hessian="full", memory_budget=1 << 14)
+    reference.update(first)
+    reference.update(second)
+
+    from lljax.state.store import EntityStore
+
+    real, calls = EntityStore.rows_by_width, []
+
+    def interrupted(self, *args):
+        calls.append(1)
+        if len(calls) == 2:  # the second block's results: later blocks are in flight
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(EntityStore, "rows_by_width", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        model.update(second)
+    assert len(calls) == 2
+    monkeypatch.setattr(EntityStore, "rows_by_width", real)
+    for name, values in model.to_table().items():
+        np.testing.assert_array_equal(values, before[name], err_msg=name)
+    model.store.check()
+    model.update(second)  # the redo gives what an uninterrupted update gives
+    for name, values in model.to_table().items():
+        np.testing.assert_array_equal(values, reference.to_table()[name], err_msg=name)

@@ -518,28 +518,33 @@ class RandomEffectModel:
             undo.append(store.snapshot(slots, rows=work.stored))
         devices = jax.local_devices()
         itemsize = np.dtype(dtype).itemsize
-        with _progress_bar(progress, U, "update") as bar:
-            for group in _plan_groups(plans, work.full_precision, itemsize):
-                writes = PendingWrites()
-                for plan in group:
-                    lease = pool.lease()
-                    with timer("pack"):
-                        block = work.build(plan, lease)
-                    feature_ids = np.asarray(block.feature_ids)  # the host copy (a NumPy array already), for the store
-                    with timer("dispatch"):
-                        if len(devices) > 1:  # (a RowsBlock is planned with one local device only)
-                            device = devices[sum(device_blocks.values()) % len(devices)]
-                            block = jax.device_put(block, device)
-                            device_blocks[str(device)] += 1
-                        started = dispatch(block, l2, delta_arr, config, method=plan.method)
-                        pending.append((plan, feature_ids, started, lease))
-                    del block
-                    if len(pending) > _IN_FLIGHT * len(devices):
+        try:
+            with _progress_bar(progress, U, "update") as bar:
+                for group in _plan_groups(plans, work.full_precision, itemsize):
+                    writes = PendingWrites()
+                    for plan in group:
+                        lease = pool.lease()
+                        with timer("pack"):
+                            block = work.build(plan, lease)
+                        feature_ids = np.asarray(block.feature_ids)  # the host copy (NumPy already), for the store
+                        with timer("dispatch"):
+                            if len(devices) > 1:  # (a RowsBlock is planned with one local device only)
+                                device = devices[sum(device_blocks.values()) % len(devices)]
+                                block = jax.device_put(block, device)
+                                device_blocks[str(device)] += 1
+                            started = dispatch(block, l2, delta_arr, config, method=plan.method)
+                            pending.append((plan, feature_ids, started, lease))
+                        del block
+                        if len(pending) > _IN_FLIGHT * len(devices):
+                            collect(*pending.popleft(), writes, pool)
+                    while pending:
                         collect(*pending.popleft(), writes, pool)
-                while pending:
-                    collect(*pending.popleft(), writes, pool)
-                with timer("write"):
-                    store.write_pending(writes)
+                    with timer("write"):
+                        store.write_pending(writes)
+        except BaseException:  # solves still in flight are waited for (and their arrays freed) here, not whenever
+            pending.clear()    # the traceback that holds this frame goes
+            started = None
+            raise
         return report, len(plans)
 
     def score(self, dataset: Dataset) -> np.ndarray:

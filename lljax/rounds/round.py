@@ -139,15 +139,12 @@ class Round(NamedTuple):
         return Block(X, *rest) if layout == "dense" else SparseBlock(cols, vals, *rest)
 
     def row_source(self) -> RowSource:
-        """The round's examples as :class:`~lljax.solve.blocks.RowsBlock` s read them (views, in the dataset's
-        dtype)."""
+        """The round's examples as :class:`~lljax.solve.blocks.RowsBlock` s read them (views of the dataset's
+        arrays, in its dtype)."""
         dataset = self.dataset
-        dtype = dataset.dtype
         leading = -1 if dataset.intercept_id is None else int(dataset.intercept_id)
-        values, label, weight, offset = (a.astype(dtype, copy=False) for a in (dataset.given_values, self.labels,
-                                                                              dataset.weight, dataset.offset))
-        return RowSource(dataset.given_indptr, dataset.given_feature_ids, values, label, weight, offset, self.row_order,
-                         leading)
+        return RowSource(dataset.given_indptr, dataset.given_feature_ids, dataset.given_values, self.labels,
+                         dataset.weight, dataset.offset, self.row_order, leading)
 
 
 def _as_dtype(values: np.ndarray, dtype: npt.DTypeLike, buffers: Buffers) -> np.ndarray:

@@ -111,7 +111,8 @@ class RowsBlock(NamedTuple):
     Attributes:
       source: the :class:`RowSource`.
       lane_begin, lane_end: ``(E,)`` int64.
-      keys, start, sizes: the lanes' subspaces, ``(P,)``, ``(E,)``, ``(E,)`` int64; stride: an int.
+      keys, start, sizes: the lanes' subspaces as :class:`lljax.rounds.subspaces.Subspaces` holds them:
+        ``(P,)``, ``(E + 1,)`` offsets, ``(E,)``, int64; stride: an int.
       N: rows per lane, at most (the padded row count).
       feature_ids, prior_mean, prior_precision: as in :class:`Block`.
     """

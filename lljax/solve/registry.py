@@ -155,8 +155,9 @@ def solve(block: Block | SparseBlock, l2: Scalar, delta: Scalar, config: SolverC
 
     Args:
       block: a :class:`~lljax.solve.blocks.Block` or :class:`~lljax.solve.blocks.SparseBlock` of ``E``
-        entities (the method's layout), or a :class:`~lljax.solve.blocks.RowsBlock` (method ``"newton"``;
-        solved on the host, synchronously, with NumPy results, where :func:`choose_layout` gives ``"rows"``).
+        entities (the method's layout), or a :class:`~lljax.solve.blocks.RowsBlock` (method ``"newton"``:
+        solved by the kernel on the host, with NumPy results, where :func:`reads_rows` holds, whatever its
+        rows; ``options``, the pure-JAX path's, do not apply there; else solved as its dense block).
       l2: scalar L2 weight lambda (> 0 keeps cold-start features identified).
       delta: scalar forgetting factor in [0, 1]; 0 is plain L2.
       config: :class:`~lljax.solve.base.SolverConfig`.

@@ -246,7 +246,8 @@ def newton_solve_rows(block: RowsBlock, mask: np.ndarray, l2: np.ndarray, delta:
       status)``, NumPy arrays as :func:`newton_solve`'s (``precision`` ``None`` for ``"none"``).
     Raises:
       IndexError: a lane's rows or subspace out of range (checked before the kernel starts; the rows themselves
-      are checked as the kernel reads them, and reported by ``result()``).
+      are checked as the kernel reads them, and reported by ``result()``); TypeError: an array of another dtype
+      than expected (the dataset's arrays are never converted, which would copy them for every block).
     """
     dtype = np.dtype(block.prior_mean.dtype)
     E, D = block.feature_ids.shape
@@ -258,8 +259,8 @@ def newton_solve_rows(block: RowsBlock, mask: np.ndarray, l2: np.ndarray, delta:
     c = np.ascontiguousarray  # the kernel reads C-contiguous buffers (no copy when they already are)
     src = block.source
     job = _native().newton_rows_start(
-        c(src.indptr, np.int64), c(src.feature_ids), c(src.values, dtype), c(src.label, dtype), c(src.weight, dtype),
-        c(src.offset, dtype), c(src.row_order, np.int64), c(block.lane_begin, np.int64), c(block.lane_end, np.int64),
+        c(src.indptr), c(src.feature_ids), c(src.values), c(src.label), c(src.weight), c(src.offset), c(src.row_order),
+        c(block.lane_begin, np.int64), c(block.lane_end, np.int64),
         c(block.keys, np.int64), c(block.start[:E], np.int64), c(block.sizes, np.int64), int(block.stride),
         int(src.leading), int(block.N), c(mask, np.int32), c(block.prior_mean, dtype), c(block.prior_precision, dtype),
         c(l2, dtype), c(delta, dtype), c(tol, dtype), c(max_iter, np.int32), LOSS_CODES[loss], int(max_backtracks),

@@ -8,7 +8,8 @@
 // prior_precision (E, D, D) or (E, D), l2, delta, tol (E,), max_iter (E,) int32. Attributes: loss (0 linear, 1 logistic, 2 poisson), max_backtracks,
 // precision_mode (0 diagonal, 1 full, 2 none). Results, finished as lljax.solve.iteration.finish: theta (E, D),
 // value (E,), grad_norm (E,), precision (E, D, D) / (E, D) / (E, 1) (unused), iterations (E,), status (E,).
-// The groups of entities are spread over XLA's CPU thread pool; the caller thread works too.
+// The groups of entities are spread over XLA's CPU thread pool (the caller thread works too), or, for newton_rows_start,
+// over threads of the job's own.
 #include <Python.h>
 
 #include <algorithm>
@@ -60,12 +61,11 @@ void run_groups(const Problem<T>* P, int64_t groups, Pool* pool) {
   T* ws = static_cast<T*>(std::aligned_alloc(64, ((size * sizeof(T) + 63) / 64) * 64));
   if (ws == nullptr) return;
   const bool avx2 = use_avx2();
-  // Groups are claimed kClaim at a time, so that each group's solve can prefetch the next one's data.
-  constexpr int64_t kClaim = 8;
+  // Groups are claimed kGroupClaim at a time, so that each group's solve can prefetch the next one's data.
   for (;;) {
-    const int64_t g = pool->next.fetch_add(kClaim);
+    const int64_t g = pool->next.fetch_add(kGroupClaim);
     if (g >= groups) break;
-    const int64_t g1 = std::min(g + kClaim, groups);
+    const int64_t g1 = std::min(g + kGroupClaim, groups);
     if (avx2) {
       avx2::solve_groups(*P, g, g1, ws);
     } else {
@@ -311,11 +311,11 @@ struct RowsJob {
   RowSource<double> Sd;
   RowSource<float> Sf;
   int64_t missing[2] = {-1, 0};
-  int64_t bad_row = -1;
+  int64_t bad_row = kNoBadRow;
   int64_t groups = 0;
   Pool pool;
   std::vector<std::thread> threads;
-  bool joined = false;
+  std::mutex join_mu;  // one joiner at a time (two Python threads may wait on one job)
 
   template <typename T>
   Problem<T>& problem() {
@@ -327,10 +327,13 @@ struct RowsJob {
     if constexpr (sizeof(T) == 8) return Sd;
     else return Sf;
   }
+  // Joins the job's threads (the first call; later ones find none). Call without the GIL.
   void join() {
-    for (auto& t : threads) t.join();
+    std::lock_guard<std::mutex> lock(join_mu);
+    for (auto& t : threads) {
+      if (t.joinable()) t.join();
+    }
     threads.clear();
-    joined = true;
   }
 };
 
@@ -404,7 +407,10 @@ bool prepare_rows(RowsJob* job, int64_t stride, int64_t leading, int64_t N, int3
 template <typename T>
 bool start_rows(RowsJob* job, int64_t threads) {
   const Problem<T>* P = &job->problem<T>();
-  const int64_t groups = job->groups, count = std::min<int64_t>(std::max<int64_t>(threads, 1), groups);
+  // No more threads than there are claims of kGroupClaim groups: a thread with nothing to claim would only
+  // allocate its workspace.
+  const int64_t groups = job->groups;
+  const int64_t count = std::min<int64_t>(std::max<int64_t>(threads, 1), (groups + kGroupClaim - 1) / kGroupClaim);
   Pool* pool = &job->pool;
   for (int64_t h = 0; h < count; h++) {
     try {
@@ -419,11 +425,9 @@ bool start_rows(RowsJob* job, int64_t threads) {
 void free_rows_job(PyObject* capsule) {
   auto* job = static_cast<RowsJob*>(PyCapsule_GetPointer(capsule, "lljax.RowsJob"));
   if (job == nullptr) return;
-  if (!job->joined) {  // abandoned (an exception in the caller): its threads still use the buffers
-    Py_BEGIN_ALLOW_THREADS;
-    job->join();
-    Py_END_ALLOW_THREADS;
-  }
+  Py_BEGIN_ALLOW_THREADS;  // abandoned (an exception in the caller)? its threads may still use the buffers
+  job->join();
+  Py_END_ALLOW_THREADS;
   delete job;  // releases the buffers, with the GIL held
 }
 
@@ -486,13 +490,11 @@ PyObject* lljax_newton_rows_start(PyObject*, PyObject* args) {
 PyObject* lljax_newton_rows_wait(PyObject*, PyObject* capsule) {
   auto* job = static_cast<lljax_native::RowsJob*>(PyCapsule_GetPointer(capsule, "lljax.RowsJob"));
   if (job == nullptr) return nullptr;
-  if (!job->joined) {
-    Py_BEGIN_ALLOW_THREADS;
-    job->join();
-    Py_END_ALLOW_THREADS;
-  }
+  Py_BEGIN_ALLOW_THREADS;
+  job->join();
+  Py_END_ALLOW_THREADS;
   if (job->pool.next.load() < job->groups) return PyErr_NoMemory();  // no thread got its workspace
-  if (job->bad_row >= 0) {
+  if (job->bad_row != lljax_native::kNoBadRow) {
     PyErr_Format(PyExc_IndexError, "newton_rows: dataset row %lld (or its indptr) out of range",
                  (long long)job->bad_row);
     return nullptr;

@@ -64,8 +64,11 @@ struct RowSource {
   int64_t stride, leading;
   int64_t n, nnz;    // rows and nonzeros of the dataset: a row index or an indptr entry outside them ends the lane
   int64_t* missing;  // (2,): the first (dataset row, feature) outside its lane's subspace; row -1 if none
-  int64_t* bad_row;  // (1,): a row_order entry out of range, or a row whose indptr is; -1 if none
+  int64_t* bad_row;  // (1,): a row_order entry out of range, or a row whose indptr is; kNoBadRow if none
 };
+
+constexpr int64_t kNoBadRow = INT64_MIN;  // RowSource::bad_row before any (a bad row index may be negative)
+constexpr int64_t kGroupClaim = 8;         // groups a kernel thread claims at a time (newton.cc: run_groups)
 
 template <typename T>
 struct Problem {

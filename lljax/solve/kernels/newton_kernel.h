@@ -858,7 +858,7 @@ static void load_rows(const RowSource<T>& S, const F* __restrict fids, int64_t N
     for (int64_t n = 0; n < count; n++) {
       const int64_t r = S.row_order[b + n];
       if (r < 0 || r >= S.n || S.indptr[r] < 0 || S.indptr[r] > S.indptr[r + 1] || S.indptr[r + 1] > S.nnz) {
-        int64_t none = -1;
+        int64_t none = kNoBadRow;
         __atomic_compare_exchange_n(S.bad_row, &none, r, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
         break;
       }
@@ -872,7 +872,7 @@ static void load_rows(const RowSource<T>& S, const F* __restrict fids, int64_t N
       for (int64_t k = k0; in_order && k < k1; k++) in_order = keys[lo + shift + (k - k0)] == base + int64_t(fids[k]);
       if (in_order) {
         if (shift) xr[0] = T(1);
-        for (int64_t k = k0; k < k1; k++) xr[(shift + k - k0) * W] = S.values[k];
+        for (int64_t k = k0; k < k1; k++) xr[(shift + k - k0) * W] = S.values[k] + T(0);  // -0 as 0 + -0, as packed
         continue;
       }
       int64_t m = 0;
