@@ -137,11 +137,7 @@ class RowsResult(NamedTuple):
 
     def result(self) -> SolveResult:
         """The :class:`~lljax.solve.base.SolveResult` (NumPy arrays), once the kernel is done."""
-        theta, value, grad_norm, precision, iterations, status = self.solve.result()
-        if self.hessian == "identity":
-            precision = np.ones_like(theta)
-        return SolveResult(theta=theta, precision=precision, loss=value, grad_norm=grad_norm, iterations=iterations,
-                           status=status)
+        return kernels.solve_result(self.solve.result(), self.hessian)
 
 
 def solve_rows(block: RowsBlock, l2: Scalar, delta: Scalar, config: SolverConfig, max_iter: int) -> RowsResult:
@@ -153,11 +149,7 @@ def solve_rows(block: RowsBlock, l2: Scalar, delta: Scalar, config: SolverConfig
         raise ValueError(f"field 'hessian': value {config.hessian!r} is not one of {list(HESSIAN_TYPES)}")
     dtype = np.dtype(block.prior_mean.dtype)
     E = len(block.lane_begin)
-    ids = np.asarray(block.feature_ids)
-    codes = kernels.MASK_CODES
-    penalized = np.where(ids > 0 if not config.penalize_intercept else ids >= 0, codes["penalized"],
-                         codes["unpenalized"])
-    mask = np.where(ids >= 0, penalized, codes["padding"]).astype(np.int32)
+    mask = kernels.feature_mask(np.asarray(block.feature_ids), config.penalize_intercept)
     kind = config.hessian if config.hessian in ("full", "diagonal") else "none"
     started = kernels.newton_solve_rows(
         block, mask, np.full(E, l2, dtype), np.full(E, delta, dtype), np.full(E, config.tol, dtype),

@@ -149,8 +149,8 @@ def _convert(block: Block | SparseBlock, layout: str) -> Block | SparseBlock:
     return block if isinstance(block, SparseBlock) else sparse_from_dense(block)
 
 
-def solve(block: Block | SparseBlock, l2: Scalar, delta: Scalar, config: SolverConfig, *, method: str = "newton",
-          max_iter: int | None = None, **options: Any) -> SolveResult:
+def solve(block: Block | SparseBlock | RowsBlock, l2: Scalar, delta: Scalar, config: SolverConfig, *,
+          method: str = "newton", max_iter: int | None = None, **options: Any) -> SolveResult:
     """Solve every entity of ``block`` with ``method`` (jitted; ``vmap`` or the native kernel over lanes).
 
     Args:
@@ -232,8 +232,6 @@ def dispatch(block: Block | SparseBlock | RowsBlock, l2: Scalar, delta: Scalar, 
             and reads_rows(chosen, block.feature_ids.shape[1], block.prior_mean.dtype, config)):
         cap = chosen.iteration_cap(config) if max_iter is None else max_iter
         return chosen.solve_rows(block, l2, delta, config, cap)
-    if isinstance(block, RowsBlock):  # where the kernel cannot read the rows: the block it stands for
-        block = dense_from_rows(block)
     return _OnDevice(solve(block, l2, delta, config, method=method, max_iter=max_iter, **options))
 
 

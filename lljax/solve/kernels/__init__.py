@@ -39,7 +39,7 @@ import importlib.util
 import os
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Protocol
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -133,13 +133,13 @@ def per_entity(E: int, *scalars: ArrayLike) -> tuple[jax.Array, ...]:
     return tuple(jnp.broadcast_to(x, (E,)) for x in scalars)
 
 
-def solve_result(outputs: _Outputs, hessian: str) -> SolveResult:
+def solve_result(outputs: _Outputs | tuple, hessian: str) -> SolveResult:
     """A :class:`~lljax.solve.base.SolveResult` from a kernel's ``(theta, value, grad_norm, precision,
-    iterations, status)`` (already finished as :func:`lljax.solve.iteration.finish`); ``"identity"``
-    precision is a vector of ones."""
+    iterations, status)`` (already finished as :func:`lljax.solve.iteration.finish`; JAX arrays, or NumPy
+    from :func:`newton_solve_rows`); ``"identity"`` precision is a vector of ones of ``theta``'s kind."""
     theta, value, grad_norm, precision, iterations, status = outputs
     if hessian == "identity":
-        precision = jnp.ones_like(theta)
+        precision = np.ones_like(theta) if isinstance(theta, np.ndarray) else jnp.ones_like(theta)
     return SolveResult(theta=theta, precision=precision, loss=value, grad_norm=grad_norm, iterations=iterations,
                        status=status)
 
@@ -157,12 +157,14 @@ def compiled_constants() -> dict:
     return dict(_native().constants())
 
 
-def feature_mask(feature_ids: AnyArray, penalize_intercept: bool) -> jax.Array:
+def feature_mask(feature_ids: AnyArray, penalize_intercept: bool) -> AnyArray:
     """The kernels' int32 feature mask (:data:`MASK_CODES`) of ``feature_ids`` (-1 padding, 0 the
-    intercept): padding, a penalized feature, or the intercept without the L2 term."""
-    ids = jnp.asarray(feature_ids)
-    code = jnp.where(penalized_features(ids, penalize_intercept), MASK_CODES["penalized"], MASK_CODES["unpenalized"])
-    return jnp.where(ids >= 0, code, MASK_CODES["padding"]).astype(jnp.int32)
+    intercept): padding, a penalized feature, or the intercept without the L2 term. NumPy in, NumPy out
+    (a :class:`~lljax.solve.blocks.RowsBlock`'s host call); else a JAX array (inside the jitted solves)."""
+    xp: Any = np if isinstance(feature_ids, np.ndarray) else jnp
+    ids = xp.asarray(feature_ids)
+    code = xp.where(penalized_features(ids, penalize_intercept), MASK_CODES["penalized"], MASK_CODES["unpenalized"])
+    return xp.where(ids >= 0, code, MASK_CODES["padding"]).astype(xp.int32)
 
 
 def newton_solve(X: AnyArray, y: AnyArray, w: AnyArray, offset: AnyArray, mask: AnyArray, prior_mean: AnyArray,
@@ -228,7 +230,7 @@ class RowsSolve:
         return self._outputs
 
 
-def newton_solve_rows(block: RowsBlock, mask: np.ndarray, l2: np.ndarray, delta: np.ndarray, tol: np.ndarray,
+def newton_solve_rows(block: RowsBlock, mask: AnyArray, l2: np.ndarray, delta: np.ndarray, tol: np.ndarray,
                       max_iter: np.ndarray, *, loss: str, max_backtracks: int, precision: str) -> RowsSolve:
     """Start :func:`newton_solve` on the dense block that ``block`` stands for
     (:func:`lljax.solve.blocks.dense_from_rows`), without making it: the kernel reads each lane's rows from
