@@ -832,3 +832,55 @@ def test_stored_priors_with_unsorted_feature_ids_are_placed_as_numpy_places_them
     columns = list(np.asarray(native.feature_ids)[0])
     placed = [columns.index(f) for f in (5, 2, 7)]
     np.testing.assert_array_equal(np.asarray(native.prior_mean)[0, placed], means[:3])
+
+
+@needs_native
+@pytest.mark.parametrize("precision", ["full", "diagonal", None])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_slab_rows_moved_by_the_native_helper_equal_numpy_across_chunks(monkeypatch, precision, dtype):
+    """A slab's put_fields / take_fields through move_rows (one pass per field) equal the NumPy path's (chunk by
+    chunk) bit for bit, for rows spread over many chunks, in any order, with runs and repeats; a scalar value
+    broadcasts as in NumPy; a row out of range is an IndexError naming it, and nothing is written."""
+    from lljax.state.store import _Slab
+
+    rng = np.random.default_rng(5)
+    width = 7
+    slabs = {mode: _Slab(width, np.dtype(dtype), precision) for mode in ("native", "numpy")}
+    for slab in slabs.values():
+        slab.allocate(3000)  # 64, 128, ... row chunks
+    assert len(slabs["native"]._chunks) >= 5
+    fill = {name: rng.normal(size=(3000,) + shape).astype(dt) if dt != np.int64 else
+            rng.integers(0, 10**6, (3000,) + shape) for name, (shape, dt) in slabs["native"]._shapes.items()}
+    batches = [np.arange(3000), rng.permutation(3000)[:900], np.arange(40, 1500), rng.integers(0, 3000, 50)]
+    for mode, slab in slabs.items():
+        if mode == "numpy":
+            monkeypatch.setenv("LLJAX_NATIVE", "0")
+        slab.put_fields(np.arange(3000), fill)
+        for rows in batches[1:3]:
+            slab.put_fields(rows, {name: values[::-1][: len(rows)] for name, values in fill.items()})
+        slab.put_fields(batches[3][:3], {"means": 2.5})  # a scalar, broadcast
+        monkeypatch.delenv("LLJAX_NATIVE", raising=False)
+    for rows in batches:
+        monkeypatch.delenv("LLJAX_NATIVE", raising=False)
+        native = slabs["native"].take_fields(slabs["native"].fields, rows)
+        monkeypatch.setenv("LLJAX_NATIVE", "0")
+        plain = slabs["numpy"].take_fields(slabs["numpy"].fields, rows)
+        assert native.keys() == plain.keys()
+        for name in native:
+            assert native[name].dtype == plain[name].dtype and native[name].shape == plain[name].shape
+            np.testing.assert_array_equal(native[name], plain[name], err_msg=name)
+    np.testing.assert_array_equal(native["means"][:3], 2.5)  # batches[3]: the rows given the scalar, read back
+    monkeypatch.delenv("LLJAX_NATIVE", raising=False)
+    before = slabs["native"].take_fields(slabs["native"].fields, np.arange(3000))
+    capacity = int(slabs["native"]._chunk_start[-1])  # rows of the chunks allocated
+    with pytest.raises(IndexError, match=f"row {capacity} out of range"):
+        slabs["native"].put_fields(np.array([5, capacity]), {"means": np.zeros((2, width), dtype)})
+    with pytest.raises(IndexError, match="row -1 out of range"):
+        slabs["native"].take_fields(("means",), np.array([-1]))
+    after = slabs["native"].take_fields(slabs["native"].fields, np.arange(3000))
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    with pytest.raises(TypeError, match="element format"):
+        chunks = slabs["native"]._field_chunks("means")
+        kernels.move_rows(chunks, slabs["native"]._chunk_start, np.array([0]), np.zeros((1, width), np.int32),
+                          into_chunks=True)

@@ -495,10 +495,11 @@ class RandomEffectModel:
             report.grad_norm[plan.entities] = host.grad_norm[:e]
             ok = np.flatnonzero(status != Status.NON_FINITE)
             ents = plan.entities[ok]
+            stored = slice(0, e) if len(ok) == e else ok  # all lanes (the usual case): views, not copies
             with timer("write"):
                 writes.add(dataset.entity_keys[ents], slots[ents],
-                           store.rows_by_width(feature_ids[ok], host.theta[ok], None if precision is None else
-                                               precision[ok]))
+                           store.rows_by_width(feature_ids[stored], host.theta[stored], None if precision is None else
+                                               precision[stored]))
             bar.update(e)
 
         # Dispatch is asynchronous: the host builds the next block while the device solves this one;

@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from lljax.data.arrays import concat_ranges
 from lljax.data.errors import input_error
+from lljax.solve import kernels
 
 __all__ = ["EntityStore", "EntityCoefficients", "StoredPairs", "FlatEntities", "WidthRows", "StoreSnapshot",
            "GatheredRows", "PendingWrites", "PRECISION_FORMS", "pack_upper", "unpack_upper"]
@@ -223,12 +224,19 @@ class _Slab:
         return self.take_fields((field,), rows)[field]
 
     def take_fields(self, fields: Sequence[str], rows: np.ndarray) -> dict[str, np.ndarray]:
-        """``{field: (len(rows), ...) copy at rows}`` for each of ``fields``, rows split by chunk once."""
+        """``{field: (len(rows), ...) copy at rows}`` for each of ``fields``: one native pass per field where the
+        kernels are enabled (:func:`lljax.solve.kernels.move_rows`), else rows split by chunk once."""
         out = {name: np.empty((len(rows),) + self._shapes[name][0], self._shapes[name][1]) for name in fields}
-        if len(rows):
-            for chunk, selected, offset in self._by_chunk(rows):
-                for name, values in out.items():
-                    values[selected] = _rows(chunk[name], offset)
+        if not len(rows):
+            return out
+        if kernels.enabled():
+            rows = np.ascontiguousarray(rows, np.int64)
+            for name, values in out.items():
+                kernels.move_rows(self._field_chunks(name), self._chunk_start, rows, values, into_chunks=False)
+            return out
+        for chunk, selected, offset in self._by_chunk(rows):
+            for name, values in out.items():
+                values[selected] = _rows(chunk[name], offset)
         return out
 
     def put(self, field: str, rows: np.ndarray, values: npt.ArrayLike) -> None:
@@ -236,14 +244,26 @@ class _Slab:
         self.put_fields(rows, {field: values})
 
     def put_fields(self, rows: np.ndarray, values: Mapping[str, npt.ArrayLike]) -> None:
-        """Write ``values[field]`` (``(len(rows), ...)`` or a scalar) into each field at ``rows``, rows split
-        by chunk once."""
+        """Write ``values[field]`` (``(len(rows), ...)`` or a scalar) into each field at ``rows``: one native pass
+        per field where the kernels are enabled (:func:`lljax.solve.kernels.move_rows`), else rows split by chunk
+        once."""
         if not len(rows):
+            return
+        if kernels.enabled():
+            rows = np.ascontiguousarray(rows, np.int64)
+            for name, v in values.items():
+                shape, dt = self._shapes[name]
+                flat = np.ascontiguousarray(np.broadcast_to(np.asarray(v, dt), (len(rows),) + shape))
+                kernels.move_rows(self._field_chunks(name), self._chunk_start, rows, flat, into_chunks=True)
             return
         arrays = {name: np.asarray(v) for name, v in values.items()}
         for chunk, selected, offset in self._by_chunk(rows):
             for name, v in arrays.items():
                 chunk[name][offset] = v if v.ndim == 0 else _rows(v, selected)
+
+    def _field_chunks(self, name: str) -> list[np.ndarray]:
+        """The chunks of ``name`` that ``_chunk_start`` describes (an interrupted append may have left one more)."""
+        return [chunk[name] for chunk in self._chunks[:len(self._chunk_start) - 1]]
 
 
 def _rows(array: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:

@@ -10,8 +10,8 @@ is available; see ``setup.py``) holds:
   kernel (one row function per loss). It runs as an XLA custom call on a dense block
   (:func:`newton_solve`), or called from Python on a :class:`~lljax.solve.blocks.RowsBlock`
   (:func:`newton_solve_rows`): then it reads each lane's examples from the dataset's CSR rows as it loads
-  the lane's group, on :func:`host_threads` threads of its own while the caller goes on (as an
-  asynchronous dispatch does), and no ``(E, N, D)`` design is packed at all;
+  the lane's group, on helper threads of its own while the caller goes on (as an asynchronous dispatch
+  does) and on the caller's thread once it waits, and no ``(E, N, D)`` design is packed at all;
 - the **wide kernel** (``wide_kernel.h``): Newton in the span of the rows on sparse blocks, the
   same iterates as the ``"span"`` method (:mod:`lljax.solve.span`), one entity at a time with
   ``K = X A^-1 X^T`` built from the nonzeros grouped by column;
@@ -53,7 +53,7 @@ from lljax.solve.objective import penalized_features
 
 __all__ = ["available", "build_error", "enabled", "isa", "supports", "per_entity", "solve_result",
            "compiled_constants", "newton_solve", "newton_solve_rows", "RowsSolve", "wide_solve", "pack_rows",
-           "block_rows", "scatter_priors", "subspace_keys", "host_threads", "feature_mask", "LOSS_CODES",
+           "block_rows", "scatter_priors", "move_rows", "subspace_keys", "host_threads", "feature_mask", "LOSS_CODES",
            "PRECISION_CODES", "MASK_CODES"]
 
 LOSS_CODES = {"linear": 0, "logistic": 1, "poisson": 2}
@@ -211,16 +211,17 @@ def newton_solve(X: AnyArray, y: AnyArray, w: AnyArray, offset: AnyArray, mask: 
 
 
 class RowsSolve:
-    """A :func:`newton_solve_rows` call in progress: the kernel runs on threads of its own (no GIL), writing
-    its results in place, while the caller goes on; :meth:`result` waits for it. If nobody waits, the kernel
-    is waited for when this object is freed (its arrays stay alive until then)."""
+    """A :func:`newton_solve_rows` call in progress: the kernel runs on helper threads of its own (no GIL),
+    writing its results in place, while the caller goes on; :meth:`result` solves the groups of lanes no helper
+    has claimed yet on the calling thread and waits for the helpers. If nobody waits, the helpers are waited
+    for when this object is freed (its arrays stay alive until then; the lanes they left are not solved)."""
 
     def __init__(self, job: object, outputs: tuple) -> None:
         self._job, self._outputs = job, outputs
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
         """``(theta, value, grad_norm, precision, iterations, status)`` once the kernel is done (the GIL is
-        released while waiting).
+        released meanwhile; the calling thread solves lanes too).
 
         Raises:
           ValueError: a row's feature is not in its lane's subspace; IndexError: a row index (or its indptr)
@@ -234,8 +235,9 @@ def newton_solve_rows(block: RowsBlock, mask: AnyArray, l2: np.ndarray, delta: n
                       max_iter: np.ndarray, *, loss: str, max_backtracks: int, precision: str) -> RowsSolve:
     """Start :func:`newton_solve` on the dense block that ``block`` stands for
     (:func:`lljax.solve.blocks.dense_from_rows`), without making it: the kernel reads each lane's rows from
-    ``block.source`` as it loads the lane's group (C++, see ``newton.cc``), on :func:`host_threads` threads
-    of its own, and the call returns at once. The results are the same, bit for bit.
+    ``block.source`` as it loads the lane's group (C++, see ``newton.cc``), with :func:`host_threads` workers
+    (that many helper threads less one start at once, and the call returns; the thread that calls ``result()``
+    is the last worker). The results are the same, bit for bit, whatever the workers.
 
     Args:
       block: the :class:`~lljax.solve.blocks.RowsBlock` (``E`` lanes, ``D`` features; its float arrays of one
@@ -372,6 +374,24 @@ def block_rows(row_order: np.ndarray, row_start: np.ndarray, entities: np.ndarra
     _native().block_rows(c(row_order, np.int64), row_start, entities, int(N),
                        *(c(col, outputs[0].dtype) for col in columns), *outputs, rows, lane, cell)
     return rows, lane, cell
+
+
+def move_rows(chunks: list[np.ndarray], chunk_start: np.ndarray, rows: np.ndarray, flat: np.ndarray, *,
+              into_chunks: bool) -> None:
+    """Copy whole rows between a chunked array and a flat one in one pass (C++, see ``pack.cc``): what
+    :class:`lljax.state.store`'s slabs do chunk by chunk with NumPy.
+
+    Args:
+      chunks: C-contiguous arrays of one dtype; chunk ``c`` holds rows ``chunk_start[c]`` to
+        ``chunk_start[c + 1] - 1``, each row as long as a row of ``flat``.
+      chunk_start: ``(len(chunks) + 1,)`` int64, non-decreasing.
+      rows: ``(k,)`` int64 row numbers in ``[chunk_start[0], chunk_start[-1])``.
+      flat: ``(k, ...)`` C-contiguous, of the chunks' dtype.
+      into_chunks: row ``i`` of ``flat`` is written to row ``rows[i]`` (else read from it into ``flat``).
+    Raises:
+      IndexError: a row out of range; ValueError / TypeError: inconsistent sizes or dtypes.
+    """
+    _native().move_rows(chunks, chunk_start, rows, flat, into_chunks)
 
 
 def scatter_priors(lanes: np.ndarray, feature_ids: np.ndarray, means: np.ndarray, precision: np.ndarray | None,

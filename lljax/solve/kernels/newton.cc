@@ -1,15 +1,15 @@
 // XLA FFI entry points of lljax's native CPU Newton kernel and the Python module that exposes them.
 //
 // Targets "lljax_newton_f64" and "lljax_newton_f32" (registered by lljax/solve/kernels/__init__.py), and
-// newton_rows_start / newton_rows_wait, the same kernel started from Python on host arrays, on threads of its own
-// (a RowsBlock: it reads the dataset's rows). Inputs,
+// newton_rows_start / newton_rows_wait, the same kernel started from Python on host arrays, on helper threads of its
+// own and, once the caller waits, on the waiting thread (a RowsBlock: it reads the dataset's rows). Inputs,
 // each with the same leading (batch) dimensions, E entities in all: X (E, N, D), y, w, offset (E, N),
 // mask (E, D) int32 (a MaskCode: padding, a feature, a feature without L2), prior_mean (E, D),
 // prior_precision (E, D, D) or (E, D), l2, delta, tol (E,), max_iter (E,) int32. Attributes: loss (0 linear, 1 logistic, 2 poisson), max_backtracks,
 // precision_mode (0 diagonal, 1 full, 2 none). Results, finished as lljax.solve.iteration.finish: theta (E, D),
 // value (E,), grad_norm (E,), precision (E, D, D) / (E, D) / (E, 1) (unused), iterations (E,), status (E,).
 // The groups of entities are spread over XLA's CPU thread pool (the caller thread works too), or, for newton_rows_start,
-// over threads of the job's own.
+// over the job's helper threads and the thread that waits for it.
 #include <Python.h>
 
 #include <algorithm>
@@ -403,30 +403,42 @@ bool prepare_rows(RowsJob* job, int64_t stride, int64_t leading, int64_t N, int3
   return true;
 }
 
-// Starts up to `threads` threads on the job's groups; false if none could be started.
+// Starts the job's helpers: `threads` workers in all, the thread that waits for the job (newton_rows_wait) being
+// one of them, so `threads - 1` helper threads, no more than there are claims of kGroupClaim groups after the
+// first (a helper with nothing to claim would only allocate its workspace). With one worker, none: the waiter
+// solves the whole block. While the caller goes on with host work, the helpers run beside it; once it waits, it
+// claims groups too, so the cores are neither idle nor shared by more workers than `threads`.
 template <typename T>
-bool start_rows(RowsJob* job, int64_t threads) {
+void start_rows(RowsJob* job, int64_t threads) {
   const Problem<T>* P = &job->problem<T>();
-  // No more threads than there are claims of kGroupClaim groups: a thread with nothing to claim would only
-  // allocate its workspace.
   const int64_t groups = job->groups;
-  const int64_t count = std::min<int64_t>(std::max<int64_t>(threads, 1), (groups + kGroupClaim - 1) / kGroupClaim);
+  const int64_t claims = (groups + kGroupClaim - 1) / kGroupClaim;
+  const int64_t helpers = std::min<int64_t>(std::max<int64_t>(threads, 1) - 1, claims - 1);
   Pool* pool = &job->pool;
-  for (int64_t h = 0; h < count; h++) {
+  for (int64_t h = 0; h < helpers; h++) {
     try {
       job->threads.emplace_back([P, groups, pool]() { run_groups<T>(P, groups, pool); });
-    } catch (...) {  // no more threads to be had: those started do the work
+    } catch (...) {  // no more threads to be had: those started and the waiter do the work
       break;
     }
   }
-  return !job->threads.empty() || groups == 0;
+}
+
+// The waiter's share of the job (the groups no helper has claimed), then the helpers joined. Call without the GIL.
+void work_and_join(RowsJob* job) {
+  if (job->f64) {
+    run_groups<double>(&job->Pd, job->groups, &job->pool);
+  } else {
+    run_groups<float>(&job->Pf, job->groups, &job->pool);
+  }
+  job->join();
 }
 
 void free_rows_job(PyObject* capsule) {
   auto* job = static_cast<RowsJob*>(PyCapsule_GetPointer(capsule, "lljax.RowsJob"));
   if (job == nullptr) return;
-  Py_BEGIN_ALLOW_THREADS;  // abandoned (an exception in the caller)? its threads may still use the buffers
-  job->join();
+  Py_BEGIN_ALLOW_THREADS;  // abandoned (an exception in the caller)? its helpers may still use the buffers; the
+  job->join();              // groups they have not claimed are left unsolved (nobody reads the results)
   Py_END_ALLOW_THREADS;
   delete job;  // releases the buffers, with the GIL held
 }
@@ -438,8 +450,9 @@ void free_rows_job(PyObject* capsule) {
 //                   sizes, stride, leading, N, mask, prior_mean, prior_precision, l2, delta, tol, max_iter, loss,
 //                   max_backtracks, precision_mode, theta, value, grad_norm, precision, iterations, status, threads)
 //   -> capsule: the Newton kernel on E lanes whose data are read from the dataset's CSR rows (a RowSource,
-// newton_common.h), started on `threads` threads of its own; it runs while the caller goes on (no GIL needed) and
-// writes the results in place. newton_rows_wait(capsule) joins it (GIL released) and raises what went wrong.
+// newton_common.h), for `threads` workers: `threads - 1` helper threads of its own start at once and run while the
+// caller goes on (no GIL needed), writing the results in place; newton_rows_wait(capsule) solves the groups no helper
+// has claimed on the waiting thread, joins the helpers (GIL released) and raises what went wrong.
 PyObject* lljax_newton_rows_start(PyObject*, PyObject* args) {
   using namespace lljax_native;
   PyObject* o[kRowsArrays];
@@ -471,10 +484,10 @@ PyObject* lljax_newton_rows_start(PyObject*, PyObject* args) {
   const bool ready = job->f64 ? prepare_rows<double>(job.get(), stride, leading, N, loss, max_backtracks, precision_mode)
                               : prepare_rows<float>(job.get(), stride, leading, N, loss, max_backtracks, precision_mode);
   if (!ready) return nullptr;
-  const bool started = job->f64 ? start_rows<double>(job.get(), threads) : start_rows<float>(job.get(), threads);
-  if (!started) {
-    PyErr_SetString(PyExc_RuntimeError, "newton_rows_start: no thread could be started");
-    return nullptr;
+  if (job->f64) {
+    start_rows<double>(job.get(), threads);
+  } else {
+    start_rows<float>(job.get(), threads);
   }
   PyObject* capsule = PyCapsule_New(job.get(), "lljax.RowsJob", free_rows_job);
   if (capsule == nullptr) {  // the job's threads run on: wait for them before its buffers go
@@ -491,9 +504,9 @@ PyObject* lljax_newton_rows_wait(PyObject*, PyObject* capsule) {
   auto* job = static_cast<lljax_native::RowsJob*>(PyCapsule_GetPointer(capsule, "lljax.RowsJob"));
   if (job == nullptr) return nullptr;
   Py_BEGIN_ALLOW_THREADS;
-  job->join();
+  lljax_native::work_and_join(job);
   Py_END_ALLOW_THREADS;
-  if (job->pool.next.load() < job->groups) return PyErr_NoMemory();  // no thread got its workspace
+  if (job->pool.next.load() < job->groups) return PyErr_NoMemory();  // no worker got its workspace
   if (job->bad_row != lljax_native::kNoBadRow) {
     PyErr_Format(PyExc_IndexError, "newton_rows: dataset row %lld (or its indptr) out of range",
                  (long long)job->bad_row);
@@ -555,6 +568,7 @@ PyObject* lljax_pack_rows(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_subspace_keys(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_block_rows(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_scatter_priors(PyObject*, PyObject* args);  // pack.cc
+PyObject* lljax_move_rows(PyObject*, PyObject* args);  // pack.cc
 
 static PyMethodDef methods[] = {
     {"pack_rows", lljax_pack_rows, METH_VARARGS,
@@ -570,6 +584,9 @@ static PyMethodDef methods[] = {
     {"scatter_priors", lljax_scatter_priors, METH_VARARGS,
      "scatter_priors(lanes, feature_ids, means, precision, kind, keys, start, sizes, stride, D, mean_out, "
      "precision_out): stored rows of one width into a block's prior arrays at their local columns (see pack.cc)."},
+    {"move_rows", lljax_move_rows, METH_VARARGS,
+     "move_rows(chunks, chunk_start, rows, flat, into_chunks): whole rows between a chunked array (a list of "
+     "C-contiguous chunks, chunk c holding rows chunk_start[c] to chunk_start[c + 1] - 1) and a flat one (see pack.cc)."},
     {"newton_rows_start", lljax_newton_rows_start, METH_VARARGS,
      "newton_rows_start(indptr, feature_ids, values, label, weight, offset, row_order, lane_begin, lane_end, keys, "
      "start, sizes, stride, leading, N, mask, prior_mean, prior_precision, l2, delta, tol, max_iter, loss, "

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -577,5 +578,66 @@ PyObject* lljax_scatter_priors(PyObject*, PyObject* args) {
                  (long long)bad);
     return nullptr;
   }
+  Py_RETURN_NONE;
+}
+
+// move_rows(chunks, chunk_start, rows, flat, into_chunks): copies whole rows between a chunked array and a flat one,
+// as lljax/state/store.py's slabs keep their fields: chunk c (a C-contiguous array) holds rows chunk_start[c] to
+// chunk_start[c + 1] - 1, all chunks and `flat` having the same element format and row length. into_chunks: row i
+// of flat (k rows) goes to row rows[i]; else row rows[i] is copied to row i of flat. What _Slab.put_fields and
+// take_fields do with NumPy, chunk by chunk, in one call.
+PyObject* lljax_move_rows(PyObject*, PyObject* args) {
+  PyObject *o_chunks, *o_start, *o_rows, *o_flat;
+  int into = 0;
+  if (!PyArg_ParseTuple(args, "O!OOOp", &PyList_Type, &o_chunks, &o_start, &o_rows, &o_flat, &into)) return nullptr;
+  View start, rows, flat;
+  const char code = flat.get(o_flat, "flat", "qidf", !into);
+  if (code == 0 || !start.get(o_start, "chunk_start", "q", false) || !rows.get(o_rows, "rows", "q", false)) {
+    return nullptr;
+  }
+  const Py_ssize_t C = PyList_GET_SIZE(o_chunks);
+  const int64_t k = rows.size();
+  const int64_t* st = start.data<int64_t>();
+  if (start.size() != C + 1 || (k == 0 ? flat.buffer.len != 0 : flat.buffer.len % k != 0)) {
+    PyErr_SetString(PyExc_ValueError, "move_rows: inconsistent argument sizes");
+    return nullptr;
+  }
+  const Py_ssize_t row_bytes = k > 0 ? flat.buffer.len / k : 0;
+  std::unique_ptr<View[]> views(new (std::nothrow) View[C]);
+  std::vector<char*> base;
+  try {
+    base.resize(static_cast<size_t>(C));
+  } catch (const std::exception&) {
+    return PyErr_NoMemory();
+  }
+  if (!views) return PyErr_NoMemory();
+  const char allowed[2] = {code, 0};
+  for (Py_ssize_t c = 0; c < C; c++) {
+    if (!views[c].get(PyList_GET_ITEM(o_chunks, c), "chunk", allowed, into)) return nullptr;
+    if (st[c] > st[c + 1] || (k > 0 && views[c].buffer.len != (st[c + 1] - st[c]) * row_bytes)) {
+      PyErr_Format(PyExc_ValueError, "move_rows: chunk %lld does not hold rows %lld to %lld of the flat rows' length",
+                   (long long)c, (long long)st[c], (long long)st[c + 1]);
+      return nullptr;
+    }
+    base[c] = static_cast<char*>(views[c].buffer.buf);
+  }
+  const int64_t* r = rows.data<int64_t>();
+  const int64_t first = C > 0 ? st[0] : 0, last = C > 0 ? st[C] : 0;
+  for (int64_t i = 0; i < k; i++) {  // bounds once, so that the copy cannot leave its buffers
+    if (r[i] < first || r[i] >= last) {
+      PyErr_Format(PyExc_IndexError, "move_rows: row %lld out of range [%lld, %lld)", (long long)r[i],
+                   (long long)first, (long long)last);
+      return nullptr;
+    }
+  }
+  char* f = static_cast<char*>(flat.buffer.buf);
+  Py_BEGIN_ALLOW_THREADS;
+  for (int64_t i = 0; i < k; i++) {
+    const int64_t c = std::upper_bound(st, st + C + 1, r[i]) - st - 1;  // the chunk that holds row r[i]
+    char* slot = base[c] + (r[i] - st[c]) * row_bytes;
+    if (into) std::memcpy(slot, f + i * row_bytes, row_bytes);
+    else std::memcpy(f + i * row_bytes, slot, row_bytes);
+  }
+  Py_END_ALLOW_THREADS;
   Py_RETURN_NONE;
 }
