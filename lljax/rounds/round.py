@@ -248,7 +248,9 @@ def priors(stored: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
            subspaces: Subspaces, full: bool, cold: float | np.ndarray, dtype: npt.DTypeLike,
            buffers: Buffers | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Prior mean ``(E, D)`` and precision ``(E, D)``/``(E, D, D)`` (``full``) in the local subspaces, in
-    ``buffers``.
+    ``buffers``. A full prior with no stored row (a block of new entities only, e.g. every block of a cold start)
+    is its cold diagonal, and is returned as ``(E, D)``: the solvers read a diagonal prior precision as the full
+    one with zeros off the diagonal (the same results), and the ``(E, D, D)`` zeros are neither written nor read.
 
     Features without a stored prior (and every feature of a new entity) get mean 0 and
     precision ``cold`` (diagonal; a scalar, usually ``l2``, or ``(E, D)`` per local feature); the
@@ -261,6 +263,7 @@ def priors(stored: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     from the start, so the blocks get C-contiguous arrays (a strided one costs JAX a copy at dispatch).
     """
     stored = list(stored)
+    full = full and bool(stored)
     width = D + 1 if any((fids < 0).any() for _, fids, _, _ in stored) else D
     buffers = Buffers() if buffers is None else buffers
     mean = buffers.zeros((E, width), dtype)
