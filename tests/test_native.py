@@ -917,3 +917,40 @@ def test_a_block_of_new_entities_gets_its_cold_full_prior_as_a_diagonal_with_the
             np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), err_msg=name)
     again = Round.prepare(known, "logistic", model.store, 0.5)  # every entity stored: full priors
     assert all(np.ndim(again.build(plan).prior_precision) == 3 for plan in again.plan(1 << 20, config))
+
+
+@needs_native
+def test_prefault_keeps_the_contents_and_a_new_big_chunk_is_mapped_ahead_on_a_helper_thread(monkeypatch):
+    """kernels.prefault maps pages without changing what they hold; a slab that adds a chunk of at least
+    _PREFAULT_MIN_BYTES past the rows it appends hands exactly that tail (views of the chunk) to a helper thread,
+    and a small one does not; rows written afterwards read back as written."""
+    import threading
+
+    from lljax.state import store as store_module
+
+    data = np.random.default_rng(0).normal(size=(1 << 20) // 8 + 1000)
+    before = data.copy()
+    assert isinstance(kernels.prefault(data), bool)
+    np.testing.assert_array_equal(data, before)
+
+    calls = []
+    done = threading.Event()
+
+    def record(arrays):
+        calls.append(arrays)
+        done.set()
+
+    monkeypatch.setattr(store_module, "_prefault", record)
+    slab = store_module._Slab(40, np.dtype(np.float64), "full")  # rows of 40 + 40 + 820 numbers, 7,200 bytes
+    slab.allocate(10)  # a 64-row chunk: 460 KB, too small
+    assert not done.wait(0.2) and calls == []
+    rows = slab.allocate(64 + 128 + 256 + 512 + 1 - 10)  # chunks of 128, 256, 512 and 1,024 rows (7.4 MB): 1 row
+    # of the last is appended now
+    assert done.wait(10)
+    (tail,) = calls
+    chunk = slab._chunks[-1]
+    assert len(tail) == len(chunk) and all(t.shape[0] == 1024 - 1 for t in tail)
+    assert all(np.shares_memory(t, a) and t.base is a for t, a in zip(tail, chunk.values()))
+    values = {"means": np.arange(len(rows) * 40, dtype=np.float64).reshape(-1, 40)}
+    slab.put_fields(rows, values)
+    np.testing.assert_array_equal(slab.take_fields(("means",), rows)["means"], values["means"])

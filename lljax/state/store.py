@@ -13,6 +13,7 @@ gather / scatter over a few slabs.
 from __future__ import annotations
 
 import functools
+import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ class StoreSnapshot:
 # Slabs grow by chunks of _FIRST_CHUNK_ROWS rows, doubling up to about _CHUNK_BYTES bytes each.
 _CHUNK_BYTES = 32 << 20
 _FIRST_CHUNK_ROWS = 64
+# A new chunk's rows past those appended at once are mapped ahead on a helper thread when they take this many bytes.
+_PREFAULT_MIN_BYTES = 1 << 20
 
 
 PRECISION_FORMS = ("square", "upper")
@@ -199,9 +202,24 @@ class _Slab:
             # ``size`` are never read. Filling here would touch every page twice.
             self._chunks.append({name: np.empty((added,) + shape, dt) for name, (shape, dt) in self._shapes.items()})
             self._chunk_start = np.append(self._chunk_start, self._chunk_start[-1] + added)
+            self._prefault_past(needed)
         rows = np.arange(self.size, needed, dtype=np.int64)
         self.size = needed
         return rows
+
+    def _prefault_past(self, needed: int) -> None:
+        """Map the newest chunk's pages past row ``needed`` (the rows being appended now are written at once) on a
+        helper thread (:func:`lljax.solve.kernels.prefault`), when they are at least ``_PREFAULT_MIN_BYTES``: fresh
+        pages cost a fault each on first write, which is slow on some machines (virtual ones above all), and the
+        later updates that append rows there then find them mapped. The thread holds views of the chunk, so the
+        memory outlives it whatever happens to the slab."""
+        begin = int(self._chunk_start[-2])
+        first = max(needed, begin) - begin
+        chunk = self._chunks[-1]
+        if not kernels.enabled() or sum(a[first:].nbytes for a in chunk.values()) < _PREFAULT_MIN_BYTES:
+            return
+        tail = [a[first:] for a in chunk.values()]
+        threading.Thread(target=_prefault, args=(tail,), name="lljax-prefault", daemon=True).start()
 
     def _by_chunk(self, rows: np.ndarray
                   ) -> Iterator[tuple[dict[str, np.ndarray], slice | np.ndarray, slice | np.ndarray]]:
@@ -264,6 +282,11 @@ class _Slab:
     def _field_chunks(self, name: str) -> list[np.ndarray]:
         """The chunks of ``name`` that ``_chunk_start`` describes (an interrupted append may have left one more)."""
         return [chunk[name] for chunk in self._chunks[:len(self._chunk_start) - 1]]
+
+
+def _prefault(arrays: list[np.ndarray]) -> None:
+    for array in arrays:
+        kernels.prefault(array)
 
 
 def _rows(array: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:

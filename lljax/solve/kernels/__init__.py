@@ -53,8 +53,8 @@ from lljax.solve.objective import penalized_features
 
 __all__ = ["available", "build_error", "enabled", "isa", "supports", "per_entity", "solve_result",
            "compiled_constants", "newton_solve", "newton_solve_rows", "RowsSolve", "wide_solve", "pack_rows",
-           "block_rows", "scatter_priors", "move_rows", "subspace_keys", "host_threads", "feature_mask", "LOSS_CODES",
-           "PRECISION_CODES", "MASK_CODES"]
+           "block_rows", "scatter_priors", "move_rows", "prefault", "subspace_keys", "host_threads", "feature_mask",
+           "LOSS_CODES", "PRECISION_CODES", "MASK_CODES"]
 
 LOSS_CODES = {"linear": 0, "logistic": 1, "poisson": 2}
 PRECISION_CODES = {"diagonal": 0, "full": 1, "none": 2}
@@ -392,6 +392,14 @@ def move_rows(chunks: list[np.ndarray], chunk_start: np.ndarray, rows: np.ndarra
       IndexError: a row out of range; ValueError / TypeError: inconsistent sizes or dtypes.
     """
     _native().move_rows(chunks, chunk_start, rows, flat, into_chunks)
+
+
+def prefault(array: np.ndarray) -> bool:
+    """Map every whole page of ``array``'s (writable) buffer for writing now, its contents unchanged (Linux 5.14+:
+    ``madvise(MADV_POPULATE_WRITE)``, C++, see ``pack.cc``), with the GIL released, so that a helper thread can
+    take the page faults of fresh memory before the writes that would take them one by one. Returns whether it
+    was done (``False``: not supported here, or no whole page)."""
+    return bool(_native().prefault(array))
 
 
 def scatter_priors(lanes: np.ndarray, feature_ids: np.ndarray, means: np.ndarray, precision: np.ndarray | None,

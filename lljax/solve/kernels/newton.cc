@@ -569,6 +569,7 @@ PyObject* lljax_subspace_keys(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_block_rows(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_scatter_priors(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_move_rows(PyObject*, PyObject* args);  // pack.cc
+PyObject* lljax_prefault(PyObject*, PyObject* arg);  // pack.cc
 
 static PyMethodDef methods[] = {
     {"pack_rows", lljax_pack_rows, METH_VARARGS,
@@ -587,6 +588,9 @@ static PyMethodDef methods[] = {
     {"move_rows", lljax_move_rows, METH_VARARGS,
      "move_rows(chunks, chunk_start, rows, flat, into_chunks): whole rows between a chunked array (a list of "
      "C-contiguous chunks, chunk c holding rows chunk_start[c] to chunk_start[c + 1] - 1) and a flat one (see pack.cc)."},
+    {"prefault", lljax_prefault, METH_O,
+     "prefault(array) -> bool: maps the array's whole pages for writing now (madvise MADV_POPULATE_WRITE), contents "
+     "unchanged, GIL released; False where the OS cannot (see pack.cc)."},
     {"newton_rows_start", lljax_newton_rows_start, METH_VARARGS,
      "newton_rows_start(indptr, feature_ids, values, label, weight, offset, row_order, lane_begin, lane_end, keys, "
      "start, sizes, stride, leading, N, mask, prior_mean, prior_precision, l2, delta, tol, max_iter, loss, "

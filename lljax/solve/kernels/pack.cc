@@ -13,6 +13,11 @@
 #include <cstring>
 #include <exception>
 #include <memory>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 #include <thread>
 #include <vector>
 
@@ -640,4 +645,28 @@ PyObject* lljax_move_rows(PyObject*, PyObject* args) {
   }
   Py_END_ALLOW_THREADS;
   Py_RETURN_NONE;
+}
+
+// prefault(array) -> bool: asks the OS to map every whole page of the array's buffer for writing now
+// (madvise MADV_POPULATE_WRITE, Linux 5.14 and later), without changing its contents, GIL released. False where
+// nothing was done: the OS cannot (another system, an older kernel), or the buffer holds no whole page. Used on a helper thread, so that fresh memory
+// (a new store chunk) is mapped before the writes that would otherwise pay its page faults one by one.
+PyObject* lljax_prefault(PyObject*, PyObject* arg) {
+  Py_buffer view;
+  if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE | PyBUF_WRITABLE) != 0) return nullptr;
+  bool done = false;
+#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(view.buf) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(view.buf) + static_cast<uintptr_t>(view.len)) / page * page;
+  if (end > begin) {
+    int rc;
+    Py_BEGIN_ALLOW_THREADS;
+    rc = madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
+    Py_END_ALLOW_THREADS;
+    done = rc == 0;
+  }
+#endif
+  PyBuffer_Release(&view);
+  return PyBool_FromLong(done);
 }
