@@ -193,3 +193,39 @@ def test_guessed_local_columns_equal_searched_ones():
     searched = sub.local_index(entity, fids)
     np.testing.assert_array_equal(sub.local_index(entity, fids, guess=rank), searched)
     np.testing.assert_array_equal(sub.pair_keys[sub.start[entity] + searched] % sub.stride, fids)
+
+
+def test_a_model_reuses_its_block_buffers_across_updates_and_copies_do_not_carry_them():
+    """After an update the model keeps some free block buffers (at most _KEPT_BUFFER_BYTES) for the next one; a
+    pickled or deep-copied model has none; every update gives what a model without kept buffers gives."""
+    import copy
+    import pickle
+
+    from lljax.model import random_effect
+
+    rng = np.random.default_rng(4)
+
+    def batch():
+        entity = rng.integers(0, 400, 3000)
+        return Dataset.from_arrays(entity, (rng.random(3000) < 0.5).astype(float), X=rng.normal(size=(3000, 5)))
+
+    batches = [batch() for _ in range(4)]
+    model = RandomEffectModel("logistic", l2=1.0, delta=0.8, hessian="full")
+    for data in batches[:2]:
+        model.update(data)
+        assert 0 < model._buffers.free_bytes <= random_effect._KEPT_BUFFER_BYTES
+    copies = [pickle.loads(pickle.dumps(model)), copy.deepcopy(model)]
+    assert all(c._buffers.free_bytes == 0 for c in copies)
+    fresh = RandomEffectModel("logistic", l2=1.0, delta=0.8, hessian="full")
+    for data in batches[:2]:
+        fresh.update(data)
+        fresh._buffers.trim(0)  # a model that keeps nothing between updates
+    for data in batches[2:]:
+        for m in [model, fresh, *copies]:
+            m.update(data)
+        fresh._buffers.trim(0)
+    reference = fresh.to_table()
+    for m in [model, *copies]:
+        table = m.to_table()
+        for name in reference:
+            np.testing.assert_array_equal(table[name], reference[name], err_msg=name)

@@ -46,6 +46,7 @@ _CPU_BLOCK_BUDGET = 16 << 20
 _ACCELERATOR_BLOCK_BUDGET = 256 << 20
 _IN_FLIGHT = 2  # blocks dispatched to the device and not yet collected
 _GROUP_BYTES = 64 << 20  # results of the blocks written in one pass (about)
+_KEPT_BUFFER_BYTES = 64 << 20  # free block buffers a model keeps from one update to the next (see _update_round)
 _PROGRESS_DELAY_S = 3.0  # the default progress bar appears only for updates longer than this
 # Poisson line searches may halve the step this many times (SolverConfig's default is 30): a count y
 # makes the first Newton step from 0 about y long, and exp(step) overflows until the step is cut to
@@ -163,6 +164,17 @@ class RandomEffectModel:
         self.min_rows, self.max_rows, self.index_map = int(min_rows), max_rows, index_map
         self.penalize_intercept = bool(penalize_intercept)
         self._store: EntityStore | None = None
+        self._buffers = BufferPool(max_free_bytes=_KEPT_BUFFER_BYTES)  # block buffers, reused across updates
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy (pickle, ``copy.deepcopy``) gets no free block buffers: they are scratch memory."""
+        state = self.__dict__.copy()
+        state["_buffers"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._buffers = BufferPool(max_free_bytes=_KEPT_BUFFER_BYTES)
 
     def __repr__(self) -> str:
         return (f"RandomEffectModel(loss={self.loss!r}, l2={self.l2}, delta={self.delta}, hessian={self.hessian!r}, "
@@ -511,9 +523,12 @@ class RandomEffectModel:
         # touches the priors of a block still to come.
         # An error part-way restores what the round's entities had before, so a round is atomic.
         pending: deque[tuple[BlockPlan, np.ndarray, Any, Buffers]] = deque()
-        # A collected block's arrays serve the next blocks (see lljax.rounds.buffers); its feature_ids
-        # are fresh memory, as the writes keep them until the group is written.
-        pool = BufferPool(max_free_bytes=(_IN_FLIGHT + 2) * self._block_budget())
+        # A collected block's arrays serve the next blocks (see lljax.rounds.buffers), and the next update's: the
+        # model keeps up to _KEPT_BUFFER_BYTES of them between updates, so that a stream of small updates reuses the
+        # same memory instead of touching fresh pages for every block. A block's feature_ids are fresh memory, as
+        # the writes keep them until the group is written.
+        pool = self._buffers
+        pool.max_free_bytes = max(_KEPT_BUFFER_BYTES, (_IN_FLIGHT + 2) * self._block_budget())
         slots = work.slots
         if not undo:
             undo.append(store.snapshot(slots, rows=work.stored))
@@ -546,6 +561,8 @@ class RandomEffectModel:
             pending.clear()    # the traceback that holds this frame goes
             started = None
             raise
+        finally:
+            pool.trim(_KEPT_BUFFER_BYTES)  # (leases not given back, an interrupted update's, are left to the GC)
         return report, len(plans)
 
     def score(self, dataset: Dataset) -> np.ndarray:

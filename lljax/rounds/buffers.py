@@ -84,6 +84,15 @@ class BufferPool:
         """Return the buffers of ``lease`` to the pool: its arrays must not be used any more."""
         self._free.extend(lease.raw)
         lease.raw = []
+        self.trim(self.max_free_bytes)
+
+    def trim(self, max_bytes: int) -> None:
+        """Drop the oldest free buffers until at most ``max_bytes`` are kept."""
         total = sum(raw.nbytes for raw in self._free)
-        while self._free and total > self.max_free_bytes:
+        while self._free and total > max_bytes:
             total -= self._free.pop(0).nbytes
+
+    @property
+    def free_bytes(self) -> int:
+        """Bytes of the free buffers kept."""
+        return sum(raw.nbytes for raw in self._free)
