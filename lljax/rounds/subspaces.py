@@ -62,7 +62,9 @@ class Subspaces(NamedTuple):
         lane, _ = segments(sizes)
         keys = self.pair_keys[concat_ranges(self.start[entities], sizes)] % self.stride
         keys += lane * self.stride
-        return Subspaces.from_keys(keys, len(entities), self.stride)
+        start = np.zeros(len(entities) + 1, np.int64)
+        np.cumsum(sizes, out=start[1:])
+        return Subspaces(keys, start, self.stride, sizes)  # the sizes are known: no pass over the keys
 
     def local_index(self, entity: np.ndarray, feature_ids: np.ndarray, guess: np.ndarray | None = None) -> np.ndarray:
         """Local column of each (entity, feature) pair (the pair must belong to the subspace).
