@@ -557,9 +557,10 @@ def test_host_helpers_take_strided_arrays():
     fids = wide[:, 0]  # strided
     assert not fids.flags.c_contiguous
     indptr = np.array([0, 2, 4], np.int64)
-    keys = kernels.subspace_keys(indptr, fids, np.array([0, 1], np.int64), np.array([0, 1, 2], np.int64),
-                                 np.zeros(0, np.int64), np.zeros(0, np.int64), 10)
+    keys, sizes = kernels.subspace_keys(indptr, fids, np.array([0, 1], np.int64), np.array([0, 1, 2], np.int64),
+                                        np.zeros(0, np.int64), np.zeros(0, np.int64), 10)
     np.testing.assert_array_equal(keys, [3, 7, 13, 19])
+    np.testing.assert_array_equal(sizes, [2, 2])
     local = Subspaces.from_keys(keys, 2, 10)
     out = np.zeros(2 * 1 * 2)
     kernels.pack_rows(indptr, fids, np.arange(4.0), np.array([0, 1], np.int64), np.array([0, 1], np.int64),

@@ -48,8 +48,12 @@ class Subspaces(NamedTuple):
 
     @classmethod
     def from_keys(cls, pair_keys: np.ndarray, num_entities: int, stride: int) -> Subspaces:
-        sizes = np.bincount(pair_keys // stride, minlength=num_entities)
-        start = np.zeros(num_entities + 1, np.int64)
+        return cls.from_sizes(pair_keys, np.bincount(pair_keys // stride, minlength=num_entities), stride)
+
+    @classmethod
+    def from_sizes(cls, pair_keys: np.ndarray, sizes: np.ndarray, stride: int) -> Subspaces:
+        """The subspaces of sorted ``pair_keys`` whose entity ``u`` has ``sizes[u]`` keys (no pass over the keys)."""
+        start = np.zeros(len(sizes) + 1, np.int64)
         np.cumsum(sizes, out=start[1:])
         return cls(pair_keys, start, stride, sizes)
 
@@ -62,9 +66,7 @@ class Subspaces(NamedTuple):
         lane, _ = segments(sizes)
         keys = self.pair_keys[concat_ranges(self.start[entities], sizes)] % self.stride
         keys += lane * self.stride
-        start = np.zeros(len(entities) + 1, np.int64)
-        np.cumsum(sizes, out=start[1:])
-        return Subspaces(keys, start, self.stride, sizes)  # the sizes are known: no pass over the keys
+        return Subspaces.from_sizes(keys, sizes, self.stride)
 
     def local_index(self, entity: np.ndarray, feature_ids: np.ndarray, guess: np.ndarray | None = None) -> np.ndarray:
         """Local column of each (entity, feature) pair (the pair must belong to the subspace).
@@ -122,9 +124,9 @@ def local_subspaces(dataset: Dataset, prior_owner: np.ndarray, prior_feature_ids
         prior_feature_ids = np.concatenate([prior_feature_ids,
                                             np.full(dataset.num_entities, dataset.intercept_id, np.int64)])
     if rows is not None and stride <= NATIVE_MARK_MAX and kernels.enabled():
-        keys = kernels.subspace_keys(dataset.given_indptr, dataset.given_feature_ids, rows[0], rows[1], prior_owner,
-                                     prior_feature_ids, stride)
-        return Subspaces.from_keys(keys, dataset.num_entities, stride)
+        keys, sizes = kernels.subspace_keys(dataset.given_indptr, dataset.given_feature_ids, rows[0], rows[1],
+                                            prior_owner, prior_feature_ids, stride)
+        return Subspaces.from_sizes(keys, sizes, stride)
     space = dataset.num_entities * stride
     nnz = len(dataset.given_feature_ids)
     prior_keys = prior_owner * stride + prior_feature_ids

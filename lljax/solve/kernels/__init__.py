@@ -439,8 +439,9 @@ def host_threads() -> int:
 
 
 def subspace_keys(indptr: np.ndarray, feature_ids: np.ndarray, row_order: np.ndarray, row_start: np.ndarray,
-                  prior_owner: np.ndarray, prior_feature_ids: np.ndarray, stride: int) -> np.ndarray:
-    """Sorted distinct ``entity * stride + feature_id`` keys of every entity's nonzeros and prior features.
+                  prior_owner: np.ndarray, prior_feature_ids: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct ``entity * stride + feature_id`` keys of every entity's nonzeros and prior features, and
+    each entity's count of them.
 
     What :func:`lljax.rounds.subspaces.local_subspaces` computes, entity by entity in one pass over the
     nonzeros (C++, see ``pack.cc``; a mark array of ``stride`` uint32), on :func:`host_threads` threads
@@ -454,14 +455,15 @@ def subspace_keys(indptr: np.ndarray, feature_ids: np.ndarray, row_order: np.nda
       prior_owner, prior_feature_ids: ``(k,)`` stored prior pairs (entity code, feature id).
       stride: > every feature id.
     Returns:
-      ``(K,)`` int64, writable.
+      ``(keys (K,), sizes (U,))`` int64, writable.
     """
     U = len(row_start) - 1
     order = np.argsort(prior_owner, kind="stable")
     prior_start = np.zeros(U + 1, np.int64)
     np.cumsum(np.bincount(prior_owner, minlength=U), out=prior_start[1:])
     c = np.ascontiguousarray  # the helper reads C-contiguous buffers (no copy when they already are)
+    sizes = np.empty(U, np.int64)
     keys = _native().subspace_keys(c(indptr), c(feature_ids), c(row_order), c(row_start),
-                                 np.asarray(prior_feature_ids, np.int64)[order], prior_start, int(stride),
-                                 host_threads())
-    return np.frombuffer(keys, np.int64)
+                                   np.asarray(prior_feature_ids, np.int64)[order], prior_start, int(stride),
+                                   host_threads(), sizes)
+    return np.frombuffer(keys, np.int64), sizes

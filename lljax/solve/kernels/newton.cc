@@ -577,8 +577,9 @@ static PyMethodDef methods[] = {
      "slot_cols, leading): each row's nonzeros (after feature `leading` of value 1 if >= 0) into its dense cell "
      "(K = 0) or its K (column, value) slots (see pack.cc)."},
     {"subspace_keys", lljax_subspace_keys, METH_VARARGS,
-     "subspace_keys(indptr, feature_ids, row_order, row_start, prior_feature_ids, prior_start, stride, threads): "
-     "sorted distinct entity * stride + feature id keys, as a bytearray of int64 (see pack.cc)."},
+     "subspace_keys(indptr, feature_ids, row_order, row_start, prior_feature_ids, prior_start, stride, threads, "
+     "sizes): sorted distinct entity * stride + feature id keys, as a bytearray of int64, and each entity's count "
+     "in sizes (see pack.cc)."},
     {"block_rows", lljax_block_rows, METH_VARARGS,
      "block_rows(row_order, row_start, entities, N, label, weight, offset, y, w, o, rows, lane, cell): a block's "
      "rows, lanes and cells; y, w, o filled at the cells (see pack.cc)."},

@@ -238,33 +238,34 @@ PyObject* lljax_pack_rows(PyObject*, PyObject* args) {
 
 // subspace_keys(indptr, feature_ids, row_order, row_start, prior_feature_ids, prior_start, stride, threads)
 //   -> bytearray of int64: the sorted distinct keys entity * stride + feature id over every entity's
-// nonzeros and its prior features, as lljax/rounds/round.py's local_subspaces (NumPy: chunked sort).
+// nonzeros and its prior features (sizes, (U,) int64, gets each entity's count of them), as lljax/rounds/round.py's local_subspaces (NumPy: chunked sort).
 // Entity by entity (rows in row_order, grouped by row_start; prior features grouped by prior_start), a
 // feature is taken once by stamping mark[feature] with the entity; each entity's few features are then
 // sorted. One pass over the nonzeros, a mark array of `stride` uint32 per thread (up to `threads`, over
 // contiguous ranges of entities).
 PyObject* lljax_subspace_keys(PyObject*, PyObject* args) {
-  PyObject *o_indptr, *o_fids, *o_order, *o_start, *o_pfids, *o_pstart;
+  PyObject *o_indptr, *o_fids, *o_order, *o_start, *o_pfids, *o_pstart, *o_sizes;
   long long stride, threads;
-  if (!PyArg_ParseTuple(args, "OOOOOOLL", &o_indptr, &o_fids, &o_order, &o_start, &o_pfids, &o_pstart, &stride,
-                        &threads)) {
+  if (!PyArg_ParseTuple(args, "OOOOOOLLO", &o_indptr, &o_fids, &o_order, &o_start, &o_pfids, &o_pstart, &stride,
+                        &threads, &o_sizes)) {
     return nullptr;
   }
-  View indptr, fids, order, start, pfids, pstart;
+  View indptr, fids, order, start, pfids, pstart, sizes;
   if (!indptr.get(o_indptr, "indptr", "q", false) ||
       !fids.get(o_fids, "feature_ids", "iq", false) || !order.get(o_order, "row_order", "q", false) ||
       !start.get(o_start, "row_start", "q", false) || !pfids.get(o_pfids, "prior_feature_ids", "q", false) ||
-      !pstart.get(o_pstart, "prior_start", "q", false)) {
+      !pstart.get(o_pstart, "prior_start", "q", false) || !sizes.get(o_sizes, "sizes", "q", true)) {
     return nullptr;
   }
   const int64_t n = order.size(), U = start.size() - 1;
   if (stride < 1 || stride > (int64_t(1) << 30) || U < 0 || U >= (int64_t(1) << 32) - 1 || indptr.size() != n + 1 ||
-      pstart.size() != U + 1) {
+      pstart.size() != U + 1 || sizes.size() != U) {
     PyErr_SetString(PyExc_ValueError, "subspace_keys: inconsistent argument sizes");
     return nullptr;
   }
   const int64_t *ip = indptr.data<int64_t>(), *ord = order.data<int64_t>(), *st = start.data<int64_t>();
   const int64_t *pf = pfids.data<int64_t>(), *ps = pstart.data<int64_t>();
+  int64_t* size_of = sizes.data<int64_t>();
   const bool f32 = fids.buffer.itemsize == 4;
   // Bounds once: row_start and prior_start increasing within their arrays, rows and features in range.
   if (st[0] != 0 || st[U] != n || ps[0] != 0 || ps[U] != pfids.size() || ip[0] < 0 || ip[n] > fids.size()) {
@@ -319,6 +320,7 @@ PyObject* lljax_subspace_keys(PyObject*, PyObject* args) {
       for (int64_t k = ps[u]; k < ps[u + 1]; k++) take(pf[k]);
       std::sort(mine.begin(), mine.end());
       for (const int64_t f : mine) keys.push_back(u * stride + f);
+      size_of[u] = static_cast<int64_t>(mine.size());
     }
     bad_of[p] = bad;
   };
