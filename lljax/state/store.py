@@ -13,6 +13,7 @@ gather / scatter over a few slabs.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -209,10 +210,10 @@ class _Slab:
 
     def _prefault_past(self, needed: int) -> None:
         """Map the newest chunk's pages past row ``needed`` (the rows being appended now are written at once) on a
-        helper thread (:func:`lljax.solve.kernels.prefault`), when they are at least ``_PREFAULT_MIN_BYTES``: fresh
-        pages cost a fault each on first write, which is slow on some machines (virtual ones above all), and the
-        later updates that append rows there then find them mapped. The thread holds views of the chunk, so the
-        memory outlives it whatever happens to the slab."""
+        helper thread that runs only on an idle core (:func:`lljax.solve.kernels.prefault`), when they are at least
+        ``_PREFAULT_MIN_BYTES``: fresh pages cost a fault each on first write, which is slow on some machines
+        (virtual ones above all), and the later updates that append rows there then find them mapped. The thread
+        holds views of the chunk, so the memory outlives it whatever happens to the slab."""
         begin = int(self._chunk_start[-2])
         first = max(needed, begin) - begin
         chunk = self._chunks[-1]
@@ -285,6 +286,12 @@ class _Slab:
 
 
 def _prefault(arrays: list[np.ndarray]) -> None:
+    """Map ``arrays``' pages, on a thread that runs only when a core is idle (Linux ``SCHED_IDLE``), so that it
+    never takes a core from the update or the solve."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # this thread only
+    except (AttributeError, OSError):  # not Linux: an ordinary thread
+        pass
     for array in arrays:
         kernels.prefault(array)
 

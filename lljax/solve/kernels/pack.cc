@@ -661,10 +661,15 @@ PyObject* lljax_prefault(PyObject*, PyObject* arg) {
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(view.buf) + page - 1) / page * page;
   const uintptr_t end = (reinterpret_cast<uintptr_t>(view.buf) + static_cast<uintptr_t>(view.len)) / page * page;
+  // A megabyte per call: each call holds the process's memory-map lock for reading, and a thread that maps or
+  // unmaps memory (a large NumPy allocation) waits for it; pieces keep that wait short.
+  const uintptr_t piece = uintptr_t(1) << 20;
   if (end > begin) {
-    int rc;
+    int rc = 0;
     Py_BEGIN_ALLOW_THREADS;
-    rc = madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
+    for (uintptr_t at = begin; at < end && rc == 0; at += piece) {
+      rc = madvise(reinterpret_cast<void*>(at), std::min(piece, end - at), MADV_POPULATE_WRITE);
+    }
     Py_END_ALLOW_THREADS;
     done = rc == 0;
   }
