@@ -881,6 +881,16 @@ def test_slab_rows_moved_by_the_native_helper_equal_numpy_across_chunks(monkeypa
     after = slabs["native"].take_fields(slabs["native"].fields, np.arange(3000))
     for name in before:
         np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    with pytest.raises(IndexError, match="integers"):  # float rows are not truncated into row numbers
+        slabs["native"].take_fields(("means",), np.array([1.7, 2.2]))
+    with pytest.raises(ValueError, match="shape"):  # one row's values are not broadcast over several rows
+        slabs["native"].put_fields(np.array([1, 2, 3]), {"means": np.zeros(width, dtype)})
+    after = slabs["native"].take_fields(slabs["native"].fields, np.arange(3000))
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    slabs["native"]._chunks.append({name: np.full((4096,) + shape, 7, dt)  # left by an interrupted append
+                                    for name, (shape, dt) in slabs["native"]._shapes.items()})
+    np.testing.assert_array_equal(slabs["native"].take_fields(("means",), np.arange(3000))["means"], before["means"])
     with pytest.raises(TypeError, match="element format"):
         chunks = slabs["native"]._field_chunks("means")
         kernels.move_rows(chunks, slabs["native"]._chunk_start, np.array([0]), np.zeros((1, width), np.int32),
@@ -921,10 +931,11 @@ def test_a_block_of_new_entities_gets_its_cold_full_prior_as_a_diagonal_with_the
 
 
 @needs_native
-def test_prefault_keeps_the_contents_and_a_new_big_chunk_is_mapped_ahead_on_a_helper_thread(monkeypatch):
-    """kernels.prefault maps pages without changing what they hold; a slab that adds a chunk of at least
-    _PREFAULT_MIN_BYTES past the rows it appends hands exactly that tail (views of the chunk) to a helper thread,
-    and a small one does not; rows written afterwards read back as written."""
+def test_prefault_keeps_the_contents_and_a_slab_maps_a_window_ahead_on_a_helper_thread(monkeypatch):
+    """kernels.prefault (run as the store runs it, on its own thread) maps pages without changing what they hold;
+    a slab hands the rows after those it appends, up to a window, to a helper thread (views of its chunks), none
+    while half a window is still mapped ahead, and none for less than _PREFAULT_MIN_BYTES; rows written
+    afterwards read back as written."""
     import threading
 
     from lljax.state import store as store_module
@@ -932,26 +943,38 @@ def test_prefault_keeps_the_contents_and_a_new_big_chunk_is_mapped_ahead_on_a_he
     data = np.random.default_rng(0).normal(size=(1 << 20) // 8 + 1000)
     before = data.copy()
     assert isinstance(kernels.prefault(data), bool)
+    worker = threading.Thread(target=store_module._prefault, args=([data, data[5:100]],))
+    worker.start()
+    worker.join()
     np.testing.assert_array_equal(data, before)
 
     calls = []
-    done = threading.Event()
+    monkeypatch.setattr(store_module, "_prefault", calls.append)
 
-    def record(arrays):
-        calls.append(arrays)
-        done.set()
+    def started():  # the helper runs the (recording) _prefault at once; wait for it
+        for thread in threading.enumerate():
+            if thread.name == "lljax-prefault":
+                thread.join()
+        return calls.pop() if calls else None
 
-    monkeypatch.setattr(store_module, "_prefault", record)
     slab = store_module._Slab(40, np.dtype(np.float64), "full")  # rows of 40 + 40 + 820 numbers, 7,200 bytes
-    slab.allocate(10)  # a 64-row chunk: 460 KB, too small
-    assert not done.wait(0.2) and calls == []
-    rows = slab.allocate(64 + 128 + 256 + 512 + 1 - 10)  # chunks of 128, 256, 512 and 1,024 rows (7.4 MB): 1 row
-    # of the last is appended now
-    assert done.wait(10)
-    (tail,) = calls
+    window = store_module._PREFAULT_WINDOW_BYTES // 7200  # 582 rows
+    slab.allocate(10)  # a 64-row chunk: 54 rows (389 KB) after the 10, too few
+    assert started() is None
+    rows = slab.allocate(951)  # chunks of 128, 256, 512 and 1,024 rows; 961 rows in all
+    tail = started()  # a window of 2 x 951 rows from row 961, cut at the last chunk's end (1,984)
     chunk = slab._chunks[-1]
-    assert len(tail) == len(chunk) and all(t.shape[0] == 1024 - 1 for t in tail)
-    assert all(np.shares_memory(t, a) and t.base is a for t, a in zip(tail, chunk.values()))
+    assert len(tail) == len(chunk) and all(t.shape[0] == 1984 - 961 for t in tail)
+    assert all(t.base is a and np.shares_memory(t, a) for t, a in zip(tail, chunk.values()))
+    slab.allocate(5)  # more than half of the window still mapped ahead: no thread
+    assert started() is None
+    slab.allocate(1984 - 966 - window // 2 + 1)  # less than half a window left, but the chunks end there: too few
+    assert started() is None and slab._mapped == 1984
+    more = slab.allocate(window)  # a new chunk (2,048 rows from 1,984): the window after these rows, in it
+    tail = started()
+    first = int(more[-1]) + 1
+    assert all(t.shape[0] == 2 * window and t.base is a and np.shares_memory(t, a[first - 1984:]) and
+               not np.shares_memory(t, a[:first - 1984]) for t, a in zip(tail, slab._chunks[-1].values()))
     values = {"means": np.arange(len(rows) * 40, dtype=np.float64).reshape(-1, 40)}
     slab.put_fields(rows, values)
     np.testing.assert_array_equal(slab.take_fields(("means",), rows)["means"], values["means"])

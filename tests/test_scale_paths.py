@@ -202,6 +202,7 @@ def test_a_model_reuses_its_block_buffers_across_updates_and_copies_do_not_carry
     import pickle
 
     from lljax.model import random_effect
+    from lljax.rounds.buffers import BufferPool
 
     rng = np.random.default_rng(4)
 
@@ -211,9 +212,16 @@ def test_a_model_reuses_its_block_buffers_across_updates_and_copies_do_not_carry
 
     batches = [batch() for _ in range(4)]
     model = RandomEffectModel("logistic", l2=1.0, delta=0.8, hessian="full")
+    taken = []
+    take = BufferPool.take
     for data in batches[:2]:
-        model.update(data)
+        kept = {id(raw) for raw in model._buffers._free}
+        taken.clear()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(BufferPool, "take", lambda self, n: taken.append(take(self, n)) or taken[-1])
+            model.update(data)
         assert 0 < model._buffers.free_bytes <= random_effect._KEPT_BUFFER_BYTES
+    assert kept and any(raw is not None and id(raw) in kept for raw in taken)  # the 2nd update reused the 1st's
     copies = [pickle.loads(pickle.dumps(model)), copy.deepcopy(model)]
     assert all(c._buffers.free_bytes == 0 for c in copies)
     fresh = RandomEffectModel("logistic", l2=1.0, delta=0.8, hessian="full")

@@ -56,7 +56,8 @@ class Buffers:
 
 
 class BufferPool:
-    """Free host buffers kept for the next blocks of an update.
+    """Free host buffers kept for the next blocks (of an update, and of the next updates: see
+    :meth:`trim`).
 
     A block is built with a :meth:`lease`; once nothing reads the block's arrays any more (for a
     dispatched block: its result has been fetched, so its solve, which read them, is over) the lease is

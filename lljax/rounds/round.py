@@ -250,7 +250,8 @@ def priors(stored: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     """Prior mean ``(E, D)`` and precision ``(E, D)``/``(E, D, D)`` (``full``) in the local subspaces, in
     ``buffers``. A full prior with no stored row (a block of new entities only, e.g. every block of a cold start)
     is its cold diagonal, and is returned as ``(E, D)``: the solvers read a diagonal prior precision as the full
-    one with zeros off the diagonal (the same results), and the ``(E, D, D)`` zeros are neither written nor read.
+    one with zeros off the diagonal (the native kernel bit for bit; the pure-JAX path to rounding, as its CPU lane
+    batches are sized by the block's arrays), and the ``(E, D, D)`` zeros are neither written nor read.
 
     Features without a stored prior (and every feature of a new entity) get mean 0 and
     precision ``cold`` (diagonal; a scalar, usually ``l2``, or ``(E, D)`` per local feature); the

@@ -84,7 +84,10 @@ class StoreSnapshot:
 # Slabs grow by chunks of _FIRST_CHUNK_ROWS rows, doubling up to about _CHUNK_BYTES bytes each.
 _CHUNK_BYTES = 32 << 20
 _FIRST_CHUNK_ROWS = 64
-# A new chunk's rows past those appended at once are mapped ahead on a helper thread when they take this many bytes.
+# Rows past those appended are mapped ahead on a helper thread (see _Slab._map_ahead): a window of about
+# _PREFAULT_WINDOW_BYTES (or twice the last append) per slab, renewed once less than half of it is left, in pieces of
+# at least _PREFAULT_MIN_BYTES.
+_PREFAULT_WINDOW_BYTES = 4 << 20
 _PREFAULT_MIN_BYTES = 1 << 20
 
 
@@ -159,6 +162,8 @@ class _Slab:
             self._shapes["precision"] = (shape, dtype)
         row_bytes = sum(int(np.prod(shape)) * dt.itemsize for shape, dt in self._shapes.values())
         self._max_chunk_rows = max(1, _CHUNK_BYTES // row_bytes)
+        self._row_bytes = row_bytes
+        self._mapped = 0  # rows below this were written or handed to a prefault thread
         self._chunks: list[dict[str, np.ndarray]] = []
         self._chunk_start = np.zeros(1, np.int64)  # first row of each chunk, then the capacity
 
@@ -203,24 +208,34 @@ class _Slab:
             # ``size`` are never read. Filling here would touch every page twice.
             self._chunks.append({name: np.empty((added,) + shape, dt) for name, (shape, dt) in self._shapes.items()})
             self._chunk_start = np.append(self._chunk_start, self._chunk_start[-1] + added)
-            self._prefault_past(needed)
         rows = np.arange(self.size, needed, dtype=np.int64)
         self.size = needed
+        self._map_ahead(needed, count)
         return rows
 
-    def _prefault_past(self, needed: int) -> None:
-        """Map the newest chunk's pages past row ``needed`` (the rows being appended now are written at once) on a
-        helper thread that runs only on an idle core (:func:`lljax.solve.kernels.prefault`), when they are at least
-        ``_PREFAULT_MIN_BYTES``: fresh pages cost a fault each on first write, which is slow on some machines
-        (virtual ones above all), and the later updates that append rows there then find them mapped. The thread
-        holds views of the chunk, so the memory outlives it whatever happens to the slab."""
-        begin = int(self._chunk_start[-2])
-        first = max(needed, begin) - begin
-        chunk = self._chunks[-1]
-        if not kernels.enabled() or sum(a[first:].nbytes for a in chunk.values()) < _PREFAULT_MIN_BYTES:
+    def _map_ahead(self, needed: int, count: int) -> None:
+        """Map the pages of the rows after row ``needed`` (the rows appended now are written at once) on a helper
+        thread that runs only on an idle core (:func:`lljax.solve.kernels.prefault`): fresh pages cost a fault
+        each on first write, which is slow on some machines (virtual ones above all), and the next appends then
+        find them mapped. A window of ``max(_PREFAULT_WINDOW_BYTES, 2 * count rows)`` ahead of ``needed``, within
+        the chunks allocated, renewed once less than half of it is left: so the memory mapped before it is used
+        stays about a window per slab. The thread holds views of the chunks, so the memory outlives it whatever
+        happens to the slab; if no thread can be started, nothing is mapped ahead."""
+        window = max(_PREFAULT_WINDOW_BYTES // self._row_bytes, 2 * count, 1)
+        if self._mapped - needed >= window // 2 or not kernels.enabled():
             return
-        tail = [a[first:] for a in chunk.values()]
-        threading.Thread(target=_prefault, args=(tail,), name="lljax-prefault", daemon=True).start()
+        begin, end = max(self._mapped, needed), min(needed + window, int(self._chunk_start[-1]))
+        self._mapped = max(self._mapped, end)
+        if (end - begin) * self._row_bytes < _PREFAULT_MIN_BYTES:
+            return
+        views: list[np.ndarray] = []
+        for chunk, lo, hi in zip(self._chunks, self._chunk_start[:-1].tolist(), self._chunk_start[1:].tolist()):
+            if begin < hi and lo < end:
+                views.extend(field[max(begin, lo) - lo:min(end, hi) - lo] for field in chunk.values())
+        try:
+            threading.Thread(target=_prefault, args=(views,), name="lljax-prefault", daemon=True).start()
+        except RuntimeError:  # no thread to be had (a limit, or the interpreter shutting down): the writes fault
+            pass
 
     def _by_chunk(self, rows: np.ndarray
                   ) -> Iterator[tuple[dict[str, np.ndarray], slice | np.ndarray, slice | np.ndarray]]:
@@ -249,7 +264,7 @@ class _Slab:
         if not len(rows):
             return out
         if kernels.enabled():
-            rows = np.ascontiguousarray(rows, np.int64)
+            rows = _row_numbers(rows)
             for name, values in out.items():
                 kernels.move_rows(self._field_chunks(name), self._chunk_start, rows, values, into_chunks=False)
             return out
@@ -269,10 +284,13 @@ class _Slab:
         if not len(rows):
             return
         if kernels.enabled():
-            rows = np.ascontiguousarray(rows, np.int64)
+            rows = _row_numbers(rows)
             for name, v in values.items():
                 shape, dt = self._shapes[name]
-                flat = np.ascontiguousarray(np.broadcast_to(np.asarray(v, dt), (len(rows),) + shape))
+                v = np.asarray(v, dt)
+                if v.ndim and v.shape != (len(rows),) + shape:
+                    raise ValueError(f"put_fields: {name} has shape {v.shape}, expected {(len(rows),) + shape}")
+                flat = np.ascontiguousarray(np.broadcast_to(v, (len(rows),) + shape))
                 kernels.move_rows(self._field_chunks(name), self._chunk_start, rows, flat, into_chunks=True)
             return
         arrays = {name: np.asarray(v) for name, v in values.items()}
@@ -283,6 +301,14 @@ class _Slab:
     def _field_chunks(self, name: str) -> list[np.ndarray]:
         """The chunks of ``name`` that ``_chunk_start`` describes (an interrupted append may have left one more)."""
         return [chunk[name] for chunk in self._chunks[:len(self._chunk_start) - 1]]
+
+
+def _row_numbers(rows: np.ndarray) -> np.ndarray:
+    """``rows`` as C-contiguous int64 (``IndexError`` for non-integer rows, as NumPy's indexing gives)."""
+    rows = np.asarray(rows)
+    if rows.dtype.kind not in "iu":
+        raise IndexError(f"slab rows must be integers, got dtype {rows.dtype}")
+    return np.ascontiguousarray(rows, np.int64)
 
 
 def _prefault(arrays: list[np.ndarray]) -> None:

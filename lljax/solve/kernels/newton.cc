@@ -57,6 +57,7 @@ struct Pool {
 
 template <typename T>
 void run_groups(const Problem<T>* P, int64_t groups, Pool* pool) {
+  if (pool->next.load() >= groups) return;  // nothing left to claim (a waiter after its helpers): no workspace
   const int64_t size = workspace_size(P->N, P->D, kLanes<T>);
   T* ws = static_cast<T*>(std::aligned_alloc(64, ((size * sizeof(T) + 63) / 64) * 64));
   if (ws == nullptr) return;

@@ -236,7 +236,7 @@ PyObject* lljax_pack_rows(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
-// subspace_keys(indptr, feature_ids, row_order, row_start, prior_feature_ids, prior_start, stride, threads)
+// subspace_keys(indptr, feature_ids, row_order, row_start, prior_feature_ids, prior_start, stride, threads, sizes)
 //   -> bytearray of int64: the sorted distinct keys entity * stride + feature id over every entity's
 // nonzeros and its prior features (sizes, (U,) int64, gets each entity's count of them), as lljax/rounds/round.py's local_subspaces (NumPy: chunked sort).
 // Entity by entity (rows in row_order, grouped by row_start; prior features grouped by prior_start), a
