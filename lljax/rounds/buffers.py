@@ -89,7 +89,7 @@ class BufferPool:
 
     def trim(self, max_bytes: int) -> None:
         """Drop the oldest free buffers until at most ``max_bytes`` are kept."""
-        total = sum(raw.nbytes for raw in self._free)
+        total = self.free_bytes
         while self._free and total > max_bytes:
             total -= self._free.pop(0).nbytes
 

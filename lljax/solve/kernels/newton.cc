@@ -589,7 +589,8 @@ static PyMethodDef methods[] = {
      "precision_out): stored rows of one width into a block's prior arrays at their local columns (see pack.cc)."},
     {"move_rows", lljax_move_rows, METH_VARARGS,
      "move_rows(chunks, chunk_start, rows, flat, into_chunks): whole rows between a chunked array (a list of "
-     "C-contiguous chunks, chunk c holding rows chunk_start[c] to chunk_start[c + 1] - 1) and a flat one (see pack.cc)."},
+     "C-contiguous chunks, chunk c holding rows chunk_start[c] to chunk_start[c + 1] - 1) and a flat one "
+     "(see pack.cc)."},
     {"prefault", lljax_prefault, METH_O,
      "prefault(array) -> bool: maps the array's whole pages for writing now (madvise MADV_POPULATE_WRITE), contents "
      "unchanged, GIL released; False where the OS cannot (see pack.cc)."},

@@ -238,7 +238,8 @@ PyObject* lljax_pack_rows(PyObject*, PyObject* args) {
 
 // subspace_keys(indptr, feature_ids, row_order, row_start, prior_feature_ids, prior_start, stride, threads, sizes)
 //   -> bytearray of int64: the sorted distinct keys entity * stride + feature id over every entity's
-// nonzeros and its prior features (sizes, (U,) int64, gets each entity's count of them), as lljax/rounds/round.py's local_subspaces (NumPy: chunked sort).
+// nonzeros and its prior features (sizes, (U,) int64, gets each entity's count of them), as
+// lljax/rounds/subspaces.py's local_subspaces (NumPy: chunked sort).
 // Entity by entity (rows in row_order, grouped by row_start; prior features grouped by prior_start), a
 // feature is taken once by stamping mark[feature] with the entity; each entity's few features are then
 // sorted. One pass over the nonzeros, a mark array of `stride` uint32 per thread (up to `threads`, over
@@ -651,8 +652,9 @@ PyObject* lljax_move_rows(PyObject*, PyObject* args) {
 
 // prefault(array) -> bool: asks the OS to map every whole page of the array's buffer for writing now
 // (madvise MADV_POPULATE_WRITE, Linux 5.14 and later), without changing its contents, GIL released. False where
-// nothing was done: the OS cannot (another system, an older kernel), or the buffer holds no whole page. Used on a helper thread, so that fresh memory
-// (a new store chunk) is mapped before the writes that would otherwise pay its page faults one by one.
+// nothing was done: the OS cannot (another system, an older kernel), or the buffer holds no whole page. Used on a
+// helper thread, so that fresh memory (a store chunk's next rows) is mapped before the writes that would otherwise
+// pay its page faults one by one.
 PyObject* lljax_prefault(PyObject*, PyObject* arg) {
   Py_buffer view;
   if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE | PyBUF_WRITABLE) != 0) return nullptr;
