@@ -897,6 +897,87 @@ def test_slab_rows_moved_by_the_native_helper_equal_numpy_across_chunks(monkeypa
                           into_chunks=True)
 
 
+def _padded_lanes(rng, keys, W, dtype, precision):
+    """Solver-like output for ``keys``: sorted distinct ids then -1 padding (0 to W valid per lane), means and a
+    symmetric positive definite precision, ``(e, W, W)``, ``(e, W)`` or ``None``."""
+    e = len(keys)
+    valid = rng.integers(0, W + 1, e)
+    fids = np.full((e, W), -1, np.int64)
+    for i, d in enumerate(valid):
+        fids[i, :d] = np.sort(rng.choice(50, d, replace=False))
+    means = rng.normal(size=(e, W)).astype(dtype)
+    if precision == "full":
+        a = rng.normal(size=(e, W, W))
+        prec = (a @ a.transpose(0, 2, 1) + W * np.eye(W)).astype(dtype)
+    else:
+        prec = None if precision is None else rng.random((e, W)).astype(dtype) + 1
+    return fids, means, prec
+
+
+@needs_native
+@pytest.mark.parametrize("precision", ["full", "diagonal", None])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_store_writes_solver_lanes_natively_as_numpy_does(monkeypatch, precision, dtype):
+    """EntityStore.write_pending through put_lanes (one pass per block and width, a full precision packed to its
+    upper triangle on the way) stores bit for bit what the NumPy path stores, over writes that add entities, keep
+    them in place, move them to other widths (0 included) and spread over many chunks; each entity reads back as
+    its lane's first d entries and the top-left d x d of its precision. A lane or row out of range is an
+    IndexError, and nothing is written."""
+    from lljax.state.store import EntityStore, PendingWrites
+
+    rng = np.random.default_rng(11)
+    W = 6
+    stores = {mode: EntityStore(dtype, precision) for mode in ("native", "numpy")}
+    written = {}  # key -> (ids, means, precision) of its last write, from the lanes themselves
+    for step in range(4):
+        keys_all = rng.permutation(np.arange(4000) if step == 0 else rng.choice(6000, 2500, replace=False))
+        blocks = np.array_split(keys_all, 3)
+        lanes = [_padded_lanes(rng, block, W, dtype, precision) for block in blocks]
+        for mode, store in stores.items():
+            if mode == "numpy":
+                monkeypatch.setenv("LLJAX_NATIVE", "0")
+            pending = PendingWrites()
+            for block, (fids, means, prec) in zip(blocks, lanes):
+                pending.add(block, store.lookup(block), fids, means, prec)
+            store.write_pending(pending)
+            monkeypatch.delenv("LLJAX_NATIVE", raising=False)
+            store.check()
+        for block, (fids, means, prec) in zip(blocks, lanes):
+            for i, key in enumerate(block.tolist()):
+                d = int((fids[i] >= 0).sum())
+                written[key] = (fids[i, :d], means[i, :d], None if prec is None else
+                                prec[i, :d, :d] if precision == "full" else prec[i, :d])
+    assert max(len(slab._chunks) for slab in stores["native"]._slabs.values()) >= 4
+    native, plain = (stores[mode].to_flat(precision_form="upper") for mode in ("native", "numpy"))
+    for name in ("keys", "indptr", "feature_ids", "means", "precision"):
+        a, b = getattr(native, name), getattr(plain, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert a.dtype == b.dtype, name
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    for key in rng.choice(list(written), 300, replace=False).tolist():
+        got, (fids, means, prec) = stores["native"].get(key), written[key]
+        np.testing.assert_array_equal(got.feature_ids, fids)
+        np.testing.assert_array_equal(got.mean, means)
+        if prec is not None:
+            np.testing.assert_array_equal(got.precision, prec)
+    store = stores["native"]
+    slab = next(s for s in store._slabs.values() if s.width == W)
+    before = slab.take_fields(slab.fields, np.arange(slab.size))
+    fids, means, prec = _padded_lanes(rng, np.arange(3), W, dtype, precision)
+    fids[:] = np.arange(W)
+    capacity = int(slab.chunk_start[-1])
+    with pytest.raises(IndexError, match=f"row {capacity} out of range"):
+        kernels.put_lanes(slab.field_chunks(), slab.chunk_start, np.array([0, capacity]), np.array([0, 1]), fids,
+                          means, prec, full=precision == "full", width=W)
+    with pytest.raises(IndexError, match="lane 3 out of range"):
+        kernels.put_lanes(slab.field_chunks(), slab.chunk_start, np.array([0, 1]), np.array([0, 3]), fids, means,
+                          prec, full=precision == "full", width=W)
+    after = slab.take_fields(slab.fields, np.arange(slab.size))
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_a_block_of_new_entities_gets_its_cold_full_prior_as_a_diagonal_with_the_same_results(native):
     """A block whose entities have no stored prior holds its cold prior precision as (E, D), not (E, D, D) of

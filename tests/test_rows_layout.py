@@ -201,9 +201,9 @@ def test_an_interrupted_update_with_solves_in_flight_leaves_the_model_as_it_was(
     reference.update(first)
     reference.update(second)
 
-    from lljax.state.store import EntityStore
+    from lljax.state.store import PendingWrites
 
-    real, calls = EntityStore.rows_by_width, []
+    real, calls = PendingWrites.add, []
 
     def interrupted(self, *args):
         calls.append(1)
@@ -211,11 +211,11 @@ def test_an_interrupted_update_with_solves_in_flight_leaves_the_model_as_it_was(
             raise KeyboardInterrupt
         return real(self, *args)
 
-    monkeypatch.setattr(EntityStore, "rows_by_width", interrupted)
+    monkeypatch.setattr(PendingWrites, "add", interrupted)
     with pytest.raises(KeyboardInterrupt):
         model.update(second)
     assert len(calls) == 2
-    monkeypatch.setattr(EntityStore, "rows_by_width", real)
+    monkeypatch.setattr(PendingWrites, "add", real)
     for name, values in model.to_table().items():
         np.testing.assert_array_equal(values, before[name], err_msg=name)
     model.store.check()

@@ -234,18 +234,18 @@ def test_an_update_touches_only_the_batch_entities():
     large.update(batch(rng, np.arange(3000), 2, [1, 2, 3]))
     written = {}
     for name, model in (("small", small), ("large", large)):
-        store_write = type(model._store or large._store).write_rows
+        store_write = type(model._store or large._store).write_pending
         calls = []
 
-        def spy(self, keys, *args, _calls=calls, _write=store_write):
-            _calls.append(len(keys))
-            return _write(self, keys, *args)
+        def spy(self, pending, _calls=calls, _write=store_write):
+            _calls.append(sum(map(len, pending.keys)))
+            return _write(self, pending)
 
-        type(large._store).write_rows = spy
+        type(large._store).write_pending = spy
         try:
             report = model.update(b)
         finally:
-            type(large._store).write_rows = store_write
+            type(large._store).write_pending = store_write
         written[name] = (report.blocks, sum(calls))
     assert written["small"] == written["large"] == (written["small"][0], 30)
 
@@ -403,9 +403,9 @@ def test_an_update_that_fails_part_way_leaves_the_model_as_it_was(monkeypatch, h
         return real(*args, **kwargs)
 
     written = []
-    real_write = type(model._store).write_rows
-    monkeypatch.setattr(type(model._store), "write_rows",
-                        lambda self, keys, *a: (written.append(len(keys)), real_write(self, keys, *a))[1])
+    real_write = type(model._store).write_pending
+    monkeypatch.setattr(type(model._store), "write_pending",
+                        lambda self, pending: (written.append(sum(map(len, pending.keys))), real_write(self, pending))[1])
     monkeypatch.setattr(Round, "build", fail_on_the_fortieth_block)
     with pytest.raises(RuntimeError, match="disk on fire"):
         model.update(second)

@@ -508,10 +508,8 @@ class RandomEffectModel:
             ok = np.flatnonzero(status != Status.NON_FINITE)
             ents = plan.entities[ok]
             stored = slice(0, e) if len(ok) == e else ok  # all lanes (the usual case): views, not copies
-            with timer("write"):
-                writes.add(dataset.entity_keys[ents], slots[ents],
-                           store.rows_by_width(feature_ids[stored], host.theta[stored], None if precision is None else
-                                               precision[stored]))
+            writes.add(dataset.entity_keys[ents], slots[ents], feature_ids[stored], host.theta[stored],
+                       None if precision is None else precision[stored])
             bar.update(e)
 
         # Dispatch is asynchronous: the host builds the next block while the device solves this one;

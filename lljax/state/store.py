@@ -16,7 +16,7 @@ import functools
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, NamedTuple
@@ -28,7 +28,7 @@ from lljax.data.arrays import concat_ranges
 from lljax.data.errors import input_error
 from lljax.solve import kernels
 
-__all__ = ["EntityStore", "EntityCoefficients", "StoredPairs", "FlatEntities", "WidthRows", "StoreSnapshot",
+__all__ = ["EntityStore", "EntityCoefficients", "StoredPairs", "FlatEntities", "StoreSnapshot",
            "GatheredRows", "PendingWrites", "PRECISION_FORMS", "pack_upper", "unpack_upper"]
 
 
@@ -50,17 +50,6 @@ class StoredPairs(NamedTuple):
     owner: np.ndarray
     feature_ids: np.ndarray
     means: np.ndarray
-
-
-class WidthRows(NamedTuple):
-    """Entities of one width ``d`` in the store's layout: ``members (g,)`` their positions in the
-    write, ``feature_ids (g, d)``, ``means (g, d)``, ``precision`` ``(g, d (d + 1) / 2)`` packed
-    upper triangles, ``(g, d)`` or ``None``."""
-
-    members: np.ndarray
-    feature_ids: np.ndarray
-    means: np.ndarray
-    precision: np.ndarray | None
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: EntityStore keeps the open ones
@@ -302,6 +291,21 @@ class _Slab:
         """The chunks of ``name`` that ``_chunk_start`` describes (an interrupted append may have left one more)."""
         return [chunk[name] for chunk in self._chunks[:len(self._chunk_start) - 1]]
 
+    def field_chunks(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
+        """The chunks of ``feature_ids``, ``means`` and ``precision`` (``None`` if the slab keeps none), for
+        :func:`lljax.solve.kernels.put_lanes`."""
+        return (self._field_chunks("feature_ids"), self._field_chunks("means"),
+                self._field_chunks("precision") if self.has_precision else None)
+
+    @property
+    def chunk_start(self) -> np.ndarray:
+        """``(chunks + 1,)`` the first row of each chunk, then the capacity."""
+        return self._chunk_start
+
+
+def _put_fields(slab: _Slab, rows: np.ndarray, fields: Mapping[str, np.ndarray]) -> None:
+    slab.put_fields(rows, fields)
+
 
 def _row_numbers(rows: np.ndarray) -> np.ndarray:
     """``rows`` as C-contiguous int64 (``IndexError`` for non-integer rows, as NumPy's indexing gives)."""
@@ -387,21 +391,28 @@ def _stored_pairs(parts: Iterable[tuple[np.ndarray, Mapping[str, np.ndarray]]], 
 
 class PendingWrites:
     """Solver results of several blocks, held and written to the store in one pass
-    (:meth:`EntityStore.write_pending`)."""
+    (:meth:`EntityStore.write_pending`): per block, the entities' keys and current slots and their padded lanes
+    (``feature_ids (e, W)``, valid ids first then -1 padding; ``means (e, W)``; ``precision (e, W, W)``, ``(e, W)``
+    or ``None``), as the solver returned them."""
 
     def __init__(self) -> None:
         self.keys: list[np.ndarray] = []
         self.slots: list[np.ndarray] = []
-        self.groups: list[list[WidthRows]] = []
+        self.lanes: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def add(self, keys: np.ndarray, slots: np.ndarray, groups: list[WidthRows]) -> None:
-        """Hold the results of entities ``keys`` (current ``slots``), as :meth:`EntityStore.rows_by_width` groups."""
-        self.keys.append(np.asarray(keys))
+    def add(self, keys: np.ndarray, slots: np.ndarray, feature_ids: np.ndarray, means: np.ndarray,
+            precision: np.ndarray | None) -> None:
+        """Hold the results of entities ``keys`` (current ``slots``, -1 for new ones): their padded lanes."""
+        keys, feature_ids = np.asarray(keys), np.asarray(feature_ids)
+        if feature_ids.ndim != 2 or len(feature_ids) != len(keys) or np.shape(means) != feature_ids.shape:
+            raise ValueError(f"PendingWrites.add: {len(keys)} keys, feature_ids {feature_ids.shape}, "
+                             f"means {np.shape(means)}")
+        self.keys.append(keys)
         self.slots.append(np.asarray(slots, np.int64))
-        self.groups.append(groups)
+        self.lanes.append((feature_ids, np.asarray(means), None if precision is None else np.asarray(precision)))
 
 
 @functools.lru_cache(maxsize=32)
@@ -638,29 +649,6 @@ class EntityStore:
             assert len(np.unique(held)) == len(held), w
             assert (slab.take("feature_ids", live) >= 0).all()
 
-    def rows_by_width(self, feature_ids: np.ndarray, means: np.ndarray,
-                      precision: np.ndarray | None) -> list[WidthRows]:
-        """Split padded solver output into exact-width groups in the store's layout (compact: a full
-        precision keeps its upper triangle). ``feature_ids (e, W)``: valid ids first, then -1 padding;
-        ``means (e, W)``; ``precision (e, W, W)``, ``(e, W)`` or ``None``."""
-        e, W = feature_ids.shape
-        d = (feature_ids >= 0).sum(axis=1)
-        groups = []
-        for width in np.unique(d):
-            w = int(width)
-            members = np.flatnonzero(d == width)
-            # One gather per array (all rows are taken as they are when the block has one width).
-            take = slice(None) if len(members) == e else members
-            prec = None
-            if self.precision == "full":
-                assert precision is not None, "a store with precision is given one"
-                prec = np.take(precision.reshape(e, W * W)[take], _upper_positions(w, W)[0], axis=1)
-            elif self.precision == "diagonal":
-                assert precision is not None, "a store with precision is given one"
-                prec = precision[take, :w]
-            groups.append(WidthRows(members, feature_ids[take, :w], means[take, :w], prec))
-        return groups
-
     def write(self, keys: np.ndarray, slots: np.ndarray, feature_ids: np.ndarray, means: np.ndarray,
               precision: np.ndarray | None) -> None:
         """Store new coefficients for entities ``keys`` (current ``slots``, -1 for new ones).
@@ -672,36 +660,54 @@ class EntityStore:
           means: ``(e, W)``.
           precision: ``(e, W, W)``, ``(e, W)`` or ``None``, matching the store's kind.
         """
-        self.write_rows(keys, slots, self.rows_by_width(feature_ids, means, precision))
-
-    def write_rows(self, keys: np.ndarray, slots: np.ndarray, groups: list[WidthRows]) -> None:
-        """Store the entities ``keys`` (current ``slots``) from :meth:`rows_by_width` groups."""
-        slots = self._register(keys, slots)
-        for group in groups:
-            self._write_width(slots[group.members], group)
+        pending = PendingWrites()
+        pending.add(keys, slots, feature_ids, means, precision)
+        self.write_pending(pending)
 
     def write_pending(self, pending: PendingWrites) -> None:
-        """:meth:`write_rows` of everything ``pending`` holds, in one pass per width (each entity at most
-        once in it)."""
+        """:meth:`write` of everything ``pending`` holds (each entity at most once in it), in one pass per width:
+        each entity's row is its first ``d`` lanes (``d`` its valid ids), a full precision kept as its upper
+        triangle."""
         if not len(pending):
             return
-        starts = np.cumsum([0] + [len(k) for k in pending.keys])
-        by_width: dict[int, list[WidthRows]] = {}
-        for start, groups in zip(starts, pending.groups):
-            for group in groups:
-                by_width.setdefault(group.feature_ids.shape[1], []).append(
-                    group._replace(members=group.members + start))
-        merged = []
-        for parts in by_width.values():
-            precision = None if parts[0].precision is None else np.concatenate([g.precision for g in parts])
-            merged.append(WidthRows(np.concatenate([g.members for g in parts]),
-                                    np.concatenate([g.feature_ids for g in parts]),
-                                    np.concatenate([g.means for g in parts]), precision))
         keys = pending.keys[0] if len(pending) == 1 else np.concatenate(pending.keys)
-        self.write_rows(keys, np.concatenate(pending.slots), merged)
+        slots = self._register(keys, np.concatenate(pending.slots))
+        starts = np.cumsum([0] + [len(k) for k in pending.keys])
+        width = np.concatenate([(fids >= 0).sum(axis=1) for fids, _, _ in pending.lanes])
+        for w in np.unique(width).tolist():
+            members = np.flatnonzero(width == w)
+            bounds = np.searchsorted(members, starts)  # members of block b: members[bounds[b]:bounds[b + 1]]
+            parts = [(b, int(bounds[b]), members[bounds[b]:bounds[b + 1]] - starts[b])
+                     for b in range(len(pending)) if bounds[b + 1] > bounds[b]]
+            self._write_width(slots[members], w, functools.partial(self._put_lanes, pending=pending, parts=parts))
 
-    def _write_width(self, slots: np.ndarray, group: WidthRows) -> None:
-        width = group.feature_ids.shape[1]
+    def _put_lanes(self, slab: _Slab, rows: np.ndarray, pending: PendingWrites,
+                   parts: list[tuple[int, int, np.ndarray]]) -> None:
+        """Write the lanes ``parts`` (``(block, first position in rows, lanes)`` each) of ``pending`` into ``slab`` at
+        ``rows``: by the native helper (:func:`lljax.solve.kernels.put_lanes`, one pass) when it is enabled, else by
+        NumPy (each field's rows taken, then written), with the same result."""
+        w, full = slab.width, self.precision == "full"
+        for block, first, lanes in parts:
+            fids, means, precision = pending.lanes[block]
+            if slab.has_precision and precision is None:
+                raise ValueError(f"field 'precision': the store keeps a {self.precision} precision, none was given")
+            precision = precision if slab.has_precision else None
+            block_rows = rows[first:first + len(lanes)]
+            if kernels.enabled():
+                kernels.put_lanes(slab.field_chunks(), slab.chunk_start, block_rows, lanes, fids, means.astype(
+                    self.dtype, copy=False), None if precision is None else precision.astype(self.dtype, copy=False),
+                    full=full, width=w)
+                continue
+            fields = {"feature_ids": fids[lanes, :w], "means": means[lanes, :w]}
+            if precision is not None:
+                e, W = fids.shape
+                fields["precision"] = (np.take(precision.reshape(e, W * W)[lanes], _upper_positions(w, W)[0], axis=1)
+                                       if full else precision[lanes, :w])
+            slab.put_fields(block_rows, fields)
+
+    def _write_width(self, slots: np.ndarray, width: int, put: Callable[[_Slab, np.ndarray], None]) -> None:
+        """Give the entities at ``slots`` rows of the ``width`` slab (their own when they have one there, else
+        new ones), ``put(slab, rows)`` their contents, then point them at the rows and retire those they left."""
         if width == 0:  # no features: registered, nothing stored
             left = self._leaving(slots)
             self._width[slots] = 0
@@ -716,11 +722,7 @@ class EntityStore:
         moved = np.flatnonzero(~in_place)
         left = self._leaving(slots[moved])
         rows[moved] = slab.allocate(len(moved))
-        fields = {"feature_ids": group.feature_ids, "means": group.means}
-        if slab.has_precision:
-            assert group.precision is not None, "a store with precision is given one"
-            fields["precision"] = group.precision
-        slab.put_fields(rows, fields)
+        put(slab, rows)
         self._width[slots[moved]] = width
         self._row[slots[moved]] = rows[moved]
         self._retire(left)  # after the pointers moved: an interrupt before leaves them unused, never reused
@@ -849,9 +851,10 @@ class EntityStore:
                 assert flat.precision is not None, "a store with precision is given one"
                 dense = flat.precision[concat_ranges(prec_indptr[members], np.full(g, d * d))].reshape(g, d, d)
                 prec = pack_upper(dense)
-            group = WidthRows(np.arange(g), flat.feature_ids[pairs].reshape(g, d), flat.means[pairs].reshape(g, d),
-                              prec)
-            self._write_width(slots[members], group)
+            fields = {"feature_ids": flat.feature_ids[pairs].reshape(g, d), "means": flat.means[pairs].reshape(g, d)}
+            if prec is not None:
+                fields["precision"] = prec
+            self._write_width(slots[members], d, functools.partial(_put_fields, fields=fields))
 
 
 def _in_slot_order(arrays: list[np.ndarray], group_positions: list[np.ndarray], counts: np.ndarray, U: int,

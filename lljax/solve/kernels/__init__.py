@@ -53,8 +53,8 @@ from lljax.solve.objective import penalized_features
 
 __all__ = ["available", "build_error", "enabled", "isa", "supports", "per_entity", "solve_result",
            "compiled_constants", "newton_solve", "newton_solve_rows", "RowsSolve", "wide_solve", "pack_rows",
-           "block_rows", "scatter_priors", "move_rows", "prefault", "subspace_keys", "host_threads", "feature_mask",
-           "LOSS_CODES", "PRECISION_CODES", "MASK_CODES"]
+           "block_rows", "scatter_priors", "move_rows", "put_lanes", "prefault", "subspace_keys", "host_threads",
+           "feature_mask", "LOSS_CODES", "PRECISION_CODES", "MASK_CODES"]
 
 LOSS_CODES = {"linear": 0, "logistic": 1, "poisson": 2}
 PRECISION_CODES = {"diagonal": 0, "full": 1, "none": 2}
@@ -392,6 +392,35 @@ def move_rows(chunks: list[np.ndarray], chunk_start: np.ndarray, rows: np.ndarra
       IndexError: a row out of range; ValueError / TypeError: inconsistent sizes or dtypes.
     """
     _native().move_rows(chunks, chunk_start, rows, flat, into_chunks)
+
+
+def put_lanes(chunks: Sequence[list[np.ndarray] | None], chunk_start: np.ndarray, rows: np.ndarray, lanes: np.ndarray,
+              feature_ids: np.ndarray, means: np.ndarray, precision: np.ndarray | None, *, full: bool, width: int
+              ) -> None:
+    """Write solver lanes of one exact width straight into a chunked store slab's rows, in one pass (C++, see
+    ``pack.cc``): what :meth:`lljax.state.store.EntityStore.rows_by_width` and the slab's ``put_fields`` do with
+    NumPy.
+
+    Args:
+      chunks: the slab's chunk lists of ``feature_ids`` (int64 ``(rows, w)`` each), ``means`` (``(rows, w)``) and
+        ``precision`` (``(rows, w (w + 1) / 2)`` upper triangles when ``full``, else ``(rows, w)``; ``None`` when the
+        slab keeps none); chunk ``c`` holds rows ``chunk_start[c]`` to ``chunk_start[c + 1] - 1``.
+      chunk_start: ``(len(chunks[0]) + 1,)`` int64, non-decreasing.
+      rows: ``(m,)`` int64 slab rows; lanes: ``(m,)`` int64 the lane written to each.
+      feature_ids: ``(e, W)`` int64 padded ids (each written lane's first ``width`` valid); means: ``(e, W)``;
+        precision: ``(e, W, W)`` (``full``), ``(e, W)`` or ``None``, of the means' dtype (the chunks' too).
+      full: whether the precision is written as its ``width x width`` upper triangle, row by row.
+      width: ``w``, the slab's width (``1 <= w <= W``).
+    Raises:
+      IndexError: a row or lane out of range; ValueError / TypeError: inconsistent sizes or dtypes.
+    """
+    c = np.ascontiguousarray
+    kind = 0 if precision is None else 2 if full else 1
+    W = feature_ids.shape[1]
+    fid_chunks, mean_chunks, precision_chunks = chunks
+    _native().put_lanes(fid_chunks, mean_chunks, precision_chunks if kind else None, c(chunk_start, np.int64),
+                        c(rows, np.int64), c(lanes, np.int64), c(feature_ids, np.int64), c(means),
+                        None if precision is None else c(precision, means.dtype), kind, int(W), int(width))
 
 
 def prefault(array: np.ndarray) -> bool:

@@ -571,6 +571,7 @@ PyObject* lljax_block_rows(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_scatter_priors(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_move_rows(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_prefault(PyObject*, PyObject* arg);  // pack.cc
+PyObject* lljax_put_lanes(PyObject*, PyObject* args);  // pack.cc
 
 static PyMethodDef methods[] = {
     {"pack_rows", lljax_pack_rows, METH_VARARGS,
@@ -590,6 +591,10 @@ static PyMethodDef methods[] = {
     {"move_rows", lljax_move_rows, METH_VARARGS,
      "move_rows(chunks, chunk_start, rows, flat, into_chunks): whole rows between a chunked array (a list of "
      "C-contiguous chunks, chunk c holding rows chunk_start[c] to chunk_start[c + 1] - 1) and a flat one "
+     "(see pack.cc)."},
+    {"put_lanes", lljax_put_lanes, METH_VARARGS,
+     "put_lanes(fid_chunks, mean_chunks, precision_chunks, chunk_start, rows, lanes, feature_ids, means, precision, "
+     "kind, W, w): solver lanes of exact width w into a store slab's rows, a full precision as its upper triangle "
      "(see pack.cc)."},
     {"prefault", lljax_prefault, METH_O,
      "prefault(array) -> bool: maps the array's whole pages for writing now (madvise MADV_POPULATE_WRITE), contents "

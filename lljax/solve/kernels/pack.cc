@@ -650,6 +650,145 @@ PyObject* lljax_move_rows(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// put_lanes(fid_chunks, mean_chunks, precision_chunks, chunk_start, rows, lanes, feature_ids, means, precision,
+// kind, W, w): writes solver lanes of one exact width w straight into a store slab's rows, as
+// lljax/state/store.py's slabs keep them (see move_rows): lane lanes[i] of the padded output (feature_ids and means
+// (e, W), precision (e, W, W) when kind = 2, (e, W) when kind = 1, none when kind = 0) goes to row rows[i]: its
+// first w ids and means, and its precision's w x w upper triangle row by row (kind 2) or first w diagonal entries
+// (kind 1). What EntityStore.rows_by_width and _Slab.put_fields do with NumPy (a copy per width, then one per
+// field), in one pass.
+namespace {
+
+struct Chunks {
+  std::unique_ptr<View[]> views;
+  std::vector<char*> base;
+  // The chunks of one field, chunk c holding chunk_start[c + 1] - chunk_start[c] rows of `row_items` items of
+  // format `code`; false with a Python error set.
+  bool get(PyObject* list, const char* name, char code, const int64_t* st, Py_ssize_t C, int64_t row_items) {
+    if (!PyList_Check(list) || PyList_GET_SIZE(list) != C) {
+      PyErr_Format(PyExc_ValueError, "put_lanes: %s is not a list of %lld chunks", name, (long long)C);
+      return false;
+    }
+    views.reset(new (std::nothrow) View[C]);
+    if (!views) {
+      PyErr_NoMemory();
+      return false;
+    }
+    try {
+      base.resize(static_cast<size_t>(C));
+    } catch (const std::exception&) {
+      PyErr_NoMemory();
+      return false;
+    }
+    const char allowed[2] = {code, 0};
+    for (Py_ssize_t c = 0; c < C; c++) {
+      if (!views[c].get(PyList_GET_ITEM(list, c), name, allowed, true)) return false;
+      if (views[c].size() != (st[c + 1] - st[c]) * row_items) {
+        PyErr_Format(PyExc_ValueError, "put_lanes: %s chunk %lld does not hold rows %lld to %lld of %lld items", name,
+                     (long long)c, (long long)st[c], (long long)st[c + 1], (long long)row_items);
+        return false;
+      }
+      base[c] = static_cast<char*>(views[c].buffer.buf);
+    }
+    return true;
+  }
+};
+
+template <typename T>
+void put_lanes_typed(const Chunks& fid, const Chunks& mean, const Chunks* prec, const int64_t* st, int64_t C,
+                     const int64_t* rows, const int64_t* lanes, int64_t m, const int64_t* fids, const T* means,
+                     const T* precision, int kind, int64_t W, int64_t w) {
+  const int64_t tri = w * (w + 1) / 2;
+  for (int64_t i = 0; i < m; i++) {
+    const int64_t c = std::upper_bound(st, st + C + 1, rows[i]) - st - 1;
+    const int64_t at = rows[i] - st[c], lane = lanes[i];
+    std::memcpy(reinterpret_cast<int64_t*>(fid.base[c]) + at * w, fids + lane * W, w * sizeof(int64_t));
+    std::memcpy(reinterpret_cast<T*>(mean.base[c]) + at * w, means + lane * W, w * sizeof(T));
+    if (kind == 2) {
+      T* to = reinterpret_cast<T*>(prec->base[c]) + at * tri;
+      const T* from = precision + lane * W * W;
+      for (int64_t a = 0; a < w; a++) {
+        std::memcpy(to, from + a * W + a, (w - a) * sizeof(T));
+        to += w - a;
+      }
+    } else if (kind == 1) {
+      std::memcpy(reinterpret_cast<T*>(prec->base[c]) + at * w, precision + lane * W, w * sizeof(T));
+    }
+  }
+}
+
+}  // namespace
+
+PyObject* lljax_put_lanes(PyObject*, PyObject* args) {
+  PyObject *o_fid_chunks, *o_mean_chunks, *o_prec_chunks, *o_start, *o_rows, *o_lanes, *o_fids, *o_means, *o_prec;
+  int kind = 0;
+  long long W = 0, w = 0;
+  if (!PyArg_ParseTuple(args, "OOOOOOOOOiLL", &o_fid_chunks, &o_mean_chunks, &o_prec_chunks, &o_start, &o_rows,
+                        &o_lanes, &o_fids, &o_means, &o_prec, &kind, &W, &w)) {
+    return nullptr;
+  }
+  View start, rows, lanes, fids, means, prec;
+  const char code = means.get(o_means, "means", "df", false);
+  if (code == 0 || !start.get(o_start, "chunk_start", "q", false) || !rows.get(o_rows, "rows", "q", false) ||
+      !lanes.get(o_lanes, "lanes", "q", false) || !fids.get(o_fids, "feature_ids", "q", false)) {
+    return nullptr;
+  }
+  if (kind < 0 || kind > 2 || W < 1 || w < 1 || w > W || (kind == 0) != (o_prec == Py_None) ||
+      (kind == 0) != (o_prec_chunks == Py_None)) {
+    PyErr_SetString(PyExc_ValueError, "put_lanes: inconsistent kind, widths or precision");
+    return nullptr;
+  }
+  const char allowed[2] = {code, 0};
+  if (kind != 0 && !prec.get(o_prec, "precision", allowed, false)) return nullptr;
+  const int64_t e = fids.size() / W, m = rows.size();
+  if (fids.size() != e * W || means.size() != e * W || lanes.size() != m ||
+      (kind == 2 && prec.size() != e * W * W) || (kind == 1 && prec.size() != e * W)) {
+    PyErr_SetString(PyExc_ValueError, "put_lanes: inconsistent argument sizes");
+    return nullptr;
+  }
+  const Py_ssize_t C = start.size() - 1;
+  const int64_t* st = start.data<int64_t>();
+  if (C < 0) {
+    PyErr_SetString(PyExc_ValueError, "put_lanes: empty chunk_start");
+    return nullptr;
+  }
+  for (Py_ssize_t c = 0; c < C; c++) {
+    if (st[c] > st[c + 1]) {
+      PyErr_SetString(PyExc_ValueError, "put_lanes: chunk_start decreases");
+      return nullptr;
+    }
+  }
+  Chunks fid_chunks, mean_chunks, prec_chunks;
+  if (!fid_chunks.get(o_fid_chunks, "feature_ids", 'q', st, C, w) ||
+      !mean_chunks.get(o_mean_chunks, "means", code, st, C, w) ||
+      (kind != 0 && !prec_chunks.get(o_prec_chunks, "precision", code, st, C, kind == 2 ? w * (w + 1) / 2 : w))) {
+    return nullptr;
+  }
+  const int64_t *r = rows.data<int64_t>(), *l = lanes.data<int64_t>();
+  for (int64_t i = 0; i < m; i++) {  // bounds once, so that the copy cannot leave its buffers
+    if (r[i] < st[0] || r[i] >= st[C]) {
+      PyErr_Format(PyExc_IndexError, "put_lanes: row %lld out of range [%lld, %lld)", (long long)r[i],
+                   (long long)st[0], (long long)st[C]);
+      return nullptr;
+    }
+    if (l[i] < 0 || l[i] >= e) {
+      PyErr_Format(PyExc_IndexError, "put_lanes: lane %lld out of range [0, %lld)", (long long)l[i], (long long)e);
+      return nullptr;
+    }
+  }
+  const Chunks* p = kind != 0 ? &prec_chunks : nullptr;
+  Py_BEGIN_ALLOW_THREADS;
+  if (code == 'd') {
+    put_lanes_typed<double>(fid_chunks, mean_chunks, p, st, C, r, l, m, fids.data<int64_t>(), means.data<double>(),
+                            kind != 0 ? prec.data<double>() : nullptr, kind, W, w);
+  } else {
+    put_lanes_typed<float>(fid_chunks, mean_chunks, p, st, C, r, l, m, fids.data<int64_t>(), means.data<float>(),
+                           kind != 0 ? prec.data<float>() : nullptr, kind, W, w);
+  }
+  Py_END_ALLOW_THREADS;
+  Py_RETURN_NONE;
+}
+
 // prefault(array) -> bool: asks the OS to map every whole page of the array's buffer for writing now
 // (madvise MADV_POPULATE_WRITE, Linux 5.14 and later), without changing its contents, GIL released. False where
 // nothing was done: the OS cannot (another system, an older kernel), or the buffer holds no whole page. Used on a
