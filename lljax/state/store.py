@@ -18,7 +18,6 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -27,6 +26,7 @@ import numpy.typing as npt
 from lljax.data.arrays import concat_ranges
 from lljax.data.errors import input_error
 from lljax.solve import kernels
+from lljax.state.key_index import DictKeyIndex, IntKeyIndex
 
 __all__ = ["EntityStore", "EntityCoefficients", "StoredPairs", "FlatEntities", "StoreSnapshot",
            "GatheredRows", "PendingWrites", "PRECISION_FORMS", "pack_upper", "unpack_upper"]
@@ -462,7 +462,7 @@ class EntityStore:
             raise ValueError(f"field 'precision': value {precision!r} is not 'full', 'diagonal' or None")
         self.dtype = np.dtype(dtype)
         self.precision = precision
-        self._slot_of: dict[Any, int] = {}
+        self._index: IntKeyIndex | DictKeyIndex | None = None  # key -> slot; by the kind of the first key
         self._keys: list = []
         self._width = np.zeros(16, np.int64)  # capacity grows geometrically; first len(self) are live
         self._row = np.zeros(16, np.int64)
@@ -475,7 +475,7 @@ class EntityStore:
         return len(self._keys)
 
     def __contains__(self, key: Any) -> bool:
-        return key in self._slot_of
+        return self._index is not None and key in self._index
 
     def __getstate__(self) -> dict[str, Any]:
         """A copy (pickle, ``copy.deepcopy``) has no open snapshot: the snapshots are of this store."""
@@ -504,7 +504,9 @@ class EntityStore:
         if self.key_kind is not None and kind is not None and kind != self.key_kind:
             reason = f"has key type {kind}, but the model's entity keys have type {self.key_kind}"
             raise input_error("entity", keys[0], reason, error=TypeError)
-        return np.fromiter(map(self._slot_of.get, keys.tolist(), repeat(-1)), np.int64, count=len(keys))
+        if self._index is None:
+            return np.full(len(keys), -1, np.int64)
+        return self._index.lookup(keys)
 
     def _groups(self, slots: np.ndarray) -> Iterator[tuple[_Slab, np.ndarray, np.ndarray]]:
         """Yield ``(slab, positions, rows)`` for the stored entries of ``slots``, one group per width."""
@@ -600,13 +602,12 @@ class EntityStore:
         self._width[snapshot.slots] = snapshot.width
         self._row[snapshot.slots] = snapshot.row
         count = snapshot.count
-        for key in self._keys[count:]:
-            self._slot_of.pop(key, None)
-        if len(self._slot_of) > count:  # keys put in the map by an interrupted registration, not in the list
-            for key in [k for k, slot in self._slot_of.items() if slot >= count]:
-                del self._slot_of[key]
+        if self._index is not None:  # (also the keys an interrupted registration put in it, not in the list)
+            self._index.truncate(count)
         del self._keys[count:]
         self.key_kind = snapshot.key_kind
+        if self.key_kind is None:
+            self._index = None
         for width in [w for w in self._slabs if w not in snapshot.slab_sizes]:
             del self._slabs[width]
         for width, size in snapshot.slab_sizes.items():
@@ -637,8 +638,15 @@ class EntityStore:
         """``AssertionError`` unless the store's structures agree (keys, slot map, widths, rows, slabs; no row
         both live and free or retired, or held twice): a self-test for the tests; O(stored)."""
         n = len(self._keys)
-        assert len(self._slot_of) == n, (len(self._slot_of), n)
-        assert all(self._slot_of[k] == i for i, k in enumerate(self._keys))
+        assert self._index is not None or n == 0, n
+        if self._index is not None:
+            assert len(self._index) == n, (len(self._index), n)
+            index_keys, index_slots = self._index.items()
+            assert len(index_slots) == n and set(index_slots.tolist()) == set(range(n))
+            assert all(self._keys[slot] == key for key, slot in zip(index_keys.tolist(), index_slots.tolist()))
+            every = np.empty(n, object)
+            every[:] = self._keys
+            assert (self._index.lookup(every) == np.arange(n)).all()
         assert self._width.shape[0] >= n and self._row.shape[0] >= n
         for w, slab in self._slabs.items():
             live = self._row[np.flatnonzero(self._width[:n] == w)]
@@ -739,16 +747,15 @@ class EntityStore:
         """Give the keys with slot -1 new slots (width 0: no row yet); return all slots.
 
         Ordered so that an interrupt between any two steps leaves a state :meth:`restore` undoes:
-        everything is checked first, the per-slot arrays are grown before any key refers to them,
-        and the key list is extended before the key-to-slot map."""
+        the per-slot arrays are grown before any key refers to them, the key-to-slot map checks the keys
+        (distinct, not held) before it takes any, and the key list is extended last (:meth:`restore`
+        truncates the map to the list's length)."""
         new = slots < 0
         if not new.any():
             return slots
-        new_keys = np.asarray(keys)[new].tolist()
+        new_keys = np.asarray(keys)[new]
         first_new = len(self._keys)
         count = first_new + len(new_keys)
-        if len(set(new_keys)) != len(new_keys):
-            raise ValueError("field 'keys': duplicate entity keys in one write")
         kind = self.key_kind if self.key_kind is not None else _key_kind(np.asarray(keys))
         if count > min(self._width.shape[0], self._row.shape[0]):
             capacity = max(count, 2 * self._width.shape[0])
@@ -758,18 +765,28 @@ class EntityStore:
                 self._row = _grow(self._row, capacity, 0)
         new_slots = np.arange(first_new, count)
         self._width[new_slots] = 0
+        index = self._index
+        if index is None:
+            index = IntKeyIndex() if kind == "int" else DictKeyIndex()
+        try:
+            index.insert(new_keys, first_new)  # checked first: nothing is inserted if it raises
+        except ValueError as exc:
+            raise ValueError(f"field 'keys': {exc}") from None
+        self._index = index
         self.key_kind = kind
-        self._keys.extend(new_keys)
-        self._slot_of.update(zip(new_keys, range(first_new, count)))
+        self._keys.extend(new_keys.tolist())
         slots = slots.copy()
         slots[new] = new_slots
         return slots
 
     def get(self, key: Any) -> EntityCoefficients:
         """Coefficients of one entity; ``KeyError`` naming the entity if it is not stored."""
-        if key not in self._slot_of:
+        one = np.empty(1, object)
+        one[0] = key
+        slot = self._index.lookup(one) if self._index is not None else np.full(1, -1)  # a key of another type: -1
+        if slot[0] < 0:
             raise KeyError(f"entity {key!r} is not in the model")
-        flat = self.to_flat(np.array([self._slot_of[key]]))
+        flat = self.to_flat(slot)
         precision = flat.precision
         if precision is not None and self.precision == "full":
             d = len(flat.feature_ids)

@@ -53,8 +53,8 @@ from lljax.solve.objective import penalized_features
 
 __all__ = ["available", "build_error", "enabled", "isa", "supports", "per_entity", "solve_result",
            "compiled_constants", "newton_solve", "newton_solve_rows", "RowsSolve", "wide_solve", "pack_rows",
-           "block_rows", "scatter_priors", "move_rows", "put_lanes", "prefault", "subspace_keys", "host_threads",
-           "feature_mask", "LOSS_CODES", "PRECISION_CODES", "MASK_CODES"]
+           "block_rows", "scatter_priors", "move_rows", "put_lanes", "hash_lookup", "hash_insert", "prefault",
+           "subspace_keys", "host_threads", "feature_mask", "LOSS_CODES", "PRECISION_CODES", "MASK_CODES"]
 
 LOSS_CODES = {"linear": 0, "logistic": 1, "poisson": 2}
 PRECISION_CODES = {"diagonal": 0, "full": 1, "none": 2}
@@ -421,6 +421,30 @@ def put_lanes(chunks: Sequence[list[np.ndarray] | None], chunk_start: np.ndarray
     _native().put_lanes(fid_chunks, mean_chunks, precision_chunks if kind else None, c(chunk_start, np.int64),
                         c(rows, np.int64), c(lanes, np.int64), c(feature_ids, np.int64), c(means),
                         None if precision is None else c(precision, means.dtype), kind, int(W), int(width))
+
+
+def hash_lookup(table_keys: np.ndarray, table_slots: np.ndarray, keys: np.ndarray, out: np.ndarray) -> None:
+    """Look int64 ``keys`` up in an open-addressing hash table (C++, see ``pack.cc``;
+    :class:`lljax.state.key_index.IntKeyIndex` holds one): ``out[i]`` is ``keys[i]``'s slot, or -1.
+
+    Args:
+      table_keys, table_slots: ``(capacity,)`` int64, capacity a power of two, slot -1 for an empty entry; linear
+        probing from the top bits of ``key * 0x9E3779B97F4A7C15`` (mod 2^64).
+      keys: ``(k,)`` int64; out: ``(k,)`` int64, written.
+    """
+    _native().hash_lookup(table_keys, table_slots, np.ascontiguousarray(keys, np.int64), out)
+
+
+def hash_insert(table_keys: np.ndarray, table_slots: np.ndarray, keys: np.ndarray, slots: np.ndarray) -> int:
+    """Put ``keys[i] -> slots[i]`` (``slots >= 0``) into an open-addressing hash table in place (see
+    :func:`hash_lookup`; C++, see ``pack.cc``). Returns -1, or the index of the first key found already held (a
+    key repeated in ``keys`` included), where it stopped: the keys before it are in.
+
+    Raises:
+      ValueError: a negative slot (nothing is inserted then), or a full table (the keys before are in).
+    """
+    return int(_native().hash_insert(table_keys, table_slots, np.ascontiguousarray(keys, np.int64),
+                                     np.ascontiguousarray(slots, np.int64)))
 
 
 def prefault(array: np.ndarray) -> bool:

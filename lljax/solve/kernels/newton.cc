@@ -572,6 +572,8 @@ PyObject* lljax_scatter_priors(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_move_rows(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_prefault(PyObject*, PyObject* arg);  // pack.cc
 PyObject* lljax_put_lanes(PyObject*, PyObject* args);  // pack.cc
+PyObject* lljax_hash_lookup(PyObject*, PyObject* args);  // pack.cc
+PyObject* lljax_hash_insert(PyObject*, PyObject* args);  // pack.cc
 
 static PyMethodDef methods[] = {
     {"pack_rows", lljax_pack_rows, METH_VARARGS,
@@ -596,6 +598,12 @@ static PyMethodDef methods[] = {
      "put_lanes(fid_chunks, mean_chunks, precision_chunks, chunk_start, rows, lanes, feature_ids, means, precision, "
      "kind, W, w): solver lanes of exact width w into a store slab's rows, a full precision as its upper triangle "
      "(see pack.cc)."},
+    {"hash_lookup", lljax_hash_lookup, METH_VARARGS,
+     "hash_lookup(table_keys, table_slots, keys, out): each int64 key's slot in an open-addressing table, or -1 "
+     "(see pack.cc)."},
+    {"hash_insert", lljax_hash_insert, METH_VARARGS,
+     "hash_insert(table_keys, table_slots, keys, slots) -> int: keys -> slots into an open-addressing table; -1, "
+     "or the index of the first key already held (see pack.cc)."},
     {"prefault", lljax_prefault, METH_O,
      "prefault(array) -> bool: maps the array's whole pages for writing now (madvise MADV_POPULATE_WRITE), contents "
      "unchanged, GIL released; False where the OS cannot (see pack.cc)."},

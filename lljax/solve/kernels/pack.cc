@@ -789,6 +789,108 @@ PyObject* lljax_put_lanes(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// hash_lookup(table_keys, table_slots, keys, out) and hash_insert(table_keys, table_slots, keys, slots) -> int:
+// lljax/state/key_index.py's IntKeyIndex, an open-addressing int64 -> int64 hash table with linear probing in two
+// arrays of a power-of-two capacity (slot -1: an empty entry); a key's home entry is the top bits of
+// key * 0x9E3779B97F4A7C15 (mod 2^64). hash_lookup writes each key's slot, or -1, to out. hash_insert puts each
+// key -> slot in the first empty entry of its probe sequence and returns -1, or stops at the first key it finds
+// already held (a key repeated in `keys` included) and returns its index: the keys before it are in; a full table is
+// a ValueError (the caller keeps it at most half full). GIL released.
+namespace {
+
+struct HashTable {
+  View keys, slots;
+  uint64_t mask = 0;
+  int shift = 0;
+  bool get(PyObject* o_keys, PyObject* o_slots, bool writable) {
+    if (!keys.get(o_keys, "table_keys", "q", writable) || !slots.get(o_slots, "table_slots", "q", writable)) {
+      return false;
+    }
+    const uint64_t capacity = static_cast<uint64_t>(keys.size());
+    if (capacity < 2 || (capacity & (capacity - 1)) != 0 || slots.size() != keys.size()) {
+      PyErr_SetString(PyExc_ValueError, "hash table: capacity is not a power of two >= 2, or the arrays differ");
+      return false;
+    }
+    mask = capacity - 1;
+    shift = 64 - __builtin_ctzll(capacity);
+    return true;
+  }
+  uint64_t home(int64_t key) const { return (static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> shift; }
+};
+
+}  // namespace
+
+PyObject* lljax_hash_lookup(PyObject*, PyObject* args) {
+  PyObject *o_tkeys, *o_tslots, *o_keys, *o_out;
+  if (!PyArg_ParseTuple(args, "OOOO", &o_tkeys, &o_tslots, &o_keys, &o_out)) return nullptr;
+  HashTable table;
+  View keys, out;
+  if (!table.get(o_tkeys, o_tslots, false) || !keys.get(o_keys, "keys", "q", false) ||
+      !out.get(o_out, "out", "q", true)) {
+    return nullptr;
+  }
+  if (out.size() != keys.size()) {
+    PyErr_SetString(PyExc_ValueError, "hash_lookup: out and keys differ in length");
+    return nullptr;
+  }
+  const int64_t n = keys.size();
+  const int64_t *k = keys.data<int64_t>(), *tk = table.keys.data<int64_t>(), *ts = table.slots.data<int64_t>();
+  int64_t* o = out.data<int64_t>();
+  Py_BEGIN_ALLOW_THREADS;
+  for (int64_t i = 0; i < n; i++) {
+    uint64_t p = table.home(k[i]), probes = 0;
+    while (ts[p] >= 0 && tk[p] != k[i] && probes++ <= table.mask) p = (p + 1) & table.mask;
+    o[i] = ts[p] >= 0 && tk[p] == k[i] ? ts[p] : -1;  // an empty entry (or, in a full table, none) ends the probe
+  }
+  Py_END_ALLOW_THREADS;
+  Py_RETURN_NONE;
+}
+
+PyObject* lljax_hash_insert(PyObject*, PyObject* args) {
+  PyObject *o_tkeys, *o_tslots, *o_keys, *o_slots;
+  if (!PyArg_ParseTuple(args, "OOOO", &o_tkeys, &o_tslots, &o_keys, &o_slots)) return nullptr;
+  HashTable table;
+  View keys, slots;
+  if (!table.get(o_tkeys, o_tslots, true) || !keys.get(o_keys, "keys", "q", false) ||
+      !slots.get(o_slots, "slots", "q", false)) {
+    return nullptr;
+  }
+  const int64_t n = keys.size();
+  const int64_t *k = keys.data<int64_t>(), *s = slots.data<int64_t>();
+  if (slots.size() != n) {
+    PyErr_SetString(PyExc_ValueError, "hash_insert: slots and keys differ in length");
+    return nullptr;
+  }
+  for (int64_t i = 0; i < n; i++) {
+    if (s[i] < 0) {
+      PyErr_Format(PyExc_ValueError, "hash_insert: slot %lld is negative", (long long)s[i]);
+      return nullptr;
+    }
+  }
+  int64_t *tk = table.keys.data<int64_t>(), *ts = table.slots.data<int64_t>();
+  int64_t clash = -1;
+  bool full = false;
+  Py_BEGIN_ALLOW_THREADS;
+  for (int64_t i = 0; i < n && clash < 0 && !full; i++) {
+    uint64_t p = table.home(k[i]), probes = 0;
+    while (ts[p] >= 0 && tk[p] != k[i] && probes++ <= table.mask) p = (p + 1) & table.mask;
+    if (ts[p] < 0) {
+      tk[p] = k[i];
+      ts[p] = s[i];
+    } else if (tk[p] == k[i]) {
+      clash = i;
+    } else {
+      full = true;  // every entry held: the caller grows the table first (it keeps it at most half full)
+    }
+  }
+  Py_END_ALLOW_THREADS;
+  if (full) {
+    PyErr_SetString(PyExc_ValueError, "hash_insert: the table is full");
+    return nullptr;
+  }
+  return PyLong_FromLongLong(clash);
+}
+
 // prefault(array) -> bool: asks the OS to map every whole page of the array's buffer for writing now
 // (madvise MADV_POPULATE_WRITE, Linux 5.14 and later), without changing its contents, GIL released. False where
 // nothing was done: the OS cannot (another system, an older kernel), or the buffer holds no whole page. Used on a
