@@ -23,6 +23,12 @@ block planning) and ``pack`` (building each padded block) phases, what issue 4's
 results): everything but ``dispatch`` (on CPU: compiling new shapes and launching the solves) and
 ``device_wait``. Both are printed and written.
 
+The floor of the solve: the work model of ``floor.py`` (``work_per_entity``: flops, transcendentals and
+bytes of one entity's Newton solve) summed over the entities at their own rows, features and Newton steps
+(from the ``UpdateReport``; no padding counted), over the rates ``floor.measure(quick=True)`` measures at the
+end of the run (best of the matrix multiply, ``exp`` and read bandwidth). It says how far the machine is from
+being the limit: the update's wall time over that floor.
+
 Run: ``python benchmarks/bench_scale.py`` (about a minute and 3-4 GB on a 2-core machine);
 ``--entities 100000`` for a quick run. Prints a table and writes ``results/bench_scale.json``.
 """
@@ -42,6 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, write_json  # noqa: E402
+from floor import floor_seconds, measure, work_per_entity  # noqa: E402
 
 import lljax  # noqa: E402
 
@@ -215,6 +222,20 @@ def main(argv=None) -> int:
     rss_timeline = sampler.stop()
     peak_at = max(rss_timeline, key=lambda s: s[1]) if rss_timeline else (0.0, 0.0)
 
+    itemsize = np.dtype(args.dtype).itemsize
+    shapes, inverse = np.unique(np.stack([report.rows, report.features]), axis=1, return_inverse=True)
+    steps = np.bincount(inverse.reshape(-1), weights=report.iterations, minlength=shapes.shape[1])
+    counts = np.bincount(inverse.reshape(-1), minlength=shapes.shape[1])
+    rates = measure(quick=True)
+    floor_s = {"compute_s": 0.0, "memory_s": 0.0}
+    for (n, d), count, total_steps in zip(shapes.T.tolist(), counts.tolist(), steps.tolist()):
+        # work_per_entity is linear in the Newton steps: count entities at their mean steps do the group's work
+        work = work_per_entity(n, d, "logistic", args.hessian, total_steps / count, itemsize)
+        one = floor_seconds(work, rates, args.dtype)
+        floor_s["compute_s"] += count * one["compute_s"]
+        floor_s["memory_s"] += count * one["memory_s"]
+    floor_s["floor_s"] = max(floor_s["compute_s"], floor_s["memory_s"])
+
     phases = dict(report.phase_seconds)
     host = sum(v for k, v in phases.items() if k not in ("dispatch", "device_wait"))
     packing = phases.get("prepare", 0.0) + phases.get("pack", 0.0)  # the issue's "host-side packing"
@@ -231,6 +252,7 @@ def main(argv=None) -> int:
         "blocks": report.blocks, "status_counts": report.status_counts,
         "iterations_mean": float(report.iterations.mean()), "iterations_max": int(report.iterations.max()),
         "stored_entities": len(model),
+        "solve_floor": floor_s, "floor_rates": rates, "update_over_solve_floor": update_s / floor_s["floor_s"],
     }
 
     print(f"\n{'step':<28}{'seconds':>10}{'share':>8}")
@@ -246,6 +268,10 @@ def main(argv=None) -> int:
           f"sampled peak {peak_at[1]:.2f} GB at {peak_at[0]:.1f} s of {total_s:.1f})")
     print(f"status {report.status_counts}  iterations mean {result['iterations_mean']:.2f} max "
           f"{result['iterations_max']}")
+    print(f"solve floor (floor.py's work model at each entity's rows, features and steps; dgemm "
+          f"{rates['gemm_gflops'][args.dtype]:.0f} GFLOP/s, exp {rates['exp_per_s'][args.dtype] / 1e9:.2f} G/s, read "
+          f"{rates['read_gbs']:.0f} GB/s): {floor_s['floor_s']:.2f} s (compute {floor_s['compute_s']:.2f}, memory "
+          f"{floor_s['memory_s']:.2f}); the update took {result['update_over_solve_floor']:.1f}x that")
     if compile_s is not None:
         print(f"warm-up update (compiles the common shapes, not in the total): {compile_s:.1f}s")
 
