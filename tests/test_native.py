@@ -897,6 +897,38 @@ def test_slab_rows_moved_by_the_native_helper_equal_numpy_across_chunks(monkeypa
                           into_chunks=True)
 
 
+@needs_native
+def test_restricted_subspaces_and_feature_ids_of_the_native_helper_equal_numpy(monkeypatch):
+    """Subspaces.restrict_with_ids through restrict_subspaces (one pass) gives the NumPy path's keys, offsets, sizes
+    and -1 padded feature ids, for blocks of any entities, in any order, with padding lanes; an entity out of range
+    is an IndexError, a subspace wider than the block a ValueError."""
+    from lljax.rounds.subspaces import Subspaces
+
+    rng = np.random.default_rng(12)
+    U, stride = 500, 1000
+    sizes = rng.integers(0, 9, U)
+    keys = np.concatenate([u * stride + np.sort(rng.choice(stride, n, replace=False)) for u, n in enumerate(sizes)])
+    subspaces = Subspaces.from_sizes(keys.astype(np.int64), sizes, stride)
+    for entities, E in ((np.arange(U), U), (rng.permutation(U)[:77], 128), (np.array([5]), 4),
+                        (np.zeros(0, np.int64), 8)):
+        native = subspaces.restrict_with_ids(entities, E, 8)
+        monkeypatch.setenv("LLJAX_NATIVE", "0")
+        plain = subspaces.restrict_with_ids(entities, E, 8)
+        monkeypatch.delenv("LLJAX_NATIVE")
+        for name in ("pair_keys", "start", "sizes"):
+            np.testing.assert_array_equal(getattr(native[0], name), getattr(plain[0], name), err_msg=name)
+        assert native[0].stride == plain[0].stride == stride
+        np.testing.assert_array_equal(native[1], plain[1])
+        assert native[1].shape == (E, 8) and (native[1][len(entities):] == -1).all()
+        for lane, u in enumerate(entities[:5].tolist()):  # the oracle: the round's keys of the entity
+            np.testing.assert_array_equal(native[1][lane, :sizes[u]], keys[subspaces.start[u]:subspaces.start[u + 1]]
+                                          - u * stride)
+    with pytest.raises(IndexError, match="entity 500 out of range"):
+        subspaces.restrict_with_ids(np.array([3, 500]), 4, 8)
+    with pytest.raises(ValueError, match="more than 2"):
+        subspaces.restrict_with_ids(np.array([int(np.argmax(sizes))]), 1, 2)
+
+
 def _padded_lanes(rng, keys, W, dtype, precision):
     """Solver-like output for ``keys``: sorted distinct ids then -1 padding (0 to W valid per lane), means and a
     symmetric positive definite precision, ``(e, W, W)``, ``(e, W)`` or ``None``."""

@@ -114,9 +114,7 @@ class Round(NamedTuple):
         dtype = dataset.dtype
         buffers = Buffers() if buffers is None else buffers
         layout = plan.layout or registry.METHODS[plan.method].layout
-        local = self.subspaces.restrict(ents)
-        feature_ids = np.full((E, D), -1, np.int64)
-        feature_ids[: len(ents)] = local.feature_ids(D)
+        local, feature_ids = self.subspaces.restrict_with_ids(ents, E, D)
         cold = self.l2 if self.penalize_intercept else np.where(feature_ids == 0, 0.0, self.l2)
         stored = () if self.stored is None else self.stored.rows(ents)
         prior_mean, prior_precision = priors(stored, E, D, local, self.full_precision, cold, dtype, buffers)

@@ -68,6 +68,19 @@ class Subspaces(NamedTuple):
         keys += lane * self.stride
         return Subspaces.from_sizes(keys, sizes, self.stride)
 
+    def restrict_with_ids(self, entities: np.ndarray, E: int, D: int) -> tuple[Subspaces, np.ndarray]:
+        """:meth:`restrict` of ``entities`` and ``(E, D)`` the lanes' feature ids, -1 padded (lanes past
+        ``len(entities)`` all -1): a block's subspaces and ``feature_ids``, by the native helper in one pass
+        (:func:`lljax.solve.kernels.restrict_subspaces`) when it is enabled, else by NumPy, with the same arrays."""
+        if kernels.enabled():
+            keys, start, feature_ids = kernels.restrict_subspaces(self, entities, E, D)
+            e = len(entities)
+            return Subspaces(keys, start[:e + 1], self.stride, self.sizes[entities]), feature_ids
+        local = self.restrict(entities)
+        feature_ids = np.full((E, D), -1, np.int64)
+        feature_ids[:len(entities)] = local.feature_ids(D)
+        return local, feature_ids
+
     def local_index(self, entity: np.ndarray, feature_ids: np.ndarray, guess: np.ndarray | None = None) -> np.ndarray:
         """Local column of each (entity, feature) pair (the pair must belong to the subspace).
 

@@ -53,8 +53,9 @@ from lljax.solve.objective import penalized_features
 
 __all__ = ["available", "build_error", "enabled", "isa", "supports", "per_entity", "solve_result",
            "compiled_constants", "newton_solve", "newton_solve_rows", "RowsSolve", "wide_solve", "pack_rows",
-           "block_rows", "scatter_priors", "move_rows", "put_lanes", "hash_lookup", "hash_insert", "prefault",
-           "subspace_keys", "host_threads", "feature_mask", "LOSS_CODES", "PRECISION_CODES", "MASK_CODES"]
+           "block_rows", "scatter_priors", "move_rows", "put_lanes", "restrict_subspaces", "hash_lookup",
+           "hash_insert", "prefault", "subspace_keys", "host_threads", "feature_mask", "LOSS_CODES", "PRECISION_CODES",
+           "MASK_CODES"]
 
 LOSS_CODES = {"linear": 0, "logistic": 1, "poisson": 2}
 PRECISION_CODES = {"diagonal": 0, "full": 1, "none": 2}
@@ -421,6 +422,32 @@ def put_lanes(chunks: Sequence[list[np.ndarray] | None], chunk_start: np.ndarray
     _native().put_lanes(fid_chunks, mean_chunks, precision_chunks if kind else None, c(chunk_start, np.int64),
                         c(rows, np.int64), c(lanes, np.int64), c(feature_ids, np.int64), c(means),
                         None if precision is None else c(precision, means.dtype), kind, int(W), int(width))
+
+
+def restrict_subspaces(subspaces: _Subspaces, entities: np.ndarray, E: int, D: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A block's lanes' subspaces from a round's, and their feature ids, in one pass (C++, see ``pack.cc``): what
+    :meth:`lljax.rounds.subspaces.Subspaces.restrict` then ``feature_ids`` do with NumPy.
+
+    Args:
+      subspaces: the round's :class:`lljax.rounds.subspaces.Subspaces`.
+      entities: ``(e,)`` the lanes' entities (``e <= E``); E: the block's lanes; D: its width (``>=`` every
+        lane's subspace size).
+    Returns:
+      ``(pair_keys (P,), start (E + 1,), feature_ids (E, D))`` int64: the lanes' keys ``lane * stride + feature id``,
+      each lane's offset in them (lanes past ``e`` empty), and each lane's feature ids, -1 padded.
+    Raises:
+      IndexError: an entity out of range; ValueError: a subspace wider than ``D``.
+    """
+    entities = np.ascontiguousarray(entities, np.int64)
+    sizes = np.ascontiguousarray(subspaces.sizes, np.int64)
+    inside = (entities >= 0) & (entities < len(sizes))
+    total = int(sizes[entities[inside]].sum())
+    keys, start, feature_ids = np.empty(total, np.int64), np.empty(E + 1, np.int64), np.empty((E, D), np.int64)
+    _native().restrict_subspaces(np.ascontiguousarray(subspaces.pair_keys, np.int64),
+                                 np.ascontiguousarray(subspaces.start, np.int64), sizes, int(subspaces.stride),
+                                 entities, keys, start, feature_ids)
+    return keys, start, feature_ids
 
 
 def hash_lookup(table_keys: np.ndarray, table_slots: np.ndarray, keys: np.ndarray, out: np.ndarray) -> None:

@@ -573,6 +573,7 @@ PyObject* lljax_move_rows(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_prefault(PyObject*, PyObject* arg);  // pack.cc
 PyObject* lljax_put_lanes(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_hash_lookup(PyObject*, PyObject* args);  // pack.cc
+PyObject* lljax_restrict_subspaces(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_hash_insert(PyObject*, PyObject* args);  // pack.cc
 
 static PyMethodDef methods[] = {
@@ -598,6 +599,9 @@ static PyMethodDef methods[] = {
      "put_lanes(fid_chunks, mean_chunks, precision_chunks, chunk_start, rows, lanes, feature_ids, means, precision, "
      "kind, W, w): solver lanes of exact width w into a store slab's rows, a full precision as its upper triangle "
      "(see pack.cc)."},
+    {"restrict_subspaces", lljax_restrict_subspaces, METH_VARARGS,
+     "restrict_subspaces(pair_keys, start, sizes, stride, entities, keys_out, start_out, feature_ids): a block's "
+     "lanes' subspaces and their -1 padded feature ids from the round's subspaces, in one pass (see pack.cc)."},
     {"hash_lookup", lljax_hash_lookup, METH_VARARGS,
      "hash_lookup(table_keys, table_slots, keys, out): each int64 key's slot in an open-addressing table, or -1 "
      "(see pack.cc)."},

@@ -789,6 +789,74 @@ PyObject* lljax_put_lanes(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// restrict_subspaces(pair_keys, start, sizes, stride, entities, keys_out, start_out, feature_ids): a block's lanes'
+// subspaces from the round's (lljax/rounds/subspaces.py: Subspaces.restrict, then feature_ids), in one pass: lane i
+// is entity entities[i]; its keys i * stride + feature id go to keys_out, their offsets to start_out (E + 1), and its
+// feature ids, -1 padded, to row i of feature_ids (E, D); rows past the lanes are all -1.
+PyObject* lljax_restrict_subspaces(PyObject*, PyObject* args) {
+  PyObject *o_keys, *o_start, *o_sizes, *o_entities, *o_keys_out, *o_start_out, *o_fids;
+  long long stride = 0;
+  if (!PyArg_ParseTuple(args, "OOOLOOOO", &o_keys, &o_start, &o_sizes, &stride, &o_entities, &o_keys_out,
+                        &o_start_out, &o_fids)) {
+    return nullptr;
+  }
+  View keys, start, sizes, entities, keys_out, start_out, fids;
+  if (!keys.get(o_keys, "pair_keys", "q", false) || !start.get(o_start, "start", "q", false) ||
+      !sizes.get(o_sizes, "sizes", "q", false) || !entities.get(o_entities, "entities", "q", false) ||
+      !keys_out.get(o_keys_out, "keys_out", "q", true) || !start_out.get(o_start_out, "start_out", "q", true) ||
+      !fids.get(o_fids, "feature_ids", "q", true)) {
+    return nullptr;
+  }
+  const int64_t U = sizes.size(), e = entities.size(), E = start_out.size() - 1;
+  const int64_t D = E > 0 ? fids.size() / E : 0;
+  const int64_t *k = keys.data<int64_t>(), *st = start.data<int64_t>(), *sz = sizes.data<int64_t>();
+  const int64_t* ent = entities.data<int64_t>();
+  if (start.size() != U + 1 || E < e || fids.size() != E * D || stride < 1) {
+    PyErr_SetString(PyExc_ValueError, "restrict_subspaces: inconsistent argument sizes");
+    return nullptr;
+  }
+  int64_t total = 0;
+  for (int64_t i = 0; i < e; i++) {
+    if (ent[i] < 0 || ent[i] >= U) {
+      PyErr_Format(PyExc_IndexError, "restrict_subspaces: entity %lld out of range [0, %lld)", (long long)ent[i],
+                   (long long)U);
+      return nullptr;
+    }
+    const int64_t n = sz[ent[i]];
+    if (n > D || n < 0 || st[ent[i]] < 0 || st[ent[i]] + n > keys.size()) {
+      PyErr_Format(PyExc_ValueError, "restrict_subspaces: entity %lld has %lld features, more than %lld or outside "
+                   "the keys", (long long)ent[i], (long long)n, (long long)D);
+      return nullptr;
+    }
+    total += n;
+  }
+  if (keys_out.size() != total) {
+    PyErr_SetString(PyExc_ValueError, "restrict_subspaces: keys_out is not as long as the lanes' subspaces");
+    return nullptr;
+  }
+  int64_t *ko = keys_out.data<int64_t>(), *so = start_out.data<int64_t>(), *fo = fids.data<int64_t>();
+  Py_BEGIN_ALLOW_THREADS;
+  int64_t at = 0;
+  for (int64_t i = 0; i < E; i++) {
+    so[i] = at;
+    int64_t* row = fo + i * D;
+    int64_t j = 0;
+    if (i < e) {
+      const int64_t u = ent[i], first = st[u], n = sz[u], base = u * stride, lane = i * stride;
+      for (; j < n; j++) {
+        const int64_t f = k[first + j] - base;
+        row[j] = f;
+        ko[at + j] = lane + f;
+      }
+      at += n;
+    }
+    for (; j < D; j++) row[j] = -1;
+  }
+  so[E] = at;
+  Py_END_ALLOW_THREADS;
+  Py_RETURN_NONE;
+}
+
 // hash_lookup(table_keys, table_slots, keys, out) and hash_insert(table_keys, table_slots, keys, slots) -> int:
 // lljax/state/key_index.py's IntKeyIndex, an open-addressing int64 -> int64 hash table with linear probing in two
 // arrays of a power-of-two capacity (slot -1: an empty entry); a key's home entry is the top bits of
