@@ -176,17 +176,21 @@ def test_without_the_kernel_a_rows_block_is_solved_as_its_dense_block():
     assert_results_equal(plain, dense)
 
 
-def test_short_lanes_are_packed_and_long_ones_read_from_the_rows(monkeypatch):
+def test_lanes_are_read_from_the_rows_from_the_threshold_on(monkeypatch):
+    """Blocks whose padded rows reach ROWS_LAYOUT_MIN_ROWS are RowsBlocks where the kernel runs (by default every
+    block: the threshold is 1), the shorter ones packed; without the kernel every block is packed."""
     monkeypatch.undo()  # the default threshold
+    assert registry.ROWS_LAYOUT_MIN_ROWS == 1
     rng = np.random.default_rng(2)
-    rows_per = np.r_[np.full(20, 3), np.full(20, registry.ROWS_LAYOUT_MIN_ROWS)]
+    rows_per = np.r_[np.full(20, 3), np.full(20, 16)]
     entity = np.repeat(np.arange(40), rows_per)
     data = Dataset.from_arrays(entity, (rng.random(len(entity)) < 0.5).astype(float),
                                X=rng.normal(size=(len(entity), 5)))
     config = SolverConfig(loss="logistic", hessian="full")
-    plans = Round.prepare(data, "logistic", None, 1.0).plan(1 << 30, config)
-    layouts = {plan.rows: plan.layout for plan in plans}
-    assert layouts == {4: None, registry.ROWS_LAYOUT_MIN_ROWS: "rows"}
+    for threshold, expected in ((registry.ROWS_LAYOUT_MIN_ROWS, {4: "rows", 16: "rows"}), (16, {4: None, 16: "rows"})):
+        monkeypatch.setattr(registry, "ROWS_LAYOUT_MIN_ROWS", threshold)
+        plans = Round.prepare(data, "logistic", None, 1.0).plan(1 << 30, config)
+        assert {plan.rows: plan.layout for plan in plans} == expected
     assert registry.choose_layout(registry.METHODS["newton"], 64, 16, np.float64, config._replace(native=False)) \
         == "dense"
 

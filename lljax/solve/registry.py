@@ -91,9 +91,10 @@ def choose_backend(method: Method, block: Block | SparseBlock | None, config: So
 
 # From this many padded rows per lane on, a block that the host kernel can read from the dataset's rows is
 # planned as a RowsBlock: packing its (E, N, D) design costs more than the kernel's reading the rows (64 rows:
-# 20% faster updates). A stream's mini-batches (4 padded rows) were slower as RowsBlocks, so they stay packed;
-# where between 4 and 64 the two cross is not measured (benchmarks/README.md).
-ROWS_LAYOUT_MIN_ROWS = 16
+# 20% faster updates; a stream's mini-batches of 4 padded rows: about 10% faster, and the million entities of
+# bench_scale, most with 1-8 rows: about 0.3 s less, since the packing's per-block costs went down; see
+# benchmarks/README.md). So every block the kernel can read is read from the rows.
+ROWS_LAYOUT_MIN_ROWS = 1
 
 
 def reads_rows(method: Method, features: int, dtype: npt.DTypeLike, config: SolverConfig) -> bool:
