@@ -1010,6 +1010,25 @@ def test_store_writes_solver_lanes_natively_as_numpy_does(monkeypatch, precision
         np.testing.assert_array_equal(after[name], before[name], err_msg=name)
 
 
+@pytest.mark.parametrize("precision", ["full", "diagonal"])
+def test_a_write_whose_precision_does_not_fit_the_store_changes_nothing(precision):
+    """A precision of the wrong shape (or none) for the store's kind is a ValueError naming the field, raised before
+    any key is registered or any row allocated."""
+    from lljax.state.store import EntityStore
+
+    store = EntityStore(np.float64, precision)
+    keys = np.arange(5)
+    fids = np.tile(np.arange(3), (5, 1))
+    good = np.tile(np.eye(3), (5, 1, 1)) if precision == "full" else np.ones((5, 3))
+    store.write(keys, store.lookup(keys), fids, np.ones((5, 3)), good)
+    usage = store.row_usage()
+    for bad in (None, np.ones((5, 3, 3)) if precision == "diagonal" else np.ones((5, 3)), good[:4]):
+        with pytest.raises(ValueError, match="field 'precision'"):
+            store.write(np.arange(10, 15), np.full(5, -1), fids, np.ones((5, 3)), bad)
+        assert len(store) == 5 and 10 not in store and store.row_usage() == usage
+        store.check()
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_a_block_of_new_entities_gets_its_cold_full_prior_as_a_diagonal_with_the_same_results(native):
     """A block whose entities have no stored prior holds its cold prior precision as (E, D), not (E, D, D) of

@@ -107,8 +107,7 @@ class IntKeyIndex:
         """Forget every key whose slot is ``count`` or more (the table is rebuilt without them)."""
         keys, slots = self.items()
         keep = slots < count
-        self._count = 0
-        self._rehash(2 * int(keep.sum()), (keys[keep], slots[keep]))
+        self._rehash(2 * int(keep.sum()), (keys[keep], slots[keep]))  # (the table is replaced at its very end)
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """``(keys, slots)`` of every key held, in table order."""

@@ -678,6 +678,11 @@ class EntityStore:
         triangle."""
         if not len(pending):
             return
+        for fids, _, precision in pending.lanes:  # checked before anything is written
+            expected = {"full": fids.shape + fids.shape[1:], "diagonal": fids.shape}.get(str(self.precision))
+            if expected is not None and (precision is None or precision.shape != expected):
+                raise ValueError(f"field 'precision': the store keeps a {self.precision} precision, expected shape "
+                                 f"{expected}, got {None if precision is None else precision.shape}")
         keys = pending.keys[0] if len(pending) == 1 else np.concatenate(pending.keys)
         slots = self._register(keys, np.concatenate(pending.slots))
         starts = np.cumsum([0] + [len(k) for k in pending.keys])
@@ -697,9 +702,7 @@ class EntityStore:
         w, full = slab.width, self.precision == "full"
         for block, first, lanes in parts:
             fids, means, precision = pending.lanes[block]
-            if slab.has_precision and precision is None:
-                raise ValueError(f"field 'precision': the store keeps a {self.precision} precision, none was given")
-            precision = precision if slab.has_precision else None
+            precision = precision if slab.has_precision else None  # (write_pending checked its shape)
             block_rows = rows[first:first + len(lanes)]
             if kernels.enabled():
                 kernels.put_lanes(slab.field_chunks(), slab.chunk_start, block_rows, lanes, fids, means.astype(
