@@ -122,3 +122,17 @@ def test_a_store_registers_and_undoes_int_keys_through_its_index():
         store.lookup(np.array(["a"]))
     with pytest.raises(KeyError, match="not in the model"):
         store.get("a")
+
+
+def test_native_table_helpers_end_their_probes_in_a_full_table():
+    """hash_lookup and hash_insert on a table with no empty entry (IntKeyIndex never lets one fill up) end after
+    one pass over it: an absent key is -1, an insert is a ValueError, a held key is found."""
+    assert kernels.available(), f"the native helpers are not built: {kernels.build_error()}"
+    table_keys, table_slots = np.zeros(4, np.int64), np.full(4, -1, np.int64)
+    assert kernels.hash_insert(table_keys, table_slots, np.array([10, 11, 12, 13]), np.arange(4)) == -1
+    out = np.empty(3, np.int64)
+    kernels.hash_lookup(table_keys, table_slots, np.array([12, 99, 10]), out)
+    np.testing.assert_array_equal(out, [2, -1, 0])
+    with pytest.raises(ValueError, match="full"):
+        kernels.hash_insert(table_keys, table_slots, np.array([99]), np.array([4]))
+    assert kernels.hash_insert(table_keys, table_slots, np.array([11]), np.array([9])) == 0  # held: the clash

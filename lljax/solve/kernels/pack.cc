@@ -883,7 +883,16 @@ struct HashTable {
     shift = 64 - __builtin_ctzll(capacity);
     return true;
   }
-  uint64_t home(int64_t key) const { return (static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> shift; }
+  // The entry that holds `key`, else the first empty entry of its probe sequence; -1 when every entry holds
+  // another key (a full table).
+  int64_t find(int64_t key) const {
+    const int64_t *tk = keys.data<int64_t>(), *ts = slots.data<int64_t>();
+    uint64_t p = (static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> shift;
+    for (uint64_t probes = 0; probes <= mask; probes++, p = (p + 1) & mask) {
+      if (ts[p] < 0 || tk[p] == key) return static_cast<int64_t>(p);
+    }
+    return -1;
+  }
 };
 
 }  // namespace
@@ -902,13 +911,12 @@ PyObject* lljax_hash_lookup(PyObject*, PyObject* args) {
     return nullptr;
   }
   const int64_t n = keys.size();
-  const int64_t *k = keys.data<int64_t>(), *tk = table.keys.data<int64_t>(), *ts = table.slots.data<int64_t>();
+  const int64_t *k = keys.data<int64_t>(), *ts = table.slots.data<int64_t>();
   int64_t* o = out.data<int64_t>();
   Py_BEGIN_ALLOW_THREADS;
   for (int64_t i = 0; i < n; i++) {
-    uint64_t p = table.home(k[i]), probes = 0;
-    while (ts[p] >= 0 && tk[p] != k[i] && probes++ <= table.mask) p = (p + 1) & table.mask;
-    o[i] = ts[p] >= 0 && tk[p] == k[i] ? ts[p] : -1;  // an empty entry (or, in a full table, none) ends the probe
+    const int64_t p = table.find(k[i]);
+    o[i] = p >= 0 ? ts[p] : -1;  // an empty entry's slot is -1
   }
   Py_END_ALLOW_THREADS;
   Py_RETURN_NONE;
@@ -940,15 +948,14 @@ PyObject* lljax_hash_insert(PyObject*, PyObject* args) {
   bool full = false;
   Py_BEGIN_ALLOW_THREADS;
   for (int64_t i = 0; i < n && clash < 0 && !full; i++) {
-    uint64_t p = table.home(k[i]), probes = 0;
-    while (ts[p] >= 0 && tk[p] != k[i] && probes++ <= table.mask) p = (p + 1) & table.mask;
-    if (ts[p] < 0) {
-      tk[p] = k[i];
-      ts[p] = s[i];
-    } else if (tk[p] == k[i]) {
+    const int64_t p = table.find(k[i]);
+    if (p < 0) {
+      full = true;  // every entry held: the caller grows the table first (it keeps it at most half full)
+    } else if (ts[p] >= 0) {
       clash = i;
     } else {
-      full = true;  // every entry held: the caller grows the table first (it keeps it at most half full)
+      tk[p] = k[i];
+      ts[p] = s[i];
     }
   }
   Py_END_ALLOW_THREADS;
