@@ -399,8 +399,8 @@ def put_lanes(chunks: Sequence[list[np.ndarray] | None], chunk_start: np.ndarray
               feature_ids: np.ndarray, means: np.ndarray, precision: np.ndarray | None, *, full: bool, width: int
               ) -> None:
     """Write solver lanes of one exact width straight into a chunked store slab's rows, in one pass (C++, see
-    ``pack.cc``): what :meth:`lljax.state.store.EntityStore.rows_by_width` and the slab's ``put_fields`` do with
-    NumPy.
+    ``pack.cc``): what :meth:`lljax.state.store.EntityStore.write_pending` does with NumPy without the kernels (each
+    field's lanes taken, then the slab's ``put_fields``).
 
     Args:
       chunks: the slab's chunk lists of ``feature_ids`` (int64 ``(rows, w)`` each), ``means`` (``(rows, w)``) and

@@ -655,8 +655,8 @@ PyObject* lljax_move_rows(PyObject*, PyObject* args) {
 // lljax/state/store.py's slabs keep them (see move_rows): lane lanes[i] of the padded output (feature_ids and means
 // (e, W), precision (e, W, W) when kind = 2, (e, W) when kind = 1, none when kind = 0) goes to row rows[i]: its
 // first w ids and means, and its precision's w x w upper triangle row by row (kind 2) or first w diagonal entries
-// (kind 1). What EntityStore.rows_by_width and _Slab.put_fields do with NumPy (a copy per width, then one per
-// field), in one pass.
+// (kind 1). What EntityStore.write_pending does with NumPy without the kernels (each field's lanes taken, then
+// _Slab.put_fields), in one pass.
 namespace {
 
 struct Chunks {
