@@ -136,3 +136,51 @@ def test_native_table_helpers_end_their_probes_in_a_full_table():
     with pytest.raises(ValueError, match="full"):
         kernels.hash_insert(table_keys, table_slots, np.array([99]), np.array([4]))
     assert kernels.hash_insert(table_keys, table_slots, np.array([11]), np.array([9])) == 0  # held: the clash
+
+
+@pytest.mark.parametrize("keys", [np.arange(0, 300, 3), np.array([f"user-{i}" for i in range(100)])])
+def test_a_store_pickled_with_a_dict_map_loads_into_a_key_index(keys):
+    """A store pickled before the key index (its state holds a ``_slot_of`` dict) loads with its keys in an index."""
+    import pickle
+
+    store = EntityStore(np.float64, None)
+    store.write(keys, store.lookup(keys), np.zeros((len(keys), 1), np.int64), np.ones((len(keys), 1)), None)
+    state = store.__getstate__()
+    old = dict(state)
+    del old["_index"]
+    old["_slot_of"] = {k: i for i, k in enumerate(state["_keys"])}
+    loaded = EntityStore.__new__(EntityStore)
+    loaded.__setstate__(old)
+    loaded.check()
+    np.testing.assert_array_equal(loaded.lookup(keys[::-1]), np.arange(len(keys))[::-1])
+    assert isinstance(loaded._index, IntKeyIndex if keys.dtype.kind == "i" else DictKeyIndex)
+    again = pickle.loads(pickle.dumps(loaded))
+    again.check()
+    np.testing.assert_array_equal(again.lookup(keys), np.arange(len(keys)))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_an_interrupted_insert_keeps_none_of_its_keys(path, monkeypatch):
+    """An interrupt inside the table's insert (here: in the helper) leaves the index with none of the keys."""
+    _use(path, monkeypatch)
+    index = IntKeyIndex()
+    index.insert(np.arange(50), 0)
+
+    real, calls = kernels.hash_insert, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:  # the cleanup's own inserts run
+            return real(*args)
+        args[1][:] = np.where(args[1] < 0, 999, args[1])  # a half-done insert: entries taken
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kernels, "hash_insert", interrupted)
+    monkeypatch.setattr(IntKeyIndex, "_insert_numpy", lambda self, v, s: interrupted(self.table_keys,
+                                                                                      self.table_slots, v, s))
+    with pytest.raises(KeyboardInterrupt):
+        index.insert(np.arange(100, 110), 50)
+    monkeypatch.undo()
+    assert len(index) == 50 and not (index.table_slots >= 50).any()  # no entry of the interrupted insert is left
+    np.testing.assert_array_equal(index.lookup(np.arange(50)), np.arange(50))
+    np.testing.assert_array_equal(index.lookup(np.arange(100, 110)), -1)

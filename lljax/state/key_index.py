@@ -83,7 +83,8 @@ class IntKeyIndex:
 
         Raises:
           ValueError: a key repeated in ``keys`` or already held, or one that is not an int64 integer
-            (named); nothing is inserted then.
+            (named); nothing is inserted then (the native path inserts up to the clash, then takes those keys
+            out again).
         """
         values, ok = int64_keys(keys)
         if ok is not None:
@@ -94,17 +95,24 @@ class IntKeyIndex:
         if self._count + len(values) > len(self.table_slots) // 2:
             self._rehash(2 * (self._count + len(values)))
         slots = np.arange(first_slot, first_slot + len(values), dtype=np.int64)
-        if kernels.enabled():
-            clash = kernels.hash_insert(self.table_keys, self.table_slots, values, slots)
-        else:
-            clash = self._insert_numpy(values, slots)
-        if clash >= 0:  # the keys before it went in: take them out again
+        try:
+            if kernels.enabled():
+                clash = kernels.hash_insert(self.table_keys, self.table_slots, values, slots)
+            else:
+                clash = self._insert_numpy(values, slots)
+        except BaseException:  # (a full table, which the growth above rules out; an interrupt)
+            self.truncate(first_slot)
+            raise
+        if clash >= 0:  # the keys before it went in (native path): take them out again
             self.truncate(first_slot)
             raise ValueError(f"entity key {int(values[clash])} is repeated in one write or already held")
         self._count += len(values)
 
     def truncate(self, count: int) -> None:
-        """Forget every key whose slot is ``count`` or more (the table is rebuilt without them)."""
+        """Forget every key whose slot is ``count`` or more (the table is rebuilt without them, if it holds any)."""
+        if not (self.table_slots >= count).any():
+            self._count = int((self.table_slots >= 0).sum())
+            return
         keys, slots = self.items()
         keep = slots < count
         self._rehash(2 * int(keep.sum()), (keys[keep], slots[keep]))  # (the table is replaced at its very end)

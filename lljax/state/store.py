@@ -484,6 +484,16 @@ class EntityStore:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "_slot_of" in state:  # pickled before the key index: its dict becomes one
+            slot_of = state.pop("_slot_of")
+            keys = np.empty(len(state["_keys"]), object)
+            keys[:] = state["_keys"]
+            index: IntKeyIndex | DictKeyIndex | None = None
+            if len(keys):
+                index = IntKeyIndex() if state.get("key_kind") == "int" else DictKeyIndex()
+                index.insert(keys, 0)
+                assert len(slot_of) == len(keys), "a pickled store's keys and map agree"
+            state["_index"] = index
         self.__dict__.update(state)
         self._open = weakref.WeakSet()
 
@@ -683,6 +693,8 @@ class EntityStore:
             if expected is not None and (precision is None or precision.shape != expected):
                 raise ValueError(f"field 'precision': the store keeps a {self.precision} precision, expected shape "
                                  f"{expected}, got {None if precision is None else precision.shape}")
+        lanes = [(fids, means.astype(self.dtype, copy=False), None if precision is None or self.precision is None
+                  else precision.astype(self.dtype, copy=False)) for fids, means, precision in pending.lanes]
         keys = pending.keys[0] if len(pending) == 1 else np.concatenate(pending.keys)
         slots = self._register(keys, np.concatenate(pending.slots))
         starts = np.cumsum([0] + [len(k) for k in pending.keys])
@@ -692,22 +704,21 @@ class EntityStore:
             bounds = np.searchsorted(members, starts)  # members of block b: members[bounds[b]:bounds[b + 1]]
             parts = [(b, int(bounds[b]), members[bounds[b]:bounds[b + 1]] - starts[b])
                      for b in range(len(pending)) if bounds[b + 1] > bounds[b]]
-            self._write_width(slots[members], w, functools.partial(self._put_lanes, pending=pending, parts=parts))
+            self._write_width(slots[members], w, functools.partial(self._put_lanes, blocks=lanes, parts=parts))
 
-    def _put_lanes(self, slab: _Slab, rows: np.ndarray, pending: PendingWrites,
+    def _put_lanes(self, slab: _Slab, rows: np.ndarray, blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
                    parts: list[tuple[int, int, np.ndarray]]) -> None:
-        """Write the lanes ``parts`` (``(block, first position in rows, lanes)`` each) of ``pending`` into ``slab`` at
-        ``rows``: by the native helper (:func:`lljax.solve.kernels.put_lanes`, one pass) when it is enabled, else by
-        NumPy (each field's rows taken, then written), with the same result."""
+        """Write the lanes ``parts`` (``(block, first position in rows, lanes)`` each) of ``blocks`` (each
+        ``(feature_ids, means, precision)`` padded lanes in the store's dtype) into ``slab`` at ``rows``: by the native
+        helper (:func:`lljax.solve.kernels.put_lanes`, one pass) when it is enabled, else by NumPy (each field's rows
+        taken, then written), with the same result."""
         w, full = slab.width, self.precision == "full"
         for block, first, lanes in parts:
-            fids, means, precision = pending.lanes[block]
-            precision = precision if slab.has_precision else None  # (write_pending checked its shape)
+            fids, means, precision = blocks[block]  # (write_pending checked the precision's shape)
             block_rows = rows[first:first + len(lanes)]
             if kernels.enabled():
-                kernels.put_lanes(slab.field_chunks(), slab.chunk_start, block_rows, lanes, fids, means.astype(
-                    self.dtype, copy=False), None if precision is None else precision.astype(self.dtype, copy=False),
-                    full=full, width=w)
+                kernels.put_lanes(slab.field_chunks(), slab.chunk_start, block_rows, lanes, fids, means, precision,
+                                  full=full, width=w)
                 continue
             fields = {"feature_ids": fids[lanes, :w], "means": means[lanes, :w]}
             if precision is not None:
@@ -750,9 +761,10 @@ class EntityStore:
         """Give the keys with slot -1 new slots (width 0: no row yet); return all slots.
 
         Ordered so that an interrupt between any two steps leaves a state :meth:`restore` undoes:
-        the per-slot arrays are grown before any key refers to them, the key-to-slot map checks the keys
-        (distinct, not held) before it takes any, and the key list is extended last (:meth:`restore`
-        truncates the map to the list's length)."""
+        the per-slot arrays are grown before any key refers to them, the key-to-slot map takes the keys
+        (distinct, not held: else a ValueError, and it keeps none of them), and the key list is extended
+        last (:meth:`restore` forgets every key whose slot is past the snapshot's count, whether the list
+        has it or not)."""
         new = slots < 0
         if not new.any():
             return slots
@@ -772,7 +784,7 @@ class EntityStore:
         if index is None:
             index = IntKeyIndex() if kind == "int" else DictKeyIndex()
         try:
-            index.insert(new_keys, first_new)  # checked first: nothing is inserted if it raises
+            index.insert(new_keys, first_new)  # nothing of it is kept if it raises
         except ValueError as exc:
             raise ValueError(f"field 'keys': {exc}") from None
         self._index = index
