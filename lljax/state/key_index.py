@@ -73,7 +73,7 @@ class IntKeyIndex:
         if kernels.enabled():
             kernels.hash_lookup(self.table_keys, self.table_slots, values, out)
         else:
-            self._lookup_numpy(values, out)
+            _lookup_numpy(self.table_keys, self.table_slots, values, out)
         if ok is not None:
             out[~ok] = -1
         return out
@@ -133,21 +133,6 @@ class IntKeyIndex:
         assert clash < 0, "the keys held are distinct"
         self.table_keys, self.table_slots, self._count = table_keys, table_slots, len(keys)
 
-    def _lookup_numpy(self, values: np.ndarray, out: np.ndarray) -> None:
-        table_keys, table_slots = self.table_keys, self.table_slots
-        mask = len(table_slots) - 1
-        out[:] = -1
-        position = _home(values, len(table_slots))
-        todo = np.arange(len(values))
-        while len(todo):
-            p = position[todo]
-            slot = table_slots[p]
-            hit = (slot >= 0) & (table_keys[p] == values[todo])
-            out[todo[hit]] = slot[hit]
-            go_on = (slot >= 0) & ~hit
-            todo = todo[go_on]
-            position[todo] = (p[go_on] + 1) & mask
-
     def _insert_numpy(self, values: np.ndarray, slots: np.ndarray) -> int:
         return _insert_numpy(self.table_keys, self.table_slots, values, slots)
 
@@ -157,6 +142,22 @@ def _home(values: np.ndarray, capacity: int) -> np.ndarray:
     shift = np.uint64(64 - (capacity.bit_length() - 1))
     with np.errstate(over="ignore"):
         return ((values.view(np.uint64) * _GOLDEN) >> shift).astype(np.int64)
+
+
+def _lookup_numpy(table_keys: np.ndarray, table_slots: np.ndarray, values: np.ndarray, out: np.ndarray) -> None:
+    """``out[i]``: the slot of ``values[i]`` in the table, or -1; all keys probe together, a round per probe step."""
+    mask = len(table_slots) - 1
+    out[:] = -1
+    position = _home(values, len(table_slots))
+    todo = np.arange(len(values))
+    while len(todo):
+        p = position[todo]
+        slot = table_slots[p]
+        hit = (slot >= 0) & (table_keys[p] == values[todo])
+        out[todo[hit]] = slot[hit]
+        go_on = (slot >= 0) & ~hit
+        todo = todo[go_on]
+        position[todo] = (p[go_on] + 1) & mask
 
 
 def _insert_numpy(table_keys: np.ndarray, table_slots: np.ndarray, values: np.ndarray, slots: np.ndarray) -> int:
@@ -171,9 +172,7 @@ def _insert_numpy(table_keys: np.ndarray, table_slots: np.ndarray, values: np.nd
         repeated[first] = False
         return int(np.argmax(repeated))
     held = np.empty(len(values), np.int64)
-    index = IntKeyIndex.__new__(IntKeyIndex)
-    index.table_keys, index.table_slots = table_keys, table_slots
-    index._lookup_numpy(values, held)
+    _lookup_numpy(table_keys, table_slots, values, held)
     if (held >= 0).any():
         return int(np.argmax(held >= 0))
     position = _home(values, len(table_slots))
@@ -192,7 +191,7 @@ def _insert_numpy(table_keys: np.ndarray, table_slots: np.ndarray, values: np.nd
 
 
 class DictKeyIndex:
-    """Any hashable key -> slot, in a dict (the store's string keys)."""
+    """Any hashable key -> slot, in a dict (the store's keys that are not integers: strings)."""
 
     def __init__(self) -> None:
         self._slot_of: dict[Any, int] = {}

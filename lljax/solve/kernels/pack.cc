@@ -589,6 +589,53 @@ PyObject* lljax_scatter_priors(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+namespace {
+
+// The chunks of one field of a store slab (lljax/state/store.py), chunk c a C-contiguous buffer of format `code`
+// holding rows chunk_start[c] to chunk_start[c + 1] - 1, each of `row_items` items (not checked when < 0); `who`
+// names the caller in errors. Views held until destruction; base[c] is chunk c's first byte.
+struct Chunks {
+  std::unique_ptr<View[]> views;
+  std::vector<char*> base;
+  // False with a Python error set.
+  bool get(PyObject* list, const char* who, const char* name, char code, const int64_t* st, Py_ssize_t C,
+           int64_t row_items, bool writable) {
+    if (!PyList_Check(list) || PyList_GET_SIZE(list) != C) {
+      PyErr_Format(PyExc_ValueError, "%s: %s is not a list of %lld chunks", who, name, (long long)C);
+      return false;
+    }
+    views.reset(new (std::nothrow) View[C]);
+    if (!views) {
+      PyErr_NoMemory();
+      return false;
+    }
+    try {
+      base.resize(static_cast<size_t>(C));
+    } catch (const std::exception&) {
+      PyErr_NoMemory();
+      return false;
+    }
+    const char allowed[2] = {code, 0};
+    for (Py_ssize_t c = 0; c < C; c++) {
+      if (!views[c].get(PyList_GET_ITEM(list, c), name, allowed, writable)) return false;
+      if (st[c] > st[c + 1] || (row_items >= 0 && views[c].size() != (st[c + 1] - st[c]) * row_items)) {
+        PyErr_Format(PyExc_ValueError, "%s: %s chunk %lld does not hold rows %lld to %lld of %lld items", who, name,
+                     (long long)c, (long long)st[c], (long long)st[c + 1], (long long)row_items);
+        return false;
+      }
+      base[c] = static_cast<char*>(views[c].buffer.buf);
+    }
+    return true;
+  }
+};
+
+// The chunk that holds row r (chunk_start non-decreasing, r in [st[0], st[C])).
+inline int64_t chunk_of(const int64_t* st, int64_t C, int64_t r) {
+  return std::upper_bound(st, st + C + 1, r) - st - 1;
+}
+
+}  // namespace
+
 // move_rows(chunks, chunk_start, rows, flat, into_chunks): copies whole rows between a chunked array and a flat one,
 // as lljax/state/store.py's slabs keep their fields: chunk c (a C-contiguous array) holds rows chunk_start[c] to
 // chunk_start[c + 1] - 1, all chunks and `flat` having the same element format and row length. into_chunks: row i
@@ -611,24 +658,11 @@ PyObject* lljax_move_rows(PyObject*, PyObject* args) {
     return nullptr;
   }
   const Py_ssize_t row_bytes = k > 0 ? flat.buffer.len / k : 0;
-  std::unique_ptr<View[]> views(new (std::nothrow) View[C]);
-  std::vector<char*> base;
-  try {
-    base.resize(static_cast<size_t>(C));
-  } catch (const std::exception&) {
-    return PyErr_NoMemory();
+  Chunks chunks;
+  if (!chunks.get(o_chunks, "move_rows", "chunk", code, st, C, k > 0 ? row_bytes / flat.buffer.itemsize : -1, into)) {
+    return nullptr;
   }
-  if (!views) return PyErr_NoMemory();
-  const char allowed[2] = {code, 0};
-  for (Py_ssize_t c = 0; c < C; c++) {
-    if (!views[c].get(PyList_GET_ITEM(o_chunks, c), "chunk", allowed, into)) return nullptr;
-    if (st[c] > st[c + 1] || (k > 0 && views[c].buffer.len != (st[c + 1] - st[c]) * row_bytes)) {
-      PyErr_Format(PyExc_ValueError, "move_rows: chunk %lld does not hold rows %lld to %lld of the flat rows' length",
-                   (long long)c, (long long)st[c], (long long)st[c + 1]);
-      return nullptr;
-    }
-    base[c] = static_cast<char*>(views[c].buffer.buf);
-  }
+  const std::vector<char*>& base = chunks.base;
   const int64_t* r = rows.data<int64_t>();
   const int64_t first = C > 0 ? st[0] : 0, last = C > 0 ? st[C] : 0;
   for (int64_t i = 0; i < k; i++) {  // bounds once, so that the copy cannot leave its buffers
@@ -641,7 +675,7 @@ PyObject* lljax_move_rows(PyObject*, PyObject* args) {
   char* f = static_cast<char*>(flat.buffer.buf);
   Py_BEGIN_ALLOW_THREADS;
   for (int64_t i = 0; i < k; i++) {
-    const int64_t c = std::upper_bound(st, st + C + 1, r[i]) - st - 1;  // the chunk that holds row r[i]
+    const int64_t c = chunk_of(st, C, r[i]);
     char* slot = base[c] + (r[i] - st[c]) * row_bytes;
     if (into) std::memcpy(slot, f + i * row_bytes, row_bytes);
     else std::memcpy(f + i * row_bytes, slot, row_bytes);
@@ -659,48 +693,13 @@ PyObject* lljax_move_rows(PyObject*, PyObject* args) {
 // _Slab.put_fields), in one pass.
 namespace {
 
-struct Chunks {
-  std::unique_ptr<View[]> views;
-  std::vector<char*> base;
-  // The chunks of one field, chunk c holding chunk_start[c + 1] - chunk_start[c] rows of `row_items` items of
-  // format `code`; false with a Python error set.
-  bool get(PyObject* list, const char* name, char code, const int64_t* st, Py_ssize_t C, int64_t row_items) {
-    if (!PyList_Check(list) || PyList_GET_SIZE(list) != C) {
-      PyErr_Format(PyExc_ValueError, "put_lanes: %s is not a list of %lld chunks", name, (long long)C);
-      return false;
-    }
-    views.reset(new (std::nothrow) View[C]);
-    if (!views) {
-      PyErr_NoMemory();
-      return false;
-    }
-    try {
-      base.resize(static_cast<size_t>(C));
-    } catch (const std::exception&) {
-      PyErr_NoMemory();
-      return false;
-    }
-    const char allowed[2] = {code, 0};
-    for (Py_ssize_t c = 0; c < C; c++) {
-      if (!views[c].get(PyList_GET_ITEM(list, c), name, allowed, true)) return false;
-      if (views[c].size() != (st[c + 1] - st[c]) * row_items) {
-        PyErr_Format(PyExc_ValueError, "put_lanes: %s chunk %lld does not hold rows %lld to %lld of %lld items", name,
-                     (long long)c, (long long)st[c], (long long)st[c + 1], (long long)row_items);
-        return false;
-      }
-      base[c] = static_cast<char*>(views[c].buffer.buf);
-    }
-    return true;
-  }
-};
-
 template <typename T>
 void put_lanes_typed(const Chunks& fid, const Chunks& mean, const Chunks* prec, const int64_t* st, int64_t C,
                      const int64_t* rows, const int64_t* lanes, int64_t m, const int64_t* fids, const T* means,
                      const T* precision, int kind, int64_t W, int64_t w) {
   const int64_t tri = w * (w + 1) / 2;
   for (int64_t i = 0; i < m; i++) {
-    const int64_t c = std::upper_bound(st, st + C + 1, rows[i]) - st - 1;
+    const int64_t c = chunk_of(st, C, rows[i]);
     const int64_t at = rows[i] - st[c], lane = lanes[i];
     std::memcpy(reinterpret_cast<int64_t*>(fid.base[c]) + at * w, fids + lane * W, w * sizeof(int64_t));
     std::memcpy(reinterpret_cast<T*>(mean.base[c]) + at * w, means + lane * W, w * sizeof(T));
@@ -752,16 +751,11 @@ PyObject* lljax_put_lanes(PyObject*, PyObject* args) {
     PyErr_SetString(PyExc_ValueError, "put_lanes: empty chunk_start");
     return nullptr;
   }
-  for (Py_ssize_t c = 0; c < C; c++) {
-    if (st[c] > st[c + 1]) {
-      PyErr_SetString(PyExc_ValueError, "put_lanes: chunk_start decreases");
-      return nullptr;
-    }
-  }
   Chunks fid_chunks, mean_chunks, prec_chunks;
-  if (!fid_chunks.get(o_fid_chunks, "feature_ids", 'q', st, C, w) ||
-      !mean_chunks.get(o_mean_chunks, "means", code, st, C, w) ||
-      (kind != 0 && !prec_chunks.get(o_prec_chunks, "precision", code, st, C, kind == 2 ? w * (w + 1) / 2 : w))) {
+  if (!fid_chunks.get(o_fid_chunks, "put_lanes", "feature_ids", 'q', st, C, w, true) ||
+      !mean_chunks.get(o_mean_chunks, "put_lanes", "means", code, st, C, w, true) ||
+      (kind != 0 && !prec_chunks.get(o_prec_chunks, "put_lanes", "precision", code, st, C,
+                                     kind == 2 ? w * (w + 1) / 2 : w, true))) {
     return nullptr;
   }
   const int64_t *r = rows.data<int64_t>(), *l = lanes.data<int64_t>();
