@@ -110,7 +110,7 @@ inline int64_t wide_workspace_ints(int64_t N, int64_t K, int64_t D) { return D +
 // Elements of T the kernel needs as workspace per thread (one group at a time).
 inline int64_t workspace_size(int64_t N, int64_t D, int lanes) {
   const int64_t Dp = (D + 3) / 4 * 4;
-  return (2 * N * Dp + 12 * N + Dp * Dp + 2 * D * D + 12 * D + 64) * lanes + 1024 + 5 * Dp + 64;  // + rows scratch
+  return (2 * N * Dp + 12 * N + Dp * Dp + 3 * D * D + 16 * D + 72) * lanes + 1024 + 5 * Dp + 64;  // + rows scratch
 }
 
 #define LLJAX_DECLARE_ISA(ns)                                                                          \

@@ -294,8 +294,10 @@ struct Group : Features<kD> {
   // (N, Dp, W): X and X scaled by the curvature; (N, W): rows; (Dp, Dp, W): X^T diag(c) X (lower);
   // (D, D, W) or (D, W): A; (D, D, W): Cholesky factor; (D, W): vectors.
   // ath, att: A theta at th and at the trial point tt (kept with them so that the penalty costs one
-  // D x D product per trial and none per gradient).
-  T *x, *xc, *y, *w, *m, *mt, *xp, *e, *et, *r, *c, *v, *S, *A, *L, *b, *th, *tt, *g, *gn, *p, *Ap, *ath, *att, *th0;
+  // D x D product per trial and none per gradient). As (D, D, W), full A only: the lower triangle of
+  // sym(A) = (A + A^T) / 2, which every Newton step adds to S (A is the same at every step).
+  T *x, *xc, *y, *w, *m, *mt, *xp, *e, *et, *r, *c, *v, *S, *A, *As, *L, *panel, *b, *th, *tt, *g, *gn, *p, *Ap, *ath,
+      *att, *th0;
   T* present;  // (D, W): 1 for a feature on the lane's mask, else 0
   // Scratch of load_rows (Dp each, zero between rows): a row's sums by column, its columns, and whether a
   // column is among them.
@@ -303,6 +305,7 @@ struct Group : Features<kD> {
   int64_t* touched;
   unsigned char* seen;
   T cst[W];
+  T a_nonfinite[W];  // per lane: 0 if every entry of A is finite, else NaN (a sum of a * 0)
   bool unit_labels;
   Ahead ahead;
 
@@ -329,7 +332,9 @@ struct Group : Features<kD> {
     v = take(NW);
     S = take(Dp * Dp * W);
     A = take(D * D * W);
+    As = take(D * D * W);
     L = take((D + 1) * D * W);  // the factor, and the forward solve in row D
+    panel = take((D + 1) * 4 * W);  // a panel's columns before they are scaled (direction())
     b = take(D * W);
     th = take(D * W);
     tt = take(D * W);
@@ -398,6 +403,19 @@ struct Group : Features<kD> {
     }
     const V c = T(0.5) * delta * quad;
     for (int l = 0; l < W; l++) cst[l] = c[l];
+    // What every step's Hessian takes from A: whether A is finite, and (full A) the lower triangle of sym(A),
+    // as a / 2 + a^T / 2 (which lies between a and a^T, so that it overflows only where they do).
+    V nonfinite = zero;
+    if (full_A) {
+      V* as = reinterpret_cast<V*>(As);
+      for (int64_t i = 0; i < D; i++) {
+        for (int64_t j = 0; j < D; j++) nonfinite += Av[i * D + j] * zero;
+        for (int64_t j = 0; j < i; j++) as[i * D + j] = T(0.5) * Av[i * D + j] + T(0.5) * Av[j * D + i];
+      }
+    } else {
+      for (int64_t i = 0; i < D; i++) nonfinite += Av[i] * zero;
+    }
+    for (int l = 0; l < W; l++) a_nonfinite[l] = nonfinite[l];
   }
 
   // The results of the group's entities (lane l: entity ent[l], if valid[l]), as lljax.solve.iteration.finish:
@@ -686,6 +704,68 @@ struct Group : Features<kD> {
     }
   }
 
+  // Columns kb .. kb + 3 of direction()'s L D L^T factorization (the operations of its column loop, in the same
+  // order): the 4 x 4 diagonal block in registers, pivot after pivot (the step's critical path: a division, a
+  // product and an update per pivot, no store and load between them), then the rows below it, which are
+  // independent of each other. ok: the lanes whose pivots are all > 0 so far (updated).
+  template <typename M>
+  inline void factor_panel(int64_t kb, M& ok) {
+    typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));
+    const V zero = {}, one = zero + T(1);
+    V* Lv = reinterpret_cast<V*>(L);
+    V* U = reinterpret_cast<V*>(panel);
+    V* r0 = Lv + kb * D + kb;  // row kb from column kb; rows kb + 1 .. kb + 3 follow at strides of D
+    V* r1 = r0 + D;
+    V* r2 = r1 + D;
+    V* r3 = r2 + D;
+    const auto inverse = [&ok, zero, one](V d) {  // 1 / d; a pivot that is not > 0 (or NaN) fails the lane
+      const M pos = d > zero;
+      ok &= pos;
+      return one / (pos ? d : one);
+    };
+    // u_ij: the entries before scaling (kept in U), l_ij = u_ij / d_j.
+    const V u10 = r1[0], u20 = r2[0], u30 = r3[0];
+    const V i0 = inverse(r0[0]);
+    const V l10 = u10 * i0, l20 = u20 * i0, l30 = u30 * i0;
+    V a11 = r1[1], a21 = r2[1], a31 = r3[1], a22 = r2[2], a32 = r3[2], a33 = r3[3];
+    a11 -= l10 * u10;
+    a21 -= l20 * u10;
+    a22 -= l20 * u20;
+    a31 -= l30 * u10;
+    a32 -= l30 * u20;
+    a33 -= l30 * u30;
+    const V i1 = inverse(a11);
+    const V l21 = a21 * i1, l31 = a31 * i1;
+    a22 -= l21 * a21;
+    a32 -= l31 * a21;
+    a33 -= l31 * a31;
+    const V i2 = inverse(a22);
+    const V l32 = a32 * i2;
+    a33 -= l32 * a32;
+    const V i3 = inverse(a33);
+    r1[0] = l10, r1[1] = a11;  // the block: l below the diagonal, the pivots on it (U is read below it only)
+    r2[0] = l20, r2[1] = l21, r2[2] = a22;
+    r3[0] = l30, r3[1] = l31, r3[2] = l32, r3[3] = a33;
+    for (int64_t i = kb + 4; i <= D; i++) {  // the rows below (and row D, the forward solve)
+      V* ri = Lv + i * D + kb;
+      const V a0 = ri[0];
+      const V m0 = a0 * i0;
+      V a1 = ri[1], a2 = ri[2], a3 = ri[3];
+      a1 -= m0 * u10;
+      a2 -= m0 * u20;
+      a3 -= m0 * u30;
+      const V m1 = a1 * i1;
+      a2 -= m1 * a21;
+      a3 -= m1 * a31;
+      const V m2 = a2 * i2;
+      a3 -= m2 * a32;
+      const V m3 = a3 * i3;
+      ri[0] = m0, ri[1] = m1, ri[2] = m2, ri[3] = m3;
+      V* ui = U + i * 4;
+      ui[0] = a0, ui[1] = a1, ui[2] = a2, ui[3] = a3;
+    }
+  }
+
   // p = -(sym(H) + mu I)^-1 g by Cholesky, H = S + A; p = NaN for lanes where H is non-finite or the
   // factorization fails. Right-looking (panel) factorization, which also performs the forward solve (g as an
   // extra row), then a row-oriented back solve; every vector op covers the W lanes.
@@ -697,59 +777,59 @@ struct Group : Features<kD> {
     const V* Sv = reinterpret_cast<const V*>(S);
     const V* Av = reinterpret_cast<const V*>(A);
     V* pv = reinterpret_cast<V*>(p);
-    V* inv = reinterpret_cast<V*>(Ap);  // (D,) inverse diagonal of the factor
     const V* gv = reinterpret_cast<const V*>(g);
     V hmax = zero - __builtin_inf();
-    // L <- lower triangle of sym(H); finiteness over the full H = S + A, as sums of h * 0 (0 for every
-    // finite h, NaN once any h is infinite or NaN), one per row so that the rows' add chains overlap;
-    // max of diag H (NaN propagates).
-    V nonfinite = zero;
+    // L <- lower triangle of sym(H) = S + sym(A); max of diag H (NaN propagates). A lane whose H is not
+    // finite fails: A was checked once (a_nonfinite), the diagonal is checked here (as sums of h * 0: 0 for
+    // every finite h, NaN once any h is infinite or NaN), and a non-finite entry below it fails the
+    // factorization below: it makes its entry of the factor non-finite (the operations that follow keep it so),
+    // whose square then makes its row's pivot -inf or NaN, not > 0.
+    const V* As_v = reinterpret_cast<const V*>(As);
+    V nonfinite = *reinterpret_cast<const V*>(a_nonfinite);
     for (int64_t i = 0; i < D; i++) {
       const V h = Sv[i * Dp + i] + (full_A ? Av[i * D + i] : Av[i]);
-      V row = h * zero;
-      for (int64_t j = 0; j < i; j++) {
-        const V s = Sv[i * Dp + j];
-        if (full_A) {
-          const V aij = Av[i * D + j], aji = Av[j * D + i];
-          row += (s + aij) * zero + (s + aji) * zero;
-          Lv[i * D + j] = s + T(0.5) * (aij + aji);
-        } else {
-          row += s * zero;
-          Lv[i * D + j] = s;
-        }
+      nonfinite += h * zero;
+      if (full_A) {
+        for (int64_t j = 0; j < i; j++) Lv[i * D + j] = Sv[i * Dp + j] + As_v[i * D + j];
+      } else {
+        for (int64_t j = 0; j < i; j++) Lv[i * D + j] = Sv[i * Dp + j];
       }
-      nonfinite += row;
       Lv[i * D + i] = h;
       hmax = (h > hmax) | (h != h) ? h : hmax;
     }
     M ok = nonfinite == zero;
     const V mu = T(__builtin_sqrt(Eps<T>::value)) * hmax + Eps<T>::value;
     for (int64_t i = 0; i < D; i++) Lv[i * D + i] += mu;
-    // g as row D of L: the factorization's updates of that row are the forward solve L z = g (the same
-    // operations in the same order as a separate column-oriented solve), off its critical path.
+    // g as row D of L: the factorization's updates of that row are the forward solve (the same operations in
+    // the same order as a separate column-oriented solve), off its critical path.
     for (int64_t j = 0; j < D; j++) Lv[D * D + j] = gv[j];
-    // Right-looking Cholesky in panels of 4 columns: each panel is factored column by column, then the
-    // trailing matrix gets the panel's 4 rank-1 updates in one pass (each element loaded and stored once
-    // per panel instead of once per column; the same operations in the same order as column by column).
+    // Right-looking L D L^T (L unit lower, D the pivots: the Cholesky factor is L sqrt(D), without its square
+    // roots, whose latency was most of a step's at a few rows) in panels of 4 columns: each panel is factored
+    // column by column, then the trailing matrix gets the panel's 4 rank-1 updates in one pass (each element
+    // loaded and stored once per panel instead of once per column). Column k of the panel scales its entries
+    // a_ik to l_ik = a_ik / d_k and keeps a_ik in U (row i, slot k - kb) for the updates a_ij -= l_ik a_jk.
+    // Row D ends as y = D^-1 L^-1 g.
     constexpr int64_t kPanel = 4;
+    V* U = reinterpret_cast<V*>(panel);  // (D + 1, kPanel)
     for (int64_t kb = 0; kb < D; kb += kPanel) {
       const int64_t ke = kb + kPanel < D ? kb + kPanel : D;
+      if (ke - kb == kPanel) {
+        factor_panel(kb, ok);
+      } else {
       for (int64_t k = kb; k < ke; k++) {
         const V d = Lv[k * D + k];  // a pivot that is not > 0 (or NaN) fails the lane
         const M pos = d > zero;
         ok &= pos;
-        const V dd = pos ? d : one;
-        V sq;
-        for (int l = 0; l < W; l++) sq[l] = __builtin_sqrt(dd[l]);
-        Lv[k * D + k] = sq;
-        const V ik = one / sq;
-        inv[k] = ik;
+        const V rk = one / (pos ? d : one);
         for (int64_t i = k + 1; i <= D; i++) {  // column k scaled, and its update of the panel's other columns
-          const V lik = Lv[i * D + k] * ik;
+          const V aik = Lv[i * D + k];
+          U[i * kPanel + (k - kb)] = aik;
+          const V lik = aik * rk;
           Lv[i * D + k] = lik;
           const int64_t je = i < ke - 1 ? i : ke - 1;
-          for (int64_t j = k + 1; j <= je; j++) Lv[i * D + j] -= lik * Lv[j * D + k];
+          for (int64_t j = k + 1; j <= je; j++) Lv[i * D + j] -= lik * U[j * kPanel + (k - kb)];
         }
+      }
       }
       const int64_t width = ke - kb;
       for (int64_t i = ke; i <= D; i++) {  // trailing rows and columns (>= ke)
@@ -758,31 +838,31 @@ struct Group : Features<kD> {
         if (width == kPanel) {
           const V l0 = li[0], l1 = li[1], l2 = li[2], l3 = li[3];
           for (int64_t j = ke; j <= je; j++) {
-            const V* lj = Lv + j * D + kb;
+            const V* uj = U + j * kPanel;
             V a = Lv[i * D + j];
-            a -= l0 * lj[0];
-            a -= l1 * lj[1];
-            a -= l2 * lj[2];
-            a -= l3 * lj[3];
+            a -= l0 * uj[0];
+            a -= l1 * uj[1];
+            a -= l2 * uj[2];
+            a -= l3 * uj[3];
             Lv[i * D + j] = a;
           }
         } else {
           for (int64_t j = ke; j <= je; j++) {
-            const V* lj = Lv + j * D + kb;
+            const V* uj = U + j * kPanel;
             V a = Lv[i * D + j];
-            for (int64_t q = 0; q < width; q++) a -= li[q] * lj[q];
+            for (int64_t q = 0; q < width; q++) a -= li[q] * uj[q];
             Lv[i * D + j] = a;
           }
         }
       }
     }
-    // L^T q = z, z = row D; row-oriented (each q_i one chain of updates, in the order of a column-oriented
+    // L^T q = y, y = row D; row-oriented (each q_i one chain of updates, in the order of a column-oriented
     // solve: q_{D-1} first), so that the rows' chains overlap.
     const V* z = Lv + D * D;
     for (int64_t i = D - 1; i >= 0; i--) {
       V a = z[i];
       for (int64_t k = D - 1; k > i; k--) a -= Lv[k * D + i] * pv[k];
-      pv[i] = a * inv[i];
+      pv[i] = a;
     }
     const V nan = zero + __builtin_nan("");
     for (int64_t i = 0; i < D; i++) pv[i] = ok ? -pv[i] : nan;
