@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from lljax import Dataset, RandomEffectModel
+from lljax import Dataset, RandomEffectModel, Status
 from lljax.data.dataset import _encode_entities, prepend_intercept
-from lljax.rounds.plan import padded_features
+from lljax.rounds import plan as plan_module
+from lljax.rounds.plan import padded_features, plan_blocks
 from lljax.rounds.subspaces import local_subspaces
 from lljax.state import store as _store
 from lljax.state.store import EntityStore, pack_upper, unpack_upper
@@ -141,6 +142,63 @@ def test_store_keeps_every_entity_across_chunks_and_width_changes(monkeypatch, p
 def test_padded_feature_counts():
     got = padded_features(np.array([1, 2, 3, 5, 8, 9, 12, 13, 16, 17, 24, 25, 33, 48, 49, 64, 65]))
     np.testing.assert_array_equal(got, [1, 2, 4, 8, 8, 12, 12, 16, 16, 24, 24, 32, 48, 48, 64, 64, 96])
+
+
+def test_large_buckets_of_uncompiled_blocks_keep_their_feature_counts():
+    # 1100 entities of 9 features and 50 of 10 (both padded to 12), 1100 of 9 with more rows, 1100 of 20 (24)
+    features = np.array([9] * 1100 + [10] * 50 + [9] * 1100 + [20] * 1100)
+    rows = np.array([3] * 1150 + [40] * 1100 + [3] * 1100)
+
+    def planned(compiles):
+        plans = plan_blocks(rows, features, 1 << 30, lambda r, f: ("newton", None, 1000), compiles)
+        widths = np.zeros(len(features), np.int64)
+        for plan in plans:
+            widths[plan.entities] = plan.features
+        return widths
+
+    padded = padded_features(features)
+    np.testing.assert_array_equal(planned(None), padded)  # the default: every block may be compiled
+    np.testing.assert_array_equal(planned(lambda r, f: True), padded)
+    exact = planned(lambda r, f: False)
+    np.testing.assert_array_equal(exact, np.where(features == 10, 12, features))  # 50 < EXACT_MIN_LANES: padded
+    only_long = planned(lambda r, f: r < 64)  # the blocks of 4 padded rows are compiled, those of 64 are not
+    np.testing.assert_array_equal(only_long, np.where(rows == 40, features, padded))
+
+
+@pytest.mark.parametrize("hessian", ["full", "diagonal"])
+def test_unpadded_blocks_solve_as_padded_ones(monkeypatch, hessian):
+    """Every bucket unpadded (odd feature counts: the kernel's variant for any count, and panels narrower than 4)
+    against the padded plan: the same problems, so the same statuses and, to the solver's tolerance, the same
+    means and precisions (padding features only shift the damping, which scales with the largest diagonal)."""
+    rng = np.random.default_rng(8)
+    U = 300
+    rows_per = rng.integers(1, 20, U)
+    entity = np.repeat(np.arange(U), rows_per)
+    n = len(entity)
+    own = [rng.choice(np.arange(1, 60), rng.integers(1, 14), replace=False) for _ in range(U)]
+    nnz = np.array([len(own[e]) for e in entity])
+    fids = np.concatenate([own[e] for e in entity])
+    data = Dataset.from_arrays(entity, (rng.random(n) < 0.4).astype(float), indptr=np.r_[0, np.cumsum(nnz)],
+                               feature_ids=fids, values=rng.normal(size=len(fids)), num_features=60,
+                               intercept_id=0)
+
+    def fit(min_lanes: int):
+        monkeypatch.setattr(plan_module, "EXACT_MIN_LANES", min_lanes)
+        model = RandomEffectModel("logistic", l2=0.5, hessian=hessian)
+        reports = [model.update(data), model.update(data)]  # the second with stored (full) priors
+        table = model.to_table()  # in the store's order, which follows the blocks': sorted by entity and feature
+        order = np.lexsort((table["feature_id"], table["entity"]))
+        return {name: np.asarray(table[name])[order] for name in ("entity", "feature_id", "mean", "variance")}, \
+            reports
+
+    (padded, padded_reports), (exact, exact_reports) = fit(1 << 30), fit(1)
+    for a, b in zip(padded_reports, exact_reports):
+        np.testing.assert_array_equal(a.status, b.status)
+        assert set(a.status.tolist()) == {Status.CONVERGED}
+    np.testing.assert_array_equal(padded["entity"], exact["entity"])
+    np.testing.assert_array_equal(padded["feature_id"], exact["feature_id"])
+    np.testing.assert_allclose(exact["mean"], padded["mean"], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(exact["variance"], padded["variance"], rtol=1e-8, atol=1e-12)
 
 
 def test_block_restricted_lookups_equal_global_ones():

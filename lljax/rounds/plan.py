@@ -21,6 +21,9 @@ __all__ = ["BlockPlan", "plan_blocks", "padded_features", "MIN_ROWS", "MIN_LANES
 # Smallest padded sizes: tiny buckets cost little to pad and each distinct shape costs a compile.
 MIN_ROWS = 4
 MIN_LANES = 8
+# Entities of one row bucket and one feature count that get blocks of their own feature count, where the blocks
+# of their padded width compile nothing (see plan_blocks): fewer would cost more in blocks than padding does.
+EXACT_MIN_LANES = 1024
 
 
 class BlockPlan(NamedTuple):
@@ -49,11 +52,18 @@ def padded_features(features: np.ndarray) -> np.ndarray:
 
 
 def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, memory_budget: int,
-                choose: Callable[[int, int], tuple[str, str | None, int]]) -> list[BlockPlan]:
+                choose: Callable[[int, int], tuple[str, str | None, int]],
+                compiles: Callable[[int, int], bool] | None = None) -> list[BlockPlan]:
     """Bucket entities by ``(next_pow2(rows), padded_features(features))`` and cut buckets into blocks.
+
+    Where the blocks of a bucket compile nothing (``compiles(rows, width)`` is False: the native kernel reads
+    them from the rows), the entities of a bucket that share a feature count keep it, unpadded, in a bucket of
+    their own if there are at least :data:`EXACT_MIN_LANES` of them: the kernel's work per step grows as D^2 to
+    D^3 (12 features padded from 9 cost about 15% more), and each block has a cost of its own.
 
     Args:
       rows_per_entity, features_per_entity: ``(U,)`` counts.
+      compiles: ``(padded rows, padded width)`` -> whether such blocks are compiled (default: all are).
       memory_budget: bytes a block (with solver workspace) may use.
       choose: ``(padded rows, padded features) -> (method name, layout or None, bytes per lane)``.
     Returns:
@@ -61,6 +71,8 @@ def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, me
     """
     rows_b = next_pow2(np.maximum(rows_per_entity, MIN_ROWS))
     feats_b = padded_features(features_per_entity)
+    if compiles is not None:
+        feats_b = _unpadded_where_many(rows_b, feats_b, features_per_entity, compiles)
     order = np.lexsort((feats_b, rows_b))
     bucket_key = rows_b[order] * (1 << 32) + feats_b[order]
     boundaries = np.flatnonzero(np.diff(bucket_key)) + 1
@@ -77,3 +89,15 @@ def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, me
         for lo in range(0, members.size, max_lanes):
             plans.append(BlockPlan(members[lo: lo + max_lanes], lanes, rows, features, method, layout))
     return plans
+
+
+def _unpadded_where_many(rows_b: np.ndarray, feats_b: np.ndarray, features: np.ndarray,
+                         compiles: Callable[[int, int], bool]) -> np.ndarray:
+    """``feats_b``, with the entities' own feature counts where at least :data:`EXACT_MIN_LANES` entities of a
+    ``(rows_b, feats_b)`` bucket share one and the bucket's blocks are not compiled."""
+    features = np.maximum(features, 1)
+    key = np.stack([rows_b, feats_b, features])
+    groups, inverse, counts = np.unique(key, axis=1, return_inverse=True, return_counts=True)
+    keep = np.array([count >= EXACT_MIN_LANES and f < w and not compiles(r, w)
+                     for r, w, f, count in zip(*groups.tolist(), counts.tolist())], bool)
+    return np.where(keep[inverse.reshape(-1)], features, feats_b) if keep.any() else feats_b

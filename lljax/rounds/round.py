@@ -101,7 +101,11 @@ class Round(NamedTuple):
             return (method.name, None if layout == method.layout else layout,
                     registry.bytes_per_lane(method, rows, features, itemsize, self.full_precision, config))
 
-        return plan_blocks(np.diff(self.row_start), self.subspaces.sizes, memory_budget, choose)
+        def compiles(rows: int, features: int) -> bool:  # False where the native kernel reads the blocks' rows
+            method = registry.choose_method(rows, features, self.full_precision)
+            return registry.choose_layout(method, rows, features, self.dataset.dtype, config) != "rows"
+
+        return plan_blocks(np.diff(self.row_start), self.subspaces.sizes, memory_budget, choose, compiles)
 
     def build(self, plan: BlockPlan, buffers: Buffers | None = None) -> Block | SparseBlock | RowsBlock:
         """The padded NumPy block of ``plan``, in its layout (``plan.layout``, else its method's); ``buffers``:
