@@ -94,10 +94,20 @@ def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, me
 def _unpadded_where_many(rows_b: np.ndarray, feats_b: np.ndarray, features: np.ndarray,
                          compiles: Callable[[int, int], bool]) -> np.ndarray:
     """``feats_b``, with the entities' own feature counts where at least :data:`EXACT_MIN_LANES` entities of a
-    ``(rows_b, feats_b)`` bucket share one and the bucket's blocks are not compiled."""
+    ``(rows_b, feats_b)`` bucket share one and the bucket's blocks are not compiled (buckets of 2^21 or more
+    rows or features keep their padding)."""
     features = np.maximum(features, 1)
-    key = np.stack([rows_b, feats_b, features])
-    groups, inverse, counts = np.unique(key, axis=1, return_inverse=True, return_counts=True)
-    keep = np.array([count >= EXACT_MIN_LANES and f < w and not compiles(r, w)
-                     for r, w, f, count in zip(*groups.tolist(), counts.tolist())], bool)
-    return np.where(keep[inverse.reshape(-1)], features, feats_b) if keep.any() else feats_b
+    padded = np.flatnonzero(features < feats_b)
+    if len(padded) < EXACT_MIN_LANES or rows_b.max() >= 1 << 21 or feats_b.max() >= 1 << 21:
+        return feats_b
+    key = (rows_b[padded].astype(np.int64) << 42) | (feats_b[padded].astype(np.int64) << 21) | features[padded]
+    groups, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    keep = np.zeros(len(groups), bool)
+    for g in np.flatnonzero(counts >= EXACT_MIN_LANES).tolist():
+        keep[g] = not compiles(int(groups[g] >> 42), int(groups[g] >> 21) & ((1 << 21) - 1))
+    if not keep.any():
+        return feats_b
+    out = feats_b.copy()
+    unpadded = padded[keep[inverse.reshape(-1)]]
+    out[unpadded] = features[unpadded]
+    return out
