@@ -429,30 +429,36 @@ def test_pack_rows_equals_the_numpy_scatter(monkeypatch, fid_dtype, dtype, vocab
 
 @needs_native
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_block_rows_equals_numpy(monkeypatch, dtype):
+@pytest.mark.parametrize("loss", ["logistic", "linear"])
+def test_block_rows_equals_numpy(monkeypatch, dtype, loss):
     """A block's rows, lanes, cells and padded label / weight / offset columns: the native helper and the
-    NumPy path give identical arrays (shuffled rows, lanes in any order, padding lanes)."""
+    NumPy path give identical arrays (shuffled rows, lanes in any order, padding lanes); logistic labels 0 / 1
+    are encoded to -1 / +1 in the block only."""
     from lljax.rounds.plan import BlockPlan
     from lljax.rounds.round import block_rows as _block_rows
 
     rng = np.random.default_rng(17)
     data = _mixed_rows_dataset(rng, np.int64, dtype, shuffle=True)
     U = len(data.entity_keys)
+    labels = (rng.random(data.num_examples) < 0.5).astype(dtype)  # as given: 0 or 1
     data = dataclasses.replace(data, weight=rng.random(data.num_examples).astype(dtype),
-                               offset=rng.normal(size=data.num_examples).astype(dtype))
-    labels = np.where(rng.random(data.num_examples) < 0.5, 1, -1).astype(dtype)
+                               offset=rng.normal(size=data.num_examples).astype(dtype), label=labels)
     row_order = np.argsort(data.entity, kind="stable")
     row_start = np.r_[0, np.cumsum(np.bincount(data.entity, minlength=U))].astype(np.int64)
     ents = rng.permutation(U)[:23]
     plan = BlockPlan(ents, 32, int(np.diff(row_start)[ents].max()) + 1, 4)
     assert kernels.enabled()
-    native = _block_rows(data, labels, plan, row_order, row_start)
+    native = _block_rows(data, loss, plan, row_order, row_start)
     monkeypatch.setenv("LLJAX_NATIVE", "0")
-    plain = _block_rows(data, labels, plan, row_order, row_start)
+    plain = _block_rows(data, loss, plan, row_order, row_start)
     for name, a, b in zip(("rows", "lane", "row_cell", "y", "w", "offset"), native, plain):
         assert a.dtype == b.dtype and a.shape == b.shape, name
         np.testing.assert_array_equal(a, b, err_msg=name)
-    assert np.count_nonzero(plain[3]) == len(plain[0])  # every row's label landed (labels are +-1)
+    rows, _, row_cell, y = plain[:4]
+    expected = np.where(labels[rows] == 1, 1.0, -1.0) if loss == "logistic" else labels[rows]
+    np.testing.assert_array_equal(y[row_cell], expected)
+    assert np.count_nonzero(y) == (len(rows) if loss == "logistic" else np.count_nonzero(labels[rows]))  # padding 0
+    np.testing.assert_array_equal(data.label, labels)  # the dataset's labels are left as given
 
 
 @needs_native
@@ -698,7 +704,7 @@ def test_sparse_block_packing_equals_numpy(monkeypatch, fid_dtype, dtype, interc
     row_start = np.r_[0, np.cumsum(np.bincount(data.entity, minlength=U))].astype(np.int64)
     ents = rng.permutation(U)[:20]
     plan = BlockPlan(ents, 32, int(np.diff(row_start)[ents].max()), int(sub.sizes[ents].max()), "span")
-    work = Round(data, np.zeros(data.num_examples), row_order, row_start, sub, None, np.full(U, -1), None, 1.0)
+    work = Round(data, "linear", row_order, row_start, sub, None, np.full(U, -1), None, 1.0)
     assert kernels.enabled()
     native = work.build(plan)
     monkeypatch.setenv("LLJAX_NATIVE", "0")

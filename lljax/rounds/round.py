@@ -1,6 +1,6 @@
 """A round: one update's working set, and the blocks built from it.
 
-:meth:`Round.prepare` gathers what an update of a dataset's entities needs (encoded labels, rows grouped
+:meth:`Round.prepare` gathers what an update of a dataset's entities needs (rows grouped
 by entity, local feature subspaces, the stored rows of its entities, read once); :meth:`Round.plan`
 buckets the entities into :class:`~lljax.rounds.plan.BlockPlan` s, each with the method
 :mod:`lljax.solve.registry` chooses for its shape; :meth:`Round.build` builds a plan's padded block in
@@ -40,7 +40,8 @@ class Round(NamedTuple):
 
     Attributes:
       dataset: the examples (``n`` rows of ``U`` entities).
-      labels: ``(n,)`` labels encoded for the loss.
+      loss: the loss's name; its labels are encoded block by block (:func:`block_rows`), or by the kernel as it
+        reads them (:class:`~lljax.solve.blocks.RowSource`), never for the whole dataset at once.
       row_order: ``(n,)`` example indices grouped by entity (stable).
       row_start: ``(U+1,)`` offsets of each entity's examples in ``row_order``.
       subspaces: local feature subspaces of all dataset entities.
@@ -55,7 +56,7 @@ class Round(NamedTuple):
     """
 
     dataset: Dataset
-    labels: np.ndarray
+    loss: str
     row_order: np.ndarray
     row_start: np.ndarray
     subspaces: Subspaces
@@ -83,8 +84,7 @@ class Round(NamedTuple):
         row_start = np.zeros(U + 1, np.int64)
         np.cumsum(np.bincount(dataset.entity, minlength=U), out=row_start[1:])
         subspaces = local_subspaces(dataset, owner, prior_fids, rows=(row_order, row_start))
-        return cls(dataset, encode_labels(loss, dataset.label), row_order, row_start, subspaces, store, slots, stored,
-                   l2, penalize_intercept)
+        return cls(dataset, loss, row_order, row_start, subspaces, store, slots, stored, l2, penalize_intercept)
 
     @property
     def full_precision(self) -> bool:
@@ -130,7 +130,7 @@ class Round(NamedTuple):
             start[: e + 1] = local.start
             return RowsBlock(self.row_source(), lane_begin, lane_end, local.pair_keys, start, sizes, local.stride, N,
                              feature_ids, prior_mean, prior_precision)
-        rows, lane, row_cell, y, w, offset = block_rows(dataset, self.labels, plan, self.row_order, self.row_start,
+        rows, lane, row_cell, y, w, offset = block_rows(dataset, self.loss, plan, self.row_order, self.row_start,
                                                         buffers)
         if layout == "dense":
             X = _as_dtype(scatter_rows(dataset, rows, lane, row_cell, local, E * N, D, buffers), dtype, buffers)
@@ -145,8 +145,8 @@ class Round(NamedTuple):
         arrays, in its dtype)."""
         dataset = self.dataset
         leading = -1 if dataset.intercept_id is None else int(dataset.intercept_id)
-        return RowSource(dataset.given_indptr, dataset.given_feature_ids, dataset.given_values, self.labels,
-                         dataset.weight, dataset.offset, self.row_order, leading)
+        return RowSource(dataset.given_indptr, dataset.given_feature_ids, dataset.given_values, dataset.label,
+                         dataset.weight, dataset.offset, self.row_order, leading, self.loss == "logistic")
 
 
 def _as_dtype(values: np.ndarray, dtype: npt.DTypeLike, buffers: Buffers) -> np.ndarray:
@@ -216,15 +216,16 @@ def row_entries(dataset: Dataset, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def block_rows(
-    dataset: Dataset, labels: np.ndarray, plan: BlockPlan, row_order: np.ndarray, row_start: np.ndarray,
+    dataset: Dataset, loss: str, plan: BlockPlan, row_order: np.ndarray, row_start: np.ndarray,
     buffers: Buffers | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The examples of a block's entities and their padded per-row arrays.
 
     Returns ``(rows, lane, row_cell, y, w, offset)``: ``rows`` the dataset examples, entity by entity;
-    ``lane`` and ``row_cell = lane * N + rank`` their lane and flat ``(E * N)`` position; ``y``, ``w``,
-    ``offset`` ``(E * N,)`` with zeros in padding rows (weight 0 marks them), in ``buffers``. By the native helper
-    (:func:`lljax.solve.kernels.block_rows`, one pass) when it is built and enabled, else by NumPy: the same arrays.
+    ``lane`` and ``row_cell = lane * N + rank`` their lane and flat ``(E * N)`` position; ``y`` (the labels
+    encoded for ``loss``), ``w``, ``offset`` ``(E * N,)`` with zeros in padding rows (weight 0 marks them), in
+    ``buffers``. By the native helper (:func:`lljax.solve.kernels.block_rows`, one pass) when it is built and
+    enabled, else by NumPy: the same arrays.
     """
     E, N = plan.lanes, plan.rows
     dtype = dataset.dtype
@@ -234,13 +235,15 @@ def block_rows(
     offset = buffers.zeros(E * N, dtype)
     if kernels.enabled():
         rows, lane, row_cell = kernels.block_rows(row_order, row_start, plan.entities, N,
-                                                  (labels, dataset.weight, dataset.offset), (y, w, offset))
+                                                  (dataset.label, dataset.weight, dataset.offset), (y, w, offset))
+        if loss == "logistic":
+            y[row_cell] = encode_labels(loss, y[row_cell])
         return rows, lane, row_cell, y, w, offset
     n_rows = row_start[plan.entities + 1] - row_start[plan.entities]
     rows = row_order[concat_ranges(row_start[plan.entities], n_rows)]
     lane, rank = segments(n_rows)
     row_cell = lane * N + rank
-    y[row_cell] = labels[rows]
+    y[row_cell] = encode_labels(loss, dataset.label[rows])
     w[row_cell] = dataset.weight[rows]
     offset[row_cell] = dataset.offset[rows]
     return rows, lane, row_cell, y, w, offset

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from lljax.solve.base import AnyArray
+from lljax.solve.losses import encode_labels
 
 __all__ = ["Block", "SparseBlock", "RowSource", "RowsBlock", "LAYOUTS", "sparse_from_dense", "dense_from_sparse",
            "dense_from_rows"]
@@ -85,10 +86,13 @@ class RowSource(NamedTuple):
       indptr: ``(n + 1,)`` int64 CSR offsets of the ``n`` rows' stored nonzeros.
       feature_ids: ``(nnz,)`` int32 or int64 global feature ids.
       values: ``(nnz,)`` values, in the blocks' dtype.
-      label: ``(n,)`` labels encoded for the loss; weight, offset: ``(n,)``; all in the blocks' dtype.
+      label: ``(n,)`` labels; weight, offset: ``(n,)``; all in the blocks' dtype.
       row_order: ``(n,)`` int64 row indices grouped by entity (a lane's rows are a range of it).
       leading: a feature id every row starts with, of value 1, before its stored nonzeros (the dataset's
         implicit intercept), or -1.
+      logistic_labels: whether the labels are a logistic loss's as given, which the readers encode as
+        :func:`lljax.solve.losses.encode_labels` does as they read them (1 -> +1, anything else -> -1; labels
+        already encoded read the same), so that no ``(n,)`` array of encoded labels is made for an update.
     """
 
     indptr: np.ndarray
@@ -99,6 +103,7 @@ class RowSource(NamedTuple):
     offset: np.ndarray
     row_order: np.ndarray
     leading: int
+    logistic_labels: bool = False
 
 
 class RowsBlock(NamedTuple):
@@ -142,7 +147,9 @@ def dense_from_rows(block: RowsBlock) -> Block:
     rows = src.row_order[np.repeat(block.lane_begin, counts) + rank]
     cell = lane * N + rank
     y, w, offset = (np.zeros(E * N, dtype) for _ in range(3))
-    y[cell], w[cell], offset[cell] = src.label[rows], src.weight[rows], src.offset[rows]
+    labels = src.label[rows]
+    y[cell] = encode_labels("logistic", labels) if src.logistic_labels else labels
+    w[cell], offset[cell] = src.weight[rows], src.offset[rows]
     nnz = src.indptr[rows + 1] - src.indptr[rows]
     entry = np.repeat(src.indptr[rows], nnz) + np.arange(int(nnz.sum())) - np.repeat(np.cumsum(nnz) - nnz, nnz)
     entry_cell, entry_lane = np.repeat(cell, nnz), np.repeat(lane, nnz)

@@ -269,7 +269,7 @@ def newton_solve_rows(block: RowsBlock, mask: AnyArray, l2: np.ndarray, delta: n
         c(block.keys, np.int64), c(block.start[:E], np.int64), c(block.sizes, np.int64), int(block.stride),
         int(src.leading), int(block.N), c(mask, np.int32), c(block.prior_mean, dtype), c(block.prior_precision, dtype),
         c(l2, dtype), c(delta, dtype), c(tol, dtype), c(max_iter, np.int32), LOSS_CODES[loss], int(max_backtracks),
-        mode, theta, value, grad_norm, prec, iterations, status, host_threads())
+        mode, theta, value, grad_norm, prec, iterations, status, host_threads(), bool(src.logistic_labels))
     return RowsSolve(job, (theta, value, grad_norm, None if mode == 2 else prec, iterations, status))
 
 

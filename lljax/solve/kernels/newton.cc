@@ -342,7 +342,7 @@ struct RowsJob {
 // outside the buffers) and fills job's problem and row source; false with a Python error set.
 template <typename T>
 bool prepare_rows(RowsJob* job, int64_t stride, int64_t leading, int64_t N, int32_t loss, int32_t max_backtracks,
-                  int32_t precision_mode) {
+                  int32_t precision_mode, bool logistic_labels) {
   lljax_py::View* v = job->v;
   const int64_t E = v[kBegin].size();
   const int64_t D = E > 0 ? v[kMask].size() / E : 0;
@@ -383,6 +383,7 @@ bool prepare_rows(RowsJob* job, int64_t stride, int64_t leading, int64_t N, int3
   S.fid64 = v[kFids].buffer.itemsize == 8 ? v[kFids].data<int64_t>() : nullptr;
   S.values = v[kValues].data<T>();
   S.label = v[kLabel].data<T>(), S.weight = v[kWeight].data<T>(), S.offset = v[kOffset].data<T>();
+  S.logistic_labels = logistic_labels;
   S.row_order = order, S.lane_begin = begin, S.lane_end = end;
   S.keys = v[kKeys].data<int64_t>(), S.start = start, S.sizes = sizes;
   S.stride = stride, S.leading = leading, S.n = n, S.nnz = nnz;
@@ -449,20 +450,22 @@ void free_rows_job(PyObject* capsule) {
 
 // newton_rows_start(indptr, feature_ids, values, label, weight, offset, row_order, lane_begin, lane_end, keys, start,
 //                   sizes, stride, leading, N, mask, prior_mean, prior_precision, l2, delta, tol, max_iter, loss,
-//                   max_backtracks, precision_mode, theta, value, grad_norm, precision, iterations, status, threads)
+//                   max_backtracks, precision_mode, theta, value, grad_norm, precision, iterations, status, threads,
+//                   logistic_labels)
 //   -> capsule: the Newton kernel on E lanes whose data are read from the dataset's CSR rows (a RowSource,
-// newton_common.h), for `threads` workers: `threads - 1` helper threads of its own start at once and run while the
+// newton_common.h; logistic_labels: labels as given to a logistic loss, encoded as they are read), for `threads`
+// workers: `threads - 1` helper threads of its own start at once and run while the
 // caller goes on (no GIL needed), writing the results in place; newton_rows_wait(capsule) solves the groups no helper
 // has claimed on the waiting thread, joins the helpers (GIL released) and raises what went wrong.
 PyObject* lljax_newton_rows_start(PyObject*, PyObject* args) {
   using namespace lljax_native;
   PyObject* o[kRowsArrays];
   long long stride, leading, N, threads;
-  int loss, max_backtracks, precision_mode;
-  if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOLLLOOOOOOOiiiOOOOOOL", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6],
+  int loss, max_backtracks, precision_mode, logistic_labels;
+  if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOLLLOOOOOOOiiiOOOOOOLp", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6],
                         &o[7], &o[8], &o[9], &o[10], &o[11], &stride, &leading, &N, &o[12], &o[13], &o[14], &o[15],
                         &o[16], &o[17], &o[18], &loss, &max_backtracks, &precision_mode, &o[19], &o[20], &o[21],
-                        &o[22], &o[23], &o[24], &threads)) {
+                        &o[22], &o[23], &o[24], &threads, &logistic_labels)) {
     return nullptr;
   }
   static const char* names[kRowsArrays] = {"indptr", "feature_ids", "values", "label", "weight", "offset",
@@ -482,8 +485,9 @@ PyObject* lljax_newton_rows_start(PyObject*, PyObject* args) {
     if (i != kMean && !v[i].get(o[i], names[i], allowed, i >= kTheta)) return nullptr;
   }
   job->f64 = real == 'd';
-  const bool ready = job->f64 ? prepare_rows<double>(job.get(), stride, leading, N, loss, max_backtracks, precision_mode)
-                              : prepare_rows<float>(job.get(), stride, leading, N, loss, max_backtracks, precision_mode);
+  const bool ready =
+      job->f64 ? prepare_rows<double>(job.get(), stride, leading, N, loss, max_backtracks, precision_mode, logistic_labels)
+               : prepare_rows<float>(job.get(), stride, leading, N, loss, max_backtracks, precision_mode, logistic_labels);
   if (!ready) return nullptr;
   if (job->f64) {
     start_rows<double>(job.get(), threads);
@@ -614,7 +618,8 @@ static PyMethodDef methods[] = {
     {"newton_rows_start", lljax_newton_rows_start, METH_VARARGS,
      "newton_rows_start(indptr, feature_ids, values, label, weight, offset, row_order, lane_begin, lane_end, keys, "
      "start, sizes, stride, leading, N, mask, prior_mean, prior_precision, l2, delta, tol, max_iter, loss, "
-     "max_backtracks, precision_mode, theta, value, grad_norm, precision, iterations, status, threads) -> job: the "
+     "max_backtracks, precision_mode, theta, value, grad_norm, precision, iterations, status, threads, "
+     "logistic_labels) -> job: the "
      "Newton kernel started on lanes read from the dataset's rows, results in place (see newton.cc)."},
     {"newton_rows_wait", lljax_newton_rows_wait, METH_O,
      "newton_rows_wait(job): waits for a newton_rows_start job; raises what went wrong in it."},

@@ -58,7 +58,8 @@ struct RowSource {
   const int32_t* fid32;                                   // (nnz,) feature ids, one of fid32 / fid64
   const int64_t* fid64;
   const T* values;                                        // (nnz,)
-  const T *label, *weight, *offset;                       // (n,) each (the label encoded for the loss)
+  const T *label, *weight, *offset;                       // (n,) each
+  bool logistic_labels;  // the labels as given to a logistic loss: read as 1 -> +1, anything else -> -1
   const int64_t *row_order, *lane_begin, *lane_end;       // (n,), (E,), (E,)
   const int64_t *keys, *start, *sizes;                    // the lanes' subspaces: (P,), (E,), (E,)
   int64_t stride, leading;

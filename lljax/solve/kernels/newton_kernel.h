@@ -942,7 +942,8 @@ static void load_rows(const RowSource<T>& S, const F* __restrict fids, int64_t N
         __atomic_compare_exchange_n(S.bad_row, &none, r, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
         break;
       }
-      y[n * W + l] = S.label[r];
+      const T label = S.label[r];
+      y[n * W + l] = !S.logistic_labels ? label : label == T(1) ? T(1) : T(-1);  // lljax.solve.losses.encode_labels
       w[n * W + l] = S.weight[r];
       off[n * W + l] = S.offset[r];
       T* xr = x + n * Dp * W + l;  // column j of the row at xr[j * W]
