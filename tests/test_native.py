@@ -1071,7 +1071,7 @@ def test_a_block_of_new_entities_gets_its_cold_full_prior_as_a_diagonal_with_the
 @needs_native
 def test_prefault_keeps_the_contents_and_a_slab_maps_a_window_ahead_on_a_helper_thread(monkeypatch):
     """kernels.prefault (run as the store runs it, on its own thread) maps pages without changing what they hold;
-    a slab hands the rows after those it appends, up to a window, to a helper thread (views of its chunks), none
+    a slab hands the rows after those it appends, up to a window, to the prefault thread (views of its chunks), none
     while half a window is still mapped ahead, and none for less than _PREFAULT_MIN_BYTES; rows written
     afterwards read back as written."""
     import threading
@@ -1087,12 +1087,9 @@ def test_prefault_keeps_the_contents_and_a_slab_maps_a_window_ahead_on_a_helper_
     np.testing.assert_array_equal(data, before)
 
     calls = []
-    monkeypatch.setattr(store_module, "_prefault", calls.append)
+    monkeypatch.setattr(store_module, "_prefault_later", calls.append)
 
-    def started():  # the helper runs the (recording) _prefault at once; wait for it
-        for thread in threading.enumerate():
-            if thread.name == "lljax-prefault":
-                thread.join()
+    def started():  # what the slab handed to the prefault thread, if anything
         return calls.pop() if calls else None
 
     slab = store_module._Slab(40, np.dtype(np.float64), "full")  # rows of 40 + 40 + 820 numbers, 7,200 bytes
@@ -1116,3 +1113,38 @@ def test_prefault_keeps_the_contents_and_a_slab_maps_a_window_ahead_on_a_helper_
     values = {"means": np.arange(len(rows) * 40, dtype=np.float64).reshape(-1, 40)}
     slab.put_fields(rows, values)
     np.testing.assert_array_equal(slab.take_fields(("means",), rows)["means"], values["means"])
+
+
+def test_one_prefault_thread_serves_every_request_in_order(monkeypatch):
+    """The store's prefault requests go to one long-lived daemon thread (none is started per request), which maps
+    them in order, contents unchanged; reset (a forked child's) forgets it, so that the next request starts one."""
+    import threading
+
+    from lljax.state import store as store_module
+
+    done, seen = threading.Event(), []
+    real = store_module._prefault
+
+    def record(arrays):
+        seen.append(arrays)
+        real(arrays)
+        if len(seen) == 3:
+            done.set()
+
+    def prefault_threads():
+        return sum(t.name == "lljax-prefault" for t in threading.enumerate())
+
+    monkeypatch.setattr(store_module, "_prefault", record)
+    threads = prefault_threads()
+    worker = store_module._PrefaultWorker()
+    data = [np.random.default_rng(i).normal(size=50_000) for i in range(3)]
+    before = [d.copy() for d in data]
+    for d in data:
+        worker.submit([d, d[10:]])
+    assert done.wait(30)
+    assert [a[0] is d for a, d in zip(seen, data)] == [True] * 3
+    for d, b in zip(data, before):
+        np.testing.assert_array_equal(d, b)
+    assert prefault_threads() == threads + 1
+    worker.reset()
+    assert worker._queue is None and worker._pid == -1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import queue
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -209,7 +210,7 @@ class _Slab:
         find them mapped. A window of ``max(_PREFAULT_WINDOW_BYTES, 2 * count rows)`` ahead of ``needed``, within
         the chunks allocated, renewed once less than half of it is left: so the memory mapped before it is used
         stays about a window per slab. The thread holds views of the chunks, so the memory outlives it whatever
-        happens to the slab; if no thread can be started, nothing is mapped ahead."""
+        happens to the slab; if no thread can be started, nothing is mapped ahead (:func:`_prefault_later`)."""
         window = max(_PREFAULT_WINDOW_BYTES // self._row_bytes, 2 * count, 1)
         if self._mapped - needed >= window // 2 or not kernels.enabled():
             return
@@ -221,10 +222,7 @@ class _Slab:
         for chunk, lo, hi in zip(self._chunks, self._chunk_start[:-1].tolist(), self._chunk_start[1:].tolist()):
             if begin < hi and lo < end:
                 views.extend(field[max(begin, lo) - lo:min(end, hi) - lo] for field in chunk.values())
-        try:
-            threading.Thread(target=_prefault, args=(views,), name="lljax-prefault", daemon=True).start()
-        except RuntimeError:  # no thread to be had (a limit, or the interpreter shutting down): the writes fault
-            pass
+        _prefault_later(views)
 
     def _by_chunk(self, rows: np.ndarray
                   ) -> Iterator[tuple[dict[str, np.ndarray], slice | np.ndarray, slice | np.ndarray]]:
@@ -324,6 +322,51 @@ def _prefault(arrays: list[np.ndarray]) -> None:
         pass
     for array in arrays:
         kernels.prefault(array)
+
+
+class _PrefaultWorker:
+    """The process's one ``"lljax-prefault"`` daemon thread, which runs :func:`_prefault` on the arrays handed to
+    :meth:`submit`, in order. It is started at the first request (and again in a forked child, which has no
+    thread): a thread started per request cost the requester 1-2 ms, ``Thread.start`` waiting until the new
+    thread runs, while the solve's threads hold the cores."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[list[np.ndarray]] | None = None
+        self._pid = -1
+
+    def submit(self, arrays: list[np.ndarray]) -> None:
+        """Queue ``arrays`` for mapping (views keep their memory alive until then); nothing if no thread can be
+        started (a limit, or the interpreter shutting down): the writes then take the faults."""
+        with self._lock:
+            if self._pid != os.getpid():
+                requests: queue.SimpleQueue[list[np.ndarray]] = queue.SimpleQueue()
+                try:
+                    threading.Thread(target=self._run, args=(requests,), name="lljax-prefault", daemon=True).start()
+                except RuntimeError:
+                    return
+                self._queue, self._pid = requests, os.getpid()
+            assert self._queue is not None
+            self._queue.put(arrays)
+
+    @staticmethod
+    def _run(requests: queue.SimpleQueue[list[np.ndarray]]) -> None:
+        while True:
+            _prefault(requests.get())
+
+    def reset(self) -> None:
+        """Forget the thread and the lock (in a forked child, where neither is the parent's any more)."""
+        self._lock, self._queue, self._pid = threading.Lock(), None, -1
+
+
+_PREFAULT_WORKER = _PrefaultWorker()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_PREFAULT_WORKER.reset)
+
+
+def _prefault_later(arrays: list[np.ndarray]) -> None:
+    """Map ``arrays``' pages on the prefault thread (:class:`_PrefaultWorker`), while the caller goes on."""
+    _PREFAULT_WORKER.submit(arrays)
 
 
 def _rows(array: np.ndarray, rows: slice | np.ndarray) -> np.ndarray:
