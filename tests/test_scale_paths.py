@@ -163,6 +163,10 @@ def test_large_buckets_of_uncompiled_blocks_keep_their_feature_counts():
     np.testing.assert_array_equal(exact, np.where(features == 10, 12, features))  # 50 < EXACT_MIN_LANES: padded
     only_long = planned(lambda r, f: r < 64)  # the blocks of 4 padded rows are compiled, those of 64 are not
     np.testing.assert_array_equal(only_long, np.where(rows == 40, features, padded))
+    # two entities of 300,000 features: too many (width, count) keys to count in place (the sorted path)
+    wide = plan_module._unpadded_where_many(np.r_[np.full(len(rows), 4), 4, 4], np.r_[padded, 393_216, 393_216],
+                                            np.r_[features, 300_000, 300_000], lambda r, f: False)
+    np.testing.assert_array_equal(wide, np.r_[np.where(features == 10, 12, features), 393_216, 393_216])
 
 
 @pytest.mark.parametrize("hessian", ["full", "diagonal"])

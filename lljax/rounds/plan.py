@@ -94,20 +94,30 @@ def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, me
 def _unpadded_where_many(rows_b: np.ndarray, feats_b: np.ndarray, features: np.ndarray,
                          compiles: Callable[[int, int], bool]) -> np.ndarray:
     """``feats_b``, with the entities' own feature counts where at least :data:`EXACT_MIN_LANES` entities of a
-    ``(rows_b, feats_b)`` bucket share one and the bucket's blocks are not compiled (buckets of 2^21 or more
-    rows or features keep their padding)."""
+    ``(rows_b, feats_b)`` bucket share one and the bucket's blocks are not compiled."""
     features = np.maximum(features, 1)
     padded = np.flatnonzero(features < feats_b)
-    if len(padded) < EXACT_MIN_LANES or rows_b.max() >= 1 << 21 or feats_b.max() >= 1 << 21:
+    if len(padded) < EXACT_MIN_LANES:
         return feats_b
-    key = (rows_b[padded].astype(np.int64) << 42) | (feats_b[padded].astype(np.int64) << 21) | features[padded]
-    groups, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-    keep = np.zeros(len(groups), bool)
-    for g in np.flatnonzero(counts >= EXACT_MIN_LANES).tolist():
-        keep[g] = not compiles(int(groups[g] >> 42), int(groups[g] >> 21) & ((1 << 21) - 1))
+    # one small integer per (rows bucket, width, count): the rows buckets are powers of two
+    level = np.log2(rows_b[padded]).astype(np.int64)
+    width, count = feats_b[padded].astype(np.int64), features[padded].astype(np.int64)
+    W = int(width.max()) + 1
+    if W >= 1 << 28:  # (absurd widths: the keys below would not fit an int64)
+        return feats_b
+    key = (level * W + width) * W + count
+    if (int(level.max()) + 1) * W * W <= 1 << 22:  # a small key space: counted in place
+        keys, at = np.arange((int(level.max()) + 1) * W * W), key
+        sizes = np.bincount(key, minlength=len(keys))
+    else:
+        keys, at, sizes = np.unique(key, return_inverse=True, return_counts=True)
+    keep = np.zeros(len(keys), bool)
+    for g in np.flatnonzero(sizes >= EXACT_MIN_LANES).tolist():
+        k = int(keys[g])
+        keep[g] = not compiles(1 << (k // (W * W)), k // W % W)
     if not keep.any():
         return feats_b
     out = feats_b.copy()
-    unpadded = padded[keep[inverse.reshape(-1)]]
+    unpadded = padded[keep[at.reshape(-1)]]
     out[unpadded] = features[unpadded]
     return out
