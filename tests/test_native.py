@@ -1117,7 +1117,8 @@ def test_prefault_keeps_the_contents_and_a_slab_maps_a_window_ahead_on_a_helper_
 
 def test_one_prefault_thread_serves_every_request_in_order(monkeypatch):
     """The store's prefault requests go to one long-lived daemon thread (none is started per request), which maps
-    them in order, contents unchanged; reset (a forked child's) forgets it, so that the next request starts one."""
+    them in order, contents unchanged, and goes on after a request that fails; reset (a forked child's) forgets it,
+    so that the next request starts one."""
     import threading
 
     from lljax.state import store as store_module
@@ -1127,8 +1128,10 @@ def test_one_prefault_thread_serves_every_request_in_order(monkeypatch):
 
     def record(arrays):
         seen.append(arrays)
+        if len(seen) == 1:
+            raise BufferError("a request that fails")  # dropped: the thread serves the next ones
         real(arrays)
-        if len(seen) == 3:
+        if len(seen) == 4:
             done.set()
 
     def prefault_threads():
@@ -1139,10 +1142,11 @@ def test_one_prefault_thread_serves_every_request_in_order(monkeypatch):
     worker = store_module._PrefaultWorker()
     data = [np.random.default_rng(i).normal(size=50_000) for i in range(3)]
     before = [d.copy() for d in data]
+    worker.submit([np.zeros(10)])
     for d in data:
         worker.submit([d, d[10:]])
     assert done.wait(30)
-    assert [a[0] is d for a, d in zip(seen, data)] == [True] * 3
+    assert [a[0] is d for a, d in zip(seen[1:], data)] == [True] * 3
     for d, b in zip(data, before):
         np.testing.assert_array_equal(d, b)
     assert prefault_threads() == threads + 1

@@ -16,7 +16,7 @@ import numpy as np
 
 from lljax.data.arrays import next_pow2
 
-__all__ = ["BlockPlan", "plan_blocks", "padded_features", "MIN_ROWS", "MIN_LANES"]
+__all__ = ["BlockPlan", "plan_blocks", "padded_features", "MIN_ROWS", "MIN_LANES", "EXACT_MIN_LANES"]
 
 # Smallest padded sizes: tiny buckets cost little to pad and each distinct shape costs a compile.
 MIN_ROWS = 4
@@ -106,14 +106,13 @@ def _unpadded_where_many(rows_b: np.ndarray, feats_b: np.ndarray, features: np.n
     if W >= 1 << 28:  # (absurd widths: the keys below would not fit an int64)
         return feats_b
     key = (level * W + width) * W + count
-    if (int(level.max()) + 1) * W * W <= 1 << 22:  # a small key space: counted in place
-        keys, at = np.arange((int(level.max()) + 1) * W * W), key
-        sizes = np.bincount(key, minlength=len(keys))
+    if int(key.max()) < 1 << 16:  # a small key space: counted in place (the key is its own group)
+        keys, at, sizes = None, key, np.bincount(key)
     else:
         keys, at, sizes = np.unique(key, return_inverse=True, return_counts=True)
-    keep = np.zeros(len(keys), bool)
+    keep = np.zeros(len(sizes), bool)
     for g in np.flatnonzero(sizes >= EXACT_MIN_LANES).tolist():
-        k = int(keys[g])
+        k = g if keys is None else int(keys[g])
         keep[g] = not compiles(1 << (k // (W * W)), k // W % W)
     if not keep.any():
         return feats_b

@@ -153,7 +153,7 @@ class _Slab:
         row_bytes = sum(int(np.prod(shape)) * dt.itemsize for shape, dt in self._shapes.values())
         self._max_chunk_rows = max(1, _CHUNK_BYTES // row_bytes)
         self._row_bytes = row_bytes
-        self._mapped = 0  # rows below this were written or handed to a prefault thread
+        self._mapped = 0  # rows below this were written or handed to the prefault thread
         self._chunks: list[dict[str, np.ndarray]] = []
         self._chunk_start = np.zeros(1, np.int64)  # first row of each chunk, then the capacity
 
@@ -209,7 +209,7 @@ class _Slab:
         each on first write, which is slow on some machines (virtual ones above all), and the next appends then
         find them mapped. A window of ``max(_PREFAULT_WINDOW_BYTES, 2 * count rows)`` ahead of ``needed``, within
         the chunks allocated, renewed once less than half of it is left: so the memory mapped before it is used
-        stays about a window per slab. The thread holds views of the chunks, so the memory outlives it whatever
+        stays about a window per slab. The request holds views of the chunks, so the memory outlives it whatever
         happens to the slab; if no thread can be started, nothing is mapped ahead (:func:`_prefault_later`)."""
         window = max(_PREFAULT_WINDOW_BYTES // self._row_bytes, 2 * count, 1)
         if self._mapped - needed >= window // 2 or not kernels.enabled():
@@ -352,7 +352,12 @@ class _PrefaultWorker:
     @staticmethod
     def _run(requests: queue.SimpleQueue[list[np.ndarray]]) -> None:
         while True:
-            _prefault(requests.get())
+            arrays = requests.get()
+            try:
+                _prefault(arrays)
+            except Exception:  # mapping ahead is an optimization: a failed request is dropped,
+                pass           # and the thread serves the next ones (the queue is never left without a reader)
+            del arrays
 
     def reset(self) -> None:
         """Forget the thread and the lock (in a forked child, where neither is the parent's any more)."""

@@ -3,7 +3,7 @@
 // The kernel solves the same damped-Newton problem as lljax/solve/newton.py with the iteration of lljax/solve/iteration.py, entity by
 // entity, with kLanes<T> entities in the SIMD lanes of a "group" (entity axis last inside a group,
 // transposed from the (E, N, D) block on load): per Newton step the curvature, the Hessian
-// X^T diag(c) X + A, its Cholesky, the direction, the Armijo line search and the gradient are
+// X^T diag(c) X + A, its L D L^T factorization, the direction, the Armijo line search and the gradient are
 // computed for the whole group in cache, and only the results are written back.
 #pragma once
 

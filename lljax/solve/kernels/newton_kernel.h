@@ -5,8 +5,8 @@
 //
 //   setup: the penalty 1/2 t^T A t - b^T t + c from the prior, l2 and delta (lljax.solve.objective.make_penalty)
 //   start: theta0 (masked prior mean), m = X theta0 + offset, f, g, status_after(f, g, 0)
-//   step:  H = X^T diag(c) X + A; mu = sqrt(eps) max diag H + eps; L = chol(sym(H) + mu I);
-//          p = -L^-T L^-1 g (NaN if H is non-finite or not positive definite); Armijo backtracking
+//   step:  H = X^T diag(c) X + A; mu = sqrt(eps) max diag H + eps; L D L^T = sym(H) + mu I (L unit lower);
+//          p = -L^-T D^-1 L^-1 g (NaN if H is non-finite or not positive definite); Armijo backtracking
 //          t = 2^-k with slack 16 eps (1 + |f|), at most max_backtracks halvings; accept, gradient,
 //          status_after(f, g, iteration, stalled = !accepted)
 //   end:   the precision (X^T diag(c) X + A at the final margin: full or diagonal), and the finish (lljax.solve.iteration.finish): a
@@ -292,11 +292,12 @@ struct Group : Features<kD> {
   bool full_A;
   int loss;
   // (N, Dp, W): X and X scaled by the curvature; (N, W): rows; (Dp, Dp, W): X^T diag(c) X (lower);
-  // (D, D, W) or (D, W): A; (D, D, W): Cholesky factor; (D, W): vectors.
+  // (D, D, W) or (D, W): A; (D + 1, D, W): the factor (L below the diagonal, the pivots on it, the
+  // forward solve in row D); (D, W): vectors.
   // ath, att: A theta at th and at the trial point tt (kept with them so that the penalty costs one
   // D x D product per trial and none per gradient). As (D, D, W), full A only: the lower triangle of
   // sym(A) = (A + A^T) / 2, which every Newton step adds to S (A is the same at every step).
-  T *x, *xc, *y, *w, *m, *mt, *xp, *e, *et, *r, *c, *v, *S, *A, *As, *L, *panel, *b, *th, *tt, *g, *gn, *p, *Ap, *ath,
+  T *x, *xc, *y, *w, *m, *mt, *xp, *e, *et, *r, *c, *v, *S, *A, *As, *L, *panel, *b, *th, *tt, *g, *gn, *p, *ath,
       *att, *th0;
   T* present;  // (D, W): 1 for a feature on the lane's mask, else 0
   // Scratch of load_rows (Dp each, zero between rows): a row's sums by column, its columns, and whether a
@@ -341,7 +342,6 @@ struct Group : Features<kD> {
     g = take(D * W);
     gn = take(D * W);
     p = take(D * W);
-    Ap = take(D * W);
     ath = take(D * W);
     att = take(D * W);
     th0 = take(D * W);
@@ -766,7 +766,7 @@ struct Group : Features<kD> {
     }
   }
 
-  // p = -(sym(H) + mu I)^-1 g by Cholesky, H = S + A; p = NaN for lanes where H is non-finite or the
+  // p = -(sym(H) + mu I)^-1 g by L D L^T, H = S + A; p = NaN for lanes where H is non-finite or the
   // factorization fails. Right-looking (panel) factorization, which also performs the forward solve (g as an
   // extra row), then a row-oriented back solve; every vector op covers the W lanes.
   LLJAX_HOT void direction() {
