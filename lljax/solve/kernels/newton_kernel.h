@@ -711,18 +711,13 @@ struct Group : Features<kD> {
   template <typename M>
   inline void factor_panel(int64_t kb, M& ok) {
     typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));
-    const V zero = {}, one = zero + T(1);
     V* Lv = reinterpret_cast<V*>(L);
     V* U = reinterpret_cast<V*>(panel);
     V* r0 = Lv + kb * D + kb;  // row kb from column kb; rows kb + 1 .. kb + 3 follow at strides of D
     V* r1 = r0 + D;
     V* r2 = r1 + D;
     V* r3 = r2 + D;
-    const auto inverse = [&ok, zero, one](V d) {  // 1 / d; a pivot that is not > 0 (or NaN) fails the lane
-      const M pos = d > zero;
-      ok &= pos;
-      return one / (pos ? d : one);
-    };
+    const auto inverse = [&ok](V d) { return pivot_inverse(d, ok); };
     // u_ij: the entries before scaling (kept in U), l_ij = u_ij / d_j.
     const V u10 = r1[0], u20 = r2[0], u30 = r3[0];
     const V i0 = inverse(r0[0]);
@@ -766,13 +761,23 @@ struct Group : Features<kD> {
     }
   }
 
+  // 1 / d for a pivot d of the factorization; a pivot that is not > 0 (or NaN) fails its lane (clears it in ok)
+  // and is taken as 1.
+  template <typename V, typename M>
+  static inline V pivot_inverse(V d, M& ok) {
+    const V zero = {}, one = zero + T(1);
+    const M pos = d > zero;
+    ok &= pos;
+    return one / (pos ? d : one);
+  }
+
   // p = -(sym(H) + mu I)^-1 g by L D L^T, H = S + A; p = NaN for lanes where H is non-finite or the
   // factorization fails. Right-looking (panel) factorization, which also performs the forward solve (g as an
   // extra row), then a row-oriented back solve; every vector op covers the W lanes.
   LLJAX_HOT void direction() {
     typedef T V __attribute__((vector_size(W * sizeof(T)), aligned(sizeof(T))));
     typedef decltype(V{} > V{}) M;
-    const V zero = {}, one = zero + T(1);
+    const V zero = {};
     V* Lv = reinterpret_cast<V*>(L);
     const V* Sv = reinterpret_cast<const V*>(S);
     const V* Av = reinterpret_cast<const V*>(A);
@@ -815,21 +820,18 @@ struct Group : Features<kD> {
       const int64_t ke = kb + kPanel < D ? kb + kPanel : D;
       if (ke - kb == kPanel) {
         factor_panel(kb, ok);
-      } else {
-      for (int64_t k = kb; k < ke; k++) {
-        const V d = Lv[k * D + k];  // a pivot that is not > 0 (or NaN) fails the lane
-        const M pos = d > zero;
-        ok &= pos;
-        const V rk = one / (pos ? d : one);
-        for (int64_t i = k + 1; i <= D; i++) {  // column k scaled, and its update of the panel's other columns
-          const V aik = Lv[i * D + k];
-          U[i * kPanel + (k - kb)] = aik;
-          const V lik = aik * rk;
-          Lv[i * D + k] = lik;
-          const int64_t je = i < ke - 1 ? i : ke - 1;
-          for (int64_t j = k + 1; j <= je; j++) Lv[i * D + j] -= lik * U[j * kPanel + (k - kb)];
+      } else {  // a last panel narrower than 4 (the variant for any D): column by column
+        for (int64_t k = kb; k < ke; k++) {
+          const V rk = pivot_inverse(Lv[k * D + k], ok);
+          for (int64_t i = k + 1; i <= D; i++) {  // column k scaled, and its update of the panel's other columns
+            const V aik = Lv[i * D + k];
+            U[i * kPanel + (k - kb)] = aik;
+            const V lik = aik * rk;
+            Lv[i * D + k] = lik;
+            const int64_t je = i < ke - 1 ? i : ke - 1;
+            for (int64_t j = k + 1; j <= je; j++) Lv[i * D + j] -= lik * U[j * kPanel + (k - kb)];
+          }
         }
-      }
       }
       const int64_t width = ke - kb;
       for (int64_t i = ke; i <= D; i++) {  // trailing rows and columns (>= ke)
