@@ -39,6 +39,7 @@ import argparse
 import datetime as dt
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -160,6 +161,10 @@ def parse_args(argv):
                    help="JAX persistent compilation cache folder: a second run in a new process then loads the "
                         "compiled block shapes instead of compiling them")
     p.add_argument("--warm", action="store_true", help="compile the common shapes with a small update first")
+    p.add_argument("--touch-memory", type=float, default=0.0, metavar="GB",
+                   help="before anything else, write this many GB in a child process that then exits: on a virtual "
+                        "machine whose host backs guest memory at its first touch, the run then meets memory the "
+                        "guest has used before, as a long-running host does (see benchmarks/README.md)")
     p.add_argument("--progress", action="store_true", help="show the update's progress bar")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_scale.json"))
@@ -175,6 +180,13 @@ def main(argv=None) -> int:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     load = os.getloadavg()
     started = dt.datetime.now(dt.timezone.utc).isoformat()
+    touch_s = None
+    if args.touch_memory > 0:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", f"import numpy; numpy.ones({int(args.touch_memory * 2**30) // 8})"],
+                       check=True)
+        touch_s = time.perf_counter() - t
+        print(f"touched {args.touch_memory:g} GB in a child process in {touch_s:.1f}s")
     rss_start = _rss_gb()
 
     t = time.perf_counter()
@@ -246,6 +258,7 @@ def main(argv=None) -> int:
         "total_s": total_s, "entities_per_s": args.entities / total_s, "phase_seconds": phases,
         "host_fraction_of_total": (host + dataset_s) / total_s,
         "packing_fraction_of_total": packing / total_s,
+        "touch_memory_gb": args.touch_memory, "touch_memory_s": touch_s,
         "input_arrays_gb": input_gb, "rss_start_gb": rss_start, "rss_after_input_gb": rss_input,
         "rss_after_dataset_gb": rss_dataset, "rss_after_update_gb": _rss_gb(), "peak_rss_gb": peak,
         "rss_timeline_s_gb": rss_timeline, "rss_sampled_peak_at_s": peak_at[0],

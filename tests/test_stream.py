@@ -431,6 +431,37 @@ def test_an_update_that_fails_part_way_leaves_the_model_as_it_was(monkeypatch, h
             np.testing.assert_array_equal(a.precision, b.precision)
 
 
+def test_a_group_is_written_while_the_next_groups_blocks_are_solved(monkeypatch):
+    """The pipeline is not drained between groups: when a group is written, the blocks after it are already
+    dispatched (up to the in-flight limit), and every group is written once, in order, with all its entities."""
+    import lljax.model.random_effect as random_effect
+
+    monkeypatch.setattr(random_effect, "_GROUP_BYTES", 1)  # one block per group
+    events: list[tuple[str, int]] = []
+    real_dispatch = random_effect.dispatch
+
+    def logged_dispatch(block, *args, **kwargs):
+        events.append(("dispatch", 0))
+        return real_dispatch(block, *args, **kwargs)
+
+    monkeypatch.setattr(random_effect, "dispatch", logged_dispatch)
+    model = RandomEffectModel("logistic", memory_budget=1)  # one entity per block
+    from lljax.state.store import EntityStore
+
+    real_write = EntityStore.write_pending
+    monkeypatch.setattr(EntityStore, "write_pending",
+                        lambda self, pending: (events.append(("write", sum(map(len, pending.keys)))),
+                                               real_write(self, pending))[1])
+    rng = np.random.default_rng(3)
+    report = model.update(batch(rng, np.arange(12), 2, [1, 2], loss="logistic"))
+    assert report.blocks == 12 and len(model) == 12
+    kinds = [kind for kind, _ in events]
+    assert kinds.count("dispatch") == 12 and kinds.count("write") == 12
+    assert all(count == 1 for kind, count in events if kind == "write")
+    first_write = kinds.index("write")
+    assert kinds[:first_write].count("dispatch") == random_effect._IN_FLIGHT + 1  # the next blocks are in flight
+
+
 @pytest.mark.parametrize("hessian", ["full", "diagonal", "none"])
 def test_blocks_read_and_written_in_groups_equal_block_by_block(monkeypatch, hessian):
     """The store is read and written once per group of blocks (``_GROUP_BYTES``): over three updates that

@@ -45,7 +45,7 @@ _STORED_PRECISION = {"none": None, "identity": "diagonal", "diagonal": "diagonal
 _CPU_BLOCK_BUDGET = 16 << 20
 _ACCELERATOR_BLOCK_BUDGET = 256 << 20
 _IN_FLIGHT = 2  # blocks dispatched to the device and not yet collected
-_GROUP_BYTES = 64 << 20  # results of the blocks written in one pass (about)
+_GROUP_BYTES = 16 << 20  # results of the blocks written in one pass (about)
 _KEPT_BUFFER_BYTES = 64 << 20  # free block buffers a model keeps from one update to the next (see _update_round)
 _PROGRESS_DELAY_S = 3.0  # the default progress bar appears only for updates longer than this
 # Poisson line searches may halve the step this many times (SolverConfig's default is 30): a count y
@@ -517,10 +517,11 @@ class RandomEffectModel:
         # The round's stored rows were read from the store once (Round.prepare): the blocks' priors come
         # from that copy, and so does the undo snapshot of the first round. The blocks go in groups of about
         # _GROUP_BYTES of results, each group's written at once after its last block is collected (the
-        # store's cost is per pass, whatever the entities); each entity is in one block, so a write never
-        # touches the priors of a block still to come.
+        # store's cost is per pass, whatever the entities), while the next group's first blocks are solved: the
+        # pipeline is not drained between groups. Each entity is in one block and the priors come from the
+        # round's copy, so a write never touches the priors of a block still to come.
         # An error part-way restores what the round's entities had before, so a round is atomic.
-        pending: deque[tuple[BlockPlan, np.ndarray, Any, Buffers]] = deque()
+        pending: deque[tuple[BlockPlan, np.ndarray, Any, Buffers, int]] = deque()
         # A collected block's arrays serve the next blocks (see lljax.rounds.buffers), and the next update's: the
         # model keeps up to _KEPT_BUFFER_BYTES of them between updates, so that a stream of small updates reuses the
         # same memory instead of touching fresh pages for every block. A block's feature_ids are fresh memory, as
@@ -532,10 +533,23 @@ class RandomEffectModel:
             undo.append(store.snapshot(slots, rows=work.stored))
         devices = jax.local_devices()
         itemsize = np.dtype(dtype).itemsize
+        groups = list(_plan_groups(plans, work.full_precision, itemsize))
+        writes = [PendingWrites() for _ in groups]
+        uncollected = [len(group) for group in groups]
+
+        def collect_oldest() -> None:
+            """Collect the oldest block in flight; once it is the last of its group, write the group."""
+            plan, feature_ids, started, lease, g = pending.popleft()
+            collect(plan, feature_ids, started, lease, writes[g], pool)
+            uncollected[g] -= 1
+            if not uncollected[g]:
+                with timer("write"):
+                    store.write_pending(writes[g])
+                writes[g] = PendingWrites()  # (the written results are let go)
+
         try:
             with _progress_bar(progress, U, "update") as bar:
-                for group in _plan_groups(plans, work.full_precision, itemsize):
-                    writes = PendingWrites()
+                for g, group in enumerate(groups):
                     for plan in group:
                         lease = pool.lease()
                         with timer("pack"):
@@ -547,14 +561,12 @@ class RandomEffectModel:
                                 block = jax.device_put(block, device)
                                 device_blocks[str(device)] += 1
                             started = dispatch(block, l2, delta_arr, config, method=plan.method)
-                            pending.append((plan, feature_ids, started, lease))
+                            pending.append((plan, feature_ids, started, lease, g))
                         del block
                         if len(pending) > _IN_FLIGHT * len(devices):
-                            collect(*pending.popleft(), writes, pool)
-                    while pending:
-                        collect(*pending.popleft(), writes, pool)
-                    with timer("write"):
-                        store.write_pending(writes)
+                            collect_oldest()
+                while pending:
+                    collect_oldest()
         except BaseException:  # solves still in flight are waited for (and their arrays freed) here, not whenever
             pending.clear()    # the traceback that holds this frame goes
             started = None
