@@ -524,6 +524,46 @@ def test_subspace_keys_equal_the_numpy_dedupe(fid_dtype, with_priors):
 
 
 @needs_native
+@pytest.mark.parametrize("fid_dtype", [np.int32, np.int64])
+def test_subspace_keys_skip_only_rows_that_repeat_the_row_before(fid_dtype):
+    """A row listing the same ids as its entity's row before it is skipped; a row that differs from it in one id,
+    in its length only (a prefix, a longer row) or in its order counts: the keys are the NumPy dedupe's."""
+    from lljax import Dataset
+    from lljax.rounds.subspaces import local_subspaces
+
+    rows_of = {
+        0: [[1, 2, 3], [1, 2, 3], [1, 2, 4], [1, 2, 3], [1, 2], [1, 2, 3, 9], [1, 2, 3, 9]],
+        1: [[5, 6], [5, 6], [6, 5], [5, 7], []],
+        2: [[], [], [8], [8, 8]],
+    }
+    n = sum(len(rows) for rows in rows_of.values())
+    place = np.random.default_rng(2).permutation(n)  # the entities' rows interleaved, each entity's in order
+    entity, ids = np.zeros(n, np.int64), [[]] * n
+    at = 0
+    for u, rows in rows_of.items():
+        for position, row in zip(np.sort(place[at:at + len(rows)]), rows):
+            entity[position], ids[position] = u, row
+        at += len(rows)
+    indptr = np.r_[0, np.cumsum([len(r) for r in ids])]
+    fids = np.array([f for row in ids for f in row], fid_dtype)
+    data = Dataset.from_arrays(entity, np.zeros(n), indptr=indptr, feature_ids=fids, values=np.ones(len(fids)),
+                               num_features=10)
+    U = data.num_entities
+    row_order = np.argsort(data.entity, kind="stable")
+    row_start = np.r_[0, np.cumsum(np.bincount(data.entity, minlength=U))].astype(np.int64)
+    native = local_subspaces(data, np.zeros(0, np.int64), np.zeros(0, np.int64), rows=(row_order, row_start))
+    plain = local_subspaces(data, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    np.testing.assert_array_equal(native.pair_keys, plain.pair_keys)
+    np.testing.assert_array_equal(native.sizes, plain.sizes)
+    stride = native.stride
+    expected = {0: [0, 1, 2, 3, 4, 9], 1: [0, 5, 6, 7], 2: [0, 8]}  # (0: the intercept Dataset adds)
+    for u, features in expected.items():
+        code = int(np.searchsorted(data.entity_keys, u))
+        keys = native.pair_keys[native.start[code]:native.start[code + 1]]
+        np.testing.assert_array_equal(keys - code * stride, features)
+
+
+@needs_native
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_subspace_keys_over_threads_equal_the_numpy_dedupe(monkeypatch, threads):
     """Many entities: the helper splits them over threads (ranges of about equal row counts); the keys

@@ -312,8 +312,16 @@ PyObject* lljax_subspace_keys(PyObject*, PyObject* args) {
           mine.push_back(f);
         }
       };
+      // A row that lists the same features as the entity's row before it (the usual layout: every row of an
+      // entity lists its whole subspace) adds nothing: compared as bytes, it is skipped.
+      const char* last = nullptr;
+      size_t last_bytes = 0;
       for (int64_t i = st[u]; i < st[u + 1]; i++) {
         const int64_t r = ord[i];
+        const char* row = static_cast<const char*>(fids.buffer.buf) + ip[r] * fids.buffer.itemsize;
+        const size_t bytes = static_cast<size_t>(ip[r + 1] - ip[r]) * fids.buffer.itemsize;
+        if (last != nullptr && bytes == last_bytes && std::memcmp(row, last, bytes) == 0) continue;
+        last = row, last_bytes = bytes;
         for (int64_t k = ip[r]; k < ip[r + 1]; k++) {
           take(f32 ? static_cast<int64_t>(fids.data<int32_t>()[k]) : fids.data<int64_t>()[k]);
         }
