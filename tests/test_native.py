@@ -848,6 +848,32 @@ def test_stored_priors_placed_by_the_native_helper_equal_numpy_and_the_store(mon
 
 
 @needs_native
+@pytest.mark.parametrize("full", [True, False])
+def test_scatter_priors_reads_the_rows_it_is_given_where_they_are(full):
+    """``rows`` picks the stored rows in the arrays (any order, a subset): the same arrays as scattering copies of
+    those rows; a row outside the arrays is an IndexError, nothing written."""
+    from lljax.rounds.subspaces import Subspaces
+
+    rng = np.random.default_rng(8)
+    G, d, D, E, stride = 6, 3, 4, 3, 10
+    fids = np.sort(np.stack([rng.choice(np.arange(1, 9), d, replace=False) for _ in range(G)]), axis=1)
+    means = rng.normal(size=(G, d))
+    precision = rng.normal(size=(G, d * (d + 1) // 2 if full else d))
+    rows, lanes = np.array([4, 1, 5]), np.array([2, 0, 1])
+    keys = np.concatenate([lane * stride + np.r_[0, fids[row]] for lane, row in sorted(zip(lanes, rows))])
+    local = Subspaces.from_keys(keys, E, stride)
+    shape = (E, D, D) if full else (E, D)
+    out = [(np.zeros((E, D)), np.zeros(shape)) for _ in range(2)]
+    kernels.scatter_priors(lanes, rows, fids, means, precision, full, local, *out[0])
+    kernels.scatter_priors(lanes, np.arange(3), fids[rows], means[rows], precision[rows], full, local, *out[1])
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+    assert np.count_nonzero(out[0][0]) == E * d
+    with pytest.raises(IndexError, match="row 6 out of range"):
+        kernels.scatter_priors(lanes, np.array([4, 6, 5]), fids, means, precision, full, local, *out[0])
+
+
+@needs_native
 @pytest.mark.parametrize("hessian", ["full", "diagonal"])
 def test_stored_priors_with_unsorted_feature_ids_are_placed_as_numpy_places_them(monkeypatch, hessian):
     """A store filled from flat rows keeps each entity's ids in the order given (e.g. a Spark state): the

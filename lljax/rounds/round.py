@@ -30,7 +30,7 @@ from lljax.solve import kernels, registry
 from lljax.solve.base import SolverConfig
 from lljax.solve.blocks import Block, RowsBlock, RowSource, SparseBlock
 from lljax.solve.losses import encode_labels
-from lljax.state.store import EntityStore, GatheredRows, unpack_upper
+from lljax.state.store import EntityStore, GatheredRows, StoredRows, unpack_upper
 
 __all__ = ["Round", "block_rows", "scatter_rows", "row_entries", "priors"]
 
@@ -249,9 +249,8 @@ def block_rows(
     return rows, lane, row_cell, y, w, offset
 
 
-def priors(stored: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]], E: int, D: int,
-           subspaces: Subspaces, full: bool, cold: float | np.ndarray, dtype: npt.DTypeLike,
-           buffers: Buffers | None = None) -> tuple[np.ndarray, np.ndarray]:
+def priors(stored: Iterable[StoredRows], E: int, D: int, subspaces: Subspaces, full: bool, cold: float | np.ndarray,
+           dtype: npt.DTypeLike, buffers: Buffers | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Prior mean ``(E, D)`` and precision ``(E, D)``/``(E, D, D)`` (``full``) in the local subspaces, in
     ``buffers``. A full prior with no stored row (a block of new entities only, e.g. every block of a cold start)
     is its cold diagonal, and is returned as ``(E, D)``: the solvers read a diagonal prior precision as the full
@@ -260,37 +259,37 @@ def priors(stored: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
 
     Features without a stored prior (and every feature of a new entity) get mean 0 and
     precision ``cold`` (diagonal; a scalar, usually ``l2``, or ``(E, D)`` per local feature); the
-    ``stored`` rows, in the store's layout (``(lanes (g,), feature_ids (g, d), means (g, d), precision)`` per
-    width, ``precision`` ``(g, d (d + 1) / 2)`` upper triangles when ``full``, else ``(g, d)`` or ``None``, as
-    :meth:`lljax.state.store.GatheredRows.rows`), are scattered to their local positions: by the native
-    helper (:func:`lljax.solve.kernels.scatter_priors`) when it is built and enabled and no row is padded,
-    else by NumPy, with the same result. When a stored row has padded entries (id -1), one extra column
-    ``D`` catches their scatter; otherwise (the store's rows have exact widths) the arrays are ``D`` wide
-    from the start, so the blocks get C-contiguous arrays (a strided one costs JAX a copy at dispatch).
+    ``stored`` rows (:class:`lljax.state.store.StoredRows` per width, lanes as their ``positions``, as
+    :meth:`lljax.state.store.GatheredRows.rows` gives them), are scattered to their local positions: by the native
+    helper (:func:`lljax.solve.kernels.scatter_priors`, which reads the rows where they are) when it is built and
+    enabled and no row is padded, else by NumPy (from copies of the rows), with the same result. When a stored row
+    has padded entries (id -1), one extra column ``D`` catches their scatter; otherwise (the store's rows have
+    exact widths) the arrays are ``D`` wide from the start, so the blocks get C-contiguous arrays (a strided one
+    costs JAX a copy at dispatch).
     """
     stored = list(stored)
     full = full and bool(stored)
-    width = D + 1 if any((fids < 0).any() for _, fids, _, _ in stored) else D
+    width = D + 1 if any(part.padded for part in stored) else D
     buffers = Buffers() if buffers is None else buffers
     mean = buffers.zeros((E, width), dtype)
     if full:
         precision = buffers.zeros((E, width, width), dtype)
-        idx = np.arange(D)
-        precision[:, idx, idx] = cold
+        precision.reshape(E, width * width)[:, :width * D:width + 1] = cold  # the diagonal's first D entries
     else:
         precision = buffers.empty((E, width), dtype)
         precision[:, :D] = cold
         precision[:, D:] = 0
     if width == D and kernels.enabled():
-        for positions, fids, means, stored_precision in stored:
-            kernels.scatter_priors(positions, fids, means, stored_precision, full, subspaces, mean,
-                                   None if stored_precision is None else precision)
+        for part in stored:
+            kernels.scatter_priors(part.positions, part.rows, part.feature_ids, part.means, part.precision, full,
+                                   subspaces, mean, None if part.precision is None else precision)
         return mean, precision
-    for positions, fids, means, stored_precision in stored:
+    for part in stored:
+        fids, means, stored_precision = part.taken()
         valid = fids >= 0
-        owner = np.broadcast_to(positions[:, None], fids.shape)
+        owner = np.broadcast_to(part.positions[:, None], fids.shape)
         local = np.where(valid, subspaces.local_index(owner, np.maximum(fids, 0)), D)
-        lanes = positions[:, None]
+        lanes = part.positions[:, None]
         mean[lanes, local] = np.where(valid, means, 0)
         if stored_precision is None:
             continue

@@ -30,7 +30,7 @@ from lljax.solve import kernels
 from lljax.state.key_index import DictKeyIndex, IntKeyIndex
 
 __all__ = ["EntityStore", "EntityCoefficients", "StoredPairs", "FlatEntities", "StoreSnapshot",
-           "GatheredRows", "PendingWrites", "PRECISION_FORMS", "pack_upper", "unpack_upper"]
+           "GatheredRows", "StoredRows", "PendingWrites", "PRECISION_FORMS", "pack_upper", "unpack_upper"]
 
 
 class EntityCoefficients(NamedTuple):
@@ -405,23 +405,46 @@ class GatheredRows:
         for g, (_, positions, _) in enumerate(groups):
             self._group[positions] = g
             self._row[positions] = np.arange(len(positions))
+        self._padded = [bool((fields["feature_ids"] < 0).any()) for _, _, fields in groups]
 
     def pairs(self) -> StoredPairs:
         """Every gathered (feature id, mean) pair, its owner the entity's position in the request."""
         return _stored_pairs(((positions, fields) for _, positions, fields in self.groups), self.dtype)
 
-    def rows(self, request: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
-        """The rows of the entities at positions ``request`` of the gathered request, in the store's layout:
-        ``(positions in request, feature_ids (g, d), means (g, d), precision)`` per width, ``precision``
-        ``(g, d (d + 1) / 2)`` upper triangles (full), ``(g, d)`` or ``None``."""
+    def rows(self, request: np.ndarray) -> Iterator[StoredRows]:
+        """The rows of the entities at positions ``request`` of the gathered request, per width: each a
+        :class:`StoredRows` that holds the width's gathered arrays and the positions of the rows in them (no copy)."""
         group = self._group[request]
         for g in np.unique(group[group >= 0]):
             selected = np.flatnonzero(group == g)
             _, _, fields = self.groups[int(g)]
-            rows = self._row[request[selected]]
-            precision = fields.get("precision")
-            precision = None if precision is None else _rows(precision, rows)
-            yield selected, _rows(fields["feature_ids"], rows), _rows(fields["means"], rows), precision
+            yield StoredRows(selected, self._row[request[selected]], fields["feature_ids"], fields["means"],
+                             fields.get("precision"), self._padded[int(g)])
+
+
+class StoredRows(NamedTuple):
+    """Rows ``rows`` of gathered stored arrays of one width ``d`` (:meth:`GatheredRows.rows`), in the store's layout.
+
+    Attributes:
+      positions: ``(g,)`` each row's position in the request (e.g. its lane in a block).
+      rows: ``(g,)`` int64 the rows in the arrays below.
+      feature_ids: ``(G, d)`` int64, valid ids sorted first, -1 padding.
+      means: ``(G, d)``.
+      precision: ``(G, d (d + 1) / 2)`` upper triangles (full), ``(G, d)`` diagonals, or ``None``.
+      padded: whether any of the ``G`` rows has a padding entry (id -1).
+    """
+
+    positions: np.ndarray
+    rows: np.ndarray
+    feature_ids: np.ndarray
+    means: np.ndarray
+    precision: np.ndarray | None
+    padded: bool
+
+    def taken(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(feature_ids (g, d), means (g, d), precision)``: copies of the rows alone."""
+        precision = None if self.precision is None else _rows(self.precision, self.rows)
+        return _rows(self.feature_ids, self.rows), _rows(self.means, self.rows), precision
 
 
 def _stored_pairs(parts: Iterable[tuple[np.ndarray, Mapping[str, np.ndarray]]], dtype: np.dtype) -> StoredPairs:

@@ -482,31 +482,34 @@ def prefault(array: np.ndarray) -> bool:
     return bool(_native().prefault(array))
 
 
-def scatter_priors(lanes: np.ndarray, feature_ids: np.ndarray, means: np.ndarray, precision: np.ndarray | None,
-                   full: bool, subspaces: _Subspaces, mean_out: np.ndarray, precision_out: np.ndarray | None) -> None:
-    """Put ``g`` stored rows of one width ``d`` into a block's prior arrays, at their local columns (C++, see
-    ``pack.cc``): what :func:`lljax.rounds.round.priors` does with NumPy for rows without padding.
+def scatter_priors(lanes: np.ndarray, rows: np.ndarray, feature_ids: np.ndarray, means: np.ndarray,
+                   precision: np.ndarray | None, full: bool, subspaces: _Subspaces, mean_out: np.ndarray,
+                   precision_out: np.ndarray | None) -> None:
+    """Put ``g`` stored rows of one width ``d``, rows ``rows`` of the arrays given, into a block's prior arrays, at
+    their local columns (C++, see ``pack.cc``): what :func:`lljax.rounds.round.priors` does with NumPy for rows
+    without padding. The rows are read where they are (no copy of them is made).
 
     Args:
       lanes: ``(g,)`` each row's lane in the block.
-      feature_ids: ``(g, d)`` int64, each row's features, sorted, distinct, all in its lane's subspace.
-      means: ``(g, d)``.
-      precision: ``(g, d (d + 1) / 2)`` upper triangles row by row (``full``), ``(g, d)`` diagonals, or ``None``.
+      rows: ``(g,)`` each row's row in the arrays below.
+      feature_ids: ``(G, d)`` int64, each row's features, sorted, distinct, all in its lane's subspace.
+      means: ``(G, d)``.
+      precision: ``(G, d (d + 1) / 2)`` upper triangles row by row (``full``), ``(G, d)`` diagonals, or ``None``.
       full: whether ``precision`` holds upper triangles (``precision_out`` is then ``(E, D, D)``: both
         triangles are written).
       subspaces: the block's :class:`lljax.rounds.subspaces.Subspaces` (lane-numbered, see ``restrict``).
       mean_out: ``(E, D)``, C-contiguous, written in place; precision_out: ``(E, D, D)`` or ``(E, D)`` of the
         same dtype, or ``None`` with ``precision``.
     Raises:
-      ValueError: a row's feature is not in its lane's subspace; IndexError: a lane out of range.
+      ValueError: a row's feature is not in its lane's subspace; IndexError: a lane or a row out of range.
     """
     c = np.ascontiguousarray
     kind = 0 if precision is None else 2 if full else 1
     D = mean_out.shape[-1]
-    _native().scatter_priors(c(lanes, np.int64), c(feature_ids, np.int64), c(means, mean_out.dtype),
-                             None if precision is None else c(precision, mean_out.dtype), kind,
-                             c(subspaces.pair_keys), c(subspaces.start), c(subspaces.sizes), int(subspaces.stride),
-                             int(D), mean_out, precision_out)
+    _native().scatter_priors(c(lanes, np.int64), c(rows, np.int64), c(feature_ids, np.int64),
+                             c(means, mean_out.dtype), None if precision is None else c(precision, mean_out.dtype),
+                             kind, int(feature_ids.shape[1]), c(subspaces.pair_keys), c(subspaces.start),
+                             c(subspaces.sizes), int(subspaces.stride), int(D), mean_out, precision_out)
 
 
 def host_threads() -> int:

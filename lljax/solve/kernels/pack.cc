@@ -470,15 +470,16 @@ namespace {
 // store keeps them so), by binary search where the walk misses (any order works); false if one is not in
 // the subspace.
 template <typename T>
-bool place_priors(const int64_t* lanes, int64_t g, const int64_t* fids, const T* means, const T* precision,
-                  int kind, int64_t d, const int64_t* keys, const int64_t* start, const int64_t* sizes,
-                  int64_t stride, int64_t D, T* mean_out, T* precision_out, int64_t* col, int64_t* bad_row) {
+bool place_priors(const int64_t* lanes, const int64_t* rows, int64_t g, const int64_t* fids, const T* means,
+                  const T* precision, int kind, int64_t d, const int64_t* keys, const int64_t* start,
+                  const int64_t* sizes, int64_t stride, int64_t D, T* mean_out, T* precision_out, int64_t* col,
+                  int64_t* bad_row) {
   const int64_t T_ = d * (d + 1) / 2;
   for (int64_t i = 0; i < g; i++) {
-    const int64_t l = lanes[i], lo = start[l], size = sizes[l], base = l * stride;
+    const int64_t l = lanes[i], lo = start[l], size = sizes[l], base = l * stride, r = rows[i];
     int64_t c = 0;
     for (int64_t k = 0; k < d; k++) {
-      const int64_t key = base + fids[i * d + k];
+      const int64_t key = base + fids[r * d + k];
       while (c < size && keys[lo + c] < key) c++;
       int64_t at = c;
       if (at == size || keys[lo + at] != key) at = search(keys, lo, lo + size, key) - lo;
@@ -489,13 +490,13 @@ bool place_priors(const int64_t* lanes, int64_t g, const int64_t* fids, const T*
       col[k] = at;
     }
     T* m = mean_out + l * D;
-    for (int64_t k = 0; k < d; k++) m[col[k]] = means[i * d + k];
+    for (int64_t k = 0; k < d; k++) m[col[k]] = means[r * d + k];
     if (kind == 1) {
       T* p = precision_out + l * D;
-      for (int64_t k = 0; k < d; k++) p[col[k]] = precision[i * d + k];
+      for (int64_t k = 0; k < d; k++) p[col[k]] = precision[r * d + k];
     } else if (kind == 2) {
       T* p = precision_out + l * D * D;
-      const T* row = precision + i * T_;
+      const T* row = precision + r * T_;
       for (int64_t a = 0; a < d; a++) {
         const int64_t ca = col[a];
         for (int64_t b = a; b < d; b++) {
@@ -511,28 +512,29 @@ bool place_priors(const int64_t* lanes, int64_t g, const int64_t* fids, const T*
 
 }  // namespace
 
-// scatter_priors(lanes, feature_ids, means, precision, kind, keys, start, sizes, stride, D, mean_out,
-// precision_out): g stored rows of width d into a block's prior arrays. Row i (lane lanes[i]; feature ids
-// distinct, all >= 0, best sorted) puts mean k at mean_out[lane, c_k], c_k the feature's column in the lane's
-// subspace (keys lane * stride + feature id, sorted, as pack_rows reads them); kind 1: precision (g, d)
-// at precision_out[lane, c_k]; kind 2: precision (g, d (d + 1) / 2), upper triangles row by row, at
-// precision_out[lane, c_a, c_b] and its mirror; kind 0: no precision. lljax/rounds/round.py's `priors`
-// does the same with NumPy.
+// scatter_priors(lanes, rows, feature_ids, means, precision, kind, d, keys, start, sizes, stride, D, mean_out,
+// precision_out): g stored rows of width d, rows[i] of the G rows of feature_ids (G, d), into a block's prior
+// arrays. Row rows[i] (lane lanes[i]; feature ids distinct, all >= 0, best sorted) puts mean k at
+// mean_out[lane, c_k], c_k the feature's column in the lane's subspace (keys lane * stride + feature id, sorted,
+// as pack_rows reads them); kind 1: precision (G, d) at precision_out[lane, c_k]; kind 2: precision
+// (G, d (d + 1) / 2), upper triangles row by row, at precision_out[lane, c_a, c_b] and its mirror; kind 0: no
+// precision. lljax/rounds/round.py's `priors` does the same with NumPy.
 PyObject* lljax_scatter_priors(PyObject*, PyObject* args) {
-  PyObject *o_lanes, *o_fids, *o_means, *o_prec, *o_keys, *o_start, *o_sizes, *o_mean_out, *o_prec_out;
+  PyObject *o_lanes, *o_rows, *o_fids, *o_means, *o_prec, *o_keys, *o_start, *o_sizes, *o_mean_out, *o_prec_out;
   int kind;
-  long long stride, D;
-  if (!PyArg_ParseTuple(args, "OOOOiOOOLLOO", &o_lanes, &o_fids, &o_means, &o_prec, &kind, &o_keys, &o_start,
-                        &o_sizes, &stride, &D, &o_mean_out, &o_prec_out)) {
+  long long stride, D, d;
+  if (!PyArg_ParseTuple(args, "OOOOOiLOOOLLOO", &o_lanes, &o_rows, &o_fids, &o_means, &o_prec, &kind, &d, &o_keys,
+                        &o_start, &o_sizes, &stride, &D, &o_mean_out, &o_prec_out)) {
     return nullptr;
   }
-  View lanes, fids, means, prec, keys, start, sizes, mean_out, prec_out;
+  View lanes, rows, fids, means, prec, keys, start, sizes, mean_out, prec_out;
   if (kind < 0 || kind > 2) {
     PyErr_SetString(PyExc_ValueError, "scatter_priors: kind is 0, 1 or 2");
     return nullptr;
   }
   const char code = means.get(o_means, "means", "df", false);
-  if (!lanes.get(o_lanes, "lanes", "q", false) || !fids.get(o_fids, "feature_ids", "q", false) || code == 0 ||
+  if (!lanes.get(o_lanes, "lanes", "q", false) || !rows.get(o_rows, "rows", "q", false) ||
+      !fids.get(o_fids, "feature_ids", "q", false) || code == 0 ||
       !keys.get(o_keys, "keys", "q", false) || !start.get(o_start, "start", "q", false) ||
       !sizes.get(o_sizes, "sizes", "q", false) || mean_out.get(o_mean_out, "mean_out", "df", true) != code ||
       (kind > 0 && (prec.get(o_prec, "precision", "df", false) != code ||
@@ -540,21 +542,26 @@ PyObject* lljax_scatter_priors(PyObject*, PyObject* args) {
     if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "scatter_priors: means and outputs differ in dtype");
     return nullptr;
   }
-  // E lanes have a subspace; the outputs may have more (padding lanes, untouched).
+  // E lanes have a subspace; the outputs may have more (padding lanes, untouched). Rows rows[i] of the G stored.
   const int64_t g = lanes.size(), E = sizes.size(), E_out = D > 0 ? mean_out.size() / D : 0;
-  const int64_t d = g > 0 ? fids.size() / g : 0;
+  const int64_t G = d > 0 ? fids.size() / d : 0;
   const int64_t per_row = kind == 2 ? d * (d + 1) / 2 : d;
-  if (fids.size() != g * d || means.size() != g * d || (kind > 0 && prec.size() != g * per_row) || D < 1 ||
+  if (d < 1 || rows.size() != g || fids.size() != G * d || means.size() != G * d ||
+      (kind > 0 && prec.size() != G * per_row) || D < 1 ||
       d > D || stride < 1 || start.size() < E || mean_out.size() != E_out * D || E_out < E ||
       (kind > 0 && prec_out.size() != E_out * (kind == 2 ? D * D : D))) {
     PyErr_SetString(PyExc_ValueError, "scatter_priors: inconsistent argument sizes");
     return nullptr;
   }
-  const int64_t *ln = lanes.data<int64_t>(), *f = fids.data<int64_t>(), *st = start.data<int64_t>(),
-                *sz = sizes.data<int64_t>();
+  const int64_t *ln = lanes.data<int64_t>(), *rw = rows.data<int64_t>(), *f = fids.data<int64_t>(),
+                *st = start.data<int64_t>(), *sz = sizes.data<int64_t>();
   for (int64_t i = 0; i < g; i++) {  // bounds once, so that the loop cannot leave its buffers
     if (ln[i] < 0 || ln[i] >= E) {
       PyErr_Format(PyExc_IndexError, "scatter_priors: lane %lld out of range", (long long)ln[i]);
+      return nullptr;
+    }
+    if (rw[i] < 0 || rw[i] >= G) {
+      PyErr_Format(PyExc_IndexError, "scatter_priors: row %lld out of range", (long long)rw[i]);
       return nullptr;
     }
   }
@@ -564,10 +571,12 @@ PyObject* lljax_scatter_priors(PyObject*, PyObject* args) {
       return nullptr;
     }
   }
-  for (int64_t k = 0; k < g * d; k++) {
-    if (f[k] < 0 || f[k] >= stride) {
-      PyErr_Format(PyExc_ValueError, "scatter_priors: feature id %lld outside [0, stride)", (long long)f[k]);
-      return nullptr;
+  for (int64_t i = 0; i < g; i++) {
+    for (int64_t k = rw[i] * d; k < (rw[i] + 1) * d; k++) {
+      if (f[k] < 0 || f[k] >= stride) {
+        PyErr_Format(PyExc_ValueError, "scatter_priors: feature id %lld outside [0, stride)", (long long)f[k]);
+        return nullptr;
+      }
     }
   }
   int64_t bad = -1;
@@ -580,11 +589,13 @@ PyObject* lljax_scatter_priors(PyObject*, PyObject* args) {
   }
   Py_BEGIN_ALLOW_THREADS;
   if (code == 'd') {
-    ok = place_priors<double>(ln, g, f, means.data<double>(), kind > 0 ? prec.data<double>() : nullptr, kind, d,
+    ok = place_priors<double>(ln, rw, g, f, means.data<double>(), kind > 0 ? prec.data<double>() : nullptr, kind,
+                              d,
                               keys.data<int64_t>(), st, sz, stride, D, mean_out.data<double>(),
                               kind > 0 ? prec_out.data<double>() : nullptr, col.data(), &bad);
   } else {
-    ok = place_priors<float>(ln, g, f, means.data<float>(), kind > 0 ? prec.data<float>() : nullptr, kind, d,
+    ok = place_priors<float>(ln, rw, g, f, means.data<float>(), kind > 0 ? prec.data<float>() : nullptr, kind,
+                             d,
                              keys.data<int64_t>(), st, sz, stride, D, mean_out.data<float>(),
                              kind > 0 ? prec_out.data<float>() : nullptr, col.data(), &bad);
   }
