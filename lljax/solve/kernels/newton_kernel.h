@@ -913,10 +913,29 @@ static inline int32_t status_after(T value, T grad_max_abs, bool grad_finite, in
 // dense load reads from the (E, N, D) block that lljax.solve.kernels.pack_rows and block_rows would pack, bit
 // for bit. acc, touched, seen: Dp each, zero (left zero). A feature outside its lane's subspace is recorded in
 // S.missing (the first one), a row out of range in S.bad_row; either ends that lane's load.
+// Subspaces up to this size are searched by counting (load_rows), and a lane's first rows prefetched.
+constexpr int64_t kCountedSearch = 64, kPrefetchRows = 16;
+
 template <typename T, int W, typename F>
 static void load_rows(const RowSource<T>& S, const F* __restrict fids, int64_t N, int64_t Dp, const int64_t* ent,
                       const bool* valid, T* __restrict x, T* __restrict y, T* __restrict w, T* __restrict off,
                       double* __restrict acc, int64_t* __restrict touched, unsigned char* __restrict seen) {
+  // The lanes' rows are anywhere in the dataset: their first kPrefetchRows rows are asked for at once (their ids,
+  // values, labels, weights and offsets), so that their cache misses overlap instead of coming one by one below.
+  for (int l = 0; l < W; l++) {
+    if (!valid[l]) continue;
+    const int64_t e = ent[l], b = S.lane_begin[e], count = std::min<int64_t>(S.lane_end[e] - b, kPrefetchRows);
+    for (int64_t n = 0; n < count; n++) {
+      const int64_t r = S.row_order[b + n];
+      if (r < 0 || r >= S.n) break;  // (reported below)
+      const int64_t k0 = S.indptr[r];
+      __builtin_prefetch(fids + k0, 0, 3);
+      __builtin_prefetch(S.values + k0, 0, 3);
+      __builtin_prefetch(S.label + r, 0, 3);
+      __builtin_prefetch(S.weight + r, 0, 3);
+      __builtin_prefetch(S.offset + r, 0, 3);
+    }
+  }
   for (int64_t i = 0; i < N * Dp * W; i++) x[i] = T(0);
   for (int64_t i = 0; i < N * W; i++) y[i] = T(0), w[i] = T(0), off[i] = T(0);
   const int64_t shift = S.leading >= 0 ? 1 : 0;
@@ -925,10 +944,23 @@ static void load_rows(const RowSource<T>& S, const F* __restrict fids, int64_t N
     if (!valid[l]) continue;
     const int64_t e = ent[l], b = S.lane_begin[e], count = S.lane_end[e] - b;
     const int64_t lo = S.start[e], size = S.sizes[e], base = e * S.stride;
-    // Local column of `feature`: its rank in the row when the subspace has it there, else searched; -1 if absent.
-    const auto column = [&](int64_t feature, int64_t rank) -> int64_t {
+    // Local column of `feature`: its rank in the row when the subspace has it there, else found by a merge walk
+    // (`walk`, the column after the row's last match: a row's ids in increasing order, the usual layout, are each
+    // found a few steps on), else searched (any order works): in a small subspace by counting the keys below it
+    // (no branch to mispredict), in a larger one by binary search; -1 if absent.
+    const auto column = [&](int64_t feature, int64_t rank, int64_t& walk) -> int64_t {
       const int64_t key = base + feature;
-      if (rank < size && keys[lo + rank] == key) return rank;
+      if (rank < size && keys[lo + rank] == key) {
+        walk = rank + 1;
+        return rank;
+      }
+      while (walk < size && keys[lo + walk] < key) walk++;
+      if (walk < size && keys[lo + walk] == key) return walk++;
+      if (size <= kCountedSearch) {
+        int64_t below = 0;
+        for (int64_t c = 0; c < size; c++) below += keys[lo + c] < key;
+        return below < size && keys[lo + below] == key ? below : -1;
+      }
       int64_t a = lo, z = lo + size;
       while (a < z) {
         const int64_t mid = a + (z - a) / 2;
@@ -958,9 +990,9 @@ static void load_rows(const RowSource<T>& S, const F* __restrict fids, int64_t N
         for (int64_t k = k0; k < k1; k++) xr[(shift + k - k0) * W] = S.values[k] + T(0);  // -0 as 0 + -0, as packed
         continue;
       }
-      int64_t m = 0;
+      int64_t m = 0, walk = 0;
       const auto add = [&](int64_t feature, int64_t rank, double value) -> bool {
-        const int64_t col = column(feature, rank);
+        const int64_t col = column(feature, rank, walk);
         if (col < 0) return false;
         if (!seen[col]) seen[col] = 1, touched[m++] = col;
         acc[col] += value;
