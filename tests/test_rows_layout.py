@@ -25,15 +25,17 @@ def rows_for_every_block(monkeypatch):
     monkeypatch.setattr(registry, "ROWS_LAYOUT_MIN_ROWS", 1)
 
 
-def messy_dataset(rng: np.random.Generator, dtype, intercept: bool, U: int = 37) -> Dataset:
+def messy_dataset(rng: np.random.Generator, dtype, intercept: bool, U: int = 37, own_features: int = 7,
+                  vocabulary: int = 40) -> Dataset:
     """CSR rows of ``U`` entities (1 to 12 rows each) whose nonzeros are unsorted, sometimes repeated in a row,
-    sometimes in subspace order: every lookup path of the loader (rank guess, search, sums) is used."""
+    sometimes in subspace order: every lookup path of the loader (rank guess, merge walk, search, sums) is used.
+    Each entity has ``own_features`` of the ``vocabulary``'s ids."""
     rows_per = rng.integers(1, 13, U)
     entity = rng.permutation(np.repeat(np.arange(U), rows_per))  # rows of an entity scattered in the dataset
     n = len(entity)
-    nnz = rng.integers(0, 6, n)
+    nnz = rng.integers(0, own_features - 1, n)
     indptr = np.r_[0, np.cumsum(nnz)]
-    own = [rng.choice(np.arange(1, 40), 7, replace=False) for _ in range(U)]  # each entity's features
+    own = [rng.choice(np.arange(1, vocabulary), own_features, replace=False) for _ in range(U)]  # each entity's
     fids = np.concatenate([rng.choice(own[e], k) for e, k in zip(entity, nnz)]).astype(np.int64)  # repeats too
     for r in range(0, n, 3):  # every third row: its entity's first features, in order (the rank-guess path)
         k = int(nnz[r])
@@ -42,7 +44,8 @@ def messy_dataset(rng: np.random.Generator, dtype, intercept: bool, U: int = 37)
     values = rng.normal(size=len(fids))
     label = (rng.random(n) < 0.4).astype(float)
     return Dataset.from_arrays(entity, label, indptr=indptr, feature_ids=fids, values=values,
-                               weight=rng.uniform(0.5, 2.0, n), offset=0.3 * rng.normal(size=n), num_features=40,
+                               weight=rng.uniform(0.5, 2.0, n), offset=0.3 * rng.normal(size=n),
+                               num_features=vocabulary,
                                intercept_id=0 if intercept else None, dtype=dtype)
 
 
@@ -82,6 +85,27 @@ def test_a_rows_block_solves_as_its_dense_block_bit_for_bit(loss, dtype, hessian
     for plan in plans:
         rows = work.build(plan)
         dense = work.build(plan._replace(layout=None))  # the packer's dense block
+        assert isinstance(rows, RowsBlock) and isinstance(dense, Block)
+        for packed, unpacked in zip(dense, dense_from_rows(rows)):
+            np.testing.assert_array_equal(np.asarray(packed), np.asarray(unpacked))
+        assert_results_equal(registry.solve(rows, l2, delta, config),
+                             registry.solve(dense, l2, delta, config._replace(native=True)))
+
+
+@pytest.mark.parametrize("hessian", ["full", "diagonal"])
+def test_rows_of_wide_subspaces_are_read_as_the_packer_packs_them(hessian):
+    """Lanes of more than 64 features: columns the merge walk misses are found by binary search (the counting
+    search covers smaller subspaces); the loaded block equals the packed one, and the solves agree bit for bit."""
+    rng = np.random.default_rng(41)
+    data = messy_dataset(rng, np.float64, True, U=12, own_features=90, vocabulary=400)
+    model = RandomEffectModel("logistic", l2=0.7, delta=0.6, hessian=hessian)
+    config = SolverConfig(loss="logistic", hessian=hessian, tol=1e-6)
+    work = Round.prepare(data, "logistic", model.store, 0.7)
+    assert (work.subspaces.sizes > 64).sum() >= 5  # (and smaller ones: both searches)
+    l2, delta = np.asarray(0.7), np.asarray(0.6)
+    for plan in work.plan(1 << 22, config):
+        rows = work.build(plan._replace(layout="rows"))
+        dense = work.build(plan._replace(layout="dense"))
         assert isinstance(rows, RowsBlock) and isinstance(dense, Block)
         for packed, unpacked in zip(dense, dense_from_rows(rows)):
             np.testing.assert_array_equal(np.asarray(packed), np.asarray(unpacked))
