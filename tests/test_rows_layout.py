@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lljax import Dataset, RandomEffectModel, SolverConfig
+from lljax.data.arrays import next_pow2
 from lljax.rounds.round import Round
 from lljax.solve import registry
 from lljax.solve.blocks import Block, RowsBlock, dense_from_rows
@@ -111,6 +112,30 @@ def test_rows_of_wide_subspaces_are_read_as_the_packer_packs_them(hessian):
             np.testing.assert_array_equal(np.asarray(packed), np.asarray(unpacked))
         assert_results_equal(registry.solve(rows, l2, delta, config),
                              registry.solve(dense, l2, delta, config._replace(native=True)))
+
+
+def test_rows_blocks_without_padding_lanes_solve_as_padded_ones():
+    """Blocks read from the rows are planned with as many lanes as entities; the same block padded with empty lanes
+    to a power of two gives its entities the same results, bit for bit (lanes do not interact)."""
+    rng = np.random.default_rng(17)
+    data = messy_dataset(rng, np.float64, True, U=45)
+    model = RandomEffectModel("logistic", l2=0.7, delta=0.6, hessian="full")
+    model.update(data)
+    config = SolverConfig(loss="logistic", hessian="full", tol=1e-6)
+    work = Round.prepare(data, "logistic", model.store, 0.7)
+    plans = work.plan(1 << 14, config)
+    assert any(plan.lanes & (plan.lanes - 1) for plan in plans)  # some lane counts are not powers of two
+    l2, delta = np.asarray(0.7), np.asarray(0.6)
+    for plan in plans:
+        assert plan.lanes == len(plan.entities) and plan.layout == "rows"
+        exact = registry.solve(work.build(plan), l2, delta, config)
+        padded = registry.solve(work.build(plan._replace(lanes=int(next_pow2(plan.lanes)) + 8)), l2, delta, config)
+        for field in exact._fields:
+            x, y = getattr(exact, field), getattr(padded, field)
+            if x is None:
+                assert y is None
+                continue
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y)[:plan.lanes], err_msg=field)
 
 
 def test_update_with_rows_blocks_equals_update_with_packed_blocks(monkeypatch):

@@ -169,6 +169,20 @@ def test_large_buckets_of_uncompiled_blocks_keep_their_feature_counts():
     np.testing.assert_array_equal(wide, np.r_[np.where(features == 10, 12, features), 393_216, 393_216])
 
 
+def test_blocks_that_compile_nothing_have_as_many_lanes_as_entities():
+    """Compiled blocks have a power of two of lanes (a cut bucket's last block padded to full size); blocks that
+    compile nothing have their own entity count, the last one of a cut bucket included."""
+    features, rows = np.array([9] * 1500 + [20] * 37), np.full(1537, 3)
+
+    def lanes(compiles):
+        plans = plan_blocks(rows, features, 1024 * 1000, lambda r, f: ("newton", None, 1000), compiles)
+        assert sorted(np.concatenate([p.entities for p in plans]).tolist()) == list(range(1537))
+        return sorted((p.features, p.lanes, len(p.entities)) for p in plans)
+
+    assert lanes(lambda r, f: True) == [(12, 1024, 476), (12, 1024, 1024), (24, 64, 37)]
+    assert lanes(lambda r, f: False) == [(9, 476, 476), (9, 1024, 1024), (24, 37, 37)]
+
+
 @pytest.mark.parametrize("hessian", ["full", "diagonal"])
 def test_unpadded_blocks_solve_as_padded_ones(monkeypatch, hessian):
     """Every bucket unpadded (odd feature counts: the kernel's variant for any count, and panels narrower than 4)

@@ -4,7 +4,8 @@ Entities are bucketed by rows rounded up to a power of two (at least ``MIN_ROWS`
 up by :func:`padded_features`, so only a few shapes are ever compiled. Each bucket gets its solve method
 its layout and that method's workspace model from the caller (``choose``; :class:`lljax.rounds.round.Round`
 asks :mod:`lljax.solve.registry`), and is cut along the entity axis into blocks that fit a memory budget
-(the entity count of a block is a power of two, at least ``MIN_LANES``). No loop over entities.
+(the entity count of a block is a power of two, at least ``MIN_LANES``, except in blocks that compile nothing:
+their own count). No loop over entities.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, me
     Where the blocks of a bucket compile nothing (``compiles(rows, width)`` is False: the native kernel reads
     them from the rows), the entities of a bucket that share a feature count keep it, unpadded, in a bucket of
     their own if there are at least :data:`EXACT_MIN_LANES` of them: the kernel's work per step grows as D^2 to
-    D^3 (12 features padded from 9 cost about 15% more), and each block has a cost of its own.
+    D^3 (12 features padded from 9 cost about 15% more), and each block has a cost of its own. Such blocks
+    have no padding lanes either: their arrays (priors, results) are as long as their entities.
 
     Args:
       rows_per_entity, features_per_entity: ``(U,)`` counts.
@@ -67,7 +69,8 @@ def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, me
       memory_budget: bytes a block (with solver workspace) may use.
       choose: ``(padded rows, padded features) -> (method name, layout or None, bytes per lane)``.
     Returns:
-      Blocks ordered by bucket, each with at most ``max_lanes`` entities, a power of two.
+      Blocks ordered by bucket, each with at most ``max_lanes`` entities, a power of two (their own count in
+      blocks that compile nothing).
     """
     rows_b = next_pow2(np.maximum(rows_per_entity, MIN_ROWS))
     feats_b = padded_features(features_per_entity)
@@ -84,10 +87,13 @@ def plan_blocks(rows_per_entity: np.ndarray, features_per_entity: np.ndarray, me
         method, layout, per_lane = choose(rows, features)
         max_lanes = int(next_pow2(max(1, memory_budget // per_lane) + 1) // 2)  # largest pow2 <= budget
         # A bucket that fits one block gets the smallest power of two that holds it; a bucket cut into
-        # several blocks pads its last one to full size too, so each bucket compiles one shape.
+        # several blocks pads its last one to full size too, so each bucket compiles one shape. Blocks that
+        # compile nothing have as many lanes as entities.
+        exact = compiles is not None and not compiles(rows, features)
         lanes = max_lanes if members.size > max_lanes else min(max_lanes, max(int(next_pow2(members.size)), MIN_LANES))
         for lo in range(0, members.size, max_lanes):
-            plans.append(BlockPlan(members[lo: lo + max_lanes], lanes, rows, features, method, layout))
+            part = members[lo: lo + max_lanes]
+            plans.append(BlockPlan(part, part.size if exact else lanes, rows, features, method, layout))
     return plans
 
 
