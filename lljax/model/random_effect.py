@@ -447,20 +447,26 @@ class RandomEffectModel:
             report = _EntityReport.skipped(U, dtype)
             skipped = np.flatnonzero(~trained)
             report.features[skipped] = store.sizes(store.lookup(dataset.entity_keys[skipped]))
-            keep = trained[dataset.entity]
+            keep = None if trained.all() else trained[dataset.entity]  # the rows trained (None: all of them)
             round_of_row = None if self.max_rows is None else group_rank(dataset.entity, U) // self.max_rows
-            rounds = 0 if not keep.any() else 1 if round_of_row is None else int(round_of_row[keep].max()) + 1
+            if keep is not None and not keep.any():
+                rounds = 0
+            else:
+                rounds = 1 if round_of_row is None else int(round_of_row[keep].max() if keep is not None
+                                                             else round_of_row.max()) + 1
         blocks = 0
         device_blocks: Counter = Counter()
         undo: list = []  # the snapshot of the first round, which holds every entity of the later ones
         try:
             for r in range(rounds):
-                rows_in_round = keep if round_of_row is None else keep & (round_of_row == r)
-                part = dataset if rows_in_round.all() else dataset.take(rows_in_round)
-                codes = np.searchsorted(dataset.entity_keys, part.entity_keys)
+                in_round = round_of_row == r if round_of_row is not None else None
+                rows_in_round = in_round if keep is None else keep if in_round is None else keep & in_round
+                whole = rows_in_round is None or bool(rows_in_round.all())
+                part = dataset if whole else dataset.take(rows_in_round)
+                codes = np.arange(U) if whole else np.searchsorted(dataset.entity_keys, part.entity_keys)
                 delta = first_delta if r == 0 else 1.0
                 round_report, round_blocks = self._update_round(store, part, delta, progress, timer, undo,
-                                                                device_blocks)
+                                                                device_blocks, rows if whole else None)
                 report.merge(codes, round_report, first=r == 0)
                 blocks += round_blocks
             if undo:
@@ -474,16 +480,17 @@ class RandomEffectModel:
             raise
 
     def _update_round(self, store: EntityStore, dataset: Dataset, delta: float, progress: bool | None,
-                      timer: PhaseTimer, undo: list, device_blocks: Counter) -> tuple[_EntityReport, int]:
+                      timer: PhaseTimer, undo: list, device_blocks: Counter,
+                      rows: np.ndarray | None = None) -> tuple[_EntityReport, int]:
         """One sequential update of every entity of ``dataset`` with forgetting ``delta``. If ``undo`` is
         empty, a snapshot of the round's entities is appended to it before anything is written (the
         caller restores it if the update fails). With several local devices, block ``i`` goes to device
-        ``i mod count`` (counted in ``device_blocks``)."""
+        ``i mod count`` (counted in ``device_blocks``). ``rows``: each entity's row count, if known."""
         dtype = store.dtype
         U = dataset.num_entities
         config = self.solver_config(dtype)
         with timer("prepare"):
-            work = Round.prepare(dataset, self.loss, store, self.l2, self.penalize_intercept)
+            work = Round.prepare(dataset, self.loss, store, self.l2, self.penalize_intercept, rows=rows)
             plans = work.plan(self._block_budget(), config)
         l2, delta_arr = np.asarray(self.l2, dtype), np.asarray(delta, dtype)
         report = _EntityReport.skipped(U, dtype)

@@ -68,8 +68,9 @@ class Round(NamedTuple):
 
     @classmethod
     def prepare(cls, dataset: Dataset, loss: str, store: EntityStore | None, l2: float,
-                penalize_intercept: bool = True) -> Round:
-        """The working set of an update of every entity of ``dataset``, with ``store``'s priors."""
+                penalize_intercept: bool = True, rows: np.ndarray | None = None) -> Round:
+        """The working set of an update of every entity of ``dataset``, with ``store``'s priors; ``rows``: each
+        entity's row count (``np.bincount(dataset.entity)``), when the caller has it already."""
         U = dataset.num_entities
         stored = None
         if store is None:
@@ -82,7 +83,7 @@ class Round(NamedTuple):
             owner, prior_fids = prior.owner, prior.feature_ids
         row_order = np.argsort(dataset.entity, kind="stable")
         row_start = np.zeros(U + 1, np.int64)
-        np.cumsum(np.bincount(dataset.entity, minlength=U), out=row_start[1:])
+        np.cumsum(np.bincount(dataset.entity, minlength=U) if rows is None else rows, out=row_start[1:])
         subspaces = local_subspaces(dataset, owner, prior_fids, rows=(row_order, row_start))
         return cls(dataset, loss, row_order, row_start, subspaces, store, slots, stored, l2, penalize_intercept)
 
