@@ -692,10 +692,22 @@ PyObject* lljax_move_rows(PyObject*, PyObject* args) {
     }
   }
   char* f = static_cast<char*>(flat.buffer.buf);
+  // Rows are anywhere in the chunks: each row's cache lines are asked for kAhead rows before it is copied.
+  constexpr int64_t kAhead = 8;
+  const auto slot_of = [&](int64_t i) {
+    const int64_t c = chunk_of(st, C, r[i]);
+    return base[c] + (r[i] - st[c]) * row_bytes;
+  };
   Py_BEGIN_ALLOW_THREADS;
   for (int64_t i = 0; i < k; i++) {
-    const int64_t c = chunk_of(st, C, r[i]);
-    char* slot = base[c] + (r[i] - st[c]) * row_bytes;
+    if (i + kAhead < k) {
+      const char* ahead = slot_of(i + kAhead);
+      for (Py_ssize_t b = 0; b < row_bytes; b += 64) {
+        if (into) __builtin_prefetch(ahead + b, 1, 3);
+        else __builtin_prefetch(ahead + b, 0, 3);
+      }
+    }
+    char* slot = slot_of(i);
     if (into) std::memcpy(slot, f + i * row_bytes, row_bytes);
     else std::memcpy(f + i * row_bytes, slot, row_bytes);
   }
