@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     touch_s = None
     if args.touch_memory > 0:
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", f"import numpy; numpy.ones({int(args.touch_memory * 2**30) // 8})"],
+        subprocess.run([sys.executable, "-c", f"import numpy; numpy.ones({int(args.touch_memory * 1e9) // 8})"],
                        check=True)
         touch_s = time.perf_counter() - t
         print(f"touched {args.touch_memory:g} GB in a child process in {touch_s:.1f}s")

@@ -169,6 +169,25 @@ def test_large_buckets_of_uncompiled_blocks_keep_their_feature_counts():
     np.testing.assert_array_equal(wide, np.r_[np.where(features == 10, 12, features), 393_216, 393_216])
 
 
+def test_a_round_takes_the_row_counts_it_is_given_only_if_they_fit():
+    """``Round.prepare(rows=...)`` (the update passes its own count of each entity's rows) groups the rows as
+    without it; counts of another shape, or that do not add up to the rows, are refused."""
+    from lljax.rounds.round import Round
+
+    rng = np.random.default_rng(2)
+    data = Dataset.from_arrays(rng.integers(0, 5, 40), rng.normal(size=40), X=rng.normal(size=(40, 3)))
+    counts = np.bincount(data.entity, minlength=data.num_entities)
+    given, own = Round.prepare(data, "linear", None, 1.0, rows=counts), Round.prepare(data, "linear", None, 1.0)
+    np.testing.assert_array_equal(given.row_start, own.row_start)
+    np.testing.assert_array_equal(given.row_order, own.row_order)
+    with pytest.raises(ValueError, match="rows: expected each of the 5"):
+        Round.prepare(data, "linear", None, 1.0, rows=counts[:4])
+    wrong = counts.copy()
+    wrong[0] += 1
+    with pytest.raises(ValueError, match="add up to 41, not the 40"):
+        Round.prepare(data, "linear", None, 1.0, rows=wrong)
+
+
 def test_blocks_that_compile_nothing_have_as_many_lanes_as_entities():
     """Compiled blocks have a power of two of lanes (a cut bucket's last block padded to full size); blocks that
     compile nothing have their own entity count, the last one of a cut bucket included."""

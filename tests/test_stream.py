@@ -433,33 +433,44 @@ def test_an_update_that_fails_part_way_leaves_the_model_as_it_was(monkeypatch, h
 
 def test_a_group_is_written_while_the_next_groups_blocks_are_solved(monkeypatch):
     """The pipeline is not drained between groups: when a group is written, the blocks after it are already
-    dispatched (up to the in-flight limit), and every group is written once, in order, with all its entities."""
+    dispatched (up to the in-flight limit), and every group is written once, in the order its blocks were built,
+    with all its entities."""
+    import jax
+
     import lljax.model.random_effect as random_effect
-
-    monkeypatch.setattr(random_effect, "_GROUP_BYTES", 1)  # one block per group
-    events: list[tuple[str, int]] = []
-    real_dispatch = random_effect.dispatch
-
-    def logged_dispatch(block, *args, **kwargs):
-        events.append(("dispatch", 0))
-        return real_dispatch(block, *args, **kwargs)
-
-    monkeypatch.setattr(random_effect, "dispatch", logged_dispatch)
-    model = RandomEffectModel("logistic", memory_budget=1)  # one entity per block
+    from lljax.rounds.round import Round
     from lljax.state.store import EntityStore
 
-    real_write = EntityStore.write_pending
-    monkeypatch.setattr(EntityStore, "write_pending",
-                        lambda self, pending: (events.append(("write", sum(map(len, pending.keys)))),
-                                               real_write(self, pending))[1])
+    monkeypatch.setattr(random_effect, "_GROUP_BYTES", 1)  # one block per group
+    events: list[tuple[str, list]] = []
+    real_build, real_dispatch, real_write = Round.build, random_effect.dispatch, EntityStore.write_pending
+
+    def logged_build(work, plan, *args, **kwargs):
+        events.append(("build", work.dataset.entity_keys[plan.entities].tolist()))
+        return real_build(work, plan, *args, **kwargs)
+
+    def logged_dispatch(*args, **kwargs):
+        events.append(("dispatch", []))
+        return real_dispatch(*args, **kwargs)
+
+    def logged_write(store, pending):
+        events.append(("write", [key for keys in pending.keys for key in keys.tolist()]))
+        return real_write(store, pending)
+
+    monkeypatch.setattr(Round, "build", logged_build)
+    monkeypatch.setattr(random_effect, "dispatch", logged_dispatch)
+    monkeypatch.setattr(EntityStore, "write_pending", logged_write)
+    model = RandomEffectModel("logistic", memory_budget=1)  # one entity per block
     rng = np.random.default_rng(3)
     report = model.update(batch(rng, np.arange(12), 2, [1, 2], loss="logistic"))
     assert report.blocks == 12 and len(model) == 12
     kinds = [kind for kind, _ in events]
     assert kinds.count("dispatch") == 12 and kinds.count("write") == 12
-    assert all(count == 1 for kind, count in events if kind == "write")
-    first_write = kinds.index("write")
-    assert kinds[:first_write].count("dispatch") == random_effect._IN_FLIGHT + 1  # the next blocks are in flight
+    built = [keys for kind, keys in events if kind == "build"]
+    written = [keys for kind, keys in events if kind == "write"]
+    assert written == built and sorted(key for keys in written for key in keys) == list(range(12))
+    in_flight = random_effect._IN_FLIGHT * len(jax.local_devices())
+    assert kinds[:kinds.index("write")].count("dispatch") == in_flight + 1  # the next blocks are in flight
 
 
 @pytest.mark.parametrize("hessian", ["full", "diagonal", "none"])

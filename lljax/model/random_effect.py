@@ -459,8 +459,9 @@ class RandomEffectModel:
         undo: list = []  # the snapshot of the first round, which holds every entity of the later ones
         try:
             for r in range(rounds):
-                in_round = round_of_row == r if round_of_row is not None else None
-                rows_in_round = in_round if keep is None else keep if in_round is None else keep & in_round
+                rows_in_round = keep  # (None: every row)
+                if round_of_row is not None:
+                    rows_in_round = round_of_row == r if keep is None else keep & (round_of_row == r)
                 whole = rows_in_round is None or bool(rows_in_round.all())
                 part = dataset if whole else dataset.take(rows_in_round)
                 codes = np.arange(U) if whole else np.searchsorted(dataset.entity_keys, part.entity_keys)

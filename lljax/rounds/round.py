@@ -83,7 +83,13 @@ class Round(NamedTuple):
             owner, prior_fids = prior.owner, prior.feature_ids
         row_order = np.argsort(dataset.entity, kind="stable")
         row_start = np.zeros(U + 1, np.int64)
-        np.cumsum(np.bincount(dataset.entity, minlength=U) if rows is None else rows, out=row_start[1:])
+        if rows is None:
+            rows = np.bincount(dataset.entity, minlength=U)
+        elif np.shape(rows) != (U,):
+            raise ValueError(f"rows: expected each of the {U} entities' row count, got shape {np.shape(rows)}")
+        np.cumsum(rows, out=row_start[1:])
+        if row_start[-1] != dataset.num_examples:
+            raise ValueError(f"rows: the row counts add up to {row_start[-1]}, not the {dataset.num_examples} rows")
         subspaces = local_subspaces(dataset, owner, prior_fids, rows=(row_order, row_start))
         return cls(dataset, loss, row_order, row_start, subspaces, store, slots, stored, l2, penalize_intercept)
 
@@ -263,10 +269,10 @@ def priors(stored: Iterable[StoredRows], E: int, D: int, subspaces: Subspaces, f
     ``stored`` rows (:class:`lljax.state.store.StoredRows` per width, lanes as their ``positions``, as
     :meth:`lljax.state.store.GatheredRows.rows` gives them), are scattered to their local positions: by the native
     helper (:func:`lljax.solve.kernels.scatter_priors`, which reads the rows where they are) when it is built and
-    enabled and no row is padded, else by NumPy (from copies of the rows), with the same result. When a stored row
-    has padded entries (id -1), one extra column ``D`` catches their scatter; otherwise (the store's rows have
-    exact widths) the arrays are ``D`` wide from the start, so the blocks get C-contiguous arrays (a strided one
-    costs JAX a copy at dispatch).
+    enabled and no part is ``padded`` (no row of its width has a padding entry, id -1), else by NumPy (from copies
+    of the rows), with the same result. With a padded part, one extra column ``D`` catches the padding entries'
+    scatter; otherwise (the store's rows have exact widths) the arrays are ``D`` wide from the start, so the
+    blocks get C-contiguous arrays (a strided one costs JAX a copy at dispatch).
     """
     stored = list(stored)
     full = full and bool(stored)
@@ -286,7 +292,7 @@ def priors(stored: Iterable[StoredRows], E: int, D: int, subspaces: Subspaces, f
                                    subspaces, mean, None if part.precision is None else precision)
         return mean, precision
     for part in stored:
-        fids, means, stored_precision = part.taken()
+        fids, means, stored_precision = part.copied()
         valid = fids >= 0
         owner = np.broadcast_to(part.positions[:, None], fids.shape)
         local = np.where(valid, subspaces.local_index(owner, np.maximum(fids, 0)), D)

@@ -392,9 +392,9 @@ class GatheredRows:
 
     Reading a store costs a pass per width, field and chunk, whatever the number of entities read; an
     update reads its round's entities once (:meth:`EntityStore.gather`): their stored features for the
-    local subspaces (:meth:`pairs`), their priors for the blocks (:meth:`rows`, block by block, with plain
-    NumPy indexing) and the undo snapshot (:meth:`EntityStore.snapshot` with ``rows``) all come from
-    this one copy.
+    local subspaces (:meth:`pairs`), their priors for the blocks (:meth:`rows`, block by block: the copies
+    and the positions of a block's rows in them) and the undo snapshot (:meth:`EntityStore.snapshot` with
+    ``rows``) all come from this one copy.
     """
 
     def __init__(self, groups: list[tuple[int, np.ndarray, dict[str, np.ndarray]]], count: int, dtype: np.dtype):
@@ -431,7 +431,8 @@ class StoredRows(NamedTuple):
       feature_ids: ``(G, d)`` int64, valid ids sorted first, -1 padding.
       means: ``(G, d)``.
       precision: ``(G, d (d + 1) / 2)`` upper triangles (full), ``(G, d)`` diagonals, or ``None``.
-      padded: whether any of the ``G`` rows has a padding entry (id -1).
+      padded: whether any of the ``G`` rows has a padding entry (id -1). The store keeps exact widths, so this is
+        for rows from elsewhere.
     """
 
     positions: np.ndarray
@@ -441,7 +442,7 @@ class StoredRows(NamedTuple):
     precision: np.ndarray | None
     padded: bool
 
-    def taken(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def copied(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``(feature_ids (g, d), means (g, d), precision)``: copies of the rows alone."""
         precision = None if self.precision is None else _rows(self.precision, self.rows)
         return _rows(self.feature_ids, self.rows), _rows(self.means, self.rows), precision

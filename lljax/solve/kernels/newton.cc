@@ -593,8 +593,9 @@ static PyMethodDef methods[] = {
      "block_rows(row_order, row_start, entities, N, label, weight, offset, y, w, o, rows, lane, cell): a block's "
      "rows, lanes and cells; y, w, o filled at the cells (see pack.cc)."},
     {"scatter_priors", lljax_scatter_priors, METH_VARARGS,
-     "scatter_priors(lanes, feature_ids, means, precision, kind, keys, start, sizes, stride, D, mean_out, "
-     "precision_out): stored rows of one width into a block's prior arrays at their local columns (see pack.cc)."},
+     "scatter_priors(lanes, rows, feature_ids, means, precision, kind, d, keys, start, sizes, stride, D, mean_out, "
+     "precision_out): stored rows of one width, rows[i] of the arrays given, into a block's prior arrays at their "
+     "local columns (see pack.cc)."},
     {"move_rows", lljax_move_rows, METH_VARARGS,
      "move_rows(chunks, chunk_start, rows, flat, into_chunks): whole rows between a chunked array (a list of "
      "C-contiguous chunks, chunk c holding rows chunk_start[c] to chunk_start[c + 1] - 1) and a flat one "

@@ -908,14 +908,14 @@ static inline int32_t status_after(T value, T grad_max_abs, bool grad_finite, in
   return fin ? status : kNonFinite;
 }
 
+// Subspaces up to this size are searched by counting (load_rows), and a lane's first rows prefetched.
+constexpr int64_t kCountedSearch = 64, kPrefetchRows = 16;
+
 // Loads lanes (lane l: entity ent[l], if valid[l]) from a RowSource (see newton_common.h) into x (N, Dp, W) and
 // y, w, off (N, W), entity axis last, zeros in padding rows, padding columns and missing lanes: what the
 // dense load reads from the (E, N, D) block that lljax.solve.kernels.pack_rows and block_rows would pack, bit
 // for bit. acc, touched, seen: Dp each, zero (left zero). A feature outside its lane's subspace is recorded in
 // S.missing (the first one), a row out of range in S.bad_row; either ends that lane's load.
-// Subspaces up to this size are searched by counting (load_rows), and a lane's first rows prefetched.
-constexpr int64_t kCountedSearch = 64, kPrefetchRows = 16;
-
 template <typename T, int W, typename F>
 static void load_rows(const RowSource<T>& S, const F* __restrict fids, int64_t N, int64_t Dp, const int64_t* ent,
                       const bool* valid, T* __restrict x, T* __restrict y, T* __restrict w, T* __restrict off,

@@ -241,7 +241,8 @@ PyObject* lljax_pack_rows(PyObject*, PyObject* args) {
 // nonzeros and its prior features (sizes, (U,) int64, gets each entity's count of them), as
 // lljax/rounds/subspaces.py's local_subspaces (NumPy: chunked sort).
 // Entity by entity (rows in row_order, grouped by row_start; prior features grouped by prior_start), a
-// feature is taken once by stamping mark[feature] with the entity; each entity's few features are then
+// feature is taken once by stamping mark[feature] with the entity (a row whose ids are those of the entity's
+// row before it, byte for byte, is skipped); each entity's few features are then
 // sorted. One pass over the nonzeros, a mark array of `stride` uint32 per thread (up to `threads`, over
 // contiguous ranges of entities).
 PyObject* lljax_subspace_keys(PyObject*, PyObject* args) {
@@ -601,8 +602,8 @@ PyObject* lljax_scatter_priors(PyObject*, PyObject* args) {
   }
   Py_END_ALLOW_THREADS;
   if (!ok) {
-    PyErr_Format(PyExc_ValueError, "scatter_priors: a feature of stored row %lld is not in its lane's subspace",
-                 (long long)bad);
+    PyErr_Format(PyExc_ValueError, "scatter_priors: a feature of stored row %lld (lane %lld) is not in its lane's "
+                 "subspace", (long long)rw[bad], (long long)ln[bad]);
     return nullptr;
   }
   Py_RETURN_NONE;
@@ -692,22 +693,27 @@ PyObject* lljax_move_rows(PyObject*, PyObject* args) {
     }
   }
   char* f = static_cast<char*>(flat.buffer.buf);
-  // Rows are anywhere in the chunks: each row's cache lines are asked for kAhead rows before it is copied.
-  constexpr int64_t kAhead = 8;
+  // Rows are anywhere in the chunks: each row's cache lines are asked for `ahead` rows before it is copied (up
+  // to 8 rows, and about 16 KiB: the slots found are kept in a ring of 8).
+  constexpr int64_t kRing = 8;
+  const int64_t ahead =
+      std::max<int64_t>(1, std::min<int64_t>(kRing - 1, (16 << 10) / std::max<Py_ssize_t>(row_bytes, 1)));
+  char* ring[kRing];
   const auto slot_of = [&](int64_t i) {
     const int64_t c = chunk_of(st, C, r[i]);
     return base[c] + (r[i] - st[c]) * row_bytes;
   };
   Py_BEGIN_ALLOW_THREADS;
+  for (int64_t i = 0; i < std::min(ahead, k); i++) ring[i % kRing] = slot_of(i);
   for (int64_t i = 0; i < k; i++) {
-    if (i + kAhead < k) {
-      const char* ahead = slot_of(i + kAhead);
+    if (i + ahead < k) {
+      char* next = ring[(i + ahead) % kRing] = slot_of(i + ahead);
       for (Py_ssize_t b = 0; b < row_bytes; b += 64) {
-        if (into) __builtin_prefetch(ahead + b, 1, 3);
-        else __builtin_prefetch(ahead + b, 0, 3);
+        if (into) __builtin_prefetch(next + b, 1, 3);
+        else __builtin_prefetch(next + b, 0, 3);
       }
     }
-    char* slot = slot_of(i);
+    char* slot = ring[i % kRing];
     if (into) std::memcpy(slot, f + i * row_bytes, row_bytes);
     else std::memcpy(f + i * row_bytes, slot, row_bytes);
   }
