@@ -538,7 +538,8 @@ class RandomEffectModel:
         pool.max_free_bytes = max(_KEPT_BUFFER_BYTES, (_IN_FLIGHT + 2) * self._block_budget())
         slots = work.slots
         if not undo:
-            undo.append(store.snapshot(slots, rows=work.stored))
+            with timer("prepare"):
+                undo.append(store.snapshot(slots, rows=work.stored))
         devices = jax.local_devices()
         itemsize = np.dtype(dtype).itemsize
         groups = list(_plan_groups(plans, work.full_precision, itemsize))

@@ -75,7 +75,7 @@ class UpdateReport:
       seconds: wall time of the update, including JAX compilation of block shapes seen for
         the first time in this process (a first update is slower than later ones).
       phase_seconds: where the wall time went: ``validate`` (checks, active-row counts),
-        ``prepare`` (stored-prior lookup, local subspaces, block planning), ``pack`` (building blocks
+        ``prepare`` (stored-prior lookup, local subspaces, block planning, the undo snapshot), ``pack`` (building blocks
         on the host), ``dispatch`` (handing them to the device, including the compile of a shape seen
         for the first time), ``device_wait`` (waiting for solves the host did not overlap) and
         ``write`` (storing the results).

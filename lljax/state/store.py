@@ -639,14 +639,20 @@ class EntityStore:
         ``rows``: the :meth:`gather` of the same ``slots``, with nothing written since, whose copies the
         snapshot then keeps instead of reading the rows again (``slots`` must then be distinct but -1)."""
         slots = np.asarray(slots, np.int64)
-        stored = np.unique(slots[slots >= 0])
-        width, row = self._width[stored].copy(), self._row[stored].copy()
         contents = []
-        if rows is not None:
-            assert len(stored) == int((slots >= 0).sum()), "the slots of a shared gather are distinct"
+        if rows is not None:  # distinct slots: sorted once, and each one's rank is its member index
+            present = np.flatnonzero(slots >= 0)
+            order = np.argsort(slots[present])
+            stored = slots[present[order]]
+            assert bool((stored[1:] > stored[:-1]).all()), "the slots of a shared gather are distinct"
+            rank = np.empty(len(slots), np.int64)
+            rank[present[order]] = np.arange(len(stored))
+            width, row = self._width[stored], self._row[stored]
             for w, positions, fields in rows.groups:
-                contents.append((int(w), np.searchsorted(stored, slots[positions]), fields))
+                contents.append((int(w), rank[positions], fields))
         else:
+            stored = np.unique(slots[slots >= 0])
+            width, row = self._width[stored], self._row[stored]
             for w in np.unique(width):
                 if w == 0:
                     continue
