@@ -109,8 +109,7 @@ class Round(NamedTuple):
                     registry.bytes_per_lane(method, rows, features, itemsize, self.full_precision, config))
 
         def compiles(rows: int, features: int) -> bool:  # False where the native kernel reads the blocks' rows
-            method = registry.choose_method(rows, features, self.full_precision)
-            return registry.choose_layout(method, rows, features, self.dataset.dtype, config) != "rows"
+            return choose(rows, features)[1] != "rows"
 
         return plan_blocks(np.diff(self.row_start), self.subspaces.sizes, memory_budget, choose, compiles)
 

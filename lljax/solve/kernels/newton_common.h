@@ -7,6 +7,7 @@
 // computed for the whole group in cache, and only the results are written back.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -22,6 +23,26 @@ __attribute__((simd("notinbranch"), nothrow, const)) float logf(float);
 #endif
 
 namespace lljax_native {
+
+// Subspaces of up to this many keys are searched by counting (subspace_column).
+constexpr int64_t kCountedSearch = 64;
+
+// The column of `key` in a lane's sorted subspace keys[lo, lo + size), -1 if absent (the kernel's row loader, and
+// the host helpers that place rows and priors). Found by a merge walk first: `walk`, the column after the previous
+// match, so that keys looked up in increasing order (the usual layout of a row or a stored prior) are each found a
+// few steps on; else searched, whatever the order: in a subspace of up to kCountedSearch keys by counting the keys
+// below it (no branch to mispredict), in a larger one by binary search.
+inline int64_t subspace_column(const int64_t* keys, int64_t lo, int64_t size, int64_t key, int64_t& walk) {
+  while (walk < size && keys[lo + walk] < key) walk++;
+  if (walk < size && keys[lo + walk] == key) return walk++;
+  int64_t at = 0;
+  if (size <= kCountedSearch) {
+    for (int64_t c = 0; c < size; c++) at += keys[lo + c] < key;
+  } else {
+    at = std::lower_bound(keys + lo, keys + lo + size, key) - (keys + lo);
+  }
+  return at < size && keys[lo + at] == key ? at : -1;
+}
 
 enum Loss : int32_t { kLinear = 0, kLogistic = 1, kPoisson = 2 };
 enum PrecisionMode : int32_t { kPrecisionDiagonal = 0, kPrecisionFull = 1, kPrecisionNone = 2 };

@@ -908,8 +908,8 @@ static inline int32_t status_after(T value, T grad_max_abs, bool grad_finite, in
   return fin ? status : kNonFinite;
 }
 
-// Subspaces up to this size are searched by counting (load_rows), and a lane's first rows prefetched.
-constexpr int64_t kCountedSearch = 64, kPrefetchRows = 16;
+// A lane's first rows that load_rows prefetches.
+constexpr int64_t kPrefetchRows = 16;
 
 // Loads lanes (lane l: entity ent[l], if valid[l]) from a RowSource (see newton_common.h) into x (N, Dp, W) and
 // y, w, off (N, W), entity axis last, zeros in padding rows, padding columns and missing lanes: what the
@@ -944,30 +944,14 @@ static void load_rows(const RowSource<T>& S, const F* __restrict fids, int64_t N
     if (!valid[l]) continue;
     const int64_t e = ent[l], b = S.lane_begin[e], count = S.lane_end[e] - b;
     const int64_t lo = S.start[e], size = S.sizes[e], base = e * S.stride;
-    // Local column of `feature`: its rank in the row when the subspace has it there, else found by a merge walk
-    // (`walk`, the column after the row's last match: a row's ids in increasing order, the usual layout, are each
-    // found a few steps on), else searched (any order works): in a small subspace by counting the keys below it
-    // (no branch to mispredict), in a larger one by binary search; -1 if absent.
+    // Local column of `feature`: its rank in the row when the subspace has it there, else subspace_column's.
     const auto column = [&](int64_t feature, int64_t rank, int64_t& walk) -> int64_t {
       const int64_t key = base + feature;
       if (rank < size && keys[lo + rank] == key) {
         walk = rank + 1;
         return rank;
       }
-      while (walk < size && keys[lo + walk] < key) walk++;
-      if (walk < size && keys[lo + walk] == key) return walk++;
-      if (size <= kCountedSearch) {
-        int64_t below = 0;
-        for (int64_t c = 0; c < size; c++) below += keys[lo + c] < key;
-        return below < size && keys[lo + below] == key ? below : -1;
-      }
-      int64_t a = lo, z = lo + size;
-      while (a < z) {
-        const int64_t mid = a + (z - a) / 2;
-        if (keys[mid] < key) a = mid + 1;
-        else z = mid;
-      }
-      return a < lo + size && keys[a] == key ? a - lo : -1;
+      return subspace_column(keys, lo, size, key, walk);
     };
     for (int64_t n = 0; n < count; n++) {
       const int64_t r = S.row_order[b + n];

@@ -21,21 +21,14 @@
 #include <thread>
 #include <vector>
 
+#include "newton_common.h"
 #include "py_buffer.h"
 
 namespace {
 
 using lljax_py::View;
 
-// Column of feature `fid` in lane `lane`'s subspace (keys lane * stride + feature id, sorted), or -1.
-inline int64_t search(const int64_t* keys, int64_t lo, int64_t hi, int64_t key) {
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (keys[mid] < key) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
+using lljax_native::subspace_column;
 
 // Where a nonzero goes. Dense: out[cell * D + col] += value (repeated columns add up, in float64).
 // Slots: the row's rank-th slot gets (col, value) (a SparseBlock's layout; K slots per row).
@@ -104,16 +97,20 @@ int64_t scatter(const int64_t* indptr, const F* feature_ids, const V* values, co
     const int64_t r = rows[i], lane = row_lane[i], cell = row_cell[i];
     const int64_t lo = start[lane], size = sizes[lane], base = lane * stride;
     const int64_t k0 = indptr[r], k1 = indptr[r + 1];
-    // Local column of `feature`: its rank in the row when the subspace has it there, else looked up.
+    // Local column of `feature`: its rank in the row when the subspace has it there, else looked up (in the
+    // lane's column table, else subspace_column's).
+    int64_t walk = 0;
     auto column = [&](int64_t feature, int64_t rank) -> int64_t {
       const int64_t key = base + feature;
-      if (rank < size && keys[lo + rank] == key) return rank;
+      if (rank < size && keys[lo + rank] == key) {
+        walk = rank + 1;
+        return rank;
+      }
       if (use_table && feature >= 0 && feature < stride) {
         if (table.lane != lane) table.enter(lane, keys, lo, size, base, stride);
         return table.find(feature);
       }
-      const int64_t at = search(keys, lo, lo + size, key);
-      return at < lo + size && keys[at] == key ? at - lo : -1;
+      return subspace_column(keys, lo, size, key, walk);
     };
     if (shift) {
       const int64_t col = column(leading, 0);
@@ -466,10 +463,9 @@ PyObject* lljax_block_rows(PyObject*, PyObject* args) {
 
 namespace {
 
-// The loop of scatter_priors (arguments checked by the caller; `col` has room for d columns). Row i's d
-// features are matched with its lane's sorted subspace keys by one merge walk when they are sorted (the
-// store keeps them so), by binary search where the walk misses (any order works); false if one is not in
-// the subspace.
+// The loop of scatter_priors (arguments checked by the caller; `col` has room for d columns). Row rows[i]'s d
+// features are matched with its lane's sorted subspace keys by subspace_column (a merge walk when they are
+// sorted, as the store keeps them; any order works); false if one is not in the subspace.
 template <typename T>
 bool place_priors(const int64_t* lanes, const int64_t* rows, int64_t g, const int64_t* fids, const T* means,
                   const T* precision, int kind, int64_t d, const int64_t* keys, const int64_t* start,
@@ -478,13 +474,10 @@ bool place_priors(const int64_t* lanes, const int64_t* rows, int64_t g, const in
   const int64_t T_ = d * (d + 1) / 2;
   for (int64_t i = 0; i < g; i++) {
     const int64_t l = lanes[i], lo = start[l], size = sizes[l], base = l * stride, r = rows[i];
-    int64_t c = 0;
+    int64_t walk = 0;
     for (int64_t k = 0; k < d; k++) {
-      const int64_t key = base + fids[r * d + k];
-      while (c < size && keys[lo + c] < key) c++;
-      int64_t at = c;
-      if (at == size || keys[lo + at] != key) at = search(keys, lo, lo + size, key) - lo;
-      if (at == size || keys[lo + at] != key) {
+      const int64_t at = subspace_column(keys, lo, size, base + fids[r * d + k], walk);
+      if (at < 0) {
         *bad_row = i;
         return false;
       }
