@@ -551,10 +551,21 @@ def test_subspace_keys_skip_only_rows_that_repeat_the_row_before(fid_dtype):
     U = data.num_entities
     row_order = np.argsort(data.entity, kind="stable")
     row_start = np.r_[0, np.cumsum(np.bincount(data.entity, minlength=U))].astype(np.int64)
-    native = local_subspaces(data, np.zeros(0, np.int64), np.zeros(0, np.int64), rows=(row_order, row_start))
+    repeats = np.full(n, 7, np.uint8)  # every position is written
+    native = local_subspaces(data, np.zeros(0, np.int64), np.zeros(0, np.int64), rows=(row_order, row_start),
+                             repeats=repeats)
     plain = local_subspaces(data, np.zeros(0, np.int64), np.zeros(0, np.int64))
     np.testing.assert_array_equal(native.pair_keys, plain.pair_keys)
     np.testing.assert_array_equal(native.sizes, plain.sizes)
+    # repeats: 1 where the row's ids are those of the row before it in row_order, of the same entity
+    first = np.zeros(n, bool)
+    first[row_start[:-1][np.diff(row_start) > 0]] = True
+    expected_repeats = [int(i > 0 and not first[i] and ids[row_order[i]] == ids[row_order[i - 1]]) for i in range(n)]
+    np.testing.assert_array_equal(repeats, expected_repeats)
+    assert 0 < sum(expected_repeats) < n - U
+    untouched = np.full(n, 7, np.uint8)  # the NumPy path leaves it as it is
+    local_subspaces(data, np.zeros(0, np.int64), np.zeros(0, np.int64), repeats=untouched)
+    assert (untouched == 7).all()
     stride = native.stride
     expected = {0: [0, 1, 2, 3, 4, 9], 1: [0, 5, 6, 7], 2: [0, 8]}  # (0: the intercept Dataset adds)
     for u, features in expected.items():
@@ -603,8 +614,8 @@ def test_host_helpers_take_strided_arrays():
     fids = wide[:, 0]  # strided
     assert not fids.flags.c_contiguous
     indptr = np.array([0, 2, 4], np.int64)
-    keys, sizes = kernels.subspace_keys(indptr, fids, np.array([0, 1], np.int64), np.array([0, 1, 2], np.int64),
-                                        np.zeros(0, np.int64), np.zeros(0, np.int64), 10)
+    keys, sizes, _ = kernels.subspace_keys(indptr, fids, np.array([0, 1], np.int64), np.array([0, 1, 2], np.int64),
+                                           np.zeros(0, np.int64), np.zeros(0, np.int64), 10)
     np.testing.assert_array_equal(keys, [3, 7, 13, 19])
     np.testing.assert_array_equal(sizes, [2, 2])
     local = Subspaces.from_keys(keys, 2, 10)

@@ -93,6 +93,65 @@ def test_a_rows_block_solves_as_its_dense_block_bit_for_bit(loss, dtype, hessian
                              registry.solve(dense, l2, delta, config._replace(native=True)))
 
 
+def repeating_dataset(rng: np.random.Generator, dtype, intercept: bool, U: int = 40) -> Dataset:
+    """Rows in runs that repeat one list of ids (their values differ): the ids in subspace order (the loader's
+    usual path), shuffled, or with an id twice (its sums), so that a repeated row follows rows of every kind."""
+    entity, ids = [], []
+    for u in range(U):
+        own = np.sort(rng.choice(np.arange(1, 30), 6, replace=False))
+        for _ in range(rng.integers(1, 5)):
+            kind = rng.integers(0, 3)
+            row = (own[:rng.integers(1, 7)] if kind == 0 else rng.permutation(own)[:rng.integers(2, 7)] if kind == 1
+                   else np.r_[own[:2], own[1]])
+            for _ in range(rng.integers(1, 5)):
+                entity.append(u)
+                ids.append(row)
+    entity = np.array(entity)
+    place = rng.random(len(entity))  # the entities' rows interleaved, each entity's runs kept in order
+    for u in range(U):
+        place[entity == u] = np.sort(place[entity == u])
+    order = np.argsort(place)
+    indptr = np.r_[0, np.cumsum([len(ids[i]) for i in order])]
+    fids = np.concatenate([ids[i] for i in order]).astype(np.int32 if np.dtype(dtype) == np.float32 else np.int64)
+    n = len(entity)
+    return Dataset.from_arrays(entity[order], (rng.random(n) < 0.4).astype(float), indptr=indptr, feature_ids=fids,
+                               values=rng.normal(size=len(fids)), weight=rng.uniform(0.5, 2.0, n),
+                               offset=0.3 * rng.normal(size=n), num_features=30,
+                               intercept_id=0 if intercept else None, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("intercept", [True, False])
+def test_rows_that_repeat_the_row_before_are_read_as_the_packer_packs_them(dtype, intercept):
+    """A row with its previous row's ids (Round.row_repeats) is loaded without reading its ids again, in order only
+    if that row was: the loaded block equals the packed one, and the solves agree bit for bit, with the repeats
+    and without them."""
+    rng = np.random.default_rng(5 if intercept else 6)
+    data = repeating_dataset(rng, dtype, intercept)
+    model = RandomEffectModel("logistic", l2=0.7, delta=0.6, hessian="full")
+    config = SolverConfig(loss="logistic", hessian="full", tol=1e-6)
+    work = Round.prepare(data, "logistic", model.store, 0.7)
+    repeats = work.row_repeats
+    ids = np.split(data.given_feature_ids, data.given_indptr[1:-1])
+    rows = work.row_order
+    first = np.zeros(len(rows), bool)
+    first[work.row_start[:-1]] = True
+    expected = [i > 0 and not first[i] and np.array_equal(ids[rows[i]], ids[rows[i - 1]]) for i in range(len(rows))]
+    np.testing.assert_array_equal(repeats, expected)
+    assert 0.3 * len(rows) < repeats.sum() < 0.8 * len(rows)
+    l2, delta = np.asarray(0.7, dtype), np.asarray(0.6, dtype)
+    for plan in work.plan(1 << 14, config):
+        block = work.build(plan._replace(layout="rows"))
+        dense = work.build(plan._replace(layout="dense"))
+        assert isinstance(block, RowsBlock) and isinstance(dense, Block) and block.source.repeats is repeats
+        for packed, unpacked in zip(dense, dense_from_rows(block)):
+            np.testing.assert_array_equal(np.asarray(packed), np.asarray(unpacked))
+        reference = registry.solve(dense, l2, delta, config._replace(native=True))
+        assert_results_equal(registry.solve(block, l2, delta, config), reference)
+        unmarked = block._replace(source=block.source._replace(repeats=None))
+        assert_results_equal(registry.solve(unmarked, l2, delta, config), reference)
+
+
 @pytest.mark.parametrize("hessian", ["full", "diagonal"])
 def test_rows_of_wide_subspaces_are_read_as_the_packer_packs_them(hessian):
     """Lanes of more than 64 features: columns the merge walk misses are found by binary search (the counting

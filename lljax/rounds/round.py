@@ -53,6 +53,9 @@ class Round(NamedTuple):
       l2: cold-start prior precision lambda of features without a stored prior.
       penalize_intercept: False: the intercept (feature id 0) cold-starts with precision 0 instead (it has
         no L2 term either, :attr:`lljax.solve.base.SolverConfig.penalize_intercept`).
+      row_repeats: ``(n,)`` uint8 by position in ``row_order``: 1 where a row repeats the feature ids of the
+        row before it (:attr:`lljax.solve.blocks.RowSource.repeats`; all 0 where the subspaces were found
+        without looking at rows one by one), or ``None``.
     """
 
     dataset: Dataset
@@ -65,6 +68,7 @@ class Round(NamedTuple):
     stored: GatheredRows | None
     l2: float
     penalize_intercept: bool = True
+    row_repeats: np.ndarray | None = None
 
     @classmethod
     def prepare(cls, dataset: Dataset, loss: str, store: EntityStore | None, l2: float,
@@ -90,8 +94,10 @@ class Round(NamedTuple):
         np.cumsum(rows, out=row_start[1:])
         if row_start[-1] != dataset.num_examples:
             raise ValueError(f"rows: the row counts add up to {row_start[-1]}, not the {dataset.num_examples} rows")
-        subspaces = local_subspaces(dataset, owner, prior_fids, rows=(row_order, row_start))
-        return cls(dataset, loss, row_order, row_start, subspaces, store, slots, stored, l2, penalize_intercept)
+        repeats = np.zeros(len(row_order), np.uint8)
+        subspaces = local_subspaces(dataset, owner, prior_fids, rows=(row_order, row_start), repeats=repeats)
+        return cls(dataset, loss, row_order, row_start, subspaces, store, slots, stored, l2, penalize_intercept,
+                   repeats)
 
     @property
     def full_precision(self) -> bool:
@@ -152,7 +158,8 @@ class Round(NamedTuple):
         dataset = self.dataset
         leading = -1 if dataset.intercept_id is None else int(dataset.intercept_id)
         return RowSource(dataset.given_indptr, dataset.given_feature_ids, dataset.given_values, dataset.label,
-                         dataset.weight, dataset.offset, self.row_order, leading, self.loss == "logistic")
+                         dataset.weight, dataset.offset, self.row_order, leading, self.loss == "logistic",
+                         self.row_repeats)
 
 
 def _as_dtype(values: np.ndarray, dtype: npt.DTypeLike, buffers: Buffers) -> np.ndarray:

@@ -109,7 +109,8 @@ class Subspaces(NamedTuple):
 
 
 def local_subspaces(dataset: Dataset, prior_owner: np.ndarray, prior_feature_ids: np.ndarray,
-                    rows: tuple[np.ndarray, np.ndarray] | None = None) -> Subspaces:
+                    rows: tuple[np.ndarray, np.ndarray] | None = None, repeats: np.ndarray | None = None,
+                    ) -> Subspaces:
     """Union of each entity's data features and prior features, sorted by global id.
 
     With ``rows`` (and the native helper built and enabled, and a feature space of at most
@@ -125,6 +126,10 @@ def local_subspaces(dataset: Dataset, prior_owner: np.ndarray, prior_feature_ids
       prior_feature_ids: ``(k,)`` feature id of each stored prior pair.
       rows: optional ``(row_order, row_start)``: the examples grouped by entity code, and each
         entity's offset in ``row_order`` (``(U + 1,)``).
+      repeats: optional ``(n,)`` uint8 array, written by the native pass (which compares each row's ids with
+        the row before it, :func:`lljax.solve.kernels.subspace_keys`) and left as it is by the NumPy paths:
+        1 at each position of ``row_order`` whose row repeats the ids of the row before it (of the same
+        entity), else 0 (:attr:`lljax.solve.blocks.RowSource.repeats`).
     """
     stride = max(dataset.num_features, int(prior_feature_ids.max()) + 1 if prior_feature_ids.size else 0, 1)
     if dataset.num_entities * stride >= 2**63:  # the int64 keys entity * stride + feature_id would overflow
@@ -137,8 +142,8 @@ def local_subspaces(dataset: Dataset, prior_owner: np.ndarray, prior_feature_ids
         prior_feature_ids = np.concatenate([prior_feature_ids,
                                             np.full(dataset.num_entities, dataset.intercept_id, np.int64)])
     if rows is not None and stride <= NATIVE_MARK_MAX and kernels.enabled():
-        keys, sizes = kernels.subspace_keys(dataset.given_indptr, dataset.given_feature_ids, rows[0], rows[1],
-                                            prior_owner, prior_feature_ids, stride)
+        keys, sizes, _ = kernels.subspace_keys(dataset.given_indptr, dataset.given_feature_ids, rows[0], rows[1],
+                                               prior_owner, prior_feature_ids, stride, repeats)
         return Subspaces.from_sizes(keys, sizes, stride)
     space = dataset.num_entities * stride
     nnz = len(dataset.given_feature_ids)

@@ -93,6 +93,10 @@ class RowSource(NamedTuple):
       logistic_labels: whether the labels are a logistic loss's as given, which the readers encode as
         :func:`lljax.solve.losses.encode_labels` does as they read them (1 -> +1, anything else -> -1; labels
         already encoded read the same), so that no ``(n,)`` array of encoded labels is made for an update.
+      repeats: optional ``(n,)`` uint8 by position in ``row_order``: 1 where the row lists the same feature ids,
+        byte for byte, as the row before it in ``row_order`` (of the same entity), as
+        :func:`lljax.solve.kernels.subspace_keys` finds them; the native kernel then reuses that row's columns
+        instead of reading the ids again. 0 (or ``None``: all 0) where not known.
     """
 
     indptr: np.ndarray
@@ -104,6 +108,7 @@ class RowSource(NamedTuple):
     row_order: np.ndarray
     leading: int
     logistic_labels: bool = False
+    repeats: np.ndarray | None = None
 
 
 class RowsBlock(NamedTuple):

@@ -211,6 +211,9 @@ def newton_solve(X: AnyArray, y: AnyArray, w: AnyArray, offset: AnyArray, mask: 
     return theta, value, grad_norm, (None if mode == 2 else prec), iterations, status
 
 
+_NO_REPEATS = np.zeros(0, np.uint8)  # newton_rows_start's repeats when a RowSource has none
+
+
 class RowsSolve:
     """A :func:`newton_solve_rows` call in progress: the kernel runs on helper threads of its own (no GIL),
     writing its results in place, while the caller goes on; :meth:`result` solves the groups of lanes no helper
@@ -269,7 +272,8 @@ def newton_solve_rows(block: RowsBlock, mask: AnyArray, l2: np.ndarray, delta: n
         c(block.keys, np.int64), c(block.start[:E], np.int64), c(block.sizes, np.int64), int(block.stride),
         int(src.leading), int(block.N), c(mask, np.int32), c(block.prior_mean, dtype), c(block.prior_precision, dtype),
         c(l2, dtype), c(delta, dtype), c(tol, dtype), c(max_iter, np.int32), LOSS_CODES[loss], int(max_backtracks),
-        mode, theta, value, grad_norm, prec, iterations, status, host_threads(), bool(src.logistic_labels))
+        mode, theta, value, grad_norm, prec, iterations, status, host_threads(), bool(src.logistic_labels),
+        _NO_REPEATS if src.repeats is None else c(src.repeats, np.uint8))
     return RowsSolve(job, (theta, value, grad_norm, None if mode == 2 else prec, iterations, status))
 
 
@@ -522,9 +526,10 @@ def host_threads() -> int:
 
 
 def subspace_keys(indptr: np.ndarray, feature_ids: np.ndarray, row_order: np.ndarray, row_start: np.ndarray,
-                  prior_owner: np.ndarray, prior_feature_ids: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct ``entity * stride + feature_id`` keys of every entity's nonzeros and prior features, and
-    each entity's count of them.
+                  prior_owner: np.ndarray, prior_feature_ids: np.ndarray, stride: int,
+                  repeats: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted distinct ``entity * stride + feature_id`` keys of every entity's nonzeros and prior features, each
+    entity's count of them, and which rows repeat the ids of the row before them.
 
     What :func:`lljax.rounds.subspaces.local_subspaces` computes, entity by entity in one pass over the
     nonzeros (C++, see ``pack.cc``; a mark array of ``stride`` uint32), on :func:`host_threads` threads
@@ -537,8 +542,11 @@ def subspace_keys(indptr: np.ndarray, feature_ids: np.ndarray, row_order: np.nda
         entity's rows in ``row_order``.
       prior_owner, prior_feature_ids: ``(k,)`` stored prior pairs (entity code, feature id).
       stride: > every feature id.
+      repeats: optional ``(n,)`` uint8 C-contiguous array to write the repeated rows into (default: a new one).
     Returns:
-      ``(keys (K,), sizes (U,))`` int64, writable.
+      ``(keys (K,), sizes (U,), repeats (n,))``: keys and sizes int64, writable; ``repeats`` uint8 by position in
+      ``row_order``: 1 where the row lists the same feature ids, byte for byte, as the row before it in
+      ``row_order`` of the same entity (:attr:`lljax.solve.blocks.RowSource.repeats`), else 0.
     """
     U = len(row_start) - 1
     order = np.argsort(prior_owner, kind="stable")
@@ -546,7 +554,8 @@ def subspace_keys(indptr: np.ndarray, feature_ids: np.ndarray, row_order: np.nda
     np.cumsum(np.bincount(prior_owner, minlength=U), out=prior_start[1:])
     c = np.ascontiguousarray  # the helper reads C-contiguous buffers (no copy when they already are)
     sizes = np.empty(U, np.int64)
+    repeats = np.empty(len(row_order), np.uint8) if repeats is None else repeats
     keys = _native().subspace_keys(c(indptr), c(feature_ids), c(row_order), c(row_start),
                                    np.asarray(prior_feature_ids, np.int64)[order], prior_start, int(stride),
-                                   host_threads(), sizes)
-    return np.frombuffer(keys, np.int64), sizes
+                                   host_threads(), sizes, repeats)
+    return np.frombuffer(keys, np.int64), sizes, repeats

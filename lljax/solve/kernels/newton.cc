@@ -306,6 +306,7 @@ enum RowsArg { kIndptr, kFids, kValues, kLabel, kWeight, kOffset, kOrder, kBegin
 // after the threads are joined).
 struct RowsJob {
   lljax_py::View v[kRowsArrays];
+  lljax_py::View repeats;  // (n,) uint8, or empty (RowSource::repeats)
   bool f64 = true;
   Problem<double> Pd;
   Problem<float> Pf;
@@ -349,7 +350,8 @@ bool prepare_rows(RowsJob* job, int64_t stride, int64_t leading, int64_t N, int3
   const int64_t n = v[kIndptr].size() - 1, nnz = v[kFids].size();
   const int64_t p_count = v[kPrior].size();
   const int64_t prec_count = precision_mode == kPrecisionFull ? E * D * D : precision_mode == kPrecisionDiagonal ? E * D : E;
-  const bool ok = n >= 0 && v[kValues].size() == nnz && v[kLabel].size() == n && v[kWeight].size() == n &&
+  const bool ok = n >= 0 && (job->repeats.size() == 0 || job->repeats.size() == v[kOrder].size()) &&
+                  v[kValues].size() == nnz && v[kLabel].size() == n && v[kWeight].size() == n &&
                   v[kOffset].size() == n && v[kEnd].size() == E && v[kStart].size() == E && v[kSizes].size() == E &&
                   v[kMask].size() == E * D && v[kMean].size() == E * D && (p_count == E * D * D || p_count == E * D) &&
                   v[kL2].size() == E && v[kDelta].size() == E && v[kTol].size() == E && v[kMaxIter].size() == E &&
@@ -385,6 +387,7 @@ bool prepare_rows(RowsJob* job, int64_t stride, int64_t leading, int64_t N, int3
   S.label = v[kLabel].data<T>(), S.weight = v[kWeight].data<T>(), S.offset = v[kOffset].data<T>();
   S.logistic_labels = logistic_labels;
   S.row_order = order, S.lane_begin = begin, S.lane_end = end;
+  S.repeats = job->repeats.size() > 0 ? job->repeats.data<uint8_t>() : nullptr;
   S.keys = v[kKeys].data<int64_t>(), S.start = start, S.sizes = sizes;
   S.stride = stride, S.leading = leading, S.n = n, S.nnz = nnz;
   S.missing = job->missing, S.bad_row = &job->bad_row;
@@ -451,21 +454,23 @@ void free_rows_job(PyObject* capsule) {
 // newton_rows_start(indptr, feature_ids, values, label, weight, offset, row_order, lane_begin, lane_end, keys, start,
 //                   sizes, stride, leading, N, mask, prior_mean, prior_precision, l2, delta, tol, max_iter, loss,
 //                   max_backtracks, precision_mode, theta, value, grad_norm, precision, iterations, status, threads,
-//                   logistic_labels)
+//                   logistic_labels, repeats)
 //   -> capsule: the Newton kernel on E lanes whose data are read from the dataset's CSR rows (a RowSource,
-// newton_common.h; logistic_labels: labels as given to a logistic loss, encoded as they are read), for `threads`
+// newton_common.h; logistic_labels: labels as given to a logistic loss, encoded as they are read; repeats: (n,)
+// uint8 RowSource::repeats, or empty), for `threads`
 // workers: `threads - 1` helper threads of its own start at once and run while the
 // caller goes on (no GIL needed), writing the results in place; newton_rows_wait(capsule) solves the groups no helper
 // has claimed on the waiting thread, joins the helpers (GIL released) and raises what went wrong.
 PyObject* lljax_newton_rows_start(PyObject*, PyObject* args) {
   using namespace lljax_native;
   PyObject* o[kRowsArrays];
+  PyObject* o_repeats;
   long long stride, leading, N, threads;
   int loss, max_backtracks, precision_mode, logistic_labels;
-  if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOLLLOOOOOOOiiiOOOOOOLp", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6],
+  if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOLLLOOOOOOOiiiOOOOOOLpO", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6],
                         &o[7], &o[8], &o[9], &o[10], &o[11], &stride, &leading, &N, &o[12], &o[13], &o[14], &o[15],
                         &o[16], &o[17], &o[18], &loss, &max_backtracks, &precision_mode, &o[19], &o[20], &o[21],
-                        &o[22], &o[23], &o[24], &threads, &logistic_labels)) {
+                        &o[22], &o[23], &o[24], &threads, &logistic_labels, &o_repeats)) {
     return nullptr;
   }
   static const char* names[kRowsArrays] = {"indptr", "feature_ids", "values", "label", "weight", "offset",
@@ -484,6 +489,7 @@ PyObject* lljax_newton_rows_start(PyObject*, PyObject* args) {
     const char* allowed = kinds[i] == 'R' ? reals : kinds[i] == 'I' ? "iq" : kinds[i] == 'i' ? "i" : "q";
     if (i != kMean && !v[i].get(o[i], names[i], allowed, i >= kTheta)) return nullptr;
   }
+  if (!job->repeats.get(o_repeats, "repeats", "B", false)) return nullptr;
   job->f64 = real == 'd';
   const bool ready =
       job->f64 ? prepare_rows<double>(job.get(), stride, leading, N, loss, max_backtracks, precision_mode, logistic_labels)
@@ -587,8 +593,9 @@ static PyMethodDef methods[] = {
      "(K = 0) or its K (column, value) slots (see pack.cc)."},
     {"subspace_keys", lljax_subspace_keys, METH_VARARGS,
      "subspace_keys(indptr, feature_ids, row_order, row_start, prior_feature_ids, prior_start, stride, threads, "
-     "sizes): sorted distinct entity * stride + feature id keys, as a bytearray of int64, and each entity's count "
-     "in sizes (see pack.cc)."},
+     "sizes, repeats): sorted distinct entity * stride + feature id keys, as a bytearray of int64, each entity's "
+     "count in sizes, and 1 in repeats (uint8, by position in row_order) for each row with its previous row's ids "
+     "(see pack.cc)."},
     {"block_rows", lljax_block_rows, METH_VARARGS,
      "block_rows(row_order, row_start, entities, N, label, weight, offset, y, w, o, rows, lane, cell): a block's "
      "rows, lanes and cells; y, w, o filled at the cells (see pack.cc)."},

@@ -929,7 +929,7 @@ static void load_rows(const RowSource<T>& S, const F* __restrict fids, int64_t N
       const int64_t r = S.row_order[b + n];
       if (r < 0 || r >= S.n) break;  // (reported below)
       const int64_t k0 = S.indptr[r];
-      __builtin_prefetch(fids + k0, 0, 3);
+      if (S.repeats == nullptr || n == 0 || !S.repeats[b + n]) __builtin_prefetch(fids + k0, 0, 3);
       __builtin_prefetch(S.values + k0, 0, 3);
       __builtin_prefetch(S.label + r, 0, 3);
       __builtin_prefetch(S.weight + r, 0, 3);
@@ -953,6 +953,7 @@ static void load_rows(const RowSource<T>& S, const F* __restrict fids, int64_t N
       }
       return subspace_column(keys, lo, size, key, walk);
     };
+    bool last_in_order = false;  // the lane's row before this one took the usual layout's path
     for (int64_t n = 0; n < count; n++) {
       const int64_t r = S.row_order[b + n];
       if (r < 0 || r >= S.n || S.indptr[r] < 0 || S.indptr[r] > S.indptr[r + 1] || S.indptr[r + 1] > S.nnz) {
@@ -966,9 +967,14 @@ static void load_rows(const RowSource<T>& S, const F* __restrict fids, int64_t N
       off[n * W + l] = S.offset[r];
       T* xr = x + n * Dp * W + l;  // column j of the row at xr[j * W]
       const int64_t k0 = S.indptr[r], k1 = S.indptr[r + 1];
-      // The usual layout: the row lists the first features of its subspace, in order (distinct: no sums).
-      bool in_order = k1 - k0 + shift <= size && (shift == 0 || keys[lo] == base + S.leading);
-      for (int64_t k = k0; in_order && k < k1; k++) in_order = keys[lo + shift + (k - k0)] == base + int64_t(fids[k]);
+      // The usual layout: the row lists the first features of its subspace, in order (distinct: no sums). A row
+      // with the same ids as the row before it (S.repeats) is in order if that one was, without reading its ids.
+      bool in_order = last_in_order && S.repeats != nullptr && S.repeats[b + n];
+      if (!in_order) {
+        in_order = k1 - k0 + shift <= size && (shift == 0 || keys[lo] == base + S.leading);
+        for (int64_t k = k0; in_order && k < k1; k++) in_order = keys[lo + shift + (k - k0)] == base + int64_t(fids[k]);
+      }
+      last_in_order = in_order;
       if (in_order) {
         if (shift) xr[0] = T(1);
         for (int64_t k = k0; k < k1; k++) xr[(shift + k - k0) * W] = S.values[k] + T(0);  // -0 as 0 + -0, as packed

@@ -233,38 +233,42 @@ PyObject* lljax_pack_rows(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
-// subspace_keys(indptr, feature_ids, row_order, row_start, prior_feature_ids, prior_start, stride, threads, sizes)
+// subspace_keys(indptr, feature_ids, row_order, row_start, prior_feature_ids, prior_start, stride, threads, sizes,
+//               repeats)
 //   -> bytearray of int64: the sorted distinct keys entity * stride + feature id over every entity's
 // nonzeros and its prior features (sizes, (U,) int64, gets each entity's count of them), as
 // lljax/rounds/subspaces.py's local_subspaces (NumPy: chunked sort).
 // Entity by entity (rows in row_order, grouped by row_start; prior features grouped by prior_start), a
 // feature is taken once by stamping mark[feature] with the entity (a row whose ids are those of the entity's
-// row before it, byte for byte, is skipped); each entity's few features are then
+// row before it, byte for byte, is skipped, and repeats (n,) uint8 gets 1 at its position in row_order, else 0:
+// the kernel's row loader then need not read its ids); each entity's few features are then
 // sorted. One pass over the nonzeros, a mark array of `stride` uint32 per thread (up to `threads`, over
 // contiguous ranges of entities).
 PyObject* lljax_subspace_keys(PyObject*, PyObject* args) {
-  PyObject *o_indptr, *o_fids, *o_order, *o_start, *o_pfids, *o_pstart, *o_sizes;
+  PyObject *o_indptr, *o_fids, *o_order, *o_start, *o_pfids, *o_pstart, *o_sizes, *o_repeats;
   long long stride, threads;
-  if (!PyArg_ParseTuple(args, "OOOOOOLLO", &o_indptr, &o_fids, &o_order, &o_start, &o_pfids, &o_pstart, &stride,
-                        &threads, &o_sizes)) {
+  if (!PyArg_ParseTuple(args, "OOOOOOLLOO", &o_indptr, &o_fids, &o_order, &o_start, &o_pfids, &o_pstart, &stride,
+                        &threads, &o_sizes, &o_repeats)) {
     return nullptr;
   }
-  View indptr, fids, order, start, pfids, pstart, sizes;
+  View indptr, fids, order, start, pfids, pstart, sizes, repeats;
   if (!indptr.get(o_indptr, "indptr", "q", false) ||
       !fids.get(o_fids, "feature_ids", "iq", false) || !order.get(o_order, "row_order", "q", false) ||
       !start.get(o_start, "row_start", "q", false) || !pfids.get(o_pfids, "prior_feature_ids", "q", false) ||
-      !pstart.get(o_pstart, "prior_start", "q", false) || !sizes.get(o_sizes, "sizes", "q", true)) {
+      !pstart.get(o_pstart, "prior_start", "q", false) || !sizes.get(o_sizes, "sizes", "q", true) ||
+      !repeats.get(o_repeats, "repeats", "B", true)) {
     return nullptr;
   }
   const int64_t n = order.size(), U = start.size() - 1;
   if (stride < 1 || stride > (int64_t(1) << 30) || U < 0 || U >= (int64_t(1) << 32) - 1 || indptr.size() != n + 1 ||
-      pstart.size() != U + 1 || sizes.size() != U) {
+      pstart.size() != U + 1 || sizes.size() != U || repeats.size() != n) {
     PyErr_SetString(PyExc_ValueError, "subspace_keys: inconsistent argument sizes");
     return nullptr;
   }
   const int64_t *ip = indptr.data<int64_t>(), *ord = order.data<int64_t>(), *st = start.data<int64_t>();
   const int64_t *pf = pfids.data<int64_t>(), *ps = pstart.data<int64_t>();
   int64_t* size_of = sizes.data<int64_t>();
+  uint8_t* repeat = repeats.data<uint8_t>();
   const bool f32 = fids.buffer.itemsize == 4;
   // Bounds once: row_start and prior_start increasing within their arrays, rows and features in range.
   if (st[0] != 0 || st[U] != n || ps[0] != 0 || ps[U] != pfids.size() || ip[0] < 0 || ip[n] > fids.size()) {
@@ -318,7 +322,9 @@ PyObject* lljax_subspace_keys(PyObject*, PyObject* args) {
         const int64_t r = ord[i];
         const char* row = static_cast<const char*>(fids.buffer.buf) + ip[r] * fids.buffer.itemsize;
         const size_t bytes = static_cast<size_t>(ip[r + 1] - ip[r]) * fids.buffer.itemsize;
-        if (last != nullptr && bytes == last_bytes && std::memcmp(row, last, bytes) == 0) continue;
+        const bool same = last != nullptr && bytes == last_bytes && std::memcmp(row, last, bytes) == 0;
+        repeat[i] = same;
+        if (same) continue;
         last = row, last_bytes = bytes;
         for (int64_t k = ip[r]; k < ip[r + 1]; k++) {
           take(f32 ? static_cast<int64_t>(fids.data<int32_t>()[k]) : fids.data<int64_t>()[k]);
