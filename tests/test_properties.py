@@ -201,3 +201,20 @@ def test_ntv_file_to_dataset_round_trip(items):
     a, b = Dataset.from_records(items, imap), Dataset.from_records(read_ntv_jsonl(buffer), imap)
     for field in ("entity_keys", "entity", "label", "weight", "offset", "indptr", "feature_ids", "values"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+
+
+@PROPERTY
+@given(st.lists(st.integers(0, 6), max_size=40), st.booleans(), st.sampled_from([np.int32, np.int64]))
+def test_stable_order_is_the_stable_argsort(codes, grouped, dtype):
+    """Rows grouped by entity (already in order, ties included) come back as the identity without a sort; any
+    other order as NumPy's stable argsort."""
+    from lljax.data.arrays import group_rank, stable_order
+
+    keys = np.sort(np.array(codes, dtype)) if grouped else np.array(codes, dtype)
+    order = stable_order(keys)
+    assert order.dtype == np.int64
+    np.testing.assert_array_equal(order, np.argsort(keys, kind="stable"))
+    if grouped:
+        np.testing.assert_array_equal(order, np.arange(len(keys)))
+    rank = group_rank(keys, 7)
+    np.testing.assert_array_equal(rank, [int((keys[:i] == k).sum()) for i, k in enumerate(keys)])

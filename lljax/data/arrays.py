@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["concat_ranges", "next_pow2", "group_rank", "segments", "packed_diagonal"]
+__all__ = ["concat_ranges", "next_pow2", "stable_order", "group_rank", "segments", "packed_diagonal"]
 
 
 def next_pow2(x: npt.ArrayLike) -> np.ndarray:
@@ -22,12 +22,21 @@ def concat_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(starts, np.int64) - (ends - counts), counts) + np.arange(total, dtype=np.int64)
 
 
+def stable_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` of a 1-D array: ``arange(len(keys))`` without a sort when ``keys`` are
+    in order already (rows grouped by entity, the usual layout of a big dataset), which one comparison pass finds."""
+    keys = np.asarray(keys)
+    if len(keys) < 2 or bool((keys[1:] >= keys[:-1]).all()):
+        return np.arange(len(keys), dtype=np.int64)
+    return np.argsort(keys, kind="stable")
+
+
 def group_rank(group: np.ndarray, num_groups: int) -> np.ndarray:
     """``(n,)`` position of each element among the elements of its group, in array order.
 
     E.g. ``group_rank([2, 0, 2, 2], 3) == [0, 0, 1, 2]``.
     """
-    order = np.argsort(group, kind="stable")
+    order = stable_order(group)
     counts = np.bincount(group, minlength=num_groups)
     starts = np.cumsum(counts) - counts
     rank = np.empty(len(group), np.int64)

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from lljax.data.arrays import concat_ranges, next_pow2, segments
+from lljax.data.arrays import concat_ranges, next_pow2, segments, stable_order
 from lljax.data.dataset import Dataset, prepend_intercept
 from lljax.rounds.buffers import Buffers
 from lljax.rounds.plan import BlockPlan, plan_blocks
@@ -85,7 +85,7 @@ class Round(NamedTuple):
             stored = store.gather(slots)
             prior = stored.pairs()
             owner, prior_fids = prior.owner, prior.feature_ids
-        row_order = np.argsort(dataset.entity, kind="stable")
+        row_order = stable_order(dataset.entity)
         row_start = np.zeros(U + 1, np.int64)
         if rows is None:
             rows = np.bincount(dataset.entity, minlength=U)

@@ -47,6 +47,7 @@ import numpy as np
 import numpy.typing as npt
 from jax.typing import ArrayLike
 
+from lljax.data.arrays import stable_order
 from lljax.solve.base import AnyArray, SolveResult
 from lljax.solve.blocks import RowsBlock
 from lljax.solve.objective import penalized_features
@@ -549,7 +550,7 @@ def subspace_keys(indptr: np.ndarray, feature_ids: np.ndarray, row_order: np.nda
       ``row_order`` of the same entity (:attr:`lljax.solve.blocks.RowSource.repeats`), else 0.
     """
     U = len(row_start) - 1
-    order = np.argsort(prior_owner, kind="stable")
+    order = stable_order(prior_owner)
     prior_start = np.zeros(U + 1, np.int64)
     np.cumsum(np.bincount(prior_owner, minlength=U), out=prior_start[1:])
     c = np.ascontiguousarray  # the helper reads C-contiguous buffers (no copy when they already are)
