@@ -15,11 +15,14 @@ is available; see ``setup.py``) holds:
 - the **wide kernel** (``wide_kernel.h``): Newton in the span of the rows on sparse blocks, the
   same iterates as the ``"span"`` method (:mod:`lljax.solve.span`), one entity at a time with
   ``K = X A^-1 X^T`` built from the nonzeros grouped by column;
-- **host helpers** (``pack.cc``, plain CPython): :func:`pack_rows` scatters a block's sparse rows into
-  its dense design matrix or sparse slots, :func:`block_rows` gathers a block's rows and their
-  label / weight / offset columns, :func:`scatter_priors` puts stored priors at their local columns and
-  :func:`subspace_keys` finds every entity's distinct features, each in one pass, for
-  :mod:`lljax.rounds.round` (which keeps its NumPy paths as the fallback).
+- **host helpers** (``pack.cc``, plain CPython), each in one pass: for :mod:`lljax.rounds` (which keeps its
+  NumPy paths as the fallback), :func:`pack_rows` scatters a block's sparse rows into its dense design matrix
+  or sparse slots, :func:`block_rows` gathers a block's rows and their label / weight / offset columns,
+  :func:`scatter_priors` puts stored priors at their local columns, :func:`restrict_subspaces` gives a block's
+  lanes their subspaces and :func:`subspace_keys` finds every entity's distinct features (and the rows that
+  repeat their entity's row before them); for :mod:`lljax.state`, :func:`move_rows` and :func:`put_lanes`
+  copy rows between a slab's chunks and flat arrays or solver lanes, :func:`prefault` maps pages ahead and
+  :func:`hash_lookup` / :func:`hash_insert` run the integer key index.
 
 Without the extension (or with ``LLJAX_NATIVE=0``) the pure-JAX / NumPy paths run; results of the
 two agree to rounding (the host helpers exactly).
@@ -47,7 +50,6 @@ import numpy as np
 import numpy.typing as npt
 from jax.typing import ArrayLike
 
-from lljax.data.arrays import stable_order
 from lljax.solve.base import AnyArray, SolveResult
 from lljax.solve.blocks import RowsBlock
 from lljax.solve.objective import penalized_features
@@ -550,7 +552,7 @@ def subspace_keys(indptr: np.ndarray, feature_ids: np.ndarray, row_order: np.nda
       ``row_order`` of the same entity (:attr:`lljax.solve.blocks.RowSource.repeats`), else 0.
     """
     U = len(row_start) - 1
-    order = stable_order(prior_owner)
+    order = np.argsort(prior_owner, kind="stable")
     prior_start = np.zeros(U + 1, np.int64)
     np.cumsum(np.bincount(prior_owner, minlength=U), out=prior_start[1:])
     c = np.ascontiguousarray  # the helper reads C-contiguous buffers (no copy when they already are)

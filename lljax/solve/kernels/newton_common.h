@@ -69,7 +69,7 @@ constexpr int kLanes = 32 / sizeof(T);  // one 256-bit vector per lane-op (4 dou
 // feature `leading` of value 1 first (when leading >= 0, the dataset's implicit intercept), then its stored
 // nonzeros indptr[r] .. indptr[r + 1]. An entry's local column is its position in the lane's sorted subspace
 // keys (lane * stride + feature id, keys[start[l] : start[l] + sizes[l]]): its rank in the row when the key is
-// there (checked), else found by binary search. Repeated (row, feature) entries add up in double and are
+// there (checked), else found by subspace_column (below). Repeated (row, feature) entries add up in double and are
 // rounded once, as lljax.solve.kernels.pack_rows does, so the loaded X equals the packed one bit for bit. Each
 // row index and its indptr entries are checked as the row is read (a bad one ends its lane's load and is
 // reported), so the caller checks only the lanes' ranges.

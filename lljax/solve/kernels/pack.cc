@@ -4,7 +4,8 @@
 // nonzeros. It does what lljax/rounds/round.py's NumPy path does for a block (Round.build: Subspaces.local_index with
 // the rank-in-row guess, then a bincount of the values into (E * N * D) cells), without its dozen
 // temporaries of the block's nonzero count: each nonzero's local column is its rank in its row when the
-// entity's subspace has that feature there (checked), else a binary search of the entity's sorted keys.
+// entity's subspace has that feature there (checked), else its entry in a per-thread column table (feature spaces
+// of up to 2^22 ids), else subspace_column's search of the entity's sorted keys (newton_common.h).
 // Values of repeated (row, feature) pairs add up, as bincount does; the sum is in float64.
 #include <Python.h>
 
@@ -410,7 +411,7 @@ bool gather_block_rows(const int64_t* ord, int64_t n, const int64_t* st, const i
 // rows of the block's entities, entity by entity (in row_order's order), into `rows`; the lane of each (its
 // entity's position in `entities`) into `lane` and its cell lane * N + rank into `cell` (int64, as many as the
 // entities have rows); y, w, o (E * N) get each row's label, weight and offset at its cell. lljax/rounds/round.py's
-// _block_rows in one pass.
+// block_rows (its NumPy path) in one pass.
 PyObject* lljax_block_rows(PyObject*, PyObject* args) {
   PyObject *o_order, *o_start, *o_ents, *o_src[3], *o_dst[3], *o_idx[3];
   long long N;
