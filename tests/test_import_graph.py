@@ -116,3 +116,23 @@ def test_no_import_cycles():
 def test_no_module_imports_an_underscore_name_from_another():
     _, private = lljax_edges()
     assert private == []
+
+
+def test_the_core_layers_import_only_those_below_them():
+    """docs/design.md's import order for the engine: ``solve`` imports no other layer, ``state`` only ``data`` and
+    ``solve``, ``rounds`` only those three (``version`` is a leaf anyone may import)."""
+    edges, _ = lljax_edges()
+    allowed = {
+        "solve": set(),
+        "state": {"data", "solve"},
+        "rounds": {"data", "solve", "state"},
+    }
+    layer = lambda module: module.split(".")[1] if module.count(".") >= 1 else ""  # noqa: E731
+    found = {
+        (source, target)
+        for source, targets in edges.items() if layer(source) in allowed
+        for target in targets
+        if layer(target) not in allowed[layer(source)] | {layer(source), "version"}
+    }
+    assert found == set()
+    assert ("lljax.state.store", "lljax.solve.kernels") in {(s, t) for s, ts in edges.items() for t in ts}
