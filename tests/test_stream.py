@@ -497,3 +497,22 @@ def test_blocks_read_and_written_in_groups_equal_block_by_block(monkeypatch, hes
             assert b is None
         else:
             np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_stored_pairs_of_whole_and_padded_rows():
+    """The (owner, feature id, mean) pairs of gathered rows: rows of exact width whole, in order; padding entries
+    (id -1) of rows from elsewhere left out; the same pairs as a loop over the rows."""
+    from lljax.state.store import _stored_pairs
+
+    parts = [
+        (np.array([3, 0]), {"feature_ids": np.array([[1, 2], [5, 7]]), "means": np.array([[0.5, 1.5], [2.5, 3.5]])}),
+        (np.array([1, 2]), {"feature_ids": np.array([[4, -1, 9], [6, 8, -1]]),
+                            "means": np.array([[4.5, 0.0, 9.5], [6.5, 8.5, 0.0]])}),
+        (np.array([4]), {"feature_ids": np.zeros((1, 0), np.int64), "means": np.zeros((1, 0))}),
+    ]
+    got = _stored_pairs(parts, np.dtype(np.float64))
+    expected = [(int(p), int(f), float(m)) for positions, fields in parts
+                for p, row, mrow in zip(positions, fields["feature_ids"], fields["means"])
+                for f, m in zip(row, mrow) if f >= 0]
+    assert list(zip(got.owner.tolist(), got.feature_ids.tolist(), got.means.tolist())) == expected
+    assert got.owner.dtype == np.int64 and got.feature_ids.dtype == np.int64 and got.means.dtype == np.float64

@@ -456,6 +456,11 @@ def _stored_pairs(parts: Iterable[tuple[np.ndarray, Mapping[str, np.ndarray]]], 
     for positions, fields in parts:
         f = fields["feature_ids"]
         valid = f >= 0
+        if valid.all():  # the store's rows have exact widths: every row whole, no selection
+            owners.append(np.repeat(np.asarray(positions, np.int64), f.shape[1]))
+            fids.append(f.reshape(-1))
+            means.append(fields["means"].reshape(-1))
+            continue
         owners.append(np.broadcast_to(positions[:, None], f.shape)[valid])
         fids.append(f[valid])
         means.append(fields["means"][valid])
