@@ -1232,3 +1232,45 @@ def test_one_prefault_thread_serves_every_request_in_order(monkeypatch):
     assert prefault_threads() == threads + 1
     worker.reset()
     assert worker._queue is None and worker._pid == -1
+
+
+@needs_native
+@pytest.mark.parametrize("U, n", [(1, 1), (3, 0), (5, 40), (300, 2000), (70_000, 200_000)])
+def test_group_rows_is_the_stable_argsort(monkeypatch, U, n):
+    """The counting sort of the rows by entity code gives NumPy's stable argsort, in any order of the rows (some
+    entities without rows); Round's grouping takes it for unsorted codes, the identity for sorted ones, and NumPy's
+    sort without the kernels, all the same."""
+    from lljax.rounds.round import group_rows
+
+    rng = np.random.default_rng(U + n)
+    codes = rng.integers(0, U, n)
+    row_start = np.r_[0, np.cumsum(np.bincount(codes, minlength=U))]
+    expected = np.argsort(codes, kind="stable")
+    np.testing.assert_array_equal(kernels.group_rows(codes, row_start), expected)
+    np.testing.assert_array_equal(kernels.group_rows(codes.astype(np.int32), row_start), expected)
+    for data in (codes, np.sort(codes)):
+        start = np.r_[0, np.cumsum(np.bincount(data, minlength=U))]
+        native = group_rows(data, start)
+        monkeypatch.setenv("LLJAX_NATIVE", "0")
+        plain = group_rows(data, start)
+        monkeypatch.delenv("LLJAX_NATIVE")
+        np.testing.assert_array_equal(native, np.argsort(data, kind="stable"))
+        np.testing.assert_array_equal(plain, native)
+        assert native.dtype == np.int64
+
+
+@needs_native
+def test_group_rows_refuses_codes_and_offsets_that_disagree():
+    codes = np.array([2, 0, 2, 1])
+    row_start = np.array([0, 1, 2, 4])
+    np.testing.assert_array_equal(kernels.group_rows(codes, row_start), [1, 3, 0, 2])
+    with pytest.raises(IndexError, match="code 3 of row 2 is outside"):
+        kernels.group_rows(np.array([2, 0, 3, 1]), row_start)
+    with pytest.raises(IndexError, match="code -1 of row 0"):
+        kernels.group_rows(np.array([-1, 0, 2, 1]), row_start)
+    with pytest.raises(ValueError, match="entity 2 has more rows"):
+        kernels.group_rows(np.array([2, 0, 2, 2]), row_start)
+    with pytest.raises(ValueError, match="from 0 to the number of rows"):
+        kernels.group_rows(codes, np.array([0, 1, 2, 5]))
+    with pytest.raises(ValueError, match="not increasing"):
+        kernels.group_rows(codes, np.array([0, 2, 1, 4]))

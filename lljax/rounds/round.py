@@ -32,7 +32,7 @@ from lljax.solve.blocks import Block, RowsBlock, RowSource, SparseBlock
 from lljax.solve.losses import encode_labels
 from lljax.state.store import EntityStore, GatheredRows, StoredRows, unpack_upper
 
-__all__ = ["Round", "block_rows", "scatter_rows", "row_entries", "priors"]
+__all__ = ["Round", "group_rows", "block_rows", "scatter_rows", "row_entries", "priors"]
 
 
 class Round(NamedTuple):
@@ -85,7 +85,6 @@ class Round(NamedTuple):
             stored = store.gather(slots)
             prior = stored.pairs()
             owner, prior_fids = prior.owner, prior.feature_ids
-        row_order = stable_order(dataset.entity)
         row_start = np.zeros(U + 1, np.int64)
         if rows is None:
             rows = np.bincount(dataset.entity, minlength=U)
@@ -94,6 +93,7 @@ class Round(NamedTuple):
         np.cumsum(rows, out=row_start[1:])
         if row_start[-1] != dataset.num_examples:
             raise ValueError(f"rows: the row counts add up to {row_start[-1]}, not the {dataset.num_examples} rows")
+        row_order = group_rows(dataset.entity, row_start)
         repeats = np.zeros(len(row_order), np.uint8)
         subspaces = local_subspaces(dataset, owner, prior_fids, rows=(row_order, row_start), repeats=repeats)
         return cls(dataset, loss, row_order, row_start, subspaces, store, slots, stored, l2, penalize_intercept,
@@ -160,6 +160,19 @@ class Round(NamedTuple):
         return RowSource(dataset.given_indptr, dataset.given_feature_ids, dataset.given_values, dataset.label,
                          dataset.weight, dataset.offset, self.row_order, leading, self.loss == "logistic",
                          self.row_repeats)
+
+
+def group_rows(entity: np.ndarray, row_start: np.ndarray) -> np.ndarray:
+    """``(n,)`` rows grouped by entity code, each entity's in increasing order (``np.argsort(entity, kind="stable")``):
+    the identity when they already are (found by one comparison pass), else a counting sort by the native helper
+    (:func:`lljax.solve.kernels.group_rows`, one pass, whatever the order) when it is enabled, else NumPy's
+    stable sort (:func:`lljax.data.arrays.stable_order`). ``row_start``: ``(U + 1,)`` each entity's first row in
+    the result."""
+    if len(entity) < 2 or bool((entity[1:] >= entity[:-1]).all()):
+        return np.arange(len(entity), dtype=np.int64)
+    if kernels.enabled():
+        return kernels.group_rows(entity, row_start)
+    return stable_order(entity)
 
 
 def _as_dtype(values: np.ndarray, dtype: npt.DTypeLike, buffers: Buffers) -> np.ndarray:

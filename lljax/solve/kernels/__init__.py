@@ -353,6 +353,24 @@ def pack_rows(indptr: np.ndarray, feature_ids: np.ndarray, values: np.ndarray, r
                       int(subspaces.stride), int(D), out, int(K), slot_cols, -1 if leading is None else int(leading))
 
 
+def group_rows(codes: np.ndarray, row_start: np.ndarray) -> np.ndarray:
+    """The rows grouped by entity, each entity's in increasing order: ``np.argsort(codes, kind="stable")``, by a
+    counting sort in one pass over the codes (C++, see ``pack.cc``; no comparison sort, whatever their order).
+
+    Args:
+      codes: ``(n,)`` int64 entity codes in ``[0, U)``.
+      row_start: ``(U + 1,)`` int64 offsets of each entity's rows (the cumulative sum of their counts, from 0).
+    Returns:
+      ``(n,)`` int64 row indices.
+    Raises:
+      IndexError: a code outside ``[0, U)``; ValueError: counts that differ from ``row_start``.
+    """
+    c = np.ascontiguousarray
+    order = np.empty(len(codes), np.int64)
+    _native().group_rows(c(codes, np.int64), c(row_start, np.int64), order)
+    return order
+
+
 def block_rows(row_order: np.ndarray, row_start: np.ndarray, entities: np.ndarray, N: int,
                columns: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

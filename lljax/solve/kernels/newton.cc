@@ -578,6 +578,7 @@ static PyObject* lanes(PyObject*, PyObject*) {
 PyObject* lljax_pack_rows(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_subspace_keys(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_block_rows(PyObject*, PyObject* args);  // pack.cc
+PyObject* lljax_group_rows(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_scatter_priors(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_move_rows(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_prefault(PyObject*, PyObject* arg);  // pack.cc
@@ -596,6 +597,9 @@ static PyMethodDef methods[] = {
      "sizes, repeats): sorted distinct entity * stride + feature id keys, as a bytearray of int64, each entity's "
      "count in sizes, and 1 in repeats (uint8, by position in row_order) for each row with its previous row's ids "
      "(see pack.cc)."},
+    {"group_rows", lljax_group_rows, METH_VARARGS,
+     "group_rows(codes, row_start, row_order): the rows grouped by entity code, stable, into row_order (a counting "
+     "sort; see pack.cc)."},
     {"block_rows", lljax_block_rows, METH_VARARGS,
      "block_rows(row_order, row_start, entities, N, label, weight, offset, y, w, o, rows, lane, cell): a block's "
      "rows, lanes and cells; y, w, o filled at the cells (see pack.cc)."},

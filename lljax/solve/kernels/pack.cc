@@ -374,6 +374,69 @@ PyObject* lljax_subspace_keys(PyObject*, PyObject* args) {
   return out;
 }
 
+// group_rows(codes, row_start, row_order): the rows grouped by entity, stable: row_order (n,) int64 gets each
+// entity's rows in increasing order at row_start[code] onwards, a counting sort in one pass over the codes (n,
+// int64 in [0, U)), what np.argsort(codes, kind="stable") gives; row_start (U + 1,) the offsets their counts
+// make. Raises IndexError on a code outside [0, U) and ValueError when the counts differ from row_start.
+PyObject* lljax_group_rows(PyObject*, PyObject* args) {
+  PyObject *o_codes, *o_start, *o_order;
+  if (!PyArg_ParseTuple(args, "OOO", &o_codes, &o_start, &o_order)) return nullptr;
+  View codes, start, order;
+  if (!codes.get(o_codes, "codes", "q", false) || !start.get(o_start, "row_start", "q", false) ||
+      !order.get(o_order, "row_order", "q", true)) {
+    return nullptr;
+  }
+  const int64_t n = codes.size(), U = start.size() - 1;
+  if (U < 0 || order.size() != n) {
+    PyErr_SetString(PyExc_ValueError, "group_rows: inconsistent argument sizes");
+    return nullptr;
+  }
+  const int64_t *c = codes.data<int64_t>(), *st = start.data<int64_t>();
+  if (st[0] != 0 || st[U] != n) {
+    PyErr_SetString(PyExc_ValueError, "group_rows: row_start does not run from 0 to the number of rows");
+    return nullptr;
+  }
+  for (int64_t u = 0; u < U; u++) {
+    if (st[u] > st[u + 1]) {
+      PyErr_SetString(PyExc_ValueError, "group_rows: row_start is not increasing");
+      return nullptr;
+    }
+  }
+  std::vector<int64_t> next;
+  try {
+    next.assign(st, st + U);
+  } catch (const std::exception&) {
+    return PyErr_NoMemory();
+  }
+  int64_t* out = order.data<int64_t>();
+  int64_t bad = -1, full = -1;
+  Py_BEGIN_ALLOW_THREADS;
+  for (int64_t i = 0; i < n; i++) {
+    const int64_t u = c[i];
+    if (u < 0 || u >= U) {
+      bad = i;
+      break;
+    }
+    if (next[u] >= st[u + 1]) {  // more rows of u than row_start makes room for
+      full = i;
+      break;
+    }
+    out[next[u]++] = i;
+  }
+  Py_END_ALLOW_THREADS;
+  if (bad >= 0) {
+    PyErr_Format(PyExc_IndexError, "group_rows: code %lld of row %lld is outside [0, %lld)", (long long)c[bad],
+                 (long long)bad, (long long)U);
+    return nullptr;
+  }
+  if (full >= 0) {
+    PyErr_Format(PyExc_ValueError, "group_rows: entity %lld has more rows than row_start gives it (row %lld)",
+                 (long long)c[full], (long long)full);
+    return nullptr;
+  }
+  Py_RETURN_NONE;  // (every row placed and none past its entity's range: so every range is exactly filled)
+}
+
 namespace {
 
 // The loop of block_rows (arguments checked by the caller). A block's entities lie anywhere in the
