@@ -1274,3 +1274,28 @@ def test_group_rows_refuses_codes_and_offsets_that_disagree():
         kernels.group_rows(codes, np.array([0, 1, 2, 5]))
     with pytest.raises(ValueError, match="not increasing"):
         kernels.group_rows(codes, np.array([0, 2, 1, 4]))
+
+
+@needs_native
+@pytest.mark.parametrize("n, U", [(1, 1), (7, 3), (5000, 4999), (100_000, 3000)])
+def test_encode_keys_finds_the_distinct_keys_as_numpy_does(monkeypatch, n, U):
+    """The hash table's distinct keys in order of first appearance, each key's position among them; a dataset's
+    unsorted integer entity keys encode to np.unique's sorted keys and codes, native or not (the table grows from
+    1,024 entries, so the larger cases rehash)."""
+    from lljax import Dataset
+
+    rng = np.random.default_rng(n)
+    pool = rng.integers(-2**62, 2**62, U)
+    keys = pool[rng.integers(0, U, n)]
+    distinct, codes = kernels.encode_keys(keys)
+    _, first = np.unique(keys, return_index=True)
+    np.testing.assert_array_equal(distinct, keys[np.sort(first)])
+    np.testing.assert_array_equal(distinct[codes], keys)
+    assert codes.dtype == np.int64 and distinct.dtype == np.int64
+    expected_keys, expected_codes = np.unique(keys, return_inverse=True)
+    for native in ("1", "0"):
+        monkeypatch.setenv("LLJAX_NATIVE", native)
+        data = Dataset.from_arrays(keys, np.zeros(n), X=np.ones((n, 1)))
+        np.testing.assert_array_equal(data.entity_keys, expected_keys)
+        np.testing.assert_array_equal(data.entity, expected_codes)
+        assert data.entity.dtype == np.int64

@@ -122,6 +122,17 @@ def _encode_entities(entity: Any) -> tuple[np.ndarray, np.ndarray]:
         codes = np.cumsum(new_key, dtype=np.int64)
         codes -= 1
         return arr[new_key], codes
+    if arr.dtype == np.int64:
+        from lljax.solve import kernels  # (the native helpers; solve imports nothing of data)
+
+        if kernels.enabled():
+            # A hash table finds the distinct keys in one pass; only those are sorted, and the codes renumbered
+            # by their ranks: np.unique's result, without a sort of every example's key.
+            distinct, codes = kernels.encode_keys(arr)
+            order = np.argsort(distinct)
+            rank = np.empty(len(distinct), np.int64)
+            rank[order] = np.arange(len(distinct), dtype=np.int64)
+            return distinct[order], np.take(rank, codes, out=codes)
     keys, codes = np.unique(arr, return_inverse=True)
     check_entity_keys(keys)
     return keys, codes.astype(np.int64).reshape(-1)

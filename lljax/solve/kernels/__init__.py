@@ -19,10 +19,11 @@ is available; see ``setup.py``) holds:
   NumPy paths as the fallback), :func:`pack_rows` scatters a block's sparse rows into its dense design matrix
   or sparse slots, :func:`block_rows` gathers a block's rows and their label / weight / offset columns,
   :func:`scatter_priors` puts stored priors at their local columns, :func:`restrict_subspaces` gives a block's
-  lanes their subspaces and :func:`subspace_keys` finds every entity's distinct features (and the rows that
-  repeat their entity's row before them); for :mod:`lljax.state`, :func:`move_rows` and :func:`put_lanes`
-  copy rows between a slab's chunks and flat arrays or solver lanes, :func:`prefault` maps pages ahead and
-  :func:`hash_lookup` / :func:`hash_insert` run the integer key index.
+  lanes their subspaces, :func:`subspace_keys` finds every entity's distinct features (and the rows that
+  repeat their entity's row before them) and :func:`group_rows` groups the rows by entity (a counting sort);
+  for :mod:`lljax.data`, :func:`encode_keys` finds the distinct integer entity keys; for :mod:`lljax.state`,
+  :func:`move_rows` and :func:`put_lanes` copy rows between a slab's chunks and flat arrays or solver lanes,
+  :func:`prefault` maps pages ahead and :func:`hash_lookup` / :func:`hash_insert` run the integer key index.
 
 Without the extension (or with ``LLJAX_NATIVE=0``) the pure-JAX / NumPy paths run; results of the
 two agree to rounding (the host helpers exactly).
@@ -351,6 +352,19 @@ def pack_rows(indptr: np.ndarray, feature_ids: np.ndarray, values: np.ndarray, r
     _native().pack_rows(c(indptr), c(feature_ids), c(values), c(rows, np.int64), c(row_cell, np.int64),
                       c(row_lane, np.int64), c(subspaces.pair_keys), c(subspaces.start), c(subspaces.sizes),
                       int(subspaces.stride), int(D), out, int(K), slot_cols, -1 if leading is None else int(leading))
+
+
+def encode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(distinct (U,), codes (n,))``, both int64: the distinct ``keys`` in the order they first appear, and each key's
+    position among them, in one pass through a hash table (C++, see ``pack.cc``): ``np.unique(keys,
+    return_inverse=True)`` but for the order of the distinct keys, without a sort of all ``n``.
+
+    Args:
+      keys: ``(n,)`` int64.
+    """
+    codes = np.empty(len(keys), np.int64)
+    distinct = _native().encode_keys(np.ascontiguousarray(keys, np.int64), codes)
+    return np.frombuffer(distinct, np.int64), codes
 
 
 def group_rows(codes: np.ndarray, row_start: np.ndarray) -> np.ndarray:

@@ -579,6 +579,7 @@ PyObject* lljax_pack_rows(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_subspace_keys(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_block_rows(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_group_rows(PyObject*, PyObject* args);  // pack.cc
+PyObject* lljax_encode_keys(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_scatter_priors(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_move_rows(PyObject*, PyObject* args);  // pack.cc
 PyObject* lljax_prefault(PyObject*, PyObject* arg);  // pack.cc
@@ -597,6 +598,9 @@ static PyMethodDef methods[] = {
      "sizes, repeats): sorted distinct entity * stride + feature id keys, as a bytearray of int64, each entity's "
      "count in sizes, and 1 in repeats (uint8, by position in row_order) for each row with its previous row's ids "
      "(see pack.cc)."},
+    {"encode_keys", lljax_encode_keys, METH_VARARGS,
+     "encode_keys(keys, codes): the distinct int64 keys in order of first appearance (a bytearray of int64), each "
+     "key's position among them into codes (a hash table; see pack.cc)."},
     {"group_rows", lljax_group_rows, METH_VARARGS,
      "group_rows(codes, row_start, row_order): the rows grouped by entity code, stable, into row_order (a counting "
      "sort; see pack.cc)."},

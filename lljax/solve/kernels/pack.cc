@@ -303,6 +303,7 @@ PyObject* lljax_subspace_keys(PyObject*, PyObject* args) {
     std::vector<int64_t> mine;
     std::vector<int64_t>& keys = keys_of[p];
     keys.reserve(static_cast<size_t>(st[bounds[p + 1]] - st[bounds[p]]));
+    const int64_t row_end = st[bounds[p + 1]];  // (the part's rows: row_order positions st[u0] to row_end - 1)
     bool bad = false;
     for (int64_t u = bounds[p]; u < bounds[p + 1] && !bad; u++) {
       const uint32_t stamp = static_cast<uint32_t>(u + 1);
@@ -320,6 +321,12 @@ PyObject* lljax_subspace_keys(PyObject*, PyObject* args) {
       const char* last = nullptr;
       size_t last_bytes = 0;
       for (int64_t i = st[u]; i < st[u + 1]; i++) {
+        // Rows not grouped in the data lie anywhere: the row 8 positions ahead has its ids asked for (its indptr
+        // entry was, 8 positions before that), so that their cache misses overlap.
+        if (i + 16 < row_end) __builtin_prefetch(ip + ord[i + 16]);
+        if (i + 8 < row_end) {
+          __builtin_prefetch(static_cast<const char*>(fids.buffer.buf) + ip[ord[i + 8]] * fids.buffer.itemsize);
+        }
         const int64_t r = ord[i];
         const char* row = static_cast<const char*>(fids.buffer.buf) + ip[r] * fids.buffer.itemsize;
         const size_t bytes = static_cast<size_t>(ip[r + 1] - ip[r]) * fids.buffer.itemsize;
@@ -1058,6 +1065,66 @@ PyObject* lljax_hash_insert(PyObject*, PyObject* args) {
     return nullptr;
   }
   return PyLong_FromLongLong(clash);
+}
+
+// encode_keys(keys, codes) -> bytearray of int64: the distinct keys of `keys` (n,) int64 in the order they first
+// appear, and codes (n,) int64 gets each key's position among them: one pass through an open-addressing table
+// (linear probing, the key index's multiplicative hash), doubled whenever it is half full, GIL released.
+// lljax/data/dataset.py then sorts the distinct keys alone and renumbers the codes by their ranks, which is
+// np.unique(keys, return_inverse=True) without sorting all n keys.
+PyObject* lljax_encode_keys(PyObject*, PyObject* args) {
+  PyObject *o_keys, *o_codes;
+  if (!PyArg_ParseTuple(args, "OO", &o_keys, &o_codes)) return nullptr;
+  View keys, codes;
+  if (!keys.get(o_keys, "keys", "q", false) || !codes.get(o_codes, "codes", "q", true)) return nullptr;
+  const int64_t n = keys.size();
+  if (codes.size() != n) {
+    PyErr_SetString(PyExc_ValueError, "encode_keys: codes and keys differ in length");
+    return nullptr;
+  }
+  const int64_t* k = keys.data<int64_t>();
+  int64_t* out = codes.data<int64_t>();
+  std::vector<int64_t> distinct, table_keys, table_ids;  // table_ids[p] < 0: entry p is empty
+  bool failed = false;
+  Py_BEGIN_ALLOW_THREADS;
+  try {
+    uint64_t capacity = 1024;
+    int shift = 64 - 10;
+    table_keys.assign(capacity, 0);
+    table_ids.assign(capacity, -1);
+    const auto home = [&shift](int64_t key) { return (static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> shift; };
+    for (int64_t i = 0; i < n; i++) {
+      const int64_t key = k[i];
+      uint64_t p = home(key);
+      while (table_ids[p] >= 0 && table_keys[p] != key) p = (p + 1) & (capacity - 1);
+      if (table_ids[p] < 0) {
+        if (2 * (distinct.size() + 1) > capacity) {  // grow first: at most half full, so probes stay short
+          capacity *= 2;
+          shift -= 1;
+          table_keys.assign(capacity, 0);
+          table_ids.assign(capacity, -1);
+          for (size_t id = 0; id < distinct.size(); id++) {
+            uint64_t q = home(distinct[id]);
+            while (table_ids[q] >= 0) q = (q + 1) & (capacity - 1);
+            table_keys[q] = distinct[id];
+            table_ids[q] = static_cast<int64_t>(id);
+          }
+          p = home(key);
+          while (table_ids[p] >= 0) p = (p + 1) & (capacity - 1);
+        }
+        table_keys[p] = key;
+        table_ids[p] = static_cast<int64_t>(distinct.size());
+        distinct.push_back(key);
+      }
+      out[i] = table_ids[p];
+    }
+  } catch (const std::exception&) {  // out of memory
+    failed = true;
+  }
+  Py_END_ALLOW_THREADS;
+  if (failed) return PyErr_NoMemory();
+  return PyByteArray_FromStringAndSize(reinterpret_cast<const char*>(distinct.data()),
+                                       static_cast<Py_ssize_t>(distinct.size() * sizeof(int64_t)));
 }
 
 // prefault(array) -> bool: asks the OS to map every whole page of the array's buffer for writing now
