@@ -29,6 +29,10 @@ bytes of one entity's Newton solve) summed over the entities at their own rows, 
 end of the run (best of the matrix multiply, ``exp`` and read bandwidth). It says how far the machine is from
 being the limit: the update's wall time over that floor.
 
+``--shuffle`` puts the rows in a random order before the timed part (an entity's rows no longer next to each
+other, as in a log of events): the entity keys are then encoded through a hash table and the rows grouped by a
+counting sort, and the rows are read from anywhere in memory.
+
 Run: ``python benchmarks/bench_scale.py`` (about a minute and 3-4 GB on a 2-core machine);
 ``--entities 100000`` for a quick run. Prints a table and writes ``results/bench_scale.json``.
 """
@@ -142,6 +146,26 @@ def make_data(entities: int, mean_rows: float, max_rows: int, features: int, voc
             "alpha": alpha, "rows_per_entity": rows_per}
 
 
+def shuffle_rows(data: dict, seed: int) -> dict:
+    """``data`` with its rows (entity, label, offset and each row's CSR entries) in a random order: the rows of an
+    entity no longer next to each other, as in a log of events kept in time order."""
+    n = len(data["label"])
+    order = np.random.default_rng([seed, 1]).permutation(n)
+    indptr = data["indptr"]
+    lengths = np.diff(indptr)[order]
+    new_indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(lengths, out=new_indptr[1:])
+    entries = np.repeat(indptr[:-1][order] - new_indptr[:-1], lengths)
+    entries += np.arange(int(new_indptr[-1]), dtype=np.int64)
+    out = dict(data)
+    for name in ("entity", "label", "offset"):
+        out[name] = data[name][order]
+    out["indptr"] = new_indptr
+    out["feature_ids"] = data["feature_ids"][entries]
+    out["values"] = data["values"][entries]
+    return out
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--entities", type=int, default=1_000_000)
@@ -165,6 +189,9 @@ def parse_args(argv):
                    help="before anything else, write this many GB in a child process that then exits: on a virtual "
                         "machine whose host backs guest memory at its first touch, the run then meets memory the "
                         "guest has used before, as a long-running host does (see benchmarks/README.md)")
+    p.add_argument("--shuffle", action="store_true",
+                   help="put the rows in a random order (an entity's rows no longer next to each other) before the "
+                        "timed Dataset.from_arrays")
     p.add_argument("--progress", action="store_true", help="show the update's progress bar")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_scale.json"))
@@ -197,6 +224,10 @@ def main(argv=None) -> int:
     generate_s = time.perf_counter() - t
     rows_per = data.pop("rows_per_entity")
     alpha = data.pop("alpha")
+    if args.shuffle:
+        t = time.perf_counter()
+        data = shuffle_rows(data, args.seed)
+        print(f"rows shuffled in {time.perf_counter() - t:.1f}s")
     input_gb = sum(a.nbytes for a in data.values() if isinstance(a, np.ndarray)) / 1e9
     rss_input = _rss_gb()
     print(f"generated {args.entities:,} entities, {len(data['label']):,} rows, {len(data['values']):,} nonzeros "

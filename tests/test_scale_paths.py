@@ -332,3 +332,41 @@ def test_a_model_reuses_its_block_buffers_across_updates_and_copies_do_not_carry
         table = m.to_table()
         for name in reference:
             np.testing.assert_array_equal(table[name], reference[name], err_msg=name)
+
+
+@pytest.mark.parametrize("hessian", ["full", "diagonal"])
+def test_rows_not_grouped_by_entity_train_the_same_model(hessian):
+    """The same examples with the entities' rows interleaved (each entity's in the same order) and grouped: the keys
+    encoded by the hash table, the rows grouped by the counting sort, the subspaces found with rows anywhere give
+    the same model bit for bit, in a first update and in one on top of it."""
+    rng = np.random.default_rng(12)
+    U = 3000
+    rows_per = rng.integers(1, 30, U)
+    keys = rng.choice(10**15, U, replace=False) - 5 * 10**14  # large and negative keys too
+    entity = np.repeat(keys, rows_per)
+    n = len(entity)
+    nnz = rng.integers(1, 6, n)
+    indptr = np.r_[0, np.cumsum(nnz)]
+    fids = rng.integers(1, 60, indptr[-1])
+    values = rng.normal(size=indptr[-1])
+    label = (rng.random(n) < 0.4).astype(float)
+    place = rng.random(n)  # interleave the entities' rows, each entity's kept in order
+    for start, count in zip(np.r_[0, np.cumsum(rows_per)[:-1]], rows_per):
+        place[start:start + count] = np.sort(place[start:start + count])
+    order = np.argsort(place)
+    assert (np.diff(entity[order]) != 0).mean() > 0.9  # (an entity's rows are no longer next to each other)
+    lengths = nnz[order]
+    new_indptr = np.r_[0, np.cumsum(lengths)]
+    entries = np.repeat(indptr[:-1][order] - new_indptr[:-1], lengths) + np.arange(new_indptr[-1])
+    grouped = Dataset.from_arrays(entity, label, indptr=indptr, feature_ids=fids, values=values, num_features=60)
+    mixed = Dataset.from_arrays(entity[order], label[order], indptr=new_indptr, feature_ids=fids[entries],
+                                values=values[entries], num_features=60)
+    np.testing.assert_array_equal(mixed.entity_keys, grouped.entity_keys)
+    models = [RandomEffectModel("logistic", l2=0.5, delta=0.9, hessian=hessian) for _ in range(2)]
+    # the second update: every third example, the same ones in both orders
+    for model, data, third in zip(models, (grouped, mixed), (np.arange(0, n, 3), np.flatnonzero(order % 3 == 0))):
+        model.update(data)
+        model.update(data.take(third))
+    a, b = (model.store.to_flat() for model in models)
+    for field in a._fields:
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
