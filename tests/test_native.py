@@ -1277,17 +1277,20 @@ def test_group_rows_refuses_codes_and_offsets_that_disagree():
 
 
 @needs_native
-@pytest.mark.parametrize("n, U", [(1, 1), (7, 3), (5000, 4999), (100_000, 3000)])
+@pytest.mark.parametrize("n, U", [(1, 1), (7, 3), (5000, 4999), (100_000, 3000), (300_000, 10**12)])
 def test_encode_keys_finds_the_distinct_keys_as_numpy_does(monkeypatch, n, U):
     """The hash table's distinct keys in order of first appearance, each key's position among them; a dataset's
     unsorted integer entity keys encode to np.unique's sorted keys and codes, native or not (the table grows from
-    1,024 entries, so the larger cases rehash)."""
+    1,024 entries, so the larger cases rehash; with almost every key distinct, the last, the dataset sorts
+    instead, as the table gives up past a quarter of the keys)."""
     from lljax import Dataset
 
     rng = np.random.default_rng(n)
-    pool = rng.integers(-2**62, 2**62, U)
-    keys = pool[rng.integers(0, U, n)]
-    distinct, codes = kernels.encode_keys(keys)
+    pool = rng.integers(-2**62, 2**62, min(U, 10**6))
+    keys = pool[rng.integers(0, len(pool), n)] if U < 10**12 else rng.choice(10**15, n, replace=False)
+    found = kernels.encode_keys(keys)
+    assert found is not None
+    distinct, codes = found
     _, first = np.unique(keys, return_index=True)
     np.testing.assert_array_equal(distinct, keys[np.sort(first)])
     np.testing.assert_array_equal(distinct[codes], keys)
@@ -1299,3 +1302,6 @@ def test_encode_keys_finds_the_distinct_keys_as_numpy_does(monkeypatch, n, U):
         np.testing.assert_array_equal(data.entity_keys, expected_keys)
         np.testing.assert_array_equal(data.entity, expected_codes)
         assert data.entity.dtype == np.int64
+    if len(distinct) > 1:
+        assert kernels.encode_keys(keys, max_distinct=len(distinct) - 1) is None
+        assert kernels.encode_keys(keys, max_distinct=len(distinct)) is not None

@@ -125,10 +125,12 @@ def _encode_entities(entity: Any) -> tuple[np.ndarray, np.ndarray]:
     if arr.dtype == np.int64:
         from lljax.solve import kernels  # (the native helpers; solve imports nothing of data)
 
-        if kernels.enabled():
-            # A hash table finds the distinct keys in one pass; only those are sorted, and the codes renumbered
-            # by their ranks: np.unique's result, without a sort of every example's key.
-            distinct, codes = kernels.encode_keys(arr)
+        # A hash table finds the distinct keys in one pass; only those are sorted, and the codes renumbered by
+        # their ranks: np.unique's result, without a sort of every example's key. Where most keys are distinct
+        # (over a quarter of them), the table would cost more memory than the sort, which then runs instead.
+        found = kernels.encode_keys(arr, max(len(arr) // 4, 1 << 16)) if kernels.enabled() else None
+        if found is not None:
+            distinct, codes = found
             order = np.argsort(distinct)
             rank = np.empty(len(distinct), np.int64)
             rank[order] = np.arange(len(distinct), dtype=np.int64)

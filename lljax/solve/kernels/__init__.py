@@ -354,17 +354,20 @@ def pack_rows(indptr: np.ndarray, feature_ids: np.ndarray, values: np.ndarray, r
                       int(subspaces.stride), int(D), out, int(K), slot_cols, -1 if leading is None else int(leading))
 
 
-def encode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def encode_keys(keys: np.ndarray, max_distinct: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """``(distinct (U,), codes (n,))``, both int64: the distinct ``keys`` in the order they first appear, and each key's
     position among them, in one pass through a hash table (C++, see ``pack.cc``): ``np.unique(keys,
     return_inverse=True)`` but for the order of the distinct keys, without a sort of all ``n``.
 
     Args:
       keys: ``(n,)`` int64.
+      max_distinct: give up (``None``) past this many distinct keys (the table takes 16-32 bytes per distinct
+        key); default: no limit.
     """
     codes = np.empty(len(keys), np.int64)
-    distinct = _native().encode_keys(np.ascontiguousarray(keys, np.int64), codes)
-    return np.frombuffer(distinct, np.int64), codes
+    limit = len(keys) if max_distinct is None else int(max_distinct)
+    distinct = _native().encode_keys(np.ascontiguousarray(keys, np.int64), codes, limit)
+    return None if distinct is None else (np.frombuffer(distinct, np.int64), codes)
 
 
 def group_rows(codes: np.ndarray, row_start: np.ndarray) -> np.ndarray:

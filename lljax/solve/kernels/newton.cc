@@ -599,8 +599,9 @@ static PyMethodDef methods[] = {
      "count in sizes, and 1 in repeats (uint8, by position in row_order) for each row with its previous row's ids "
      "(see pack.cc)."},
     {"encode_keys", lljax_encode_keys, METH_VARARGS,
-     "encode_keys(keys, codes): the distinct int64 keys in order of first appearance (a bytearray of int64), each "
-     "key's position among them into codes (a hash table; see pack.cc)."},
+     "encode_keys(keys, codes, max_distinct): the distinct int64 keys in order of first appearance (a bytearray of "
+     "int64; None past max_distinct of them), each key's position among them into codes (a hash table; see "
+     "pack.cc)."},
     {"group_rows", lljax_group_rows, METH_VARARGS,
      "group_rows(codes, row_start, row_order): the rows grouped by entity code, stable, into row_order (a counting "
      "sort; see pack.cc)."},

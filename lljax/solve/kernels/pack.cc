@@ -1067,14 +1067,17 @@ PyObject* lljax_hash_insert(PyObject*, PyObject* args) {
   return PyLong_FromLongLong(clash);
 }
 
-// encode_keys(keys, codes) -> bytearray of int64: the distinct keys of `keys` (n,) int64 in the order they first
-// appear, and codes (n,) int64 gets each key's position among them: one pass through an open-addressing table
-// (linear probing, the key index's multiplicative hash), doubled whenever it is half full, GIL released.
+// encode_keys(keys, codes, max_distinct) -> bytearray of int64, or None: the distinct keys of `keys` (n,) int64 in
+// the order they first appear, and codes (n,) int64 gets each key's position among them: one pass through an
+// open-addressing table (linear probing, the key index's multiplicative hash), doubled whenever it is half full
+// (16 to 32 bytes per distinct key), GIL released. None, as soon as there are more than max_distinct distinct
+// keys: the caller sorts instead (most keys distinct: the table would outgrow a sort's memory, for no gain).
 // lljax/data/dataset.py then sorts the distinct keys alone and renumbers the codes by their ranks, which is
 // np.unique(keys, return_inverse=True) without sorting all n keys.
 PyObject* lljax_encode_keys(PyObject*, PyObject* args) {
   PyObject *o_keys, *o_codes;
-  if (!PyArg_ParseTuple(args, "OO", &o_keys, &o_codes)) return nullptr;
+  long long max_distinct;
+  if (!PyArg_ParseTuple(args, "OOL", &o_keys, &o_codes, &max_distinct)) return nullptr;
   View keys, codes;
   if (!keys.get(o_keys, "keys", "q", false) || !codes.get(o_codes, "codes", "q", true)) return nullptr;
   const int64_t n = keys.size();
@@ -1085,7 +1088,7 @@ PyObject* lljax_encode_keys(PyObject*, PyObject* args) {
   const int64_t* k = keys.data<int64_t>();
   int64_t* out = codes.data<int64_t>();
   std::vector<int64_t> distinct, table_keys, table_ids;  // table_ids[p] < 0: entry p is empty
-  bool failed = false;
+  bool failed = false, too_many = false;
   Py_BEGIN_ALLOW_THREADS;
   try {
     uint64_t capacity = 1024;
@@ -1098,6 +1101,10 @@ PyObject* lljax_encode_keys(PyObject*, PyObject* args) {
       uint64_t p = home(key);
       while (table_ids[p] >= 0 && table_keys[p] != key) p = (p + 1) & (capacity - 1);
       if (table_ids[p] < 0) {
+        if (static_cast<int64_t>(distinct.size()) >= max_distinct) {
+          too_many = true;
+          break;
+        }
         if (2 * (distinct.size() + 1) > capacity) {  // grow first: at most half full, so probes stay short
           capacity *= 2;
           shift -= 1;
@@ -1123,6 +1130,7 @@ PyObject* lljax_encode_keys(PyObject*, PyObject* args) {
   }
   Py_END_ALLOW_THREADS;
   if (failed) return PyErr_NoMemory();
+  if (too_many) Py_RETURN_NONE;
   return PyByteArray_FromStringAndSize(reinterpret_cast<const char*>(distinct.data()),
                                        static_cast<Py_ssize_t>(distinct.size() * sizeof(int64_t)));
 }
