@@ -391,9 +391,8 @@ class GatheredRows:
     """Copies of the stored rows of many entities, read from the store at once and handed out in parts.
 
     Reading a store costs a pass per width and field (and chunk, without the kernels), whatever the number of
-    entities read; an
-    update reads its round's entities once (:meth:`EntityStore.gather`): their stored features for the
-    local subspaces (:meth:`pairs`), their priors for the blocks (:meth:`rows`, block by block: the copies
+    entities read; an update reads its round's entities once (:meth:`EntityStore.gather`): their stored features
+    for the local subspaces (:meth:`pairs`), their priors for the blocks (:meth:`rows`, block by block: the copies
     and the positions of a block's rows in them) and the undo snapshot (:meth:`EntityStore.snapshot` with
     ``rows``) all come from this one copy.
     """
