@@ -563,6 +563,9 @@ def test_subspace_keys_skip_only_rows_that_repeat_the_row_before(fid_dtype):
     expected_repeats = [int(i > 0 and not first[i] and ids[row_order[i]] == ids[row_order[i - 1]]) for i in range(n)]
     np.testing.assert_array_equal(repeats, expected_repeats)
     assert 0 < sum(expected_repeats) < n - U
+    with pytest.raises(ValueError, match=f"repeats has {n + 1} entries, row_order {n}"):
+        kernels.subspace_keys(data.given_indptr, data.given_feature_ids, row_order, row_start, np.zeros(0, np.int64),
+                              np.zeros(0, np.int64), 11, np.zeros(n + 1, np.uint8))
     untouched = np.full(n, 7, np.uint8)  # the NumPy path leaves it as it is
     local_subspaces(data, np.zeros(0, np.int64), np.zeros(0, np.int64), repeats=untouched)
     assert (untouched == 7).all()

@@ -334,3 +334,36 @@ def test_an_interrupted_update_with_solves_in_flight_leaves_the_model_as_it_was(
     model.update(second)  # the redo gives what an uninterrupted update gives
     for name, values in model.to_table().items():
         np.testing.assert_array_equal(values, reference.to_table()[name], err_msg=name)
+
+
+def test_a_wrong_repeat_mark_never_writes_past_its_row():
+    """RowSource.repeats is trusted for the values only: a row marked as repeating the row before it, but longer (an
+    id given many times), is read in full, as unmarked; the block solves as its packed block."""
+    entity = np.array([0, 0, 0, 1, 1])
+    ids = [[1], [1] * 9, [1], [2, 3], [2, 3]]
+    indptr = np.r_[0, np.cumsum([len(r) for r in ids])]
+    rng = np.random.default_rng(3)
+    data = Dataset.from_arrays(entity, np.array([1.0, 0.0, 1.0, 0.0, 1.0]), indptr=indptr,
+                               feature_ids=np.concatenate(ids), values=rng.normal(size=indptr[-1]), num_features=4)
+    config = SolverConfig(loss="logistic", hessian="full", tol=1e-6)
+    work = Round.prepare(data, "logistic", None, 0.7)
+    l2, delta = np.asarray(0.7), np.asarray(0.6)
+    for plan in work.plan(1 << 20, config):
+        block = work.build(plan._replace(layout="rows"))
+        marked = block._replace(source=block.source._replace(repeats=np.ones(data.num_examples, np.uint8)))
+        dense = work.build(plan._replace(layout="dense"))
+        reference = registry.solve(dense, l2, delta, config._replace(native=True))
+        assert_results_equal(registry.solve(block, l2, delta, config), reference)
+        assert_results_equal(registry.solve(marked, l2, delta, config), reference)
+
+
+def test_repeat_marks_of_another_length_are_refused_by_name():
+    rng = np.random.default_rng(4)
+    data = messy_dataset(rng, np.float64, True, U=5)
+    config = SolverConfig(loss="logistic", hessian="full", tol=1e-6)
+    work = Round.prepare(data, "logistic", None, 0.7)
+    plan = work.plan(1 << 20, config)[0]
+    block = work.build(plan._replace(layout="rows"))
+    short = block._replace(source=block.source._replace(repeats=np.zeros(data.num_examples - 1, np.uint8)))
+    with pytest.raises(ValueError, match=f"repeats has {data.num_examples - 1} entries, row_order {data.num_examples}"):
+        registry.solve(short, np.asarray(0.7), np.asarray(0.6), config)

@@ -167,7 +167,8 @@ def group_rows(entity: np.ndarray, row_start: np.ndarray) -> np.ndarray:
     the identity when they already are (found by one comparison pass), else a counting sort by the native helper
     (:func:`lljax.solve.kernels.group_rows`, one pass, whatever the order) when it is enabled, else NumPy's
     stable sort (:func:`lljax.data.arrays.stable_order`). ``row_start``: ``(U + 1,)`` each entity's first row in
-    the result."""
+    the result, the cumulative sum of ``np.bincount(entity)`` from 0 (the native path checks it, the others take
+    it as given)."""
     if len(entity) < 2 or bool((entity[1:] >= entity[:-1]).all()):
         return np.arange(len(entity), dtype=np.int64)
     if kernels.enabled():

@@ -58,8 +58,8 @@ from lljax.solve.objective import penalized_features
 __all__ = ["available", "build_error", "enabled", "isa", "supports", "per_entity", "solve_result",
            "compiled_constants", "newton_solve", "newton_solve_rows", "RowsSolve", "wide_solve", "pack_rows",
            "block_rows", "scatter_priors", "move_rows", "put_lanes", "restrict_subspaces", "hash_lookup",
-           "hash_insert", "prefault", "subspace_keys", "host_threads", "feature_mask", "LOSS_CODES", "PRECISION_CODES",
-           "MASK_CODES"]
+           "hash_insert", "prefault", "subspace_keys", "group_rows", "encode_keys", "host_threads", "feature_mask",
+           "LOSS_CODES", "PRECISION_CODES", "MASK_CODES"]
 
 LOSS_CODES = {"linear": 0, "logistic": 1, "poisson": 2}
 PRECISION_CODES = {"diagonal": 0, "full": 1, "none": 2}
@@ -361,8 +361,8 @@ def encode_keys(keys: np.ndarray, max_distinct: int | None = None) -> tuple[np.n
 
     Args:
       keys: ``(n,)`` int64.
-      max_distinct: give up (``None``) past this many distinct keys (the table takes 16-32 bytes per distinct
-        key); default: no limit.
+      max_distinct: give up (``None``) past this many distinct keys (the table and the list take 40-80 bytes per
+        distinct key); default: no limit.
     """
     codes = np.empty(len(keys), np.int64)
     limit = len(keys) if max_distinct is None else int(max_distinct)

@@ -350,8 +350,12 @@ bool prepare_rows(RowsJob* job, int64_t stride, int64_t leading, int64_t N, int3
   const int64_t n = v[kIndptr].size() - 1, nnz = v[kFids].size();
   const int64_t p_count = v[kPrior].size();
   const int64_t prec_count = precision_mode == kPrecisionFull ? E * D * D : precision_mode == kPrecisionDiagonal ? E * D : E;
-  const bool ok = n >= 0 && (job->repeats.size() == 0 || job->repeats.size() == v[kOrder].size()) &&
-                  v[kValues].size() == nnz && v[kLabel].size() == n && v[kWeight].size() == n &&
+  if (job->repeats.size() != 0 && job->repeats.size() != v[kOrder].size()) {
+    PyErr_Format(PyExc_ValueError, "newton_rows: repeats has %lld entries, row_order %lld",
+                 (long long)job->repeats.size(), (long long)v[kOrder].size());
+    return false;
+  }
+  const bool ok = n >= 0 && v[kValues].size() == nnz && v[kLabel].size() == n && v[kWeight].size() == n &&
                   v[kOffset].size() == n && v[kEnd].size() == E && v[kStart].size() == E && v[kSizes].size() == E &&
                   v[kMask].size() == E * D && v[kMean].size() == E * D && (p_count == E * D * D || p_count == E * D) &&
                   v[kL2].size() == E && v[kDelta].size() == E && v[kTol].size() == E && v[kMaxIter].size() == E &&

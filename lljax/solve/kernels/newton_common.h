@@ -83,7 +83,8 @@ struct RowSource {
   bool logistic_labels;  // the labels as given to a logistic loss: read as 1 -> +1, anything else -> -1
   const int64_t *row_order, *lane_begin, *lane_end;       // (n,), (E,), (E,)
   // (n,) by position in row_order, or null: 1 where the row lists the same feature ids, byte for byte, as the row
-  // before it in row_order (of the same entity), so that a lane's row loader can reuse that row's columns.
+  // before it in row_order (of the same entity), so that a lane's row loader can reuse that row's columns (trusted
+  // for the values, not for bounds: the row's length is still checked).
   const uint8_t* repeats;
   const int64_t *keys, *start, *sizes;                    // the lanes' subspaces: (P,), (E,), (E,)
   int64_t stride, leading;

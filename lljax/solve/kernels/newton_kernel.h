@@ -954,6 +954,7 @@ static void load_rows(const RowSource<T>& S, const F* __restrict fids, int64_t N
       return subspace_column(keys, lo, size, key, walk);
     };
     bool last_in_order = false;  // the lane's row before this one took the usual layout's path
+    int64_t last_length = -1;    // and its number of stored entries
     for (int64_t n = 0; n < count; n++) {
       const int64_t r = S.row_order[b + n];
       if (r < 0 || r >= S.n || S.indptr[r] < 0 || S.indptr[r] > S.indptr[r + 1] || S.indptr[r + 1] > S.nnz) {
@@ -968,13 +969,15 @@ static void load_rows(const RowSource<T>& S, const F* __restrict fids, int64_t N
       T* xr = x + n * Dp * W + l;  // column j of the row at xr[j * W]
       const int64_t k0 = S.indptr[r], k1 = S.indptr[r + 1];
       // The usual layout: the row lists the first features of its subspace, in order (distinct: no sums). A row
-      // with the same ids as the row before it (S.repeats) is in order if that one was, without reading its ids.
-      bool in_order = last_in_order && S.repeats != nullptr && S.repeats[b + n];
+      // with the same ids as the row before it (S.repeats) is in order if that one was, without reading its ids;
+      // its length is checked all the same, so that a wrong mark can give wrong values, never a write past the row.
+      bool in_order = last_in_order && S.repeats != nullptr && S.repeats[b + n] && k1 - k0 == last_length;
       if (!in_order) {
         in_order = k1 - k0 + shift <= size && (shift == 0 || keys[lo] == base + S.leading);
         for (int64_t k = k0; in_order && k < k1; k++) in_order = keys[lo + shift + (k - k0)] == base + int64_t(fids[k]);
       }
       last_in_order = in_order;
+      last_length = k1 - k0;
       if (in_order) {
         if (shift) xr[0] = T(1);
         for (int64_t k = k0; k < k1; k++) xr[(shift + k - k0) * W] = S.values[k] + T(0);  // -0 as 0 + -0, as packed

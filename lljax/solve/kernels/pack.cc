@@ -261,8 +261,13 @@ PyObject* lljax_subspace_keys(PyObject*, PyObject* args) {
     return nullptr;
   }
   const int64_t n = order.size(), U = start.size() - 1;
+  if (repeats.size() != n) {
+    PyErr_Format(PyExc_ValueError, "subspace_keys: repeats has %lld entries, row_order %lld", (long long)repeats.size(),
+                 (long long)n);
+    return nullptr;
+  }
   if (stride < 1 || stride > (int64_t(1) << 30) || U < 0 || U >= (int64_t(1) << 32) - 1 || indptr.size() != n + 1 ||
-      pstart.size() != U + 1 || sizes.size() != U || repeats.size() != n) {
+      pstart.size() != U + 1 || sizes.size() != U) {
     PyErr_SetString(PyExc_ValueError, "subspace_keys: inconsistent argument sizes");
     return nullptr;
   }
@@ -1070,8 +1075,8 @@ PyObject* lljax_hash_insert(PyObject*, PyObject* args) {
 // encode_keys(keys, codes, max_distinct) -> bytearray of int64, or None: the distinct keys of `keys` (n,) int64 in
 // the order they first appear, and codes (n,) int64 gets each key's position among them: one pass through an
 // open-addressing table (linear probing, the key index's multiplicative hash), doubled whenever it is half full
-// (16 to 32 bytes per distinct key), GIL released. None, as soon as there are more than max_distinct distinct
-// keys: the caller sorts instead (most keys distinct: the table would outgrow a sort's memory, for no gain).
+// (16 bytes per entry, 2 to 4 entries per distinct key, and 8 to 16 bytes per distinct key in the list), GIL
+// released. None, as soon as there are more than max_distinct distinct keys: the caller sorts instead.
 // lljax/data/dataset.py then sorts the distinct keys alone and renumbers the codes by their ranks, which is
 // np.unique(keys, return_inverse=True) without sorting all n keys.
 PyObject* lljax_encode_keys(PyObject*, PyObject* args) {
