@@ -169,11 +169,11 @@ def group_rows(entity: np.ndarray, row_start: np.ndarray) -> np.ndarray:
     stable sort (:func:`lljax.data.arrays.stable_order`). ``row_start``: ``(U + 1,)`` each entity's first row in
     the result, the cumulative sum of ``np.bincount(entity)`` from 0 (the native path checks it, the others take
     it as given)."""
+    if not kernels.enabled():
+        return stable_order(entity)
     if len(entity) < 2 or bool((entity[1:] >= entity[:-1]).all()):
         return np.arange(len(entity), dtype=np.int64)
-    if kernels.enabled():
-        return kernels.group_rows(entity, row_start)
-    return stable_order(entity)
+    return kernels.group_rows(entity, row_start)
 
 
 def _as_dtype(values: np.ndarray, dtype: npt.DTypeLike, buffers: Buffers) -> np.ndarray:

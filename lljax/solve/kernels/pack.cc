@@ -972,6 +972,11 @@ PyObject* lljax_restrict_subspaces(PyObject*, PyObject* args) {
 // a ValueError (the caller keeps it at most half full). GIL released.
 namespace {
 
+// The home entry of `key` in a table of 2^(64 - shift) entries (the top bits of its multiplicative hash).
+inline uint64_t hash_home(int64_t key, int shift) {
+  return (static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> shift;
+}
+
 struct HashTable {
   View keys, slots;
   uint64_t mask = 0;
@@ -993,7 +998,7 @@ struct HashTable {
   // another key (a full table).
   int64_t find(int64_t key) const {
     const int64_t *tk = keys.data<int64_t>(), *ts = slots.data<int64_t>();
-    uint64_t p = (static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> shift;
+    uint64_t p = hash_home(key, shift);
     for (uint64_t probes = 0; probes <= mask; probes++, p = (p + 1) & mask) {
       if (ts[p] < 0 || tk[p] == key) return static_cast<int64_t>(p);
     }
@@ -1100,10 +1105,9 @@ PyObject* lljax_encode_keys(PyObject*, PyObject* args) {
     int shift = 64 - 10;
     table_keys.assign(capacity, 0);
     table_ids.assign(capacity, -1);
-    const auto home = [&shift](int64_t key) { return (static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> shift; };
     for (int64_t i = 0; i < n; i++) {
       const int64_t key = k[i];
-      uint64_t p = home(key);
+      uint64_t p = hash_home(key, shift);
       while (table_ids[p] >= 0 && table_keys[p] != key) p = (p + 1) & (capacity - 1);
       if (table_ids[p] < 0) {
         if (static_cast<int64_t>(distinct.size()) >= max_distinct) {
@@ -1116,12 +1120,12 @@ PyObject* lljax_encode_keys(PyObject*, PyObject* args) {
           table_keys.assign(capacity, 0);
           table_ids.assign(capacity, -1);
           for (size_t id = 0; id < distinct.size(); id++) {
-            uint64_t q = home(distinct[id]);
+            uint64_t q = hash_home(distinct[id], shift);
             while (table_ids[q] >= 0) q = (q + 1) & (capacity - 1);
             table_keys[q] = distinct[id];
             table_ids[q] = static_cast<int64_t>(id);
           }
-          p = home(key);
+          p = hash_home(key, shift);
           while (table_ids[p] >= 0) p = (p + 1) & (capacity - 1);
         }
         table_keys[p] = key;
